@@ -1,0 +1,176 @@
+"""Block specs -> ``nn.Module``. The only module of ``search_spaces`` that imports ``torch.nn``.
+
+Network: stem (conv3x3, stride 2, BN, act) -> one stage per block -> head (conv1x1 to 1280, BN, act) ->
+global average pooling -> dropout -> linear classifier. Layers of a stage repeat one design; only the first
+layer carries the block's stride.
+
+Layer designs (BN after every conv; ``act`` is ReLU unless configured):
+  ``cn``  conv kxk(stride) -> act [-> SE]
+  ``ds``  depthwise kxk(stride) -> act [-> SE] -> pointwise 1x1 (linear)
+  ``ir``  pointwise 1x1 expand (skipped when e == 1) -> act -> depthwise kxk(stride) -> act [-> SE]
+          -> pointwise 1x1 project (linear)
+SE squeezes to ``round(se_ratio * layer input channels)`` (the public MnasNet ports) with a sigmoid gate.
+
+Skip ops, applied per layer:
+  ``identity``  x + f(x), only where stride is 1 and input and output channels match;
+  ``pool``      avgpool3x3(stride)(x) + f(x), wherever input and output channels match;
+  ``none``      f(x).
+A skip that cannot apply (the channel count changes) is dropped for that layer: this is the one rule for
+shape changes, the same as MobileNetV2/MnasNet drop the residual of a block's first layer.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from search_spaces.arch import ArchSpec, BlockSpec
+from search_spaces.width import make_divisible
+
+ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
+
+
+def _act(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name](inplace=True)
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}") from None
+
+
+class ConvBNAct(nn.Sequential):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: str | None = "relu"):
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        if act is not None:
+            layers.append(_act(act))
+        super().__init__(*layers)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, reduced: int, act: str = "relu"):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Conv2d(channels, reduced, 1)
+        self.act = _act(act)
+        self.expand = nn.Conv2d(reduced, channels, 1)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gate(self.expand(self.act(self.reduce(self.pool(x)))))
+
+
+class SearchLayer(nn.Module):
+    """One layer of a stage: the conv op's body plus the skip op."""
+
+    def __init__(self, block: BlockSpec, cin: int, cout: int, stride: int, act: str = "relu"):
+        super().__init__()
+        k = block.kernel
+        se_channels = max(1, round(block.se_ratio * cin)) if block.se_ratio > 0 else 0
+        body: list[nn.Module] = []
+        if block.block_type == "cn":
+            body.append(ConvBNAct(cin, cout, k, stride, act=act))
+            if se_channels:
+                body.append(SqueezeExcite(cout, se_channels, act))
+        elif block.block_type == "ds":
+            body.append(ConvBNAct(cin, cin, k, stride, groups=cin, act=act))
+            if se_channels:
+                body.append(SqueezeExcite(cin, se_channels, act))
+            body.append(ConvBNAct(cin, cout, 1, act=None))
+        else:  # "ir"
+            mid = cin * block.expansion
+            if block.expansion != 1:
+                body.append(ConvBNAct(cin, mid, 1, act=act))
+            body.append(ConvBNAct(mid, mid, k, stride, groups=mid, act=act))
+            if se_channels:
+                body.append(SqueezeExcite(mid, se_channels, act))
+            body.append(ConvBNAct(mid, cout, 1, act=None))
+        self.body = nn.Sequential(*body)
+
+        self.skip_kind = "none"
+        self.shortcut: nn.Module | None = None
+        if cin == cout:
+            if block.skip == "identity" and stride == 1:
+                self.skip_kind = "identity"
+            elif block.skip == "pool":
+                self.skip_kind = "pool"
+                self.shortcut = nn.AvgPool2d(3, stride, padding=1, count_include_pad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.body(x)
+        if self.skip_kind == "identity":
+            return out + x
+        if self.shortcut is not None:
+            return out + self.shortcut(x)
+        return out
+
+
+class MnasNetModel(nn.Module):
+    """A child network of the search space. ``arch`` keeps its canonical architecture string."""
+
+    def __init__(
+        self,
+        spec: ArchSpec,
+        *,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        width_mult: float = 1.0,
+        dropout: float = 0.2,
+        stem_channels: int = 32,
+        head_channels: int = 1280,
+        activation: str = "relu",
+    ):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        if not width_mult > 0:
+            raise ValueError(f"width_mult must be > 0, got {width_mult}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        _act(activation)
+        self.arch = spec.to_string()
+
+        # Widths are exact at width_mult 1 (so 112 or 12 channels stay as written) and otherwise rounded to
+        # multiples of 8 as torchvision does.
+        def width(c: int) -> int:
+            return c if width_mult == 1.0 else make_divisible(c * width_mult, 8)
+
+        cin = width(stem_channels)
+        self.stem = ConvBNAct(in_channels, cin, 3, 2, act=activation)
+        stages = []
+        for block in spec.blocks:
+            cout = width(block.out_channels)
+            layers = []
+            for i in range(block.repeats):
+                layers.append(SearchLayer(block, cin, cout, block.stride if i == 0 else 1, activation))
+                cin = cout
+            stages.append(nn.Sequential(*layers))
+        self.blocks = nn.Sequential(*stages)
+        head = make_divisible(head_channels * max(1.0, width_mult), 8) if width_mult > 1.0 else head_channels
+        self.head = ConvBNAct(cin, head, 1, act=activation)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(head, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pool(self.features(x)).flatten(1)
+        return self.classifier(self.dropout(x))

@@ -1,0 +1,267 @@
+"""The factorized hierarchical search space and its token codec.
+
+A *token sequence* holds one integer per decision, which is what a controller emits. Each of the blocks has
+six decisions, in this order: conv op, kernel size, SE ratio, skip op, filter size, number of layers.
+
+Filter sizes are ``make_divisible(multiplier * base_channels, channel_divisor)`` and layer counts are
+``max(min_layers, base_layers + delta)``. Choices that round or clip to the same value are merged (keeping the
+first), so every token sequence decodes to a different architecture string and ``encode(decode(t)) == t``.
+That is why a block's filter/layer decisions may have fewer options than the configured lists
+(for example 0.75 x 16 and 1.0 x 16 channels both round to 16).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from search_spaces.arch import SKIP_OPS, ArchSpec, BlockSpec, parse_arch
+from search_spaces.width import make_divisible
+
+DECISIONS = ("conv_op", "kernel", "se_ratio", "skip", "filters", "layers")
+
+CONV_OPS = {"conv": ("cn", 1), "ds": ("ds", 1)}
+
+
+def _conv_op(name: str) -> tuple[str, int]:
+    """Config name -> (block type, expansion). ``mbconv<N>`` is MBConv with expansion N."""
+    if name in CONV_OPS:
+        return CONV_OPS[name]
+    if name.startswith("mbconv") and name[6:].isdigit() and int(name[6:]) >= 1:
+        return ("ir", int(name[6:]))
+    raise ValueError(f"unknown conv op {name!r}; expected conv, ds or mbconv<expansion> (e.g. mbconv6)")
+
+
+def _conv_op_name(block_type: str, expansion: int) -> str:
+    return {"cn": "conv", "ds": "ds"}.get(block_type, f"mbconv{expansion}")
+
+
+@dataclass(frozen=True)
+class BlockChoices:
+    """The options of one block, already rounded and de-duplicated."""
+
+    stride: int
+    conv_ops: tuple[str, ...]
+    kernels: tuple[int, ...]
+    se_ratios: tuple[float, ...]
+    skips: tuple[str, ...]
+    channels: tuple[int, ...]
+    layers: tuple[int, ...]
+
+    def options(self) -> tuple[tuple, ...]:
+        return (self.conv_ops, self.kernels, self.se_ratios, self.skips, self.channels, self.layers)
+
+
+def _unique(values) -> tuple:
+    return tuple(dict.fromkeys(values))
+
+
+def _nonempty(name: str, values: Sequence) -> list:
+    values = list(values)
+    if not values:
+        raise ValueError(f"search space: {name} must not be empty")
+    if len(set(values)) != len(values):
+        raise ValueError(f"search space: {name} has duplicates: {values}")
+    return values
+
+
+class SearchSpace:
+    """MnasNet's factorized hierarchical space; every choice list comes from the ``search_space`` config."""
+
+    def __init__(
+        self,
+        blocks: Sequence[Mapping],
+        conv_ops: Sequence[str] = ("conv", "ds", "mbconv3", "mbconv6"),
+        kernel_sizes: Sequence[int] = (3, 5),
+        se_ratios: Sequence[float] = (0.0, 0.25),
+        skip_ops: Sequence[str] = ("none", "identity", "pool"),
+        filter_multipliers: Sequence[float] = (0.75, 1.0, 1.25),
+        layer_deltas: Sequence[int] = (-1, 0, 1),
+        channel_divisor: int = 8,
+        min_layers: int = 1,
+    ) -> None:
+        if not blocks:
+            raise ValueError("search space: blocks must list at least one block")
+        conv_ops = _nonempty("conv_ops", conv_ops)
+        for op in conv_ops:
+            _conv_op(op)
+        kernel_sizes = _nonempty("kernel_sizes", [int(k) for k in kernel_sizes])
+        for k in kernel_sizes:
+            if k < 1 or k % 2 == 0:
+                raise ValueError(f"search space: kernel_sizes must be odd positive integers, got {k}")
+        se_ratios = _nonempty("se_ratios", [float(r) for r in se_ratios])
+        for r in se_ratios:
+            if not 0 <= r < 1:
+                raise ValueError(f"search space: se_ratios must be in [0, 1), got {r}")
+        skip_ops = _nonempty("skip_ops", list(skip_ops))
+        for s in skip_ops:
+            if s not in SKIP_OPS:
+                raise ValueError(f"search space: unknown skip op {s!r}; expected one of {', '.join(SKIP_OPS)}")
+        filter_multipliers = _nonempty("filter_multipliers", [float(m) for m in filter_multipliers])
+        if any(m <= 0 for m in filter_multipliers):
+            raise ValueError(f"search space: filter_multipliers must be positive, got {filter_multipliers}")
+        layer_deltas = _nonempty("layer_deltas", [int(d) for d in layer_deltas])
+        if min_layers < 1:
+            raise ValueError(f"search space: min_layers must be >= 1, got {min_layers}")
+
+        self.config = {
+            "blocks": [dict(b) for b in blocks],
+            "conv_ops": conv_ops,
+            "kernel_sizes": kernel_sizes,
+            "se_ratios": se_ratios,
+            "skip_ops": skip_ops,
+            "filter_multipliers": filter_multipliers,
+            "layer_deltas": layer_deltas,
+            "channel_divisor": int(channel_divisor),
+            "min_layers": int(min_layers),
+        }
+        self.blocks: list[BlockChoices] = []
+        for i, block in enumerate(blocks, start=1):
+            try:
+                base_c, base_n, stride = int(block["channels"]), int(block["layers"]), int(block["stride"])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(
+                    f"search space: block {i} must have integer channels, layers and stride, got {dict(block)!r}"
+                ) from None
+            if base_c < 1 or base_n < 1 or stride < 1:
+                raise ValueError(f"search space: block {i} values must be positive, got {dict(block)!r}")
+            self.blocks.append(
+                BlockChoices(
+                    stride=stride,
+                    conv_ops=tuple(conv_ops),
+                    kernels=tuple(kernel_sizes),
+                    se_ratios=tuple(se_ratios),
+                    skips=tuple(skip_ops),
+                    channels=_unique(make_divisible(m * base_c, channel_divisor) for m in filter_multipliers),
+                    layers=_unique(max(min_layers, base_n + d) for d in layer_deltas),
+                )
+            )
+        self.num_choices: list[int] = [len(opts) for b in self.blocks for opts in b.options()]
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> SearchSpace:
+        """Build from a (Hydra/OmegaConf or plain) mapping; ``_target_`` is ignored."""
+        try:
+            from omegaconf import DictConfig, OmegaConf
+
+            if isinstance(cfg, DictConfig):
+                cfg = OmegaConf.to_container(cfg, resolve=True)
+        except ImportError:  # pragma: no cover - omegaconf is a dependency
+            pass
+        return cls(**{k: v for k, v in dict(cfg).items() if k != "_target_"})
+
+    @classmethod
+    def default(cls) -> SearchSpace:
+        """The paper's space, read from ``configs/search_space/mnasnet.yaml``."""
+        from search_spaces.references import default_space_config
+
+        return cls.from_config(default_space_config())
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_decisions(self) -> int:
+        return len(self.num_choices)
+
+    @property
+    def size(self) -> int:
+        """Number of distinct architecture strings in the space."""
+        return math.prod(self.num_choices)
+
+    def decision_names(self) -> list[str]:
+        return [f"block{b + 1}.{d}" for b in range(self.num_blocks) for d in DECISIONS]
+
+    # ------------------------------------------------------------------ codec
+    def validate_tokens(self, tokens: Sequence[int]) -> list[int]:
+        tokens = list(tokens)
+        if len(tokens) != self.num_decisions:
+            raise ValueError(f"expected {self.num_decisions} tokens ({self.num_blocks} blocks x 6), got {len(tokens)}")
+        names = self.decision_names()
+        out = []
+        for pos, (tok, n) in enumerate(zip(tokens, self.num_choices)):
+            if isinstance(tok, bool) or not isinstance(tok, (int, np.integer)):
+                raise ValueError(f"token {pos} ({names[pos]}) must be an integer, got {tok!r}")
+            if not 0 <= tok < n:
+                raise ValueError(f"token {pos} ({names[pos]}) = {tok} is out of range [0, {n})")
+            out.append(int(tok))
+        return out
+
+    def decode_spec(self, tokens: Sequence[int]) -> ArchSpec:
+        tokens = self.validate_tokens(tokens)
+        specs = []
+        for b, choices in enumerate(self.blocks):
+            t = tokens[6 * b : 6 * b + 6]
+            op, kernel, se, skip, channels, layers = (opts[i] for opts, i in zip(choices.options(), t))
+            block_type, expansion = _conv_op(op)
+            specs.append(
+                BlockSpec(
+                    block_type=block_type,
+                    repeats=layers,
+                    kernel=kernel,
+                    stride=choices.stride,
+                    out_channels=channels,
+                    expansion=expansion,
+                    se_ratio=se,
+                    skip=skip,
+                )
+            )
+        return ArchSpec(tuple(specs))
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        """Token sequence -> canonical architecture string."""
+        return self.decode_spec(tokens).to_string()
+
+    def encode(self, arch: str | ArchSpec) -> list[int]:
+        """Architecture string -> token sequence; ``ValueError`` if the architecture lies outside this space."""
+        spec = parse_arch(arch) if isinstance(arch, str) else arch
+        if len(spec.blocks) != self.num_blocks:
+            raise ValueError(f"architecture has {len(spec.blocks)} stages, this space has {self.num_blocks} blocks")
+        tokens: list[int] = []
+        for i, (block, choices) in enumerate(zip(spec.blocks, self.blocks), start=1):
+            if block.stride != choices.stride:
+                raise ValueError(f"stage {i}: stride {block.stride} differs from the space's stride {choices.stride}")
+            values = (
+                _conv_op_name(block.block_type, block.expansion),
+                block.kernel,
+                block.se_ratio,
+                block.skip,
+                block.out_channels,
+                block.repeats,
+            )
+            for name, value, options in zip(DECISIONS, values, choices.options()):
+                if value not in options:
+                    raise ValueError(f"stage {i}: {name} {value!r} is not among this space's choices {list(options)}")
+                tokens.append(options.index(value))
+        return tokens
+
+    def sample_tokens(self, n: int, seed: int | None = None) -> list[list[int]]:
+        """``n`` uniform token sequences; the same seed always gives the same sequences."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        rng = np.random.default_rng(seed)
+        return [[int(rng.integers(k)) for k in self.num_choices] for _ in range(n)]
+
+    def sample(self, n: int, seed: int | None = None) -> list[str]:
+        return [self.decode(t) for t in self.sample_tokens(n, seed)]
+
+    def contains(self, arch: str) -> bool:
+        try:
+            self.encode(arch)
+        except ValueError:
+            return False
+        return True
+
+    def describe(self) -> str:
+        lines = [f"{self.num_blocks} blocks, {self.num_decisions} decisions, {self.size:.3e} architectures"]
+        for i, b in enumerate(self.blocks, start=1):
+            lines.append(
+                f"  block {i}: stride {b.stride}, ops {list(b.conv_ops)}, kernels {list(b.kernels)}, "
+                f"se {list(b.se_ratios)}, skips {list(b.skips)}, channels {list(b.channels)}, layers {list(b.layers)}"
+            )
+        return "\n".join(lines)

@@ -1,0 +1,56 @@
+"""``python -m search_spaces`` as users run it (a real subprocess for exit codes, in-process for the rest)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from search_spaces import SearchSpace
+from search_spaces.__main__ import main
+from tests.conftest import ROOT
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "search_spaces", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_info_json_for_a_reference(capsys):
+    assert main(["info", "mnasnet_b1", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["params"] == 4_383_312 and info["macs"] == 314_415_872
+    assert info["arch"].startswith("ds_r1_k3_s1_c16_noskip-")
+    assert [b["out_resolution"] for b in info["blocks"]] == [112, 56, 28, 14, 14, 7, 7]
+    assert sum(b["params"] for b in info["blocks"]) < info["params"]
+
+
+def test_info_table_for_a_string(capsys):
+    arch = "ds_r1_k3_s1_c16-ir_r2_k5_s2_e3_c24_se0.25"
+    assert main(["info", arch, "--resolution", "32", "--classes", "10", "--channels", "1"]) == 0
+    out = capsys.readouterr().out
+    assert arch in out and "1x32x32, 10 classes" in out
+    assert "ir_r2_k5_s2_e3_c24_se0.25" in out.splitlines()[-1]
+
+
+def test_sample_is_seeded_and_in_the_space():
+    first, second = run_cli("sample", "--n", "5", "--seed", "3"), run_cli("sample", "--n", "5", "--seed", "3")
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.split()
+    assert lines == second.stdout.split() and len(lines) == 5
+    assert lines == SearchSpace.default().sample(5, seed=3)
+
+
+def test_space_describes_size(capsys):
+    assert main(["space", "--space", "tiny"]) == 0
+    assert "7 blocks, 42 decisions" in capsys.readouterr().out
+
+
+def test_bad_input_prints_one_line_and_exits_2():
+    result = run_cli("info", "ir_r1_k3_s1_c16_zz")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "unknown token 'zz'" in result.stderr and "stage 1" in result.stderr
+    result = run_cli("sample", "--space", "does_not_exist")
+    assert result.returncode == 2 and "does_not_exist" in result.stderr

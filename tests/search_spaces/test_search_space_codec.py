@@ -1,0 +1,193 @@
+"""Token <-> string <-> spec round trips, grammar errors and the space's choice lists."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from search_spaces import (
+    ArchSpec,
+    BlockSpec,
+    SearchSpace,
+    canonical,
+    format_arch,
+    list_references,
+    make_divisible,
+    parse_arch,
+    resolve_arch,
+)
+from search_spaces.__main__ import load_space
+
+MBV2 = (
+    "ds_r1_k3_s1_c16-ir_r2_k3_s2_e6_c24-ir_r3_k3_s2_e6_c32-ir_r4_k3_s2_e6_c64-"
+    "ir_r3_k3_s1_e6_c96-ir_r3_k3_s2_e6_c160-ir_r1_k3_s1_e6_c320"
+)
+
+
+@pytest.fixture(scope="module")
+def space() -> SearchSpace:
+    return SearchSpace.default()
+
+
+def test_default_space_matches_the_paper(space):
+    assert space.num_blocks == 7
+    assert space.num_decisions == 42
+    # conv op, kernel, SE, skip are full per block; filters/layers are merged where rounding collides.
+    for b in range(7):
+        assert space.num_choices[6 * b : 6 * b + 4] == [4, 2, 2, 3]
+    assert [b.stride for b in space.blocks] == [1, 2, 2, 2, 1, 2, 1]
+    assert space.blocks[1].channels == (24, 32)  # 0.75*24=18 rounds up to 24 (90% rule), 1.25*24=30 -> 32
+    assert space.blocks[0].layers == (1, 2)  # max(1, 1-1) = 1 merges with delta 0
+    assert space.blocks[3].layers == (3, 4, 5)
+    assert space.size == math.prod(space.num_choices)
+    assert space.size > 10**17
+
+
+def test_make_divisible_matches_torchvision():
+    assert make_divisible(83, 8) == 80
+    assert make_divisible(84, 8) == 88
+    assert make_divisible(0.75 * 16, 8) == 16
+    assert make_divisible(0.75 * 24, 8) == 24  # 16 would be < 90% of 18
+    assert make_divisible(1.25 * 320, 8) == 400
+
+
+def test_hydra_config_space_equals_default(space):
+    assert load_space("mnasnet").num_choices == space.num_choices
+
+
+def test_tiny_space_is_smaller_and_configurable():
+    tiny = load_space("tiny")
+    assert tiny.size < 10**6
+    assert tiny.num_decisions == 42
+    shrunk = load_space("mnasnet", ["search_space.kernel_sizes=[3]", "search_space.se_ratios=[0.0]"])
+    assert shrunk.size * 4**7 == SearchSpace.default().size
+
+
+def test_space_refuses_bad_choice_lists():
+    with pytest.raises(ValueError, match="kernel_sizes"):
+        SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}], kernel_sizes=[4])
+    with pytest.raises(ValueError, match="conv op 'mbconvX'"):
+        SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}], conv_ops=["mbconvX"])
+    with pytest.raises(ValueError, match="block 1"):
+        SearchSpace(blocks=[{"channels": 16, "layers": 1}])
+    with pytest.raises(ValueError, match="skip op 'residual'"):
+        SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}], skip_ops=["residual"])
+
+
+def test_tokens_round_trip_over_thousands_of_samples(space):
+    tokens = space.sample_tokens(5000, seed=123)
+    strings = [space.decode(t) for t in tokens]
+    for t, s in zip(tokens, strings):
+        assert space.encode(s) == t
+        assert canonical(s) == s
+        assert space.encode(parse_arch(s)) == t
+    # distinct token sequences give distinct architectures (the codec is a bijection)
+    distinct = {tuple(t) for t in tokens}
+    assert len({s for s in strings}) == len(distinct)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_decode_encode_property(space, data):
+    tokens = [data.draw(st.integers(0, n - 1)) for n in space.num_choices]
+    arch = space.decode(tokens)
+    assert space.encode(arch) == tokens
+    assert format_arch(parse_arch(arch)) == arch
+
+
+block_specs = st.builds(
+    lambda t, r, k, s, c, e, se, skip: BlockSpec(
+        block_type=t,
+        repeats=r,
+        kernel=k,
+        stride=s,
+        out_channels=c,
+        expansion=e if t == "ir" else 1,
+        se_ratio=se,
+        skip=skip,
+    ),
+    st.sampled_from(["cn", "ds", "ir"]),
+    st.integers(1, 9),
+    st.sampled_from([1, 3, 5, 7]),
+    st.integers(1, 3),
+    st.integers(1, 2048),
+    st.integers(1, 8),
+    st.sampled_from([0.0, 0.125, 0.25, 0.5]),
+    st.sampled_from(["none", "identity", "pool"]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(block_specs, min_size=1, max_size=9))
+def test_any_spec_round_trips_through_the_grammar(blocks):
+    spec = ArchSpec(tuple(blocks))
+    assert parse_arch(format_arch(spec)) == spec
+
+
+def test_tokens_are_order_free_and_defaults_omitted():
+    assert canonical("ir_c24_e6_s2_k3_r2_se0.25") == "ir_r2_k3_s2_e6_c24_se0.25"
+    assert canonical("ds_r1_k3_s1_c16_se0") == "ds_r1_k3_s1_c16"
+    assert canonical("cn_k5_r1_s1_c8_poolskip") == "cn_r1_k5_s1_c8_poolskip"
+
+
+def test_grammar_expresses_channels_outside_the_choice_lists(space):
+    a1 = resolve_arch("mnasnet_a1")
+    assert "c112" in a1
+    assert not space.contains(a1)
+    assert space.contains(MBV2.replace("ds_r1_k3_s1_c16", "ds_r1_k3_s1_c16"))
+    with pytest.raises(ValueError, match=r"stage 5: filters 112 is not among"):
+        space.encode(a1)
+
+
+@pytest.mark.parametrize(
+    ("arch", "message"),
+    [
+        ("xx_r1_k3_s1_c16", r"stage 1 .*unknown block type 'xx'"),
+        (MBV2.replace("ir_r3_k3_s2_e6_c32", "ir_r3_k3_s2_e6_c32_q7"), r"stage 3 .*unknown token 'q7' at token 7"),
+        ("ds_r1_k3_s1", r"stage 1 .*missing token\(s\) c"),
+        ("ir_r1_k3_s1_c16", r"missing token\(s\) e"),
+        ("ds_r1_k3_s1_c16-", r"stage 2 .*unknown block type ''"),
+        ("ds_r1_k3_k5_s1_c16", r"repeats 'k'"),
+        ("ds_r1_k4_s1_c16", r"kernel must be odd"),
+        ("ds_r0_k3_s1_c16", r"repeats must be a positive integer"),
+        ("ds_r1_k3_s1_e6_c16", r"expansion applies only to 'ir'"),
+        ("ds_r1_k3_s1_c16_se1.5", r"se ratio must be in \[0, 1\)"),
+        ("", r"non-empty"),
+    ],
+)
+def test_malformed_strings_name_the_offending_part(arch, message):
+    with pytest.raises(ValueError, match=message):
+        parse_arch(arch)
+
+
+def test_bad_tokens_name_position_and_decision(space):
+    tokens = space.sample_tokens(1, seed=0)[0]
+    bad = list(tokens)
+    bad[7] = 99
+    with pytest.raises(ValueError, match=r"token 7 \(block2.kernel\) = 99 is out of range \[0, 2\)"):
+        space.decode(bad)
+    with pytest.raises(ValueError, match="expected 42 tokens"):
+        space.decode(tokens[:-1])
+    with pytest.raises(ValueError, match=r"token 0 .* must be an integer"):
+        space.decode(["a", *tokens[1:]])
+    with pytest.raises(ValueError, match="-1 is out of range"):
+        space.decode([-1, *tokens[1:]])
+
+
+def test_sampling_is_seeded(space):
+    assert space.sample(10, seed=7) == space.sample(10, seed=7)
+    assert space.sample(10, seed=7) != space.sample(10, seed=8)
+
+
+def test_references_are_named_data():
+    assert list_references() == ["mnasnet_a1", "mnasnet_b1", "mobilenet_v2"]
+    assert resolve_arch("mobilenet_v2") == MBV2
+    with pytest.raises(ValueError, match="unknown architecture 'resnet50'"):
+        resolve_arch("resnet50")
+    from search_spaces import register_reference
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_reference("mobilenet_v2", MBV2)

@@ -1,0 +1,341 @@
+"""``python -m nas.pareto RUN_DIR [RUN_DIR ...] [--out DIR] [--export K]``: the accuracy-latency Pareto front.
+
+Reads run stores (a run directory, or any directory containing runs, such as a multirun sweep), keeps the
+non-dominated children (maximum accuracy, minimum latency) and writes:
+
+- ``front.csv`` / ``front.json``: the front over all given runs, with the run each child came from;
+- ``children.csv``: every committed child of every run;
+- ``runs.csv``: one row per run (children, failures, best reward, best accuracy, front size, hypervolume);
+- ``pareto.png``: accuracy vs latency, every child, each run's front and the reference architectures where the
+  run measured them;
+- ``summary.md``: the tables above in Markdown;
+- with ``--export K``: ``export/`` with the top-K architectures by reward as strings, ONNX and TFLite files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nas.store import STORE_NAME, RunStore, StoreError
+
+
+def front_mask(accuracy: Sequence[float], latency: Sequence[float]) -> np.ndarray:
+    """Boolean mask of the non-dominated points (higher accuracy and lower latency are better).
+
+    A point is dominated when another is at least as good in both and strictly better in one. Of exact
+    duplicates only the first is kept on the front.
+    """
+    acc = np.asarray(accuracy, dtype=float)
+    lat = np.asarray(latency, dtype=float)
+    if acc.shape != lat.shape:
+        raise ValueError(f"accuracy and latency differ in length ({acc.size} vs {lat.size})")
+    order = np.lexsort((-acc, lat))  # by latency ascending, ties: higher accuracy first
+    mask = np.zeros(acc.size, dtype=bool)
+    best = -math.inf
+    for i in order:
+        if acc[i] > best:
+            mask[i] = True
+            best = acc[i]
+    return mask
+
+
+def hypervolume(accuracy: Sequence[float], latency: Sequence[float], latency_ref: float) -> float:
+    """Area dominated by the front above accuracy 0 and below ``latency_ref`` (ms x accuracy)."""
+    acc = np.asarray(accuracy, dtype=float)
+    lat = np.asarray(latency, dtype=float)
+    keep = front_mask(acc, lat) & (lat < latency_ref)
+    points = sorted(zip(lat[keep], acc[keep]))
+    area, prev_acc = 0.0, 0.0
+    for lat_i, acc_i in points:
+        area += (latency_ref - lat_i) * (acc_i - prev_acc)
+        prev_acc = acc_i
+    return float(area)
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[Path]:
+    """Run directories (those holding a run store) at or below the given paths, in a stable order."""
+    runs: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise ValueError(f"no such run directory: {path}")
+        if (path / STORE_NAME).exists():
+            runs.append(path)
+        else:
+            found = sorted(p.parent for p in path.rglob(STORE_NAME))
+            if not found:
+                raise ValueError(f"no run store ({STORE_NAME}) at or below {path}")
+            runs.extend(found)
+    return list(dict.fromkeys(runs))
+
+
+def _run_label(run: Path, config: dict, overrides: list[str] | None) -> str:
+    if overrides:
+        return ",".join(o for o in overrides if not o.startswith(("run_dir", "hydra.", "+experiment"))) or run.name
+    return run.name
+
+
+def load_runs(run_dirs: Sequence[Path]) -> list[dict]:
+    runs = []
+    for run in run_dirs:
+        try:
+            with RunStore(run, readonly=True) as store:
+                config = store.get_meta("config", {})
+                overrides = store.get_meta("overrides")
+                children = [c.to_dict() for c in store.children(committed_only=True)]
+                references = store.references()
+                steps = store.steps()
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
+        runs.append(
+            {
+                "dir": run,
+                "label": _run_label(run, config, overrides),
+                "config": config,
+                "children": children,
+                "references": references,
+                "steps": steps,
+            }
+        )
+    return runs
+
+
+def _measured(children: list[dict]) -> list[dict]:
+    """Successful children with a latency, one per architecture (the first evaluation)."""
+    seen, out = set(), []
+    for c in children:
+        if c["status"] == "ok" and c["latency_ms"] is not None and c["arch"] not in seen:
+            seen.add(c["arch"])
+            out.append(c)
+    return out
+
+
+def scatter_figure(points: list[dict], *, title: str = "", runs: list[dict] | None = None, references: dict | None = None):
+    """Matplotlib figure of accuracy vs latency with the front drawn as a step line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    groups = runs or [{"label": None, "points": points}]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, group in enumerate(groups):
+        pts = group["points"]
+        if not pts:
+            continue
+        color = colors[i % len(colors)]
+        lat = np.array([p["latency_ms"] for p in pts])
+        acc = np.array([p["top1"] for p in pts]) * 100
+        ax.scatter(lat, acc, s=14, alpha=0.45, color=color, label=group["label"])
+        mask = front_mask(acc, lat)
+        order = np.argsort(lat[mask])
+        ax.step(lat[mask][order], acc[mask][order], where="post", color=color, linewidth=1.6)
+        ax.scatter(lat[mask], acc[mask], s=34, color=color, edgecolor="black", linewidth=0.6, zorder=3)
+    for name, ref in (references or {}).items():
+        if ref.get("status") == "ok" and ref.get("latency_ms") is not None:
+            ax.scatter([ref["latency_ms"]], [ref["top1"] * 100], marker="*", s=140, color="black", zorder=4)
+            ax.annotate(name, (ref["latency_ms"], ref["top1"] * 100), textcoords="offset points", xytext=(5, -10),
+                        fontsize=8)
+    ax.set_xlabel("latency (ms, TFLite)")
+    ax.set_ylabel("proxy top-1 (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if any(g["label"] for g in groups):
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+FRONT_FIELDS = ["run", "step", "idx", "arch", "top1", "top5", "latency_ms", "latency_std_ms", "params", "macs", "reward"]
+
+
+def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+
+
+def export_runs(
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    export_top: int = 0,
+    cfg=None,
+    title: str | None = None,
+) -> dict:
+    """Write the front, tables, plot and summary for the runs at or below ``paths``; return the summary."""
+    runs = load_runs(find_runs(paths))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    all_children, all_points = [], []
+    for run in runs:
+        for c in run["children"]:
+            all_children.append({"run": run["label"], **{k: v for k, v in c.items() if k not in ("result", "tokens")}})
+        run["points"] = [{"run": run["label"], **c} for c in _measured(run["children"])]
+        all_points.extend(run["points"])
+    lat_ref = max((p["latency_ms"] for p in all_points), default=1.0) * 1.1
+
+    rows = []
+    for run in runs:
+        pts = run["points"]
+        rewards = [c["reward"] for c in run["children"] if c["reward"] is not None]
+        acc = [p["top1"] for p in pts]
+        lat = [p["latency_ms"] for p in pts]
+        rows.append(
+            {
+                "run": run["label"],
+                "dir": str(run["dir"]),
+                "children": len(run["children"]),
+                "failed": sum(c["status"] != "ok" for c in run["children"]),
+                "unique": len({c["arch"] for c in run["children"]}),
+                "best_reward": max(rewards, default=None),
+                "best_top1": max(acc, default=None),
+                "min_latency_ms": min(lat, default=None),
+                "front_size": int(front_mask(acc, lat).sum()) if pts else 0,
+                "hypervolume": hypervolume(acc, lat, lat_ref) if pts else 0.0,
+            }
+        )
+
+    mask = front_mask([p["top1"] for p in all_points], [p["latency_ms"] for p in all_points]) if all_points else []
+    front = sorted((p for p, m in zip(all_points, mask) if m), key=lambda p: p["latency_ms"])
+    front_rows = [{k: p.get(k) for k in FRONT_FIELDS} for p in front]
+
+    _write_csv(out / "front.csv", front_rows, FRONT_FIELDS)
+    (out / "front.json").write_text(json.dumps(front_rows, indent=2))
+    _write_csv(out / "children.csv", all_children, ["run", *[k for k in all_children[0] if k != "run"]] if all_children else ["run"])
+    _write_csv(out / "runs.csv", rows, list(rows[0]) if rows else ["run"])
+
+    references = {}
+    for run in runs:
+        for name, ref in run["references"].items():
+            references.setdefault(name, ref)
+    fig = scatter_figure(
+        all_points,
+        title=title or (runs[0]["label"] if len(runs) == 1 else f"{len(runs)} runs"),
+        runs=runs if len(runs) > 1 else None,
+        references=references,
+    )
+    fig.savefig(out / "pareto.png")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+    exported = []
+    if export_top:
+        exported = _export_top(runs, out / "export", export_top)
+
+    _write_summary(out / "summary.md", runs, rows, front_rows, references, exported)
+    return {"runs": rows, "front": front_rows, "exported": exported, "out": str(out)}
+
+
+def _write_summary(path: Path, runs, rows, front_rows, references, exported) -> None:
+    lines = ["# Pareto summary", ""]
+    lines += ["| run | children | failed | unique | best reward | best top-1 | min latency (ms) | front | hypervolume |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {r['children']} | {r['failed']} | {r['unique']} | {_fmt(r['best_reward'], '.4f')} | "
+            f"{_fmt(r['best_top1'], '.4f')} | {_fmt(r['min_latency_ms'], '.2f')} | {r['front_size']} | "
+            f"{_fmt(r['hypervolume'], '.3f')} |"
+        )
+    lines += ["", "## Front (all runs)", "", "| latency (ms) | top-1 | MACs (M) | params (M) | run | architecture |",
+              "|---:|---:|---:|---:|---|---|"]
+    for p in front_rows:
+        macs = p["macs"] / 1e6 if p["macs"] else None
+        params = p["params"] / 1e6 if p["params"] else None
+        lines.append(
+            f"| {_fmt(p['latency_ms'], '.2f')} | {_fmt(p['top1'], '.4f')} | {_fmt(macs, '.1f')} | "
+            f"{_fmt(params, '.2f')} | {p['run']} | `{p['arch']}` |"
+        )
+    if references:
+        lines += ["", "## Reference architectures (same proxy training and latency setup)", "",
+                  "| name | latency (ms) | top-1 |", "|---|---:|---:|"]
+        for name, ref in sorted(references.items()):
+            lines.append(f"| {name} | {_fmt(ref.get('latency_ms'), '.2f')} | {_fmt(ref.get('top1'), '.4f')} |")
+    if exported:
+        lines += ["", "## Exported", ""] + [f"- `{e['arch']}`: {e.get('tflite', '')}" for e in exported]
+    lines += ["", "![accuracy vs latency](pareto.png)", ""]
+    path.write_text("\n".join(lines))
+
+
+def _export_top(runs: list[dict], out: Path, k: int) -> list[dict]:
+    """Top-K children by reward: architecture strings plus ONNX and TFLite files converted as the run did."""
+    from hydra.utils import instantiate
+
+    ranked = sorted(
+        ((c["reward"], c["arch"], run) for run in runs for c in _measured(run["children"]) if c["reward"] is not None),
+        key=lambda t: -t[0],
+    )
+    chosen, seen = [], set()
+    for reward, arch, run in ranked:
+        if arch not in seen:
+            seen.add(arch)
+            chosen.append((reward, arch, run))
+        if len(chosen) == k:
+            break
+    out.mkdir(parents=True, exist_ok=True)
+    exported = []
+    services: dict[str, object] = {}
+    try:
+        for rank, (reward, arch, run) in enumerate(chosen, start=1):
+            config = run["config"]
+            key = json.dumps(config.get("latency"), sort_keys=True)
+            if key not in services:
+                services[key] = instantiate(config["latency"], cache_path=None, work_dir=str(out / "work"))
+            deploy = config["deploy"]
+            files = services[key].export(
+                arch,
+                out / f"top{rank}",
+                resolution=deploy["resolution"],
+                channels=deploy["channels"],
+                num_classes=deploy["num_classes"],
+            )
+            exported.append({"rank": rank, "reward": reward, "arch": arch, "run": run["label"],
+                             **{k: str(v) for k, v in files.items()}})
+    finally:
+        for service in services.values():
+            service.close()
+    (out / "architectures.txt").write_text("".join(e["arch"] + "\n" for e in exported))
+    (out / "architectures.json").write_text(json.dumps(exported, indent=2))
+    return exported
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nas.pareto", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run directories, or directories containing runs (sweeps)")
+    parser.add_argument("--out", default=None, help="output directory (default: <first run>/pareto)")
+    parser.add_argument("--export", type=int, default=0, metavar="K", help="also export the top-K as ONNX/TFLite")
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args(argv)
+    if args.export < 0:
+        print(f"error: --export must be >= 0, got {args.export}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "pareto"
+    try:
+        summary = export_runs(args.runs, out, export_top=args.export, title=args.title)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((out / "summary.md").read_text())
+    print(f"wrote {out}/front.csv, front.json, children.csv, runs.csv, pareto.png, summary.md"
+          + (f" and {len(summary['exported'])} exported models" if summary["exported"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Pareto front maths and the export of tables, plot and summary from run stores."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nas.pareto import front_mask, hypervolume, main
+from nas.store import RunStore
+
+
+def brute_force_front(acc, lat):
+    n = len(acc)
+    mask = []
+    for i in range(n):
+        dominated = any(
+            acc[j] >= acc[i] and lat[j] <= lat[i] and (acc[j] > acc[i] or lat[j] < lat[i]) for j in range(n)
+        )
+        duplicate_before = any(acc[j] == acc[i] and lat[j] == lat[i] for j in range(n) if j != i and
+                               (lat[j], -acc[j], j) < (lat[i], -acc[i], i))
+        mask.append(not dominated and not duplicate_before)
+    return np.array(mask, dtype=bool)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 20), st.integers(1, 20)), min_size=1, max_size=40))
+def test_front_matches_brute_force(points):
+    acc = [a / 20 for a, _ in points]
+    lat = [float(b) for _, b in points]
+    assert front_mask(acc, lat).tolist() == brute_force_front(acc, lat).tolist()
+
+
+def test_hypervolume_by_hand():
+    # front: (lat 1, acc 0.5), (lat 3, acc 0.8); dominated (lat 4, acc 0.6) adds nothing
+    assert hypervolume([0.5, 0.8, 0.6], [1.0, 3.0, 4.0], latency_ref=5.0) == pytest.approx(4 * 0.5 + 2 * 0.3)
+    with pytest.raises(ValueError, match="differ in length"):
+        front_mask([0.1], [1.0, 2.0])
+
+
+def make_run(path, points, *, label_overrides=None, references=None):
+    with RunStore(path) as store:
+        store.set_meta("config", {"deploy": {"resolution": 32, "channels": 1, "num_classes": 10}})
+        store.set_meta("overrides", label_overrides or [])
+        for i, (arch, top1, lat, status) in enumerate(points):
+            result = {"arch": arch, "status": status, "top1": top1, "latency_ms": lat, "macs": 1000 * i,
+                      "params": 100 * i}
+            store.add_child(step=0, idx=i, tokens=[i], arch=arch, result=result)
+        store.commit_step(0, [p[1] or -1.0 for p in points], {}, {})
+        for name, (top1, lat) in (references or {}).items():
+            store.add_reference(name, f"ref_{name}", {"status": "ok", "top1": top1, "latency_ms": lat})
+
+
+POINTS = [
+    ("ds_r1_k3_s1_c16", 0.70, 2.0, "ok"),
+    ("ds_r1_k3_s1_c24", 0.80, 3.0, "ok"),
+    ("ds_r1_k5_s1_c24", 0.75, 4.0, "ok"),  # dominated
+    ("ds_r1_k5_s1_c32", None, None, "failed"),
+    ("ds_r1_k3_s1_c16", 0.70, 2.0, "ok"),  # the same architecture sampled again
+]
+
+
+def test_export_of_one_run_writes_every_artifact(tmp_path, capsys):
+    run = tmp_path / "run"
+    make_run(run, POINTS, references={"mobilenet_v2": (0.82, 5.0)})
+    assert main([str(run)]) == 0
+    out = run / "pareto"
+    for name in ("front.csv", "front.json", "children.csv", "runs.csv", "pareto.png", "summary.md"):
+        assert (out / name).stat().st_size > 0, name
+    front = json.loads((out / "front.json").read_text())
+    assert [p["arch"] for p in front] == ["ds_r1_k3_s1_c16", "ds_r1_k3_s1_c24"]
+    with open(out / "front.csv") as f:
+        assert [r["latency_ms"] for r in csv.DictReader(f)] == ["2.0", "3.0"]
+    with open(out / "runs.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["children"], row["failed"], row["unique"], row["front_size"]) == ("5", "1", "4", "2")
+    summary = (out / "summary.md").read_text()
+    assert "mobilenet_v2" in summary and "`ds_r1_k3_s1_c24`" in summary
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "front.csv" in capsys.readouterr().out
+
+
+def test_sweep_directory_is_summarised_in_one_table(tmp_path):
+    make_run(tmp_path / "sweep" / "0", POINTS[:2], label_overrides=["reward=soft"])
+    make_run(tmp_path / "sweep" / "1", [("ds_r1_k3_s1_c8", 0.9, 1.0, "ok")], label_overrides=["reward=hard"])
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    with open(tmp_path / "out" / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["reward=soft", "reward=hard"]
+    front = json.loads((tmp_path / "out" / "front.json").read_text())
+    assert [p["run"] for p in front] == ["reward=hard"]  # one child of run 1 dominates everything
+
+
+def test_bad_paths_give_one_line_errors(tmp_path, capsys):
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    assert "no run store" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "run.sqlite").write_bytes(b"garbage" * 500)
+    assert main([str(bad)]) == 2
+    assert "unreadable" in capsys.readouterr().err
+    assert main([str(tmp_path / "empty"), "--export", "-1"]) == 2

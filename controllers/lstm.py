@@ -1,0 +1,122 @@
+"""What REINFORCE and PPO share: the LSTM policy, its Adam optimizer, the moving-average baseline, the RNG.
+
+Updates never need the log-probabilities recorded at sampling time: the search loop calls ``update`` right
+after the batch it sampled is evaluated, so the policy that sampled is the current one and PPO's "old"
+log-probabilities are recomputed from it before its first gradient step.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import abstractmethod
+from collections.abc import Sequence
+
+import torch
+
+from controllers.base import Controller, Sample, check_param, is_number
+from controllers.policy import LSTMPolicy
+
+
+class LSTMController(Controller):
+    def __init__(
+        self,
+        num_choices: Sequence[int],
+        *,
+        seed: int = 0,
+        hidden_size: int = 100,
+        temperature: float = 1.0,
+        tanh_constant: float | None = None,
+        lr: float = 0.005,
+        entropy_weight: float = 0.0001,
+        baseline_decay: float = 0.95,
+        grad_clip: float | None = None,
+        init_range: float = 0.1,
+    ) -> None:
+        super().__init__(num_choices, seed=seed)
+        check_param("hidden_size", hidden_size, isinstance(hidden_size, int) and hidden_size >= 1, "an int >= 1")
+        check_param("temperature", temperature, is_number(temperature) and temperature > 0, "a number > 0")
+        check_param("tanh_constant", tanh_constant, tanh_constant is None or is_number(tanh_constant)
+                    and tanh_constant > 0, "null or a number > 0")
+        check_param("lr", lr, is_number(lr) and lr > 0, "a number > 0")
+        check_param("entropy_weight", entropy_weight, is_number(entropy_weight) and entropy_weight >= 0,
+                    "a number >= 0")
+        check_param("baseline_decay", baseline_decay, is_number(baseline_decay) and 0 <= baseline_decay < 1,
+                    "in [0, 1)")
+        check_param("grad_clip", grad_clip, grad_clip is None or is_number(grad_clip) and grad_clip > 0,
+                    "null or a number > 0")
+        check_param("init_range", init_range, is_number(init_range) and init_range > 0, "a number > 0")
+        self.entropy_weight = float(entropy_weight)
+        self.baseline_decay = float(baseline_decay)
+        self.grad_clip = None if grad_clip is None else float(grad_clip)
+        # Parameters are initialised from the controller's seed, independent of torch's global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.policy = LSTMPolicy(self.num_choices, hidden_size=hidden_size, temperature=float(temperature),
+                                     tanh_constant=tanh_constant, init_range=float(init_range))
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=float(lr))
+        self.baseline: float | None = None
+        self.updates = 0
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Sample:
+        n = self._check_n(n)
+        tokens, log_probs, entropies = self.policy.sample(n, self._rng(generator))
+        return Sample(tokens=tokens.tolist(), log_probs=log_probs.tolist(), entropies=entropies.tolist())
+
+    def log_prob(self, tokens: list[list[int]]) -> list[float]:
+        """log p(tokens) under the current policy (what ``sample`` reported for the same sequences)."""
+        seqs, _ = self._check_batch(tokens, [0.0] * len(list(tokens)))
+        with torch.no_grad():
+            return self.policy.evaluate(torch.tensor(seqs, dtype=torch.long))[0].tolist()
+
+    def _advance_baseline(self, rewards: torch.Tensor) -> float:
+        """Move the baseline towards this batch's mean reward; returns the value before the move."""
+        mean = float(rewards.mean())
+        before = mean if self.baseline is None else self.baseline
+        self.baseline = mean if self.baseline is None else (
+            self.baseline_decay * self.baseline + (1 - self.baseline_decay) * mean
+        )
+        return before
+
+    def _step(self, loss: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(
+            self.policy.parameters(), self.grad_clip if self.grad_clip is not None else float("inf")
+        )
+        self.optimizer.step()
+        return float(norm)
+
+    def update(self, tokens: list[list[int]], rewards: list[float]) -> dict[str, float]:
+        seqs, values = self._check_batch(tokens, rewards)
+        stats = self._train(torch.tensor(seqs, dtype=torch.long), torch.tensor(values, dtype=torch.float32))
+        self.updates += 1
+        stats["reward_mean"] = float(sum(values) / len(values))
+        stats["baseline"] = float(self.baseline)
+        return stats
+
+    @abstractmethod
+    def _train(self, tokens: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict:
+        state = self._base_state()
+        state.update(
+            policy=copy.deepcopy(self.policy.state_dict()),
+            optimizer=copy.deepcopy(self.optimizer.state_dict()),
+            baseline=self.baseline,
+            updates=self.updates,
+        )
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self._load_base_state(state)
+        for key in ("policy", "optimizer", "baseline", "updates"):
+            if key not in state:
+                raise ValueError(f"state is missing '{key}'; is it a '{self.name}' state_dict()?")
+        try:
+            self.policy.load_state_dict(state["policy"])
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ValueError(f"state policy does not fit this controller (hidden_size?): {first}") from None
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.baseline = None if state["baseline"] is None else float(state["baseline"])
+        self.updates = int(state["updates"])

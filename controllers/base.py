@@ -76,7 +76,7 @@ class Controller(ABC):
 
     def __init__(self, num_choices: Sequence[int], *, seed: int = 0) -> None:
         self.num_choices = check_num_choices(num_choices)
-        check_param("seed", seed, isinstance(seed, int) and not isinstance(seed, bool), "an int")
+        check_param("seed", seed, hasattr(seed, "__index__") and not isinstance(seed, bool), "an int")
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
 

@@ -23,24 +23,16 @@ class PPOController(LSTMController):
         self,
         num_choices: Sequence[int],
         *,
-        seed: int = 0,
-        hidden_size: int = 100,
-        temperature: float = 1.0,
-        tanh_constant: float | None = None,
-        lr: float = 0.002,
-        entropy_weight: float = 0.0001,
-        baseline_decay: float = 0.95,
-        grad_clip: float | None = None,
-        init_range: float = 0.1,
         clip_epsilon: float = 0.2,
         epochs: int = 4,
         minibatch_size: int | None = None,
         normalize_advantages: bool = True,
         target_kl: float | None = None,
+        lr: float = 0.002,
+        **lstm_kwargs,
     ) -> None:
-        super().__init__(num_choices, seed=seed, hidden_size=hidden_size, temperature=temperature,
-                         tanh_constant=tanh_constant, lr=lr, entropy_weight=entropy_weight,
-                         baseline_decay=baseline_decay, grad_clip=grad_clip, init_range=init_range)
+        """``lstm_kwargs``: the policy/optimizer hyper-parameters of ``LSTMController`` (seed, hidden_size, ...)."""
+        super().__init__(num_choices, lr=lr, **lstm_kwargs)
         check_param("clip_epsilon", clip_epsilon, is_number(clip_epsilon) and 0 < clip_epsilon < 1, "in (0, 1)")
         check_param("epochs", epochs, isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1,
                     "an int >= 1")

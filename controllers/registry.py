@@ -52,12 +52,15 @@ def _plain(value):
 
 def hyperparameters(name: str) -> dict[str, object]:
     """The keyword arguments a controller accepts, with their defaults (for docs and error messages)."""
-    sig = inspect.signature(get_controller_class(name).__init__)
-    return {
-        p.name: p.default
-        for p in sig.parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "seed"
-    }
+    found: dict[str, object] = {}
+    for klass in get_controller_class(name).__mro__:  # subclasses pass the rest on as **kwargs
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "seed":
+                found.setdefault(p.name, p.default)
+    return found
 
 
 def build(name: str, num_choices: Sequence[int], *, seed: int = 0, **kwargs) -> Controller:
@@ -70,4 +73,4 @@ def build(name: str, num_choices: Sequence[int], *, seed: int = 0, **kwargs) -> 
             f"controller '{name}' got unknown hyper-parameter(s) {', '.join(unknown)}; "
             f"accepted: {', '.join(sorted(accepted)) or 'none'}"
         )
-    return cls(_plain(num_choices), seed=int(seed), **{k: _plain(v) for k, v in kwargs.items()})
+    return cls(_plain(num_choices), seed=seed, **{k: _plain(v) for k, v in kwargs.items()})

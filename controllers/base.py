@@ -160,3 +160,4 @@ class Controller(ABC):
                 f"state num_choices {list(state['num_choices'])} differ from this controller's {list(self.num_choices)}"
             )
         self.generator.set_state(state["rng"].clone())
+        self.seed = int(state.get("seed", self.seed))

@@ -91,4 +91,5 @@ class EvolutionController(Controller):
         self._load_base_state(state)
         if "population" not in state:
             raise ValueError("state is missing 'population'; is it an 'evolution' state_dict()?")
-        self.population = [(list(map(int, t)), float(r)) for t, r in state["population"]]
+        population = [(list(map(int, t)), float(r)) for t, r in state["population"]]
+        self.population = population[max(0, len(population) - self.population_size):]  # a smaller config

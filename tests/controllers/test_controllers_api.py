@@ -8,6 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -168,3 +170,24 @@ def test_bad_sample_and_update_input_is_refused(name):
         ctl.update(good, [1.0, float("nan")])
     with pytest.raises(ValueError, match="at least one"):
         ctl.update([], [])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    num_choices=st.lists(st.integers(1, 5), min_size=1, max_size=8),
+    name=st.sampled_from(NAMES),
+    n=st.integers(1, 6),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_any_space_samples_in_range_and_updates(num_choices, name, n, seed):
+    extra = {"hidden_size": 8} if name.startswith("lstm") else {}
+    if name == "evolution":
+        extra = {"population_size": 2, "tournament_size": 2}
+    ctl = build(name, num_choices, seed=seed, **extra)
+    for _ in range(3):  # evolution: random, then mutations
+        sample = ctl.sample(n)
+        assert all(len(t) == len(num_choices) and all(0 <= x < k for x, k in zip(t, num_choices))
+                   for t in sample.tokens)
+        if name.startswith("lstm"):
+            assert ctl.log_prob(sample.tokens) == pytest.approx(sample.log_probs, abs=1e-4)
+        ctl.update(sample.tokens, [float(sum(t)) for t in sample.tokens])

@@ -81,6 +81,7 @@ def efficiency(args, num_choices) -> None:
     print("| objective | controller | samples to 95% of best (median [q1, q3]) | samples / random's (95%) | "
           "samples to 99% of best | best reward after budget (median [q1, q3]) |")
     print("|---|---|---|---|---|---|")
+    verdicts = []
     for obj_name in OBJECTIVES:
         needed = {(n, f): [] for n in NAMES for f in (0.95, 0.99)}
         final = {n: [] for n in NAMES}
@@ -102,6 +103,10 @@ def efficiency(args, num_choices) -> None:
                   f"{fmt_samples(q3, args.budget)}] | {ratio_text} | "
                   f"{fmt_samples(statistics.median(needed[n, 0.99]), args.budget)} | "
                   f"{fmed:.4f} [{f1:.4f}, {f3:.4f}] |")
+        verdicts.append(f"{obj_name}: PPO median {fmt_samples(statistics.median(needed['lstm_ppo', 0.95]), args.budget)}"
+                        f" vs random {fmt_samples(random_median, args.budget)} samples -> goal (<= half) "
+                        + ("met" if statistics.median(needed["lstm_ppo", 0.95]) <= 0.5 * random_median else "NOT met"))
+    print("\n" + "\n".join(verdicts))
 
 
 def overhead(args, num_choices) -> None:

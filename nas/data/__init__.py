@@ -1,0 +1,307 @@
+"""Datasets for proxy training, prepared once into uint8 memory-mapped arrays that every child trains from.
+
+Why a prepared cache: proxy training is the dominant cost of a search and thousands of children train on the same
+subset, so JPEG decoding and resizing are done once. ``load_dataset(cfg.dataset)`` returns a
+:class:`PreparedDataset` whose ``train``/``val`` splits are ``uint8`` NHWC memmaps; preparing is resumable and shows
+a progress bar (``python -m nas.data prepare dataset=imagenet_subset dataset.root=...``).
+
+Dataset config fields (``configs/dataset/*.yaml``):
+  ``name``, ``source`` (fashion_mnist | cifar10 | imagefolder), ``root``, ``resolution`` (square side after
+  resizing), ``channels`` (null: the source's own; 1 or 3 to convert), ``classes`` (null, a count drawn with the
+  seed, or a list of class folder names), ``images_per_class`` (train images per class, null: all that remain),
+  ``val_per_class`` (held out from the training images, fixed by ``seed``), ``seed``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nas.data import sources
+
+__all__ = ["DatasetConfig", "PreparedDataset", "Split", "cache_root", "load_dataset", "prepare"]
+
+FORMAT_VERSION = 1
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    base = os.environ.get("MNAS_CACHE_DIR")
+    return (Path(base) if base else Path.home() / ".cache" / "mnasnet-search") / "data"
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str = "fashion_mnist"
+    source: str = "fashion_mnist"
+    root: str | None = None
+    resolution: int = 28
+    channels: int | None = None
+    classes: Any = None
+    images_per_class: int | None = None
+    val_per_class: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in ("fashion_mnist", "cifar10", "imagefolder"):
+            raise ValueError(f"dataset.source must be fashion_mnist, cifar10 or imagefolder, got {self.source!r}")
+        if not isinstance(self.resolution, int) or self.resolution < 8:
+            raise ValueError(f"dataset.resolution must be an integer >= 8, got {self.resolution!r}")
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"dataset.channels must be null, 1 or 3, got {self.channels!r}")
+        if self.images_per_class is not None and (not isinstance(self.images_per_class, int) or self.images_per_class < 1):
+            raise ValueError(f"dataset.images_per_class must be a positive integer or null, got {self.images_per_class!r}")
+        if not isinstance(self.val_per_class, int) or self.val_per_class < 1:
+            raise ValueError(f"dataset.val_per_class must be a positive integer, got {self.val_per_class!r}")
+        if self.source == "imagefolder" and not self.root:
+            raise ValueError(f"dataset {self.name!r}: set dataset.root to an ImageNet-style folder (train/<wnid>/*.JPEG)")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> DatasetConfig:
+        try:
+            from omegaconf import DictConfig, OmegaConf
+
+            if isinstance(cfg, DictConfig):
+                cfg = OmegaConf.to_container(cfg, resolve=True)
+        except ImportError:  # pragma: no cover
+            pass
+        cfg = dict(cfg)
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(cfg) - known - {"_target_"})
+        if unknown:
+            raise ValueError(f"unknown dataset field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        if isinstance(cfg.get("classes"), (list, tuple)):
+            cfg["classes"] = tuple(cfg["classes"])
+        return cls(**{k: v for k, v in cfg.items() if k in known})
+
+    def key(self) -> str:
+        """Identity of the prepared arrays (everything that changes their content)."""
+        root = str(Path(self.root).resolve()) if self.root else None
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "name"}
+        fields.update(root=root, classes=list(self.classes) if isinstance(self.classes, tuple) else self.classes,
+                      format=FORMAT_VERSION)
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+        return f"{self.name}-{self.resolution}px-{digest}"
+
+
+@dataclass
+class Split:
+    """``x``: uint8 images N x H x W x C (memory-mapped), ``y``: int64 labels."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class PreparedDataset:
+    name: str
+    num_classes: int
+    channels: int
+    resolution: int
+    train: Split
+    val: Split
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    path: Path
+    info: dict
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "channels": self.channels,
+            "resolution": self.resolution,
+            "num_train": len(self.train),
+            "num_val": len(self.val),
+            "path": str(self.path),
+            **{k: v for k, v in self.info.items() if k not in ("val_indices",)},
+        }
+
+
+def _select(labels: np.ndarray, num_classes: int, per_class: int | None, val_per_class: int, seed: int, where: str):
+    """Per class: shuffle with ``seed``, hold out ``val_per_class``, keep ``per_class`` for training."""
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)
+        need = val_per_class + (per_class or 1)
+        if len(idx) < need:
+            raise ValueError(
+                f"{where}: class {c} has {len(idx)} images, fewer than val_per_class + images_per_class = {need}"
+            )
+        idx = rng.permutation(idx)
+        val_idx.append(idx[:val_per_class])
+        train_idx.append(idx[val_per_class : val_per_class + per_class] if per_class else idx[val_per_class:])
+    # interleave classes in a fixed random order so memmap reads of a shuffled batch stay spread out
+    train = rng.permutation(np.concatenate(train_idx))
+    val = np.sort(np.concatenate(val_idx))
+    return train, val
+
+
+def _resize_array(images: np.ndarray, resolution: int, channels: int) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    if x.shape[1] != channels:
+        x = x.mean(1, keepdim=True) if channels == 1 else x.expand(-1, 3, -1, -1)
+    if x.shape[-1] != resolution or x.shape[-2] != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _decode_file(path: Path, resolution: int, channels: int) -> np.ndarray:
+    """Decode, resize the shorter side to ``resolution`` and centre-crop (the standard evaluation transform)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("L" if channels == 1 else "RGB")
+        w, h = im.size
+        scale = resolution / min(w, h)
+        im = im.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BILINEAR)
+        w, h = im.size
+        left, top = (w - resolution) // 2, (h - resolution) // 2
+        im = im.crop((left, top, left + resolution, top + resolution))
+        arr = np.asarray(im, dtype=np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _load_source(cfg: DatasetConfig):
+    if cfg.source == "fashion_mnist":
+        return sources.fashion_mnist(cfg.root)
+    if cfg.source == "cifar10":
+        if not cfg.root:
+            raise ValueError("dataset.root must point at CIFAR-10 (cifar-10-batches-py)")
+        return sources.cifar10(cfg.root)
+    return sources.image_folder(cfg.root, cfg.classes, cfg.seed)
+
+
+def _restrict_classes(src, classes, seed):
+    """For array sources: keep a subset of classes (count drawn with the seed or a list of names/indices)."""
+    if classes is None:
+        return src
+    names = src.class_names
+    if isinstance(classes, int):
+        if not 1 <= classes <= len(names):
+            raise ValueError(f"dataset.classes = {classes}, but the dataset has {len(names)} classes")
+        keep = sorted(np.random.default_rng(seed).choice(len(names), size=classes, replace=False).tolist())
+    else:
+        keep = []
+        for c in classes:
+            if isinstance(c, int) and 0 <= c < len(names):
+                keep.append(c)
+            elif c in names:
+                keep.append(names.index(c))
+            else:
+                raise ValueError(f"unknown class {c!r}; known: {', '.join(names)}")
+    mask = np.isin(src.labels, keep)
+    remap = {old: new for new, old in enumerate(keep)}
+    labels = np.asarray([remap[int(v)] for v in src.labels[mask]], dtype=np.int64)
+    return sources.ArraySource(src.images[mask], labels, [names[k] for k in keep])
+
+
+def prepare(cfg: DatasetConfig, cache_dir: str | Path | None = None, *, progress: bool = True) -> Path:
+    """Build (or finish building) the prepared arrays of ``cfg``; returns their directory."""
+    from tqdm.auto import tqdm
+
+    out = cache_root(cache_dir) / cfg.key()
+    if (out / "meta.json").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    src = _load_source(cfg)
+    if isinstance(src, sources.ArraySource):
+        src = _restrict_classes(src, cfg.classes, cfg.seed)
+    num_classes = len(src.class_names)
+    train_idx, val_idx = _select(src.labels, num_classes, cfg.images_per_class, cfg.val_per_class, cfg.seed,
+                                 f"dataset {cfg.name}")
+    native = src.images.shape[-1] if isinstance(src, sources.ArraySource) else 3
+    channels = cfg.channels or native
+    shape = (cfg.resolution, cfg.resolution, channels)
+    skipped: list[str] = []
+    for split, idx in (("train", train_idx), ("val", val_idx)):
+        np.save(out / f"{split}_y.npy", src.labels[idx])
+        x_path, done_path = out / f"{split}_x.u8", out / f"{split}_progress.json"
+        done = json.loads(done_path.read_text())["done"] if done_path.exists() and x_path.exists() else 0
+        x = np.lib.format.open_memmap(x_path, mode="r+" if done else "w+", dtype=np.uint8, shape=(len(idx), *shape))
+        chunk = 2048 if isinstance(src, sources.ArraySource) else 256
+        bar = tqdm(total=len(idx), initial=done, desc=f"prepare {cfg.name}/{split}", unit="img", disable=not progress)
+        for start in range(done, len(idx), chunk):
+            part = idx[start : start + chunk]
+            if isinstance(src, sources.ArraySource):
+                x[start : start + len(part)] = _resize_array(src.images[part], cfg.resolution, channels)
+            else:
+                for j, i in enumerate(part):
+                    try:
+                        x[start + j] = _decode_file(src.files[i], cfg.resolution, channels)
+                    except Exception as exc:  # a corrupt image is skipped (left black), counted and named
+                        skipped.append(f"{src.files[i]}: {exc.__class__.__name__}")
+                        warnings.warn(f"skipping corrupt image {src.files[i]} ({exc})", stacklevel=2)
+            x.flush()
+            done_path.write_text(json.dumps({"done": start + len(part)}))
+            bar.update(len(part))
+        bar.close()
+        del x
+    pixels = np.load(out / "train_x.u8", mmap_mode="r")
+    sample = pixels[: min(len(pixels), 4096)].reshape(-1, channels).astype(np.float64) / 255.0
+    meta = {
+        "name": cfg.name,
+        "source": cfg.source,
+        "num_classes": num_classes,
+        "class_names": src.class_names,
+        "channels": channels,
+        "resolution": cfg.resolution,
+        "num_train": int(len(train_idx)),
+        "num_val": int(len(val_idx)),
+        "mean": sample.mean(0).tolist(),
+        "std": (sample.std(0) + 1e-6).tolist(),
+        "seed": cfg.seed,
+        "images_per_class": cfg.images_per_class,
+        "val_per_class": cfg.val_per_class,
+        "skipped_images": skipped,
+        "prepare_seconds": time.perf_counter() - started,
+        "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+    }
+    np.save(out / "val_source_indices.npy", val_idx)
+    tmp = out / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1, default=list))
+    os.replace(tmp, out / "meta.json")  # written last: its presence means the arrays are complete
+    return out
+
+
+def load_dataset(cfg: Mapping | DatasetConfig, cache_dir: str | Path | None = None, *, progress: bool = True) -> PreparedDataset:
+    """Prepare the dataset if needed and open its memory-mapped splits."""
+    cfg = cfg if isinstance(cfg, DatasetConfig) else DatasetConfig.from_config(cfg)
+    path = prepare(cfg, cache_dir, progress=progress)
+    meta = json.loads((path / "meta.json").read_text())
+    splits = {
+        name: Split(np.load(path / f"{name}_x.u8", mmap_mode="r"), np.load(path / f"{name}_y.npy"))
+        for name in ("train", "val")
+    }
+    return PreparedDataset(
+        name=meta["name"],
+        num_classes=meta["num_classes"],
+        channels=meta["channels"],
+        resolution=meta["resolution"],
+        train=splits["train"],
+        val=splits["val"],
+        class_names=meta["class_names"],
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
+        path=path,
+        info={k: meta[k] for k in ("seed", "images_per_class", "val_per_class", "skipped_images", "prepare_seconds")},
+    )

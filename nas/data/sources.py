@@ -1,0 +1,151 @@
+"""Where images come from: Fashion-MNIST IDX files, CIFAR-10 python batches, ImageNet-style image folders.
+
+A source yields the *training* images of the chosen classes; the held-out validation split is drawn from them by
+``nas.data.prepare`` (as the paper held out 50K ImageNet training images), so the official test sets stay unseen.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
+
+
+@dataclass
+class ArraySource:
+    """Images already decoded: ``images`` uint8 NHWC, ``labels`` int64, ``class_names`` by label."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+
+
+@dataclass
+class FileSource:
+    """Images on disk, decoded lazily: ``files[i]`` has label ``labels[i]``."""
+
+    files: list[Path]
+    labels: np.ndarray
+    class_names: list[str]
+
+
+def _open_maybe_gz(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or not."""
+    with _open_maybe_gz(path) as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{path}: not an IDX file")
+    dtype_code, ndim = data[2], data[3]
+    if dtype_code != 0x08:
+        raise ValueError(f"{path}: unsupported IDX element type 0x{dtype_code:02x} (expected unsigned byte)")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: truncated IDX file ({body.size} of {int(np.prod(shape))} values)")
+    return body.reshape(shape)
+
+
+def _find(root: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (root / name).exists():
+            return root / name
+    return None
+
+
+def fashion_mnist(root: str | Path | None, *, download: bool = True) -> ArraySource:
+    """Fashion-MNIST training set (60,000 28x28 grey images) from IDX files.
+
+    Debian's ``dataset-fashion-mnist`` puts them in /usr/share/datasets/fashion-mnist. Where that is missing,
+    torchvision's downloader is the fallback for users with internet.
+    """
+    root = Path(root or FASHION_MNIST_ROOT)
+    images, labels = _find(root, "train-images-idx3-ubyte"), _find(root, "train-labels-idx1-ubyte")
+    if images is None or labels is None:
+        if not download:
+            raise FileNotFoundError(
+                f"Fashion-MNIST not found in {root} (install the Debian package dataset-fashion-mnist)"
+            )
+        try:
+            from torchvision.datasets import FashionMNIST
+
+            target = Path.home() / ".cache" / "mnasnet-search" / "downloads"
+            FashionMNIST(str(target), train=True, download=True)
+        except Exception as exc:
+            raise FileNotFoundError(
+                f"Fashion-MNIST not found in {root} and the download failed ({exc.__class__.__name__}); "
+                "install the Debian package dataset-fashion-mnist"
+            ) from None
+        return fashion_mnist(target / "FashionMNIST" / "raw", download=False)
+    x = read_idx(images)
+    y = read_idx(labels).astype(np.int64)
+    if x.ndim != 3 or len(x) != len(y):
+        raise ValueError(f"{images}: expected N x 28 x 28 images matching {len(y)} labels, got {x.shape}")
+    return ArraySource(x[..., None], y, list(FASHION_MNIST_CLASSES))
+
+
+def cifar10(root: str | Path) -> ArraySource:
+    """CIFAR-10 training set from the python batches (``cifar-10-batches-py/data_batch_{1..5}``)."""
+    root = Path(root)
+    base = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").exists() else root
+    xs, ys = [], []
+    for i in range(1, 6):
+        path = base / f"data_batch_{i}"
+        if not path.exists():
+            raise FileNotFoundError(f"CIFAR-10 batch missing: {path}")
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+    return ArraySource(np.concatenate(xs), np.concatenate(ys), list(CIFAR10_CLASSES))
+
+
+def image_folder(root: str | Path, classes: int | Sequence[str] | None, seed: int) -> FileSource:
+    """An ImageNet-style folder: ``root/train/<wnid>/*.JPEG`` (or ``root/<wnid>/*`` without ``train/``).
+
+    ``classes``: None for all, an int to draw that many classes with ``seed``, or an explicit list of wnids.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    train = root / "train" if (root / "train").is_dir() else root
+    available = sorted(p.name for p in train.iterdir() if p.is_dir())
+    if not available:
+        raise ValueError(f"no class folders in {train}")
+    if classes is None:
+        chosen = available
+    elif isinstance(classes, int):
+        if not 1 <= classes <= len(available):
+            raise ValueError(f"dataset.classes = {classes}, but {train} has {len(available)} classes")
+        rng = np.random.default_rng(seed)
+        chosen = sorted(rng.choice(available, size=classes, replace=False).tolist())
+    else:
+        chosen = [str(c) for c in classes]
+        unknown = [c for c in chosen if c not in available]
+        if unknown:
+            raise ValueError(f"unknown class(es) {', '.join(unknown)}: no such folder in {train}")
+        if len(set(chosen)) != len(chosen):
+            raise ValueError(f"dataset.classes lists a class twice: {chosen}")
+    files, labels = [], []
+    for label, name in enumerate(chosen):
+        found = sorted(p for p in (train / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise ValueError(f"class {name!r} has no images in {train / name}")
+        files.extend(found)
+        labels.extend([label] * len(found))
+    return FileSource(files, np.asarray(labels, dtype=np.int64), chosen)

@@ -1,0 +1,328 @@
+"""Proxy training of one child: build, train for a few epochs, evaluate top-1/top-5 on the held-out split.
+
+Fast on purpose (proxy training dominates a search's cost): batches are gathered from the prepared uint8 memmap by
+a background thread while the model trains (so data loading overlaps compute), normalised on the fly, and the model
+runs channels_last; on a GPU the loader uses pinned memory and non-blocking copies and training uses mixed
+precision; ``compile`` turns on torch.compile where it pays (long GPU runs). On CPU a run is deterministic for a
+given seed and thread count.
+
+A child that fails (non-finite loss, out of memory, an exception while building) comes back as
+``TrainResult(status="failed", error=...)``; ``train_child`` never raises for a bad child.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+OPTIMIZERS = ("sgd", "rmsprop")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Hyper-parameters of proxy training (``configs/trainer/*.yaml``)."""
+
+    epochs: int = 1
+    batch_size: int = 128
+    optimizer: str = "sgd"          # sgd (momentum, nesterov) | rmsprop (the paper: decay 0.9, momentum 0.9)
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    label_smoothing: float = 0.1
+    schedule: str = "cosine"        # cosine (to 0 over the run) | constant
+    warmup_steps: int = 0
+    dropout: float = 0.2
+    augment: bool = True            # random horizontal flip + random crop with padding
+    eval_batch_size: int = 512
+    max_steps: int | None = None    # cap on optimisation steps (quick proxies)
+    channels_last: bool = True
+    amp: str = "auto"               # auto: bfloat16/float16 autocast on GPU only | on | off
+    compile: bool = False           # torch.compile the child (pays off only for long GPU runs)
+    prefetch: int = 4               # batches prepared ahead by the loader thread
+    device: str | None = None       # null: cuda if available else cpu
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"trainer.{name} must be a positive integer, got {value!r}")
+
+        for name in ("epochs", "batch_size", "eval_batch_size", "prefetch"):
+            positive_int(name)
+        if self.max_steps is not None:
+            positive_int("max_steps")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"trainer.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"trainer.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"trainer.lr must be a positive number, got {self.lr!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"trainer.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"trainer.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"trainer.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.amp not in ("auto", "on", "off"):
+            raise ValueError(f"trainer.amp must be auto, on or off, got {self.amp!r}")
+
+
+@dataclass
+class TrainResult:
+    status: str = "ok"
+    error: str | None = None
+    top1: float | None = None
+    top5: float | None = None
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    images_per_second: float = 0.0
+    data_wait_fraction: float = 0.0
+    epochs: int = 0
+    steps: int = 0
+    final_loss: float | None = None
+    params: int | None = None
+    num_train: int = 0
+    num_val: int = 0
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainResult:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class ChildFailed(RuntimeError):
+    pass
+
+
+class BatchLoader:
+    """Shuffled batches from a uint8 NHWC memmap, gathered in a background thread (numpy releases the GIL).
+
+    Yields float tensors N x C x H x W normalised with the dataset's mean/std, plus int64 labels; tracks the time
+    the consumer waited, which is what ``data_wait_fraction`` reports.
+    """
+
+    def __init__(self, split, batch_size: int, *, mean, std, device: torch.device, generator: np.random.Generator | None,
+                 augment: bool, prefetch: int, channels_last: bool, drop_last: bool):
+        self.split, self.batch_size = split, batch_size
+        self.device = device
+        self.rng = generator
+        self.augment = augment
+        self.prefetch = prefetch
+        self.channels_last = channels_last
+        self.drop_last = drop_last
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255
+        self.wait_seconds = 0.0
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def _batches(self):
+        n = len(self.split)
+        order = self.rng.permutation(n) if self.rng is not None else np.arange(n)
+        for b in range(len(self)):
+            idx = np.sort(order[b * self.batch_size : (b + 1) * self.batch_size])  # sorted: sequential memmap reads
+            x = torch.from_numpy(np.ascontiguousarray(self.split.x[idx]))
+            y = torch.from_numpy(self.split.y[idx])
+            if self.augment:
+                x = self._augment(x)
+            if self.device.type == "cuda":
+                x, y = x.pin_memory(), y.pin_memory()
+            yield x, y
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Random horizontal flip and a random crop from a 1/8-padded image, per sample (uint8 NHWC)."""
+        n, h, w, _ = x.shape
+        flip = torch.from_numpy(self.rng.random(n) < 0.5)
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(2), x)
+        pad = max(1, h // 8)
+        padded = torch.nn.functional.pad(x.permute(0, 3, 1, 2), (pad, pad, pad, pad)).permute(0, 2, 3, 1)
+        dy = self.rng.integers(0, 2 * pad + 1, n)
+        dx = self.rng.integers(0, 2 * pad + 1, n)
+        return torch.stack([padded[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+
+    def __iter__(self):
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        sentinel = object()
+
+        def work():
+            try:
+                for item in self._batches():
+                    if stop.is_set():
+                        return
+                    q.put(item)
+            except BaseException as exc:  # surfaced in the consumer
+                q.put(exc)
+            q.put(sentinel)
+
+        thread = threading.Thread(target=work, daemon=True, name="batch-loader")
+        thread.start()
+        try:
+            while True:
+                start = time.perf_counter()
+                item = q.get()
+                self.wait_seconds += time.perf_counter() - start
+                if item is sentinel:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                x, y = item
+                x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+                x = (x - self.mean.to(self.device)) / self.std.to(self.device)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                yield x, y.to(self.device, non_blocking=True)
+        finally:
+            stop.set()
+            while thread.is_alive():
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    thread.join(0.01)
+
+
+def _device(config: TrainerConfig, device: str | None) -> torch.device:
+    name = device or config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _optimizer(model: nn.Module, config: TrainerConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN and biases
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, eps=0.0316, momentum=config.momentum)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+
+
+def _lr_factor(step: int, total: int, config: TrainerConfig) -> float:
+    if config.warmup_steps and step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return 1.0
+    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: BatchLoader, num_classes: int, autocast) -> tuple[float, float | None]:
+    model.eval()
+    correct1 = correct5 = total = 0
+    k = min(5, num_classes)
+    for x, y in loader:
+        with autocast():
+            logits = model(x)
+        top = logits.float().topk(k, dim=1).indices
+        hit = top.eq(y.view(-1, 1))
+        correct1 += int(hit[:, 0].sum())
+        correct5 += int(hit.any(1).sum())
+        total += len(y)
+    top5 = correct5 / total if num_classes > 5 else None
+    return correct1 / total, top5
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def train_child(arch: str, data: Any, config: TrainerConfig, *, seed: int = 0, device: str | None = None) -> TrainResult:
+    """Proxy-train ``arch`` (an architecture string or reference name) on ``data``; never raises for a bad child."""
+    from search_spaces import build_model
+
+    dev = _device(config, device)
+    result = TrainResult(num_train=len(data.train), num_val=len(data.val), device=str(dev))
+    try:
+        torch.manual_seed(seed)
+        try:
+            model = build_model(arch, num_classes=data.num_classes, in_channels=data.channels, dropout=config.dropout)
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise ChildFailed(f"build failed: {exc.__class__.__name__}: {exc}") from None
+        result.params = sum(p.numel() for p in model.parameters())
+        model = model.to(dev)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        use_amp = config.amp == "on" or (config.amp == "auto" and dev.type == "cuda")
+        amp_dtype = torch.bfloat16 if dev.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
+
+        def autocast():
+            return torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp)
+
+        step_model = torch.compile(model) if config.compile else model
+        rng = np.random.default_rng(seed)
+        train_loader = BatchLoader(data.train, config.batch_size, mean=data.mean, std=data.std, device=dev,
+                                   generator=rng, augment=config.augment, prefetch=config.prefetch,
+                                   channels_last=config.channels_last, drop_last=len(data.train) >= config.batch_size)
+        steps_per_epoch = len(train_loader)
+        total_steps = config.epochs * steps_per_epoch
+        if config.max_steps:
+            total_steps = min(total_steps, config.max_steps)
+        optimizer = _optimizer(model, config)
+        criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        scaler = torch.amp.GradScaler(enabled=use_amp and amp_dtype == torch.float16)
+
+        step, seen, loss_value = 0, 0, None
+        start = time.perf_counter()
+        for epoch in range(config.epochs):
+            model.train()
+            for x, y in train_loader:
+                if step >= total_steps:
+                    break
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * _lr_factor(step, total_steps, config)
+                with autocast():
+                    loss = criterion(step_model(x), y)
+                if not torch.isfinite(loss):
+                    raise ChildFailed(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                loss_value = float(loss.detach())
+                step += 1
+                seen += len(y)
+            result.epochs = epoch + 1
+            if step >= total_steps:
+                break
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        result.train_seconds = time.perf_counter() - start
+        result.steps, result.final_loss = step, loss_value
+        result.images_per_second = seen / result.train_seconds if result.train_seconds > 0 else 0.0
+        result.data_wait_fraction = train_loader.wait_seconds / result.train_seconds if result.train_seconds else 0.0
+
+        start = time.perf_counter()
+        val_loader = BatchLoader(data.val, config.eval_batch_size, mean=data.mean, std=data.std, device=dev,
+                                 generator=None, augment=False, prefetch=config.prefetch,
+                                 channels_last=config.channels_last, drop_last=False)
+        result.top1, result.top5 = evaluate(step_model, val_loader, data.num_classes, autocast)
+        result.eval_seconds = time.perf_counter() - start
+    except ChildFailed as exc:
+        result.status, result.error = "failed", str(exc)
+    except ValueError as exc:
+        result.status, result.error = "failed", f"invalid architecture: {exc}"
+    except Exception as exc:
+        if _is_oom(exc):
+            result.status, result.error = "failed", f"out of memory on {dev}: {str(exc).splitlines()[0][:200]}"
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+        else:
+            result.status, result.error = "failed", f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    return result

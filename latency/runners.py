@@ -1,0 +1,330 @@
+"""Runners time a .tflite file on one device: ``host`` (LiteRT in this process) or ``adb`` (benchmark_model on a phone).
+
+A runner is plain configuration (picklable), built inside the latency worker process that uses it. ``time(path)``
+returns the timing fields of a :class:`~latency.result.LatencyResult`; ``device_id`` names the device in cache keys
+and lock files; ``settings`` are the measurement settings that belong in the cache key.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REMOTE_DIR = "/data/local/tmp"
+
+
+class DeviceError(RuntimeError):
+    """No device, a missing binary, a device that keeps dropping: a message the user can act on."""
+
+
+def summarize(samples_ms: list[float]) -> dict:
+    a = np.asarray(samples_ms, dtype=float)
+    return {
+        "latency_ms": float(np.median(a)),
+        "mean_ms": float(a.mean()),
+        "std_ms": float(a.std()),
+        "min_ms": float(a.min()),
+        "p95_ms": float(np.percentile(a, 95)),
+        "runs": int(a.size),
+        "samples_ms": [float(x) for x in a],
+    }
+
+
+def host_cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def litert_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for package in ("ai-edge-litert", "tflite-runtime"):
+        try:
+            return f"{package}=={version(package)}"
+        except PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+@dataclass
+class HostRunner:
+    """The LiteRT interpreter on this machine's CPU (XNNPACK applies by default)."""
+
+    threads: int = 1
+    warmup_runs: int = 10
+    num_runs: int = 50
+    name: str = "host"
+
+    def __post_init__(self) -> None:
+        for key in ("threads", "num_runs"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ValueError(f"latency.{key} must be a positive integer, got {getattr(self, key)!r}")
+        if not isinstance(self.warmup_runs, int) or self.warmup_runs < 0:
+            raise ValueError(f"latency.warmup_runs must be >= 0, got {self.warmup_runs!r}")
+
+    @property
+    def device_id(self) -> str:
+        return f"host:{platform.machine()}:{host_cpu_name()}"
+
+    @property
+    def lock_name(self) -> str:
+        return "host-cpu"
+
+    @property
+    def settings(self) -> dict:
+        return {"runner": "host", "threads": self.threads, "warmup_runs": self.warmup_runs,
+                "num_runs": self.num_runs, "runtime": litert_version()}
+
+    def time(self, tflite_path: str | Path) -> dict:
+        from latency.convert import make_interpreter
+
+        interpreter = make_interpreter(tflite_path, self.threads)
+        inp = interpreter.get_input_details()[0]
+        rng = np.random.default_rng(0)
+        interpreter.set_tensor(inp["index"], rng.random(inp["shape"], dtype=np.float32).astype(inp["dtype"]))
+        for _ in range(self.warmup_runs):
+            interpreter.invoke()
+        samples = []
+        for _ in range(self.num_runs):
+            start = time.perf_counter_ns()
+            interpreter.invoke()
+            samples.append((time.perf_counter_ns() - start) / 1e6)
+        return summarize(samples)
+
+
+# ---------------------------------------------------------------------------------------------------------- adb
+_COUNT_LINE = re.compile(r"count=(\d+)(.*)$")
+_KV = re.compile(r"(\w+)=([-+0-9.eE]+)")
+_INFERENCE = re.compile(r"Inference timings in us:(.*)$")
+_DELEGATE = re.compile(r"Replacing (\d+) out of (\d+) node\(s\) with delegate \(([^)]+)\) node, yielding (\d+) partitions")
+
+
+def parse_benchmark_output(text: str) -> dict:
+    """Parse TFLite ``benchmark_model`` output into milliseconds.
+
+    Takes the format as it comes: an optional ``INFO: `` prefix, two ``count=`` lines (warm-up, then the measured
+    runs), newer builds' ``p5= median= p95=``, all-equal samples printing only ``count=N curr=X``, scientific
+    notation for values of 1e6 us or more, and the ``Inference timings in us`` summary line.
+    """
+    counts = []
+    inference = None
+    delegate = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("INFO:"):
+            line = line[5:].strip()
+        if m := _COUNT_LINE.search(line):
+            values = {k: float(v) for k, v in _KV.findall(m.group(2))}
+            values["count"] = int(m.group(1))
+            counts.append(values)
+        elif m := _INFERENCE.search(line):
+            inference = {k.strip(): float(v) for k, v in re.findall(r"([A-Za-z ()]+):\s*([-+0-9.eE]+)", m.group(1))}
+        elif m := _DELEGATE.search(line):
+            delegate = {"nodes": int(m.group(1)), "total_nodes": int(m.group(2)), "delegate": m.group(3),
+                        "partitions": int(m.group(4))}
+    if not counts:
+        raise ValueError("benchmark_model output has no 'count=' timing line")
+    measured = counts[-1]  # the last count line is the measured runs (the first one is the warm-up)
+    avg = measured.get("avg", measured.get("curr"))
+    if avg is None:
+        raise ValueError("benchmark_model output: timing line without avg or curr")
+    us = 1e-3
+    out = {
+        "latency_ms": measured.get("median", avg) * us,
+        "mean_ms": avg * us,
+        "std_ms": measured.get("std", 0.0) * us,
+        "min_ms": measured.get("min", avg) * us,
+        "p95_ms": measured["p95"] * us if "p95" in measured else None,
+        "runs": measured["count"],
+        "samples_ms": [],
+        "extra": {"median_source": "benchmark_model median" if "median" in measured else "avg (no median printed)"},
+    }
+    if inference:
+        out["extra"]["inference_timings_us"] = inference
+    if delegate:
+        out["extra"]["delegate"] = delegate
+    return out
+
+
+@dataclass
+class AdbRunner:
+    """An Android phone over adb, timed by the official TFLite ``benchmark_model`` binary.
+
+    The binary (``benchmark_binary``, a local path) is pushed once per device to /data/local/tmp; every model is
+    pushed there too and run as ``taskset <cpu_mask> benchmark_model --graph=... --num_threads=...``. Commands are
+    argument lists locally and shell-quoted remotely (no injection through paths). A device that drops is retried
+    with back-off.
+    """
+
+    serial: str | None = None
+    benchmark_binary: str | None = None
+    threads: int = 1
+    warmup_runs: int = 10
+    num_runs: int = 50
+    cpu_mask: str | None = None
+    cooldown_s: float = 0.0
+    retries: int = 3
+    fixed_performance: bool = False
+    use_xnnpack: bool = True
+    adb: str = "adb"
+    timeout_s: float = 300.0
+    name: str = "adb"
+    _model: str | None = field(default=None, repr=False)
+    _binary_pushed: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for key in ("threads", "num_runs"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ValueError(f"latency.{key} must be a positive integer, got {getattr(self, key)!r}")
+        if self.cpu_mask is not None and not re.fullmatch(r"[0-9a-fA-F]+", str(self.cpu_mask)):
+            raise ValueError(f"latency.cpu_mask must be a hex CPU mask such as f0, got {self.cpu_mask!r}")
+        if self.cooldown_s < 0:
+            raise ValueError(f"latency.cooldown_s must be >= 0, got {self.cooldown_s!r}")
+
+    # -- adb plumbing
+    def _adb_path(self) -> str:
+        path = shutil.which(self.adb)
+        if path is None:
+            raise DeviceError(f"adb not found ({self.adb!r}); install the Debian package 'adb' or set latency.adb")
+        return path
+
+    def _run(self, args: list[str], *, serial: bool = True, check: bool = True) -> subprocess.CompletedProcess:
+        cmd = [self._adb_path(), *(["-s", self.resolve_serial()] if serial else []), *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s)
+        if check and proc.returncode != 0:
+            message = (proc.stderr or proc.stdout).strip().splitlines()
+            raise DeviceError(f"adb {' '.join(args[:2])} failed: {message[-1] if message else f'exit {proc.returncode}'}")
+        return proc
+
+    def _retrying(self, fn, what: str):
+        delay = 1.0
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except (DeviceError, subprocess.TimeoutExpired) as exc:
+                if attempt == self.retries:
+                    raise DeviceError(f"{what} failed after {self.retries + 1} attempts: {exc}") from None
+                time.sleep(delay)
+                delay *= 2
+                self._run(["wait-for-device"], check=False)
+
+    def devices(self) -> list[dict]:
+        proc = subprocess.run([self._adb_path(), "devices", "-l"], capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise DeviceError(f"adb devices failed: {proc.stderr.strip() or proc.returncode}")
+        return parse_adb_devices(proc.stdout)
+
+    def resolve_serial(self) -> str:
+        if self.serial:
+            return self.serial
+        ready = [d for d in self.devices() if d["state"] == "device"]
+        if not ready:
+            raise DeviceError("no Android device attached (adb devices lists none ready); connect a phone with USB "
+                              "debugging enabled, or use latency=host")
+        if len(ready) > 1:
+            raise DeviceError(f"{len(ready)} devices attached ({', '.join(d['serial'] for d in ready)}); "
+                              "choose one with latency.serial")
+        self.serial = ready[0]["serial"]
+        return self.serial
+
+    def _model_name(self) -> str:
+        if self._model is None:
+            proc = self._run(["shell", "getprop", "ro.product.model"], check=False)
+            self._model = proc.stdout.strip() or "unknown"
+        return self._model
+
+    @property
+    def device_id(self) -> str:
+        return f"adb:{self._model_name()}:{self.resolve_serial()}"
+
+    @property
+    def lock_name(self) -> str:
+        return f"adb-{self.resolve_serial()}"
+
+    @property
+    def settings(self) -> dict:
+        binary = Path(self.benchmark_binary).name if self.benchmark_binary else None
+        return {"runner": "adb", "threads": self.threads, "warmup_runs": self.warmup_runs, "num_runs": self.num_runs,
+                "cpu_mask": self.cpu_mask, "use_xnnpack": self.use_xnnpack, "binary": binary,
+                "binary_size": Path(self.benchmark_binary).stat().st_size if self.benchmark_binary and Path(self.benchmark_binary).exists() else None}
+
+    def _ensure_binary(self) -> str:
+        remote = f"{REMOTE_DIR}/benchmark_model"
+        if self._binary_pushed:
+            return remote
+        if not self.benchmark_binary or not Path(self.benchmark_binary).is_file():
+            raise DeviceError(f"benchmark_model binary not found at {self.benchmark_binary!r}; download TFLite's "
+                              "android_aarch64 benchmark_model and set latency.benchmark_binary")
+        self._retrying(lambda: self._run(["push", str(self.benchmark_binary), remote]), "pushing benchmark_model")
+        self._run(["shell", "chmod", "755", shlex.quote(remote)])
+        if self.fixed_performance:
+            self._run(["shell", "cmd", "power", "set-fixed-performance-mode-enabled", "true"], check=False)
+        self._binary_pushed = True
+        return remote
+
+    def time(self, tflite_path: str | Path) -> dict:
+        binary = self._ensure_binary()
+        remote_model = f"{REMOTE_DIR}/mnas_{Path(tflite_path).parent.name}_{Path(tflite_path).name}"
+        self._retrying(lambda: self._run(["push", str(tflite_path), remote_model]), "pushing the model")
+        if self.cooldown_s:
+            time.sleep(self.cooldown_s)
+        command = [binary, f"--graph={remote_model}", f"--num_threads={self.threads}",
+                   f"--warmup_runs={self.warmup_runs}", f"--num_runs={self.num_runs}",
+                   f"--use_xnnpack={'true' if self.use_xnnpack else 'false'}"]
+        if self.cpu_mask:
+            command = ["taskset", str(self.cpu_mask), *command]
+        remote = " ".join(shlex.quote(part) for part in command)
+        proc = self._retrying(lambda: self._run(["shell", remote]), "benchmark_model")
+        try:
+            result = parse_benchmark_output(proc.stdout + "\n" + proc.stderr)
+        except ValueError as exc:
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+            raise DeviceError(f"{exc}; benchmark_model printed: {' | '.join(tail)}") from None
+        finally:
+            self._run(["shell", "rm", "-f", shlex.quote(remote_model)], check=False)
+        return result
+
+
+def parse_adb_devices(text: str) -> list[dict]:
+    """``adb devices -l`` -> [{serial, state, model}] (skips the header and daemon messages)."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("List of devices", "*")):
+            continue
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        info = dict(p.split(":", 1) for p in parts[2:] if ":" in p)
+        out.append({"serial": parts[0], "state": parts[1], "model": info.get("model"), "product": info.get("product")})
+    return out
+
+
+RUNNERS = {"host": HostRunner, "adb": AdbRunner}
+
+
+def make_runner(config: dict):
+    config = dict(config)
+    name = config.pop("runner", "host")
+    if name not in RUNNERS:
+        raise ValueError(f"latency.runner must be one of {', '.join(RUNNERS)}, got {name!r}")
+    cls = RUNNERS[name]
+    known = set(cls.__dataclass_fields__) - {"name", "_model", "_binary_pushed"}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"unknown latency field(s) for runner {name!r}: {', '.join(unknown)}")
+    return cls(**config)
+

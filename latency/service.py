@@ -1,0 +1,292 @@
+"""The latency service: owns the conversion workers and the device, answers ``measure(arch)``.
+
+- Conversions run in long-lived worker processes (spawned once; TensorFlow and onnx2tf stay imported), several at a
+  time, each in a working directory that holds our calibration file so onnx2tf never reaches for the network.
+- The device runs one measurement at a time: timings take an exclusive ``flock`` on a per-device lock file in the
+  cache directory, so even separate search processes sharing one phone (or the host CPU) never time concurrently.
+- Requests for the same key while one is in flight are merged; finished conversions and measurements come from the
+  SQLite cache, so the same (architecture, input, converter version) is never converted twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import multiprocessing
+import os
+import shutil
+import threading
+import time
+import traceback
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from pathlib import Path
+
+from latency.cache import LatencyCache, cache_key
+from latency.result import LatencyResult
+from latency.runners import DeviceError, make_runner
+
+DEFAULT_TOLERANCE_ABS = 1e-4
+DEFAULT_TOLERANCE_REL = 1e-4
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("MNAS_CACHE_DIR")
+    return (Path(base) if base else Path.home() / ".cache" / "mnasnet-search") / "latency"
+
+
+# ---------------------------------------------------------------------------------------------------- workers
+_WORKER: dict = {}
+
+
+def _worker_init(work_dir: str, runner_config: dict) -> None:
+    """Runs once per worker process: heavy imports, calibration file, the runner."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    import torch
+
+    torch.set_num_threads(1)
+    import onnx2tf  # noqa: F401  (imported here so every conversion finds it warm)
+    import tensorflow  # noqa: F401
+
+    from latency.calibration import write_calibration_file
+
+    write_calibration_file(work_dir)
+    os.chdir(work_dir)  # onnx2tf looks for its calibration file in the working directory
+    _WORKER["runner"] = make_runner(runner_config)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0][:300]}" if text else exc.__class__.__name__
+
+
+def _convert_task(arch: str, resolution: int, channels: int, num_classes: int, out_dir: str, atol: float,
+                  rtol: float, fast: bool) -> dict:
+    from latency.convert import convert_and_check
+
+    try:
+        return convert_and_check(arch, resolution=resolution, channels=channels, num_classes=num_classes,
+                                 out_dir=Path(out_dir), atol=atol, rtol=rtol, fast=fast)
+    except Exception as exc:
+        return {"status": "failed", "error": f"conversion failed: {_first_line(exc)}",
+                "traceback": traceback.format_exc(limit=5), "transient": True}
+
+
+@contextmanager
+def device_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _time_task(tflite_path: str, lock_path: str) -> dict:
+    runner = _WORKER["runner"]
+    try:
+        with device_lock(Path(lock_path)):
+            return {"status": "ok", **runner.time(tflite_path)}
+    except DeviceError as exc:
+        return {"status": "failed", "error": str(exc)}
+    except Exception as exc:
+        return {"status": "failed", "error": f"timing failed: {_first_line(exc)}"}
+
+
+# ---------------------------------------------------------------------------------------------------- service
+class LatencyService:
+    """``measure(arch, resolution=, channels=, num_classes=) -> LatencyResult``; see the module docstring."""
+
+    def __init__(
+        self,
+        runner: str = "host",
+        *,
+        workers: int = 2,
+        cache_path: str | Path | None = None,
+        work_dir: str | Path | None = None,
+        tolerance_abs: float = DEFAULT_TOLERANCE_ABS,
+        tolerance_rel: float = DEFAULT_TOLERANCE_REL,
+        fast_convert: bool = True,
+        **runner_fields,
+    ):
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"latency.workers must be a positive integer, got {workers!r}")
+        if not tolerance_abs > 0 or not tolerance_rel > 0:
+            raise ValueError("latency.tolerance_abs and latency.tolerance_rel must be > 0")
+        self.runner_config = {"runner": runner, **runner_fields}
+        self.runner = make_runner(self.runner_config)  # validates the fields now, in one line
+        self.workers = workers
+        cache_dir = default_cache_dir()
+        self.cache_path = Path(cache_path) if cache_path else cache_dir / "latency.sqlite"
+        self.models_dir = self.cache_path.parent / "models"
+        self.locks_dir = self.cache_path.parent / "locks"
+        self.work_dir = Path(work_dir) if work_dir else self.cache_path.parent / "work"
+        self.tolerance_abs, self.tolerance_rel = float(tolerance_abs), float(tolerance_rel)
+        self.fast_convert = fast_convert
+        self.cache = LatencyCache(self.cache_path)
+        self._pool: ProcessPoolExecutor | None = None
+        self._threads = ThreadPoolExecutor(max_workers=max(4, 2 * workers), thread_name_prefix="latency")
+        self._lock = threading.Lock()
+        self._inflight: dict[str, Future] = {}
+        self._device_id: str | None = None
+        self._versions: dict | None = None
+
+    # -- identity
+    @property
+    def device_id(self) -> str:
+        if self._device_id is None:
+            self._device_id = self.runner.device_id
+        return self._device_id
+
+    def versions(self) -> dict:
+        if self._versions is None:
+            from latency.convert import converter_versions
+
+            self._versions = converter_versions()
+        return self._versions
+
+    def _conversion_key(self, arch: str, resolution: int, channels: int, num_classes: int) -> str:
+        return cache_key(arch=arch, resolution=resolution, channels=channels, num_classes=num_classes,
+                         versions=self.versions(), fast=self.fast_convert, atol=self.tolerance_abs,
+                         rtol=self.tolerance_rel)
+
+    # -- workers
+    def _workers(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self.work_dir.mkdir(parents=True, exist_ok=True)
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self.workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_worker_init,
+                    initargs=(str(self.work_dir), self.runner_config),
+                )
+            return self._pool
+
+    def _run_in_worker(self, fn, *args):
+        """Run ``fn`` in a worker; a crashed worker pool is replaced once and the call retried."""
+        for attempt in range(2):
+            pool = self._workers()
+            try:
+                return pool.submit(fn, *args).result()
+            except BrokenProcessPool:
+                with self._lock:
+                    if self._pool is pool:
+                        self._pool = None
+                pool.shutdown(wait=False, cancel_futures=True)
+                if attempt == 1:
+                    raise RuntimeError("latency worker process died twice (out of memory?)") from None
+
+    def _convert(self, arch: str, resolution: int, channels: int, num_classes: int) -> tuple[str, dict]:
+        key = self._conversion_key(arch, resolution, channels, num_classes)
+        record = self.cache.get_conversion(key)
+        if record is not None:
+            return key, {**record, "cached": True}
+        out_dir = self.models_dir / key
+        if out_dir.exists():
+            shutil.rmtree(out_dir)  # leftovers of an interrupted conversion
+        record = self._run_in_worker(_convert_task, arch, resolution, channels, num_classes, str(out_dir),
+                                     self.tolerance_abs, self.tolerance_rel, self.fast_convert)
+        record.update(arch=arch, resolution=resolution, channels=channels, num_classes=num_classes)
+        if not record.pop("transient", False):  # a mismatch is a property of the architecture; a crash is not
+            self.cache.put_conversion(key, record)
+        return key, {**record, "cached": False}
+
+    def _measure_uncached(self, arch: str, resolution: int, channels: int, num_classes: int) -> LatencyResult:
+        base = dict(arch=arch, resolution=resolution, channels=channels, num_classes=num_classes,
+                    runner=self.runner_config["runner"])
+        try:
+            device = self.device_id
+        except DeviceError as exc:
+            return LatencyResult(status="failed", error=str(exc), **base)
+        conv_key, conversion = self._convert(arch, resolution, channels, num_classes)
+        fields = {k: conversion.get(k) for k in ("onnx_path", "tflite_path", "max_abs_err", "max_rel_err",
+                                                  "convert_seconds")}
+        if conversion["status"] != "ok":
+            return LatencyResult(status="failed", error=conversion["error"], device=device, **fields, **base)
+        key = cache_key(conversion=conv_key, device=device, settings=self.runner.settings)
+        cached = self.cache.get_measurement(key)
+        if cached is not None:
+            return LatencyResult.from_dict({**cached, "cached": True})
+        lock = self.locks_dir / f"{self.runner.lock_name}.lock"
+        timing = self._run_in_worker(_time_task, conversion["tflite_path"], str(lock))
+        if timing.pop("status") != "ok":
+            return LatencyResult(status="failed", error=timing["error"], device=device, **fields, **base)
+        extra = {**timing.pop("extra", {}), "conversion_cached": conversion["cached"], "measured_at": time.time()}
+        result = LatencyResult(device=device, extra=extra, **fields, **base, **timing)
+        self.cache.put_measurement(key, conv_key, result.to_dict(), device, self.runner.settings)
+        return result
+
+    def submit(self, arch: str, *, resolution: int = 224, channels: int = 3, num_classes: int = 1000) -> Future:
+        """Start measuring ``arch``; identical requests in flight share one future."""
+        from search_spaces import resolve_arch
+
+        arch = resolve_arch(arch)  # ValueError for bad input, before anything runs
+        for name, value in (("resolution", resolution), ("channels", channels), ("num_classes", num_classes)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        key = f"{arch}|{resolution}|{channels}|{num_classes}"
+        with self._lock:
+            future = self._inflight.get(key)
+            if future is None:
+                future = self._threads.submit(self._measure_safe, arch, resolution, channels, num_classes)
+                self._inflight[key] = future
+                future.add_done_callback(lambda _f, k=key: self._forget(k))
+        return future
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            self._inflight.pop(key, None)
+
+    def _measure_safe(self, arch: str, resolution: int, channels: int, num_classes: int) -> LatencyResult:
+        try:
+            return self._measure_uncached(arch, resolution, channels, num_classes)
+        except Exception as exc:  # a broken worker pool or cache is reported as this child's failure
+            return LatencyResult(arch=arch, status="failed", error=_first_line(exc), resolution=resolution,
+                                 channels=channels, num_classes=num_classes, runner=self.runner_config["runner"])
+
+    def measure(self, arch: str, *, resolution: int = 224, channels: int = 3, num_classes: int = 1000) -> LatencyResult:
+        return self.submit(arch, resolution=resolution, channels=channels, num_classes=num_classes).result()
+
+    def measure_many(self, archs: list[str], *, resolution: int = 224, channels: int = 3,
+                     num_classes: int = 1000) -> list[LatencyResult]:
+        futures = [self.submit(a, resolution=resolution, channels=channels, num_classes=num_classes) for a in archs]
+        return [f.result() for f in futures]
+
+    def export(self, arch: str, out_dir: str | Path, *, resolution: int = 224, channels: int = 3,
+               num_classes: int = 1000, name: str = "model") -> dict:
+        """Write ``<name>.onnx`` and ``<name>.tflite`` (checked against PyTorch) into ``out_dir``."""
+        from search_spaces import resolve_arch
+
+        arch = resolve_arch(arch)
+        _, conversion = self._convert(arch, resolution, channels, num_classes)
+        if conversion["status"] != "ok":
+            raise RuntimeError(f"cannot export {arch}: {conversion['error']}")
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        onnx_path, tflite_path = out / f"{name}.onnx", out / f"{name}.tflite"
+        shutil.copyfile(conversion["onnx_path"], onnx_path)
+        shutil.copyfile(conversion["tflite_path"], tflite_path)
+        (out / f"{name}.arch.txt").write_text(arch + "\n")
+        return {"onnx": str(onnx_path), "tflite": str(tflite_path), "max_abs_err": conversion["max_abs_err"]}
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self.cache.close()
+
+    def __enter__(self) -> LatencyService:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def build_service(runner: str = "host", **kwargs) -> LatencyService:
+    """Hydra ``_target_`` of ``configs/latency/*.yaml``: ``instantiate(cfg.latency, cache_path=..., work_dir=...)``."""
+    kwargs.pop("name", None)
+    return LatencyService(runner, **kwargs)

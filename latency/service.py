@@ -42,6 +42,10 @@ _WORKER: dict = {}
 def _worker_init(work_dir: str, runner_config: dict) -> None:
     """Runs once per worker process: heavy imports, calibration file, the runner."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # TensorFlow, absl and LiteRT print from C++ straight to fd 2; keep that out of the user's progress bar.
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    log_fd = os.open(Path(work_dir) / f"worker-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_fd, 2)
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     import torch
 

@@ -109,7 +109,7 @@ def _dumps_state(state: Any) -> bytes:
 def _loads_state(blob: bytes) -> Any:
     import torch
 
-    return torch.load(io.BytesIO(blob), weights_only=False)
+    return torch.load(io.BytesIO(blob), weights_only=True)
 
 
 class RunStore:

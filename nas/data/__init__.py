@@ -127,6 +127,8 @@ class PreparedDataset:
             "resolution": self.resolution,
             "num_train": len(self.train),
             "num_val": len(self.val),
+            "class_names": list(self.class_names),
+            "split": "val: val_per_class images per class held out from the training images, drawn with seed",
             "path": str(self.path),
             **{k: v for k, v in self.info.items() if k not in ("val_indices",)},
         }

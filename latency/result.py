@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
+
+from nas.serial import Serializable
 
 
 @dataclass
-class LatencyResult:
+class LatencyResult(Serializable):
     """One architecture timed on one device. Times in milliseconds; ``latency_ms`` is the median.
 
     ``status`` is ``ok`` or ``failed`` (with a one-line ``error``): a conversion whose output differs from PyTorch's
@@ -39,11 +41,3 @@ class LatencyResult:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LatencyResult:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})

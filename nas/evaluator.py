@@ -15,13 +15,15 @@ import time
 import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from nas.serial import Serializable
+
 
 @dataclass
-class ChildResult:
+class ChildResult(Serializable):
     """Everything the search knows about one evaluated child. ``status`` is ``ok`` or ``failed``."""
 
     arch: str
@@ -42,14 +44,6 @@ class ChildResult:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ChildResult:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 class Evaluator(Protocol):

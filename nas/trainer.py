@@ -16,12 +16,14 @@ import math
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from nas.serial import Serializable
 
 OPTIMIZERS = ("sgd", "rmsprop")
 SCHEDULES = ("cosine", "constant")
@@ -77,7 +79,7 @@ class TrainerConfig:
 
 
 @dataclass
-class TrainResult:
+class TrainResult(Serializable):
     status: str = "ok"
     error: str | None = None
     top1: float | None = None
@@ -93,14 +95,6 @@ class TrainResult:
     num_train: int = 0
     num_val: int = 0
     device: str = "cpu"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainResult:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 class ChildFailed(RuntimeError):

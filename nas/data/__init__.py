@@ -30,7 +30,10 @@ from nas.data import sources
 
 __all__ = ["DatasetConfig", "PreparedDataset", "Split", "cache_root", "load_dataset", "prepare"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# images written between progress checkpoints: a resumed prepare redoes at most one chunk
+ARRAY_CHUNK = 2048
+FILE_CHUNK = 256
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -195,7 +198,7 @@ def _load_source(cfg: DatasetConfig):
 def _restrict_classes(src, classes, seed):
     """For array sources: keep a subset of classes (count drawn with the seed or a list of names/indices)."""
     if classes is None:
-        return src
+        return src, np.arange(len(src.labels))
     names = src.class_names
     if isinstance(classes, int):
         if not 1 <= classes <= len(names):
@@ -213,7 +216,7 @@ def _restrict_classes(src, classes, seed):
     mask = np.isin(src.labels, keep)
     remap = {old: new for new, old in enumerate(keep)}
     labels = np.asarray([remap[int(v)] for v in src.labels[mask]], dtype=np.int64)
-    return sources.ArraySource(src.images[mask], labels, [names[k] for k in keep])
+    return sources.ArraySource(src.images[mask], labels, [names[k] for k in keep]), np.flatnonzero(mask)
 
 
 def prepare(cfg: DatasetConfig, cache_dir: str | Path | None = None, *, progress: bool = True) -> Path:
@@ -226,8 +229,9 @@ def prepare(cfg: DatasetConfig, cache_dir: str | Path | None = None, *, progress
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     src = _load_source(cfg)
+    origin = np.arange(len(src.labels))  # position of each image in the source (its file list or IDX file)
     if isinstance(src, sources.ArraySource):
-        src = _restrict_classes(src, cfg.classes, cfg.seed)
+        src, origin = _restrict_classes(src, cfg.classes, cfg.seed)
     num_classes = len(src.class_names)
     train_idx, val_idx = _select(src.labels, num_classes, cfg.images_per_class, cfg.val_per_class, cfg.seed,
                                  f"dataset {cfg.name}")
@@ -240,7 +244,7 @@ def prepare(cfg: DatasetConfig, cache_dir: str | Path | None = None, *, progress
         x_path, done_path = out / f"{split}_x.u8", out / f"{split}_progress.json"
         done = json.loads(done_path.read_text())["done"] if done_path.exists() and x_path.exists() else 0
         x = np.lib.format.open_memmap(x_path, mode="r+" if done else "w+", dtype=np.uint8, shape=(len(idx), *shape))
-        chunk = 2048 if isinstance(src, sources.ArraySource) else 256
+        chunk = ARRAY_CHUNK if isinstance(src, sources.ArraySource) else FILE_CHUNK
         bar = tqdm(total=len(idx), initial=done, desc=f"prepare {cfg.name}/{split}", unit="img", disable=not progress)
         for start in range(done, len(idx), chunk):
             part = idx[start : start + chunk]
@@ -278,7 +282,9 @@ def prepare(cfg: DatasetConfig, cache_dir: str | Path | None = None, *, progress
         "prepare_seconds": time.perf_counter() - started,
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
     }
-    np.save(out / "val_source_indices.npy", val_idx)
+    # positions in the source's full training set: which images were trained on and held out is auditable
+    np.save(out / "train_source_indices.npy", origin[train_idx])
+    np.save(out / "val_source_indices.npy", origin[val_idx])
     tmp = out / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1, default=list))
     os.replace(tmp, out / "meta.json")  # written last: its presence means the arrays are complete

@@ -1,0 +1,173 @@
+"""Prepared datasets: real Fashion-MNIST subsets, real JPEG folders written here, split by seed, resumable cache."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import nas.data as data_mod
+from nas.data import DatasetConfig, cache_root, load_dataset, prepare
+from nas.data.sources import FASHION_MNIST_ROOT, read_idx
+
+HAS_FMNIST = Path(FASHION_MNIST_ROOT, "train-labels-idx1-ubyte.gz").exists() or Path(
+    FASHION_MNIST_ROOT, "train-labels-idx1-ubyte").exists()
+needs_fmnist = pytest.mark.skipif(not HAS_FMNIST, reason="Debian dataset-fashion-mnist not installed")
+
+
+def fmnist(**kw) -> dict:
+    cfg = dict(name="fm", source="fashion_mnist", root=FASHION_MNIST_ROOT, resolution=16, classes=3,
+               images_per_class=20, val_per_class=10, seed=0)
+    cfg.update(kw)
+    return cfg
+
+
+def write_folder(root: Path, classes: dict[str, int], size=(40, 30)) -> Path:
+    """ImageNet layout with real JPEGs: each class has its own colour so labels can be checked from pixels."""
+    rng = np.random.default_rng(0)
+    for c, (wnid, n) in enumerate(classes.items()):
+        d = root / "train" / wnid
+        d.mkdir(parents=True)
+        for i in range(n):
+            arr = np.zeros((size[1], size[0], 3), np.uint8)
+            arr[..., c % 3] = 200
+            arr += rng.integers(0, 30, arr.shape, dtype=np.uint8)
+            Image.fromarray(arr).save(d / f"{wnid}_{i}.JPEG", quality=90)
+    return root
+
+
+@needs_fmnist
+def test_fashion_mnist_subset_shapes_labels_and_split(tmp_path):
+    d = load_dataset(fmnist(), cache_dir=tmp_path, progress=False)
+    assert (d.num_classes, d.channels, d.resolution) == (3, 1, 16)
+    assert d.train.x.shape == (60, 16, 16, 1) and d.train.x.dtype == np.uint8
+    assert d.val.x.shape == (30, 16, 16, 1)
+    assert np.bincount(d.train.y, minlength=3).tolist() == [20, 20, 20]
+    assert np.bincount(d.val.y, minlength=3).tolist() == [10, 10, 10]
+    train_src = np.load(d.path / "train_source_indices.npy")
+    val_src = np.load(d.path / "val_source_indices.npy")
+    assert not set(train_src) & set(val_src), "validation images must be held out of training"
+    info = d.describe()
+    assert info["num_train"] == 60 and info["num_val"] == 30 and info["seed"] == 0
+    assert len(info["class_names"]) == 3 and json.dumps(info)
+    # the labels really are the source labels of the chosen classes, remapped in order
+    labels = read_idx(Path(FASHION_MNIST_ROOT) / "train-labels-idx1-ubyte.gz")
+    chosen = sorted(set(labels[val_src].tolist()))
+    assert [chosen.index(v) for v in labels[val_src]] == d.val.y.tolist()
+
+
+@needs_fmnist
+def test_split_is_fixed_by_seed_and_cache_is_reused(tmp_path):
+    a = load_dataset(fmnist(), cache_dir=tmp_path, progress=False)
+    b = load_dataset(fmnist(), cache_dir=tmp_path, progress=False)
+    assert a.path == b.path and a.describe()["prepare_seconds"] == b.describe()["prepare_seconds"]
+    c = load_dataset(fmnist(seed=1), cache_dir=tmp_path, progress=False)
+    assert c.path != a.path
+    assert not np.array_equal(np.load(a.path / "val_source_indices.npy"), np.load(c.path / "val_source_indices.npy"))
+    # a fresh cache directory with the same seed gives identical arrays
+    d = load_dataset(fmnist(), cache_dir=tmp_path / "other", progress=False)
+    assert np.array_equal(np.asarray(a.train.x), np.asarray(d.train.x))
+    assert np.array_equal(a.val.y, d.val.y)
+
+
+@needs_fmnist
+def test_cache_dir_default_honours_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("MNAS_CACHE_DIR", str(tmp_path / "env"))
+    assert cache_root() == tmp_path / "env" / "data"
+    d = load_dataset(fmnist(channels=3, classes=["trouser", "bag"]), progress=False)
+    assert str(d.path).startswith(str(tmp_path / "env" / "data"))
+    assert d.channels == 3 and d.class_names == ["trouser", "bag"]
+    x = np.asarray(d.train.x)
+    assert np.array_equal(x[..., 0], x[..., 2]), "grey replicated to 3 channels"
+
+
+def test_image_folder_classes_by_count_and_list(tmp_path):
+    root = write_folder(tmp_path / "imnet", {"n01": 8, "n02": 8, "n03": 8})
+    cfg = dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3, classes=["n03", "n01"],
+               images_per_class=5, val_per_class=3, seed=0)
+    d = load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)
+    assert d.class_names == ["n03", "n01"] and d.train.x.shape == (10, 16, 16, 3)
+    # class colour survives decode/resize: n03 (index 2) is blue-ish, n01 red-ish
+    for x, y in zip(np.asarray(d.train.x), d.train.y):
+        assert int(x.reshape(-1, 3).mean(0).argmax()) == (2 if y == 0 else 0)
+    d2 = load_dataset({**cfg, "classes": 2}, cache_dir=tmp_path / "c", progress=False)
+    assert d2.num_classes == 2 and set(d2.class_names) <= {"n01", "n02", "n03"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"classes": ["n01", "n09"]}, "n09"),
+    ({"root": "MISSING"}, "not found"),
+    ({"images_per_class": 50}, "fewer than"),
+    ({"resolution": 3}, "resolution"),
+    ({"bogus": 1}, "bogus"),
+    ({"source": "mnist"}, "source"),
+])
+def test_bad_input_gives_clear_errors(tmp_path, change, message):
+    root = write_folder(tmp_path / "imnet", {"n01": 6, "n02": 6})
+    cfg = dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3, classes=None,
+               images_per_class=2, val_per_class=2, seed=0)
+    cfg.update(change)
+    if cfg["root"] == "MISSING":
+        cfg["root"] = str(tmp_path / "nowhere")
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)
+
+
+def test_empty_class_is_named(tmp_path):
+    root = write_folder(tmp_path / "imnet", {"n01": 6})
+    (root / "train" / "n02").mkdir()
+    cfg = dict(name="imf", source="imagefolder", root=str(root), resolution=16, images_per_class=2, val_per_class=2)
+    with pytest.raises(ValueError, match="n02"):
+        load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)
+
+
+def test_corrupt_image_is_skipped_with_warning_and_counted(tmp_path):
+    root = write_folder(tmp_path / "imnet", {"n01": 6, "n02": 6})
+    bad = root / "train" / "n02" / "n02_3.JPEG"
+    bad.write_bytes(b"not a jpeg at all")
+    cfg = dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3, images_per_class=4,
+               val_per_class=2, seed=0)
+    with pytest.warns(UserWarning, match="n02_3.JPEG"):
+        d = load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)
+    skipped = d.describe()["skipped_images"]
+    assert len(skipped) == 1 and "n02_3.JPEG" in skipped[0]
+
+
+def test_prepare_resumes_after_interruption(tmp_path, monkeypatch):
+    root = write_folder(tmp_path / "imnet", {"n01": 12, "n02": 12})
+    cfg = DatasetConfig.from_config(dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3,
+                                         images_per_class=10, val_per_class=2, seed=0))
+    reference = prepare(cfg, tmp_path / "ref", progress=False)
+
+    real, calls = data_mod._decode_file, {"n": 0}
+
+    def flaky(path, resolution, channels):
+        calls["n"] += 1
+        if calls["n"] > 7:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C mid-way (not a corrupt image)
+        return real(path, resolution, channels)
+
+    monkeypatch.setattr(data_mod, "_decode_file", flaky)
+    monkeypatch.setattr(data_mod, "FILE_CHUNK", 4)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg, tmp_path / "c", progress=False)
+    out = cache_root(tmp_path / "c") / cfg.key()
+    assert not (out / "meta.json").exists()
+    done = json.loads((out / "train_progress.json").read_text())["done"]
+    assert 0 < done < 20
+
+    seen = []
+
+    def counting(path, resolution, channels):
+        seen.append(path)
+        return real(path, resolution, channels)
+
+    monkeypatch.setattr(data_mod, "_decode_file", counting)
+    path = prepare(cfg, tmp_path / "c", progress=False)
+    assert len(seen) == 20 + 4 - done, "only the unfinished images are decoded again"
+    for name in ("train_x.u8", "val_x.u8"):
+        assert np.array_equal(np.load(path / name), np.load(reference / name))

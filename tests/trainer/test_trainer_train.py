@@ -1,0 +1,169 @@
+"""Proxy trainer: real training on real Fashion-MNIST images, determinism, failures as values, configs, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from nas.data import DatasetConfig, load_dataset
+from nas.data.sources import FASHION_MNIST_ROOT
+from nas.trainer import TrainerConfig, TrainResult, train_child
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = "ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c16"
+pytestmark = pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).exists(), reason="dataset-fashion-mnist not installed")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    cfg = dict(name="fm10", source="fashion_mnist", root=FASHION_MNIST_ROOT, resolution=16, classes=None,
+               images_per_class=60, val_per_class=20, seed=0)
+    return load_dataset(cfg, cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def quick(**kw) -> TrainerConfig:
+    base = dict(epochs=3, batch_size=32, lr=0.1, warmup_steps=5, augment=False, eval_batch_size=100)
+    base.update(kw)
+    return TrainerConfig(**base)
+
+
+def test_trains_above_chance_and_reports_every_field(data):
+    r = train_child(SMALL, data, quick(), seed=0)
+    assert r.status == "ok" and r.error is None
+    assert r.top1 > 0.35, f"10 classes: chance is 0.10, got {r.top1}"  # Fashion-MNIST is easy even at 16 px
+    assert r.top5 is not None and r.top5 >= r.top1
+    assert r.epochs == 3 and r.steps == 3 * (600 // 32)
+    assert r.num_train == 600 and r.num_val == 200
+    assert r.params == sum(p.numel() for p in __import__("search_spaces").build_model(
+        SMALL, num_classes=10, in_channels=1).parameters())
+    assert r.train_seconds > 0 and r.eval_seconds > 0 and r.images_per_second > 0
+    assert 0 <= r.data_wait_fraction < 1 and math.isfinite(r.final_loss)
+    again = TrainResult.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert again == r
+
+
+def test_deterministic_under_a_seed_on_cpu(data):
+    a = train_child(SMALL, data, quick(epochs=1, augment=True), seed=3)
+    b = train_child(SMALL, data, quick(epochs=1, augment=True), seed=3)
+    c = train_child(SMALL, data, quick(epochs=1, augment=True), seed=4)
+    assert (a.top1, a.final_loss) == (b.top1, b.final_loss)
+    assert a.final_loss != c.final_loss
+
+
+def test_reference_name_rmsprop_and_max_steps(data):
+    r = train_child("mnasnet_b1", data, quick(optimizer="rmsprop", lr=0.01, max_steps=3), seed=0)
+    assert r.status == "ok", r.error
+    assert r.steps == 3 and r.epochs == 1
+
+
+def test_top5_is_none_with_five_classes_or_fewer(tmp_path):
+    d = load_dataset(dict(name="fm4", source="fashion_mnist", root=FASHION_MNIST_ROOT, resolution=16, classes=4,
+                          images_per_class=20, val_per_class=10), cache_dir=tmp_path, progress=False)
+    r = train_child(SMALL, d, quick(epochs=1), seed=0)
+    assert r.status == "ok" and r.top5 is None and 0 <= r.top1 <= 1
+
+
+def test_non_finite_loss_is_a_failed_result(data):
+    r = train_child(SMALL, data, quick(lr=1e30, warmup_steps=0, label_smoothing=0.0), seed=0)
+    assert r.status == "failed" and "loss is" in r.error and r.top1 is None
+
+
+def test_bad_architecture_is_a_failed_result(data):
+    r = train_child("ir_r1_k4_s1_e6_c16", data, quick(), seed=0)
+    assert r.status == "failed" and r.error.startswith("invalid architecture")
+    r = train_child("no_such_net", data, quick(), seed=0)
+    assert r.status == "failed"
+
+
+def test_out_of_memory_and_build_errors_are_failed_results(data, monkeypatch):
+    import search_spaces
+
+    real = search_spaces.build_model
+
+    def oom_model(*a, **kw):
+        model = real(*a, **kw)
+
+        def boom(*_a, **_kw):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        model.forward = boom
+        return model
+
+    monkeypatch.setattr(search_spaces, "build_model", oom_model)
+    r = train_child(SMALL, data, quick(), seed=0)
+    assert r.status == "failed" and "out of memory" in r.error
+
+    def broken(*a, **kw):
+        raise KeyError("stem")
+
+    monkeypatch.setattr(search_spaces, "build_model", broken)
+    r = train_child(SMALL, data, quick(), seed=0)
+    assert r.status == "failed" and r.error.startswith("build failed: KeyError")
+
+
+@pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", -1), ("optimizer", "adam"),
+                                          ("schedule", "step"), ("lr", 0.0), ("label_smoothing", 1.0),
+                                          ("amp", "maybe"), ("max_steps", 0)])
+def test_trainer_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainerConfig(**{field: value})
+
+
+def test_every_trainer_and_dataset_config_composes():
+    with initialize_config_dir(version_base=None, config_dir=str(ROOT / "configs")):
+        for trainer in sorted(p.stem for p in (ROOT / "configs" / "trainer").glob("*.yaml")):
+            cfg = compose(config_name="train", overrides=[f"trainer={trainer}"])
+            TrainerConfig(**dict(cfg.trainer))
+        for dataset in sorted(p.stem for p in (ROOT / "configs" / "dataset").glob("*.yaml")):
+            overrides = [f"dataset={dataset}"]
+            if dataset in ("cifar10", "imagenet_subset"):
+                overrides.append("dataset.root=/some/where")
+            cfg = compose(config_name="train", overrides=overrides)
+            DatasetConfig.from_config(cfg.dataset)
+    proxy = compose_trainer("proxy")
+    assert (proxy.epochs, proxy.optimizer) == (5, "rmsprop")
+
+
+def compose_trainer(name: str) -> TrainerConfig:
+    with initialize_config_dir(version_base=None, config_dir=str(ROOT / "configs")):
+        return TrainerConfig(**dict(compose(config_name="train", overrides=[f"trainer={name}"]).trainer))
+
+
+@pytest.mark.slow
+def test_train_cli_prints_a_final_json_line(tmp_path):
+    env = {"MNAS_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "nas.train", f"arch={SMALL}", "dataset=tiny_fashion_mnist",
+                           "trainer.epochs=1", f"output={tmp_path / 'r.json'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("top1", "top5", "train_seconds", "images_per_second", "status"):
+        assert key in out
+    assert out["status"] == "ok" and out["dataset"]["name"] == "tiny_fashion_mnist"
+    assert json.loads((tmp_path / "r.json").read_text())["top1"] == out["top1"]
+
+    bad = subprocess.run([sys.executable, "-m", "nas.train", "arch=mobilenet_v2", "trainer.optimizer=adam"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "trainer.optimizer" in bad.stderr.strip().splitlines()[-1]
+
+    prep = subprocess.run([sys.executable, "-m", "nas.data", "prepare", "dataset=tiny_fashion_mnist"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert prep.returncode == 0 and json.loads(prep.stdout.splitlines()[-1])["num_train"] == 160
+    bad = subprocess.run([sys.executable, "-m", "nas.data", "prepare", "dataset=imagenet_subset",
+                          f"dataset.root={tmp_path / 'nowhere'}"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "nowhere" in bad.stderr

@@ -144,6 +144,15 @@ class LatencyService:
             self._device_id = self.runner.device_id
         return self._device_id
 
+    def check(self) -> str:
+        """Fail fast with a ``DeviceError`` naming what is missing (no phone, no benchmark binary); returns the id."""
+        device = self.device_id
+        binary = self.runner_config.get("benchmark_binary")
+        if self.runner_config["runner"] == "adb" and (not binary or not Path(binary).is_file()):
+            raise DeviceError(f"benchmark_model binary not found at {binary!r}; download TFLite's android_aarch64 "
+                              "benchmark_model and set latency.benchmark_binary (or TFLITE_BENCHMARK_MODEL)")
+        return device
+
     def versions(self) -> dict:
         if self._versions is None:
             from latency.convert import converter_versions

@@ -21,11 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+# TensorFlow (imported by tensorboard and the latency workers) logs from C++ at import; keep the console readable.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from nas.evaluator import ChildResult, Evaluator, LocalEvaluator
-from nas.pareto import front_mask
-from nas.store import RunStore, StoreError
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from nas.evaluator import ChildResult, Evaluator, LocalEvaluator  # noqa: E402
+from nas.pareto import front_mask  # noqa: E402
+from nas.store import RunStore, StoreError  # noqa: E402
 
 log = logging.getLogger("nas.search")
 
@@ -223,8 +226,13 @@ class Search:
             cache = cfg.latency_cache or None
             try:
                 self._service = instantiate(cfg.latency, cache_path=cache, work_dir=str(self.run_dir / "latency"))
-            except (ValueError, FileNotFoundError, RuntimeError) as exc:
-                raise SearchError(f"latency service: {str(exc).splitlines()[0]}") from None
+                self._service.check()  # no phone or no benchmark binary: stop now, not after a batch of failures
+            except Exception as exc:
+                cause = exc.__cause__ or exc
+                if self._service is not None:
+                    self._service.close()
+                    self._service = None
+                raise SearchError(f"latency: {str(cause).strip().splitlines()[0]}") from None
         self._evaluator = LocalEvaluator(
             data=data,
             trainer_config=trainer_config,

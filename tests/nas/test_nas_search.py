@@ -79,6 +79,21 @@ def test_smoke_search_with_real_latency(tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     for name in ("front.csv", "front.json", "pareto.png", "summary.md"):
         assert (tmp_path / "pareto" / name).exists()
+    # TensorBoard holds the per-step scalars the issue names
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"reward/mean", "accuracy/mean", "latency_ms/mean", "controller/entropy", "controller/loss"} <= tags
+    assert events.Tags()["images"]  # the accuracy-latency scatter
+    # deployable export of the best child: .onnx and .tflite
+    from nas.pareto import main as pareto_main
+
+    assert pareto_main([str(tmp_path), "--out", str(tmp_path / "export_out"), "--export", "1"]) == 0
+    top = tmp_path / "export_out" / "export" / "top1"
+    assert (top / "model.onnx").stat().st_size > 0 and (top / "model.tflite").stat().st_size > 0
+    best = max(kids, key=lambda c: c.reward)
+    assert (top / "model.arch.txt").read_text().strip() == best.arch
 
 
 @needs_fmnist
@@ -149,6 +164,30 @@ def test_resuming_with_a_different_search_is_refused(tmp_path):
     assert result.returncode == 2
     assert "different search (controller changed)" in result.stderr
     assert committed(tmp_path) == before
+
+
+@needs_fmnist
+def test_failing_children_get_the_invalid_reward_and_the_search_goes_on(tmp_path):
+    result = run_search(tmp_path, "trainer.lr=1e30", "budget=2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    with RunStore(tmp_path, readonly=True) as store:
+        kids = store.children(committed_only=True)
+    assert len(kids) == 2
+    assert all(c.status == "failed" and "loss is" in c.error and c.reward == 0.0 for c in kids)
+
+
+@needs_fmnist
+def test_missing_phone_stops_the_search_with_one_line(tmp_path):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    adb = fake_bin / "adb"
+    adb.write_text("#!/bin/sh\n[ \"$1\" = devices ] && echo 'List of devices attached' && exit 0\nexit 1\n")
+    adb.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}"}
+    cmd = search_cmd(tmp_path, "latency=adb", "measure_latency=true", "reward=soft", "dataset.images_per_class=20")
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: latency: no Android device attached")
 
 
 @pytest.mark.parametrize(

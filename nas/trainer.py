@@ -164,6 +164,7 @@ class BatchLoader:
                 q.put(exc)
             q.put(sentinel)
 
+        mean, std = self.mean.to(self.device), self.std.to(self.device)
         thread = threading.Thread(target=work, daemon=True, name="batch-loader")
         thread.start()
         try:
@@ -177,7 +178,7 @@ class BatchLoader:
                     raise item
                 x, y = item
                 x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-                x = (x - self.mean.to(self.device)) / self.std.to(self.device)
+                x = (x - mean) / std
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 yield x, y.to(self.device, non_blocking=True)
@@ -245,8 +246,8 @@ def train_child(arch: str, data: Any, config: TrainerConfig, *, seed: int = 0, d
         torch.manual_seed(seed)
         try:
             model = build_model(arch, num_classes=data.num_classes, in_channels=data.channels, dropout=config.dropout)
-        except ValueError:
-            raise
+        except ValueError as exc:
+            raise ChildFailed(f"invalid architecture: {exc}") from None
         except Exception as exc:
             raise ChildFailed(f"build failed: {exc.__class__.__name__}: {exc}") from None
         result.params = sum(p.numel() for p in model.parameters())
@@ -310,8 +311,6 @@ def train_child(arch: str, data: Any, config: TrainerConfig, *, seed: int = 0, d
         result.eval_seconds = time.perf_counter() - start
     except ChildFailed as exc:
         result.status, result.error = "failed", str(exc)
-    except ValueError as exc:
-        result.status, result.error = "failed", f"invalid architecture: {exc}"
     except Exception as exc:
         if _is_oom(exc):
             result.status, result.error = "failed", f"out of memory on {dev}: {str(exc).splitlines()[0][:200]}"

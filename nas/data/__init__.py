@@ -14,6 +14,7 @@ Dataset config fields (``configs/dataset/*.yaml``):
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -221,12 +222,21 @@ def _restrict_classes(src, classes, seed):
 
 def prepare(cfg: DatasetConfig, cache_dir: str | Path | None = None, *, progress: bool = True) -> Path:
     """Build (or finish building) the prepared arrays of ``cfg``; returns their directory."""
-    from tqdm.auto import tqdm
-
     out = cache_root(cache_dir) / cfg.key()
     if (out / "meta.json").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
+    # one preparer per cache directory (parallel sweeps share it): the others wait, then find meta.json
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "meta.json").exists():
+            return out
+        return _prepare_locked(cfg, out, progress)
+
+
+def _prepare_locked(cfg: DatasetConfig, out: Path, progress: bool) -> Path:
+    from tqdm.auto import tqdm
+
     started = time.perf_counter()
     src = _load_source(cfg)
     origin = np.arange(len(src.labels))  # position of each image in the source (its file list or IDX file)

@@ -7,6 +7,7 @@ A source yields the *training* images of the chosen classes; the held-out valida
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 from collections.abc import Sequence
@@ -84,7 +85,8 @@ def fashion_mnist(root: str | Path | None, *, download: bool = True) -> ArraySou
         try:
             from torchvision.datasets import FashionMNIST
 
-            target = Path.home() / ".cache" / "mnasnet-search" / "downloads"
+            base = os.environ.get("MNAS_CACHE_DIR")
+            target = (Path(base) if base else Path.home() / ".cache" / "mnasnet-search") / "downloads"
             FashionMNIST(str(target), train=True, download=True)
         except Exception as exc:
             raise FileNotFoundError(

@@ -171,3 +171,25 @@ def test_prepare_resumes_after_interruption(tmp_path, monkeypatch):
     assert len(seen) == 20 + 4 - done, "only the unfinished images are decoded again"
     for name in ("train_x.u8", "val_x.u8"):
         assert np.array_equal(np.load(path / name), np.load(reference / name))
+
+
+@needs_fmnist
+def test_concurrent_prepares_build_once(tmp_path, monkeypatch):
+    import threading
+
+    real, calls = data_mod._prepare_locked, []
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(data_mod, "_prepare_locked", counting)
+    cfg = DatasetConfig.from_config(fmnist())
+    paths: list[Path] = []
+    threads = [threading.Thread(target=lambda: paths.append(prepare(cfg, tmp_path, progress=False))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(paths) == 3 and len(set(paths)) == 1 and len(calls) == 1
+    assert load_dataset(cfg, cache_dir=tmp_path, progress=False).train.x.shape == (60, 16, 16, 1)

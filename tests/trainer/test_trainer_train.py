@@ -156,6 +156,13 @@ def test_train_cli_prints_a_final_json_line(tmp_path):
         assert key in out
     assert out["status"] == "ok" and out["dataset"]["name"] == "tiny_fashion_mnist"
     assert json.loads((tmp_path / "r.json").read_text())["top1"] == out["top1"]
+    assert not (ROOT / "train.log").exists(), "Hydra job logging must not litter the working directory"
+
+    failed = subprocess.run([sys.executable, "-m", "nas.train", "arch=no_such_net", "dataset=tiny_fashion_mnist"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1
+    out = json.loads(failed.stdout.strip().splitlines()[-1])
+    assert out["status"] == "failed" and "no_such_net" in out["error"]
 
     bad = subprocess.run([sys.executable, "-m", "nas.train", "arch=mobilenet_v2", "trainer.optimizer=adam"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -21,6 +21,7 @@ import os
 import time
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,23 @@ def _decode_file(path: Path, resolution: int, channels: int) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
+def decode_workers() -> int:
+    """Threads decoding image files: ``$MNAS_DECODE_WORKERS`` or the number of cores (at most 8)."""
+    value = os.environ.get("MNAS_DECODE_WORKERS")
+    if value is not None:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"MNAS_DECODE_WORKERS must be a positive integer, got {value!r}")
+        return int(value)
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _decode_or_error(path: Path, resolution: int, channels: int) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return _decode_file(path, resolution, channels), None
+    except Exception as exc:  # only decoding errors: KeyboardInterrupt and friends still stop the preparation
+        return None, f"{path}: {exc.__class__.__name__}: {exc}"
+
+
 def _load_source(cfg: DatasetConfig):
     if cfg.source == "fashion_mnist":
         return sources.fashion_mnist(cfg.root)
@@ -249,29 +267,37 @@ def _prepare_locked(cfg: DatasetConfig, out: Path, progress: bool) -> Path:
     channels = cfg.channels or native
     shape = (cfg.resolution, cfg.resolution, channels)
     skipped: list[str] = []
-    for split, idx in (("train", train_idx), ("val", val_idx)):
-        np.save(out / f"{split}_y.npy", src.labels[idx])
-        x_path, done_path = out / f"{split}_x.u8", out / f"{split}_progress.json"
-        done = json.loads(done_path.read_text())["done"] if done_path.exists() and x_path.exists() else 0
-        x = np.lib.format.open_memmap(x_path, mode="r+" if done else "w+", dtype=np.uint8, shape=(len(idx), *shape))
-        chunk = ARRAY_CHUNK if isinstance(src, sources.ArraySource) else FILE_CHUNK
-        bar = tqdm(total=len(idx), initial=done, desc=f"prepare {cfg.name}/{split}", unit="img", disable=not progress)
-        for start in range(done, len(idx), chunk):
-            part = idx[start : start + chunk]
-            if isinstance(src, sources.ArraySource):
-                x[start : start + len(part)] = _resize_array(src.images[part], cfg.resolution, channels)
-            else:
-                for j, i in enumerate(part):
-                    try:
-                        x[start + j] = _decode_file(src.files[i], cfg.resolution, channels)
-                    except Exception as exc:  # a corrupt image is skipped (left black), counted and named
-                        skipped.append(f"{src.files[i]}: {exc.__class__.__name__}")
-                        warnings.warn(f"skipping corrupt image {src.files[i]} ({exc})", stacklevel=2)
-            x.flush()
-            done_path.write_text(json.dumps({"done": start + len(part)}))
-            bar.update(len(part))
-        bar.close()
-        del x
+    # Pillow releases the GIL while decoding and resizing, so threads spread JPEG preparation over the cores
+    with ThreadPoolExecutor(max_workers=decode_workers()) as pool:
+        for split, idx in (("train", train_idx), ("val", val_idx)):
+            np.save(out / f"{split}_y.npy", src.labels[idx])
+            x_path, done_path = out / f"{split}_x.u8", out / f"{split}_progress.json"
+            state = json.loads(done_path.read_text()) if done_path.exists() and x_path.exists() else {"done": 0}
+            done = state["done"]
+            skipped.extend(state.get("skipped", []))  # corrupt images met before an interruption stay counted
+            split_skipped = list(state.get("skipped", []))
+            x = np.lib.format.open_memmap(x_path, mode="r+" if done else "w+", dtype=np.uint8, shape=(len(idx), *shape))
+            chunk = ARRAY_CHUNK if isinstance(src, sources.ArraySource) else FILE_CHUNK
+            bar = tqdm(total=len(idx), initial=done, desc=f"prepare {cfg.name}/{split}", unit="img", disable=not progress)
+            for start in range(done, len(idx), chunk):
+                part = idx[start : start + chunk]
+                if isinstance(src, sources.ArraySource):
+                    x[start : start + len(part)] = _resize_array(src.images[part], cfg.resolution, channels)
+                else:
+                    files = [src.files[i] for i in part]
+                    decoded = pool.map(lambda f: _decode_or_error(f, cfg.resolution, channels), files)
+                    for j, (arr, error) in enumerate(decoded):
+                        if error is None:
+                            x[start + j] = arr
+                        else:  # a corrupt image is skipped (left black), counted and named
+                            skipped.append(error)
+                            split_skipped.append(error)
+                            warnings.warn(f"skipping corrupt image {error}", stacklevel=2)
+                x.flush()
+                done_path.write_text(json.dumps({"done": start + len(part), "skipped": split_skipped}))
+                bar.update(len(part))
+            bar.close()
+            del x
     pixels = np.load(out / "train_x.u8", mmap_mode="r")
     sample = pixels[: min(len(pixels), 4096)].reshape(-1, channels).astype(np.float64) / 255.0
     meta = {

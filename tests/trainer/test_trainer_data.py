@@ -193,3 +193,31 @@ def test_concurrent_prepares_build_once(tmp_path, monkeypatch):
         t.join()
     assert len(paths) == 3 and len(set(paths)) == 1 and len(calls) == 1
     assert load_dataset(cfg, cache_dir=tmp_path, progress=False).train.x.shape == (60, 16, 16, 1)
+
+
+def test_skipped_images_stay_counted_across_a_resume(tmp_path, monkeypatch):
+    root = write_folder(tmp_path / "imnet", {"n01": 10, "n02": 10})
+    for bad in sorted((root / "train" / "n01").iterdir()):
+        bad.write_bytes(b"\xff\xd8 truncated")  # every n01 image is corrupt: whichever chunk runs first meets one
+    cfg = DatasetConfig.from_config(dict(name="imf", source="imagefolder", root=str(root), resolution=16,
+                                         channels=3, images_per_class=6, val_per_class=2, seed=0))
+    real, calls = data_mod._decode_file, {"n": 0}
+
+    def flaky(path, resolution, channels):
+        calls["n"] += 1
+        if calls["n"] > 8:
+            raise KeyboardInterrupt
+        return real(path, resolution, channels)
+
+    monkeypatch.setattr(data_mod, "_decode_file", flaky)
+    monkeypatch.setattr(data_mod, "FILE_CHUNK", 4)
+    monkeypatch.setenv("MNAS_DECODE_WORKERS", "2")
+    with pytest.raises(KeyboardInterrupt), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare(cfg, tmp_path / "c", progress=False)
+    monkeypatch.setattr(data_mod, "_decode_file", real)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)
+    skipped = d.describe()["skipped_images"]
+    assert len(skipped) == 8 and all("n01" in s for s in skipped), skipped

@@ -30,7 +30,7 @@ import numpy as np
 
 from nas.data import sources
 
-__all__ = ["DatasetConfig", "PreparedDataset", "Split", "cache_root", "load_dataset", "prepare"]
+__all__ = ["DatasetConfig", "PreparedDataset", "Split", "cache_root", "load_dataset", "open_prepared", "prepare"]
 
 FORMAT_VERSION = 2
 # images written between progress checkpoints: a resumed prepare redoes at most one chunk
@@ -123,6 +123,10 @@ class PreparedDataset:
     std: tuple[float, ...]
     path: Path
     info: dict
+
+    def __reduce__(self):
+        # pickled (for worker processes, Ray tasks) as its cache path, not as a copy of the arrays
+        return (open_prepared, (str(self.path),))
 
     def describe(self) -> dict:
         return {
@@ -330,7 +334,14 @@ def _prepare_locked(cfg: DatasetConfig, out: Path, progress: bool) -> Path:
 def load_dataset(cfg: Mapping | DatasetConfig, cache_dir: str | Path | None = None, *, progress: bool = True) -> PreparedDataset:
     """Prepare the dataset if needed and open its memory-mapped splits."""
     cfg = cfg if isinstance(cfg, DatasetConfig) else DatasetConfig.from_config(cfg)
-    path = prepare(cfg, cache_dir, progress=progress)
+    return open_prepared(prepare(cfg, cache_dir, progress=progress))
+
+
+def open_prepared(path: str | Path) -> PreparedDataset:
+    """Open a finished prepared directory (memory-mapped, nothing is read until used)."""
+    path = Path(path)
+    if not (path / "meta.json").exists():
+        raise FileNotFoundError(f"{path}: not a finished prepared dataset (no meta.json)")
     meta = json.loads((path / "meta.json").read_text())
     splits = {
         name: Split(np.load(path / f"{name}_x.u8", mmap_mode="r"), np.load(path / f"{name}_y.npy"))

@@ -221,3 +221,15 @@ def test_skipped_images_stay_counted_across_a_resume(tmp_path, monkeypatch):
         d = load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)
     skipped = d.describe()["skipped_images"]
     assert len(skipped) == 8 and all("n01" in s for s in skipped), skipped
+
+
+@needs_fmnist
+def test_pickles_as_its_cache_path_not_its_arrays(tmp_path):
+    import pickle
+
+    d = load_dataset(fmnist(images_per_class=200), cache_dir=tmp_path, progress=False)
+    blob = pickle.dumps(d)
+    assert len(blob) < 2000 < d.train.x.nbytes
+    e = pickle.loads(blob)
+    assert e.path == d.path and e.describe() == d.describe()
+    assert np.array_equal(np.asarray(e.train.x), np.asarray(d.train.x)) and np.array_equal(e.val.y, d.val.y)

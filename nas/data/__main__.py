@@ -1,7 +1,7 @@
 """``python -m nas.data prepare dataset=NAME [dataset.root=...] [dataset.images_per_class=...]``
 
 Builds the prepared uint8 cache of a dataset config once (progress bar; resumable: an interrupted run continues
-where it stopped) and prints its size and time. ``python -m nas.data info dataset=NAME`` prints the description.
+where it stopped) and prints its size and time. ``python -m nas.data info dataset=NAME`` prints the description of a prepared dataset (builds nothing).
 Arguments are Hydra-style overrides of ``configs/train.yaml`` (only ``dataset`` and ``cache_dir`` are used).
 """
 
@@ -24,7 +24,7 @@ def _compose(overrides: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nas.data import DatasetConfig, load_dataset, prepare
+    from nas.data import DatasetConfig, cache_root, load_dataset, prepare
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("prepare", "info"):
@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = _compose(overrides)
         dataset = DatasetConfig.from_config(cfg.dataset)
+        if command == "info" and not (cache_root(cfg.cache_dir) / dataset.key() / "meta.json").exists():
+            raise FileNotFoundError(f"dataset {dataset.name!r} is not prepared yet: run python -m nas.data prepare")
         start = time.perf_counter()
         path = prepare(dataset, cfg.cache_dir)
         seconds = time.perf_counter() - start

@@ -168,6 +168,9 @@ def test_train_cli_prints_a_final_json_line(tmp_path):
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "trainer.optimizer" in bad.stderr.strip().splitlines()[-1]
 
+    info = subprocess.run([sys.executable, "-m", "nas.data", "info", "dataset=tiny_fashion_mnist", "dataset.seed=5"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert info.returncode == 2 and "not prepared" in info.stderr
     prep = subprocess.run([sys.executable, "-m", "nas.data", "prepare", "dataset=tiny_fashion_mnist"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert prep.returncode == 0 and json.loads(prep.stdout.splitlines()[-1])["num_train"] == 160

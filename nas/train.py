@@ -2,7 +2,9 @@
 
 The same code path as a search's children (``nas.data.load_dataset`` + ``nas.trainer.train_child``), so a user can
 check what a child would score before spending a search on it. The last stdout line is the JSON result (with the
-dataset description under ``dataset``); the exit status is 1 when the child failed.
+dataset description under ``dataset``); the exit status is 1 when the child failed while training (NaN loss, out of
+memory). Bad input (an architecture that does not parse, an unknown or invalid config field, a bad override) is one
+``error: ...`` line on stderr and exit status 2, found before any data is prepared.
 """
 
 from __future__ import annotations
@@ -18,15 +20,24 @@ from omegaconf import DictConfig, OmegaConf
 def run(cfg: DictConfig) -> dict:
     import torch
 
-    from nas.data import load_dataset
+    from search_spaces import resolve_arch
+
+    from nas.data import DatasetConfig, load_dataset
     from nas.trainer import TrainerConfig, train_child
 
+    resolve_arch(str(cfg.arch))  # ValueError naming the architecture: bad input, not a failed child
     if cfg.threads is not None:
         if not isinstance(cfg.threads, int) or cfg.threads < 1:
             raise ValueError(f"threads must be a positive integer, got {cfg.threads!r}")
         torch.set_num_threads(cfg.threads)
-    trainer = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
-    data = load_dataset(cfg.dataset, cache_dir=cfg.cache_dir)
+    fields = OmegaConf.to_container(cfg.trainer, resolve=True)
+    unknown = sorted(set(fields) - set(TrainerConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown trainer field(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(TrainerConfig.__dataclass_fields__)}")
+    trainer = TrainerConfig(**fields)
+    dataset = DatasetConfig.from_config(cfg.dataset)  # validated before the (possibly long) preparation
+    data = load_dataset(dataset, cache_dir=cfg.cache_dir)
     result = train_child(str(cfg.arch), data, trainer, seed=int(cfg.seed), device=cfg.device)
     out = {"arch": str(cfg.arch), "seed": int(cfg.seed), "threads": cfg.threads, **result.to_dict(),
            "dataset": data.describe()}
@@ -47,5 +58,26 @@ def main(cfg: DictConfig) -> None:
         sys.exit(1)
 
 
+def check_overrides(argv: list[str]) -> str | None:
+    """Compose the config with the command-line overrides first: Hydra would report a bad override (a field that
+    does not exist, a config group option that is missing) as a multi-line traceback hint with exit status 1."""
+    from hydra import compose, initialize_config_dir
+
+    if any(a.startswith("-") for a in argv):  # --help, --cfg, -m: Hydra's own flags, left to Hydra
+        return None
+    overrides = [a for a in argv if not a.lstrip("+~").startswith("hydra")]
+    config_dir = str(Path(__file__).resolve().parents[1] / "configs")
+    try:
+        with initialize_config_dir(version_base=None, config_dir=config_dir):
+            compose(config_name="train", overrides=overrides)
+    except Exception as exc:
+        return " ".join(str(exc).split())
+    return None
+
+
 if __name__ == "__main__":
+    problem = check_overrides(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -158,11 +158,23 @@ def test_train_cli_prints_a_final_json_line(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["top1"] == out["top1"]
     assert not (ROOT / "train.log").exists(), "Hydra job logging must not litter the working directory"
 
-    failed = subprocess.run([sys.executable, "-m", "nas.train", "arch=no_such_net", "dataset=tiny_fashion_mnist"],
+    # a child that breaks while training is a result (JSON line, exit 1), not a crash
+    failed = subprocess.run([sys.executable, "-m", "nas.train", f"arch={SMALL}", "dataset=tiny_fashion_mnist",
+                             "trainer.lr=1e30", "trainer.warmup_steps=0", "trainer.label_smoothing=0"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert failed.returncode == 1
+    assert failed.returncode == 1, failed.stderr[-2000:]
     out = json.loads(failed.stdout.strip().splitlines()[-1])
-    assert out["status"] == "failed" and "no_such_net" in out["error"]
+    assert out["status"] == "failed" and "loss is" in out["error"]
+
+    # bad input: one "error: ..." line naming the culprit, exit 2, nothing trained
+    for args, culprit in ((["arch=no_such_net"], "no_such_net"), (["+trainer.foo=1"], "foo"),
+                          (["trainer.foo=1"], "trainer.foo"), (["dataset=no_such_set"], "no_such_set")):
+        bad = subprocess.run([sys.executable, "-m", "nas.train", *args], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=300)
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and culprit in lines[0], \
+            (args, bad.stderr[-2000:])
+        assert bad.stdout == ""
 
     bad = subprocess.run([sys.executable, "-m", "nas.train", "arch=mobilenet_v2", "trainer.optimizer=adam"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -1,0 +1,78 @@
+"""Latency service: benchmark_model parsing, real adb 'no devices', and one real host conversion + timing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from latency import LatencyResult, build_service, parse_adb_devices, parse_benchmark_output
+
+SMALL = "ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c16"
+
+NEW_FORMAT = """INFO: Replacing 40 out of 40 node(s) with delegate (TfLiteXNNPackDelegate) node, yielding 1 partitions.
+INFO: count=10 first=9000 curr=8000 min=7900 max=9000 avg=8100 std=300 p5=7900 median=8050 p95=9000
+INFO: count=50 first=8000 curr=7800 min=7700 max=9100 avg=7900.5 std=120 p5=7700 median=7850 p95=8200
+INFO: Inference timings in us: Init: 3000, First inference: 9000, Warmup (avg): 8100, Inference (avg): 7900.5
+"""
+
+
+def test_parse_new_format_uses_measured_line_median():
+    out = parse_benchmark_output(NEW_FORMAT)
+    assert out["runs"] == 50
+    assert out["latency_ms"] == pytest.approx(7.85)
+    assert out["mean_ms"] == pytest.approx(7.9005)
+    assert out["p95_ms"] == pytest.approx(8.2)
+    assert out["extra"]["delegate"]["partitions"] == 1
+
+
+def test_parse_scientific_and_all_equal():
+    text = "count=1 curr=2.95034e+06\ncount=3 curr=2.95034e+06\n"
+    out = parse_benchmark_output(text)
+    assert out["runs"] == 3 and out["latency_ms"] == pytest.approx(2950.34)
+    with pytest.raises(ValueError):
+        parse_benchmark_output("garbage only\n")
+
+
+def test_parse_adb_devices():
+    text = "List of devices attached\nABC123\tdevice product:x model:Pixel_2 device:walleye\nZZ\toffline\n\n"
+    devices = parse_adb_devices(text)
+    assert [d["serial"] for d in devices][:1] == ["ABC123"]
+
+
+@pytest.mark.skipif(shutil.which("adb") is None, reason="Debian adb client not installed")
+def test_real_adb_reports_no_devices(tmp_path):
+    env = dict(os.environ, ADB_SERVER_SOCKET="tcp:localhost:15937", HOME=str(tmp_path))
+    try:
+        out = subprocess.run(["adb", "devices"], capture_output=True, text=True, timeout=60, env=env)
+        assert "List of devices attached" in out.stdout
+        assert [d for d in parse_adb_devices(out.stdout) if d.get("state") == "device"] == []
+    finally:
+        subprocess.run(["adb", "kill-server"], capture_output=True, timeout=30, env=env)
+
+
+@pytest.fixture(scope="session")
+def host_service(tmp_path_factory):
+    root = tmp_path_factory.mktemp("latency")
+    service = build_service("host", threads=1, warmup_runs=2, num_runs=5, workers=1,
+                            cache_path=root / "latency.sqlite", work_dir=root / "work")
+    yield service
+    service.close()
+
+
+def test_host_measure_real_conversion_and_cache(host_service):
+    result = host_service.measure(SMALL, resolution=32, channels=3, num_classes=10)
+    assert result.status == "ok", result.error
+    assert result.latency_ms > 0 and result.runs == 5 and len(result.samples_ms) == 5
+    assert result.max_abs_err is not None and result.max_abs_err < 1e-3
+    assert os.path.exists(result.tflite_path) and not result.cached
+    again = host_service.measure(SMALL, resolution=32, channels=3, num_classes=10)
+    assert again.cached and again.latency_ms == result.latency_ms
+    assert LatencyResult.from_dict(again.to_dict()).latency_ms == again.latency_ms
+
+
+def test_bad_arch_raises_value_error(host_service):
+    with pytest.raises(ValueError):
+        host_service.measure("not_an_arch_xx", resolution=32)

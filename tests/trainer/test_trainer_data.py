@@ -233,3 +233,34 @@ def test_pickles_as_its_cache_path_not_its_arrays(tmp_path):
     e = pickle.loads(blob)
     assert e.path == d.path and e.describe() == d.describe()
     assert np.array_equal(np.asarray(e.train.x), np.asarray(d.train.x)) and np.array_equal(e.val.y, d.val.y)
+
+
+def test_image_folder_selection_and_held_out_split_are_fixed_by_seed(tmp_path):
+    root = write_folder(tmp_path / "imnet", {f"n0{i}": 10 for i in range(5)}, size=(20, 16))
+
+    def cfg(**kw):
+        base = dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3, classes=3,
+                    images_per_class=6, val_per_class=3, seed=0)
+        return {**base, **kw}
+
+    # classes by count: the same seed draws the same classes (even in a fresh cache), other seeds draw others
+    a = load_dataset(cfg(), cache_dir=tmp_path / "a", progress=False)
+    b = load_dataset(cfg(), cache_dir=tmp_path / "b", progress=False)
+    assert a.class_names == b.class_names and len(a.class_names) == 3
+    drawn = {tuple(load_dataset(cfg(seed=s), cache_dir=tmp_path / "a", progress=False).class_names)
+             for s in range(6)}
+    assert len(drawn) > 1, "the class draw must depend on the seed"
+    assert np.array_equal(np.asarray(a.train.x), np.asarray(b.train.x)) and np.array_equal(a.val.y, b.val.y)
+
+    # held-out split: disjoint from training, fixed by the seed, different under another seed (same classes)
+    fixed = ["n00", "n02", "n04"]
+    splits = {}
+    for seed in (0, 0, 1):
+        d = load_dataset(cfg(classes=fixed, seed=seed), cache_dir=tmp_path / f"s{len(splits)}", progress=False)
+        train = np.load(d.path / "train_source_indices.npy")
+        val = np.load(d.path / "val_source_indices.npy")
+        assert not set(train.tolist()) & set(val.tolist()), "validation images must be held out of training"
+        assert len(val) == 9 and len(train) == 18 and np.bincount(d.val.y).tolist() == [3, 3, 3]
+        assert d.describe()["seed"] == seed
+        splits[len(splits)] = (seed, sorted(val.tolist()))
+    assert splits[0][1] == splits[1][1] and splits[0][1] != splits[2][1]

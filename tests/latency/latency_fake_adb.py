@@ -1,0 +1,151 @@
+"""A device double for ``adb``: tests put a wrapper named ``adb`` first on PATH that runs this file.
+
+It behaves like adb for the commands the AdbRunner uses (devices -l, -s SERIAL, push, shell getprop/chmod/rm/cmd,
+wait-for-device) against a fake ``/data/local/tmp`` under $FAKE_ADB_ROOT, and runs ``benchmark_model`` by really
+timing the pushed model with LiteRT on the host, printing benchmark_model's own output format (new builds, with an
+``INFO: `` prefix and ``p5= median= p95=``). Environment:
+  FAKE_ADB_ROOT     directory standing in for the phone's storage (required)
+  FAKE_ADB_SERIALS  comma-separated attached serials ("" = no devices); default "FAKE0001"
+  FAKE_ADB_DROPS    how many benchmark_model runs fail first with "device offline" (a dropping device)
+  FAKE_ADB_LOG      file that receives one line per adb invocation (argv as JSON)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(os.environ["FAKE_ADB_ROOT"])
+SERIALS = [s for s in os.environ.get("FAKE_ADB_SERIALS", "FAKE0001").split(",") if s]
+
+
+def local(remote: str) -> Path:
+    if not remote.startswith("/data/local/tmp/"):
+        raise SystemExit(f"adb: error: remote path outside /data/local/tmp: {remote}")
+    return ROOT / remote.lstrip("/")
+
+
+def fail(message: str, code: int = 1) -> int:
+    print(message, file=sys.stderr)
+    return code
+
+
+def benchmark(args: list[str]) -> int:
+    flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+    graph = local(flags["graph"])
+    if not graph.is_file():
+        return fail(f"ERROR: Could not open '{flags['graph']}'.")
+    drops = ROOT / "drops"
+    remaining = int(drops.read_text()) if drops.exists() else int(os.environ.get("FAKE_ADB_DROPS", "0"))
+    if remaining > 0:
+        drops.write_text(str(remaining - 1))
+        return fail("error: device offline")
+    drops.write_text("0")
+    from ai_edge_litert.interpreter import Interpreter
+    import numpy as np
+
+    start = time.perf_counter()
+    interpreter = Interpreter(model_path=str(graph), num_threads=int(flags.get("num_threads", "1")))
+    interpreter.allocate_tensors()
+    init_us = (time.perf_counter() - start) * 1e6
+    detail = interpreter.get_input_details()[0]
+    interpreter.set_tensor(detail["index"], np.random.default_rng(0).random(detail["shape"], dtype=np.float32))
+
+    def run(n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            interpreter.invoke()
+            out.append((time.perf_counter() - t) * 1e6)
+        return out
+
+    def line(s: list[float]) -> str:
+        q = statistics.quantiles(s, n=20) if len(s) > 1 else [s[0]] * 19
+        return (f"INFO: count={len(s)} first={s[0]:.0f} curr={s[-1]:.0f} min={min(s):.0f} max={max(s):.0f} "
+                f"avg={statistics.fmean(s):g} std={statistics.pstdev(s):.0f} p5={q[0]:.0f} "
+                f"median={statistics.median(s):.0f} p95={q[18]:.0f}")
+
+    first = run(1)
+    warm = run(max(1, int(flags.get("warmup_runs", "1"))))
+    timed = run(int(flags.get("num_runs", "50")))
+    print("INFO: STARTING!")
+    print(f"INFO: Graph: [{flags['graph']}]")
+    print(f"INFO: #threads used for CPU inference: [{flags.get('num_threads', '-1')}]")
+    print("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.")
+    print("INFO: The input model file size (MB): %.4f" % (graph.stat().st_size / 1e6))
+    print(line(warm))
+    print(line(timed))
+    print(f"INFO: Inference timings in us: Init: {init_us:.0f}, First inference: {first[0]:.0f}, "
+          f"Warmup (avg): {statistics.fmean(warm):g}, Inference (avg): {statistics.fmean(timed):g}")
+    return 0
+
+
+def shell(command: str) -> int:
+    argv = shlex.split(command)
+    if argv[:2] == ["getprop", "ro.product.model"]:
+        print("Pixel 2")
+        return 0
+    if argv[0] == "chmod":
+        os.chmod(local(argv[2]), int(argv[1], 8))
+        return 0
+    if argv[:2] == ["rm", "-f"]:
+        for p in argv[2:]:
+            local(p).unlink(missing_ok=True)
+        return 0
+    if argv[0] == "cmd":
+        return 0
+    if argv[0] == "taskset":
+        if not all(c in "0123456789abcdefABCDEF" for c in argv[1]):
+            return fail(f"taskset: bad mask {argv[1]}")
+        argv = argv[2:]
+    binary = local(argv[0])
+    if not binary.is_file():
+        return fail(f"/system/bin/sh: {argv[0]}: not found", 127)
+    if not os.access(binary, os.X_OK):
+        return fail(f"/system/bin/sh: {argv[0]}: can't execute: Permission denied", 126)
+    return benchmark(argv[1:])
+
+
+def main(args: list[str]) -> int:
+    if log := os.environ.get("FAKE_ADB_LOG"):
+        with open(log, "a") as f:
+            f.write(json.dumps(args) + "\n")
+    serial = None
+    if args[:1] == ["-s"]:
+        serial, args = args[1], args[2:]
+    if args[:1] == ["devices"]:
+        print("List of devices attached")
+        for s in SERIALS:
+            print(f"{s}\tdevice product:walleye model:Pixel_2 device:walleye transport_id:1" if "-l" in args
+                  else f"{s}\tdevice")
+        print()
+        return 0
+    if args[:1] == ["kill-server"] or args[:1] == ["start-server"]:
+        return 0
+    if not SERIALS:
+        return fail("adb: no devices/emulators found")
+    if serial is None and len(SERIALS) > 1:
+        return fail("adb: more than one device/emulator")
+    if serial is not None and serial not in SERIALS:
+        return fail(f"adb: device '{serial}' not found")
+    if args[:1] == ["wait-for-device"]:
+        return 0
+    if args[:1] == ["push"]:
+        target = local(args[2])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args[1], target)
+        print(f"{args[1]}: 1 file pushed, 0 skipped.")
+        return 0
+    if args[:1] == ["shell"]:
+        return shell(" ".join(args[1:]))
+    return fail(f"adb: unknown command {' '.join(args)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,114 @@
+"""The adb runner end to end against a device double named ``adb`` on PATH that really times with LiteRT."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from latency import AdbRunner, DeviceError, build_service
+
+SMALL = "ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c16"
+FAKE = Path(__file__).with_name("latency_fake_adb.py")
+
+
+def _install_fake_adb(bin_dir: Path) -> Path:
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = bin_dir / "adb"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+@pytest.fixture(scope="module")
+def phone(tmp_path_factory):
+    """Fake adb first on PATH for this module (set before the service spawns its workers)."""
+    root = tmp_path_factory.mktemp("phone")
+    bin_dir = _install_fake_adb(root / "bin").parent
+    binary = root / "benchmark_model"
+    binary.write_bytes(b"\x7fELF fake android_aarch64 benchmark_model\n")
+    saved = {k: os.environ.get(k) for k in ("PATH", "FAKE_ADB_ROOT", "FAKE_ADB_SERIALS", "FAKE_ADB_LOG")}
+    os.environ.update(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_ADB_ROOT=str(root / "device"),
+                      FAKE_ADB_SERIALS="FAKE0001", FAKE_ADB_LOG=str(root / "adb.log"))
+    (root / "device").mkdir()
+    yield {"root": root, "binary": binary, "log": root / "adb.log", "device": root / "device"}
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def adb_service(phone):
+    service = build_service("adb", benchmark_binary=str(phone["binary"]), cpu_mask="f0", warmup_runs=2, num_runs=7,
+                            workers=1, retries=2, cache_path=phone["root"] / "cache" / "latency.sqlite")
+    yield service
+    service.close()
+
+
+def _log(phone) -> list[list[str]]:
+    return [json.loads(line) for line in phone["log"].read_text().splitlines()]
+
+
+def test_adb_measure_end_to_end(phone, adb_service):
+    assert shutil.which("adb").startswith(str(phone["root"]))
+    result = adb_service.measure(SMALL, resolution=32, num_classes=10)
+    assert result.status == "ok", result.error
+    assert result.runner == "adb" and result.device == "adb:Pixel 2:FAKE0001"
+    assert result.runs == 7 and result.latency_ms > 0 and result.std_ms >= 0 and result.p95_ms >= result.min_ms
+    assert result.extra["inference_timings_us"]["Inference (avg)"] == pytest.approx(result.mean_ms * 1000, rel=1e-3)
+    calls = _log(phone)
+    shells = [c[-1] for c in calls if "shell" in c]
+    bench = [s for s in shells if "benchmark_model" in s and "--graph" in s]
+    assert len(bench) == 1 and bench[0].startswith("taskset f0 /data/local/tmp/benchmark_model")
+    assert "--num_threads=1" in bench[0] and "--num_runs=7" in bench[0] and "--warmup_runs=2" in bench[0]
+    assert not list((phone["device"] / "data/local/tmp").glob("mnas_*"))  # the model is removed afterwards
+    assert adb_service.measure(SMALL, resolution=32, num_classes=10).cached
+
+
+def test_binary_pushed_once_and_dropping_device_is_retried(phone, adb_service):
+    (phone["device"] / "drops").write_text("1")  # the next benchmark run fails with 'device offline'
+    result = adb_service.measure(SMALL, resolution=40, num_classes=10)
+    assert result.status == "ok", result.error
+    calls = _log(phone)
+    assert sum(1 for c in calls if "push" in c and c[-1].endswith("/benchmark_model")) == 1
+    assert any(c[-1] == "wait-for-device" for c in calls)
+
+
+def test_shell_injection_is_quoted(phone, adb_service, tmp_path):
+    src = Path(adb_service.export(SMALL, tmp_path / "x", resolution=32, num_classes=10)["tflite"])
+    evil = tmp_path / "a b;touch PWNED" / "m $(touch PWNED).tflite"
+    evil.parent.mkdir()
+    shutil.copyfile(src, evil)
+    runner = AdbRunner(benchmark_binary=str(phone["binary"]), warmup_runs=1, num_runs=2, retries=0)
+    timing = runner.time(evil)
+    assert timing["runs"] == 2
+    assert not list(phone["root"].rglob("PWNED")) and not Path("PWNED").exists()
+
+
+def test_missing_binary_and_unknown_serial_are_failed_results(phone, tmp_path):
+    with build_service("adb", benchmark_binary=str(tmp_path / "nope"), workers=1, retries=0,
+                       cache_path=phone["root"] / "cache" / "latency.sqlite") as service:
+        result = service.measure(SMALL, resolution=32, num_classes=10)
+    assert result.status == "failed" and "benchmark_model binary not found" in result.error
+    with pytest.raises(DeviceError, match="no Android device"):
+        env_serials = os.environ["FAKE_ADB_SERIALS"]
+        os.environ["FAKE_ADB_SERIALS"] = ""
+        try:
+            AdbRunner(benchmark_binary=str(phone["binary"])).resolve_serial()
+        finally:
+            os.environ["FAKE_ADB_SERIALS"] = env_serials
+
+
+def test_cli_devices_lists_fake_phone(phone):
+    out = subprocess.run([sys.executable, "-m", "latency", "devices", "--json"], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).parents[2])
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)["devices"]
+    assert [r["runner"] for r in rows] == ["host", "adb"] and rows[1]["serial"] == "FAKE0001"

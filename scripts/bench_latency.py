@@ -102,7 +102,8 @@ def main() -> None:
     write_calibration_file(tmp)
     os.chdir(tmp)
     tv = torchvision.models.mnasnet1_0(weights=None).eval()
-    tv_onnx = export_onnx(tv, tmp / "tv" / "model.onnx", r, 3) if (tmp / "tv").mkdir() is None else None
+    (tmp / "tv").mkdir()
+    tv_onnx = export_onnx(tv, tmp / "tv" / "model.onnx", r, 3)
     tv_tflite = onnx_to_tflite(tv_onnx, tmp / "tv", fast=True)
     ours, theirs = [], []
     for _ in tqdm(range(args.repeats), desc="b1 vs torchvision"):  # interleaved so drift hits both alike

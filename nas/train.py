@@ -17,6 +17,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 
+def log(message: str) -> None:
+    """Plain progress lines on stderr (no bars: the output of a sweep stays readable); stdout is the JSON line."""
+    print(f"[nas.train] {message}", file=sys.stderr, flush=True)
+
+
 def run(cfg: DictConfig) -> dict:
     import torch
 
@@ -38,7 +43,16 @@ def run(cfg: DictConfig) -> dict:
     trainer = TrainerConfig(**fields)
     dataset = DatasetConfig.from_config(cfg.dataset)  # validated before the (possibly long) preparation
     data = load_dataset(dataset, cache_dir=cfg.cache_dir)
+    log(f"training {cfg.arch} on {data.name} ({len(data.train)} train / {len(data.val)} held-out images, "
+        f"{data.num_classes} classes, {data.resolution} px) for {trainer.epochs} epoch(s)"
+        f"{f' (at most {trainer.max_steps} steps)' if trainer.max_steps else ''}, seed {int(cfg.seed)}")
     result = train_child(str(cfg.arch), data, trainer, seed=int(cfg.seed), device=cfg.device)
+    if result.status == "ok":
+        top5 = "n/a" if result.top5 is None else f"{result.top5:.4f}"
+        log(f"done: top1 {result.top1:.4f}, top5 {top5}, {result.steps} steps in {result.train_seconds:.1f} s "
+            f"({result.images_per_second:.0f} img/s, data wait {100 * result.data_wait_fraction:.1f}%)")
+    else:
+        log(f"failed: {result.error}")
     out = {"arch": str(cfg.arch), "seed": int(cfg.seed), "threads": cfg.threads, **result.to_dict(),
            "dataset": data.describe()}
     if cfg.output:

@@ -72,6 +72,11 @@ class TrainerConfig:
             raise ValueError(f"trainer.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"trainer.dropout must be in [0, 1), got {self.dropout!r}")
+        # caught here, not by torch inside train_child: there every child of a search would come back "failed"
+        if not isinstance(self.momentum, (int, float)) or not 0 <= self.momentum < 1:
+            raise ValueError(f"trainer.momentum must be in [0, 1), got {self.momentum!r}")
+        if not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool) or self.warmup_steps < 0:
+            raise ValueError(f"trainer.warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
         if self.weight_decay < 0:
             raise ValueError(f"trainer.weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.amp not in ("auto", "on", "off"):

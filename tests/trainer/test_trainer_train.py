@@ -118,7 +118,8 @@ def test_out_of_memory_and_build_errors_are_failed_results(data, monkeypatch):
 
 @pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", -1), ("optimizer", "adam"),
                                           ("schedule", "step"), ("lr", 0.0), ("label_smoothing", 1.0),
-                                          ("amp", "maybe"), ("max_steps", 0)])
+                                          ("amp", "maybe"), ("max_steps", 0), ("momentum", -0.1),
+                                          ("momentum", 1.5), ("warmup_steps", -1), ("warmup_steps", 2.5)])
 def test_trainer_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         TrainerConfig(**{field: value})

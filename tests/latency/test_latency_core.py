@@ -53,15 +53,6 @@ def test_real_adb_reports_no_devices(tmp_path):
         subprocess.run(["adb", "kill-server"], capture_output=True, timeout=30, env=env)
 
 
-@pytest.fixture(scope="session")
-def host_service(tmp_path_factory):
-    root = tmp_path_factory.mktemp("latency")
-    service = build_service("host", threads=1, warmup_runs=2, num_runs=5, workers=1,
-                            cache_path=root / "latency.sqlite", work_dir=root / "work")
-    yield service
-    service.close()
-
-
 def test_host_measure_real_conversion_and_cache(host_service):
     result = host_service.measure(SMALL, resolution=32, channels=3, num_classes=10)
     assert result.status == "ok", result.error

@@ -1,0 +1,105 @@
+"""Service semantics: measure_many order/dedupe, export, tolerance failures, cache corruption, Hydra configs."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latency import LatencyResult, LatencyService, build_service
+from latency.cache import LatencyCacheError
+
+SMALL = "ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c16"
+OTHER = "ds_r1_k5_s1_c8-ir_r1_k3_s2_e6_c16"
+CONFIGS = Path(__file__).parents[2] / "configs"
+
+
+def test_measure_many_keeps_order_and_measures_duplicates_once(host_service):
+    archs = [OTHER, SMALL, OTHER]
+    results = host_service.measure_many(archs, resolution=32, channels=1, num_classes=10)
+    assert [r.arch for r in results] == archs
+    assert all(r.status == "ok" for r in results), [r.error for r in results]
+    assert results[0] is results[2] or results[0].to_dict() == results[2].to_dict()
+    assert results[0].resolution == 32 and results[0].channels == 1
+    assert host_service.cache.counts()["measurements"] >= 2
+
+
+def test_export_writes_onnx_and_tflite(host_service, tmp_path):
+    out = host_service.export(SMALL, tmp_path / "exp", resolution=32, num_classes=10, name="child0")
+    assert Path(out["onnx"]).name == "child0.onnx" and Path(out["tflite"]).name == "child0.tflite"
+    from latency.convert import make_interpreter
+
+    interp = make_interpreter(out["tflite"])
+    assert tuple(interp.get_input_details()[0]["shape"]) == (1, 32, 32, 3)  # NHWC
+    assert tuple(interp.get_output_details()[0]["shape"])[-1] == 10
+
+
+def test_conversion_beyond_tolerance_is_a_failed_result(latency_root):
+    with build_service("host", workers=1, num_runs=2, tolerance_abs=1e-12, tolerance_rel=1e-12,
+                       cache_path=latency_root / "strict" / "latency.sqlite") as service:
+        result = service.measure(SMALL, resolution=32, num_classes=10)
+    assert result.status == "failed" and "conversion mismatch" in result.error
+    assert result.max_abs_err is not None and result.max_abs_err > 1e-12 and result.latency_ms is None
+    assert "\n" not in result.error
+
+
+def test_bad_arguments_raise(host_service):
+    with pytest.raises(ValueError):
+        host_service.measure(SMALL, resolution=0)
+    with pytest.raises(ValueError, match="runner"):
+        build_service("phone")
+    with pytest.raises(ValueError, match="unknown latency field"):
+        build_service("host", serial="x")
+
+
+def test_corrupted_cache_is_reported_not_overwritten(tmp_path):
+    path = tmp_path / "latency.sqlite"
+    garbage = b"this is not sqlite" * 100
+    path.write_bytes(garbage)
+    with pytest.raises(LatencyCacheError, match="corrupted"):
+        LatencyService("host", cache_path=path)
+    assert path.read_bytes() == garbage
+
+
+def test_cache_survives_restart_and_key_includes_settings(host_service, latency_root):
+    first = host_service.measure(SMALL, resolution=32, num_classes=10)
+    with build_service("host", warmup_runs=2, num_runs=5, workers=1,
+                       cache_path=latency_root / "latency.sqlite") as again:
+        assert again.measure(SMALL, resolution=32, num_classes=10).cached
+    with build_service("host", warmup_runs=2, num_runs=6, workers=1,
+                       cache_path=latency_root / "latency.sqlite") as other:
+        r = other.measure(SMALL, resolution=32, num_classes=10)
+        assert not r.cached and r.runs == 6 and r.extra["conversion_cached"]  # re-timed, not re-converted
+    assert first.ok
+    con = sqlite3.connect(latency_root / "latency.sqlite")
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_default_cache_honours_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("MNAS_CACHE_DIR", str(tmp_path / "c"))
+    with LatencyService("host") as service:
+        assert str(service.cache_path).startswith(str(tmp_path / "c"))
+
+
+def test_result_round_trip_is_json():
+    import json
+
+    r = LatencyResult(arch=SMALL, latency_ms=1.5, samples_ms=[1.0, 2.0], extra={"a": 1})
+    assert LatencyResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
+@pytest.mark.parametrize("name", ["host", "adb"])
+def test_hydra_configs_instantiate(name, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(CONFIGS / "latency"), version_base=None):
+        cfg = compose(config_name=name)
+    service = instantiate(cfg, cache_path=tmp_path / "latency.sqlite", work_dir=tmp_path / "work")
+    try:
+        assert isinstance(service, LatencyService) and service.runner_config["runner"] == name
+    finally:
+        service.close()

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - start
         data = load_dataset(dataset, cfg.cache_dir, progress=False)
     except Exception as exc:  # bad overrides, missing folders, unknown classes: one readable line
-        print(f"error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # Hydra's messages span lines: keep the error to one line
+        print(f"error: {exc.__class__.__name__}: {message}", file=sys.stderr)
         return 2
     info = data.describe()
     size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())

@@ -190,3 +190,7 @@ def test_train_cli_prints_a_final_json_line(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "nas.data", "prepare", "dataset=imagenet_subset",
                           f"dataset.root={tmp_path / 'nowhere'}"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "nowhere" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "nas.data", "prepare", "dataset=tiny_fashion_mnist", "dataset.bogus=1"],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and "dataset.bogus" in lines[0], bad.stderr

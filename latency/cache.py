@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class LatencyCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()  # one connection, used by the service's threads: one statement at a time
         try:
             self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None, check_same_thread=False)
             row = self.conn.execute("PRAGMA quick_check").fetchone()
@@ -51,7 +53,15 @@ class LatencyCache:
                 f"latency cache {self.path} is corrupted or not a cache ({exc}); move it away to start a new one"
             ) from None
 
+    def _read(self, sql: str, args: tuple = ()) -> tuple | None:
+        with self._lock:
+            return self.conn.execute(sql, args).fetchone()
+
     def _write(self, sql: str, args: tuple) -> None:
+        with self._lock:
+            self._write_locked(sql, args)
+
+    def _write_locked(self, sql: str, args: tuple) -> None:
         for attempt in range(5):
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
@@ -66,7 +76,7 @@ class LatencyCache:
                 time.sleep(0.2 * (attempt + 1))
 
     def get_conversion(self, key: str) -> dict | None:
-        row = self.conn.execute("SELECT record FROM conversions WHERE key = ?", (key,)).fetchone()
+        row = self._read("SELECT record FROM conversions WHERE key = ?", (key,))
         if row is None:
             return None
         record = json.loads(row[0])
@@ -83,7 +93,7 @@ class LatencyCache:
         )
 
     def get_measurement(self, key: str) -> dict | None:
-        row = self.conn.execute("SELECT result FROM measurements WHERE key = ?", (key,)).fetchone()
+        row = self._read("SELECT result FROM measurements WHERE key = ?", (key,))
         return None if row is None else json.loads(row[0])
 
     def put_measurement(self, key: str, conversion_key: str, result: dict, device: str, settings: dict) -> None:
@@ -96,9 +106,10 @@ class LatencyCache:
 
     def counts(self) -> dict:
         return {
-            "conversions": self.conn.execute("SELECT COUNT(*) FROM conversions").fetchone()[0],
-            "measurements": self.conn.execute("SELECT COUNT(*) FROM measurements").fetchone()[0],
+            "conversions": self._read("SELECT COUNT(*) FROM conversions")[0],
+            "measurements": self._read("SELECT COUNT(*) FROM measurements")[0],
         }
 
     def close(self) -> None:
-        self.conn.close()
+        with self._lock:
+            self.conn.close()

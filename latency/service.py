@@ -18,6 +18,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,6 +100,18 @@ def _time_task(tflite_path: str, lock_path: str) -> dict:
         return {"status": "failed", "error": f"timing failed: {_first_line(exc)}"}
 
 
+def _stop_pool(pool: ProcessPoolExecutor, grace_s: float) -> None:
+    """Shut a worker pool down without ever waiting forever: workers still alive after ``grace_s`` are killed."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + grace_s
+    for proc in processes:
+        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5.0)
+
+
 # ---------------------------------------------------------------------------------------------------- service
 class LatencyService:
     """``measure(arch, resolution=, channels=, num_classes=) -> LatencyResult``; see the module docstring."""
@@ -113,12 +126,16 @@ class LatencyService:
         tolerance_abs: float = DEFAULT_TOLERANCE_ABS,
         tolerance_rel: float = DEFAULT_TOLERANCE_REL,
         fast_convert: bool = True,
+        task_timeout_s: float = 900.0,
         **runner_fields,
     ):
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"latency.workers must be a positive integer, got {workers!r}")
         if not tolerance_abs > 0 or not tolerance_rel > 0:
             raise ValueError("latency.tolerance_abs and latency.tolerance_rel must be > 0")
+        if not isinstance(task_timeout_s, (int, float)) or not task_timeout_s > 0:
+            raise ValueError(f"latency.task_timeout_s must be > 0 seconds, got {task_timeout_s!r}")
+        self.task_timeout_s = float(task_timeout_s)
         self.runner_config = {"runner": runner, **runner_fields}
         self.runner = make_runner(self.runner_config)  # validates the fields now, in one line
         self.workers = workers
@@ -179,18 +196,25 @@ class LatencyService:
             return self._pool
 
     def _run_in_worker(self, fn, *args):
-        """Run ``fn`` in a worker; a crashed worker pool is replaced once and the call retried."""
+        """Run ``fn`` in a worker; a crashed pool is replaced once and the call retried; a hung one is killed."""
         for attempt in range(2):
             pool = self._workers()
             try:
-                return pool.submit(fn, *args).result()
+                return pool.submit(fn, *args).result(timeout=self.task_timeout_s)
+            except FutureTimeout:
+                self._drop_pool(pool)
+                raise RuntimeError(f"latency worker gave no answer within {self.task_timeout_s:.0f} s "
+                                   "(latency.task_timeout_s); it was killed and will be restarted") from None
             except BrokenProcessPool:
-                with self._lock:
-                    if self._pool is pool:
-                        self._pool = None
-                pool.shutdown(wait=False, cancel_futures=True)
+                self._drop_pool(pool)
                 if attempt == 1:
                     raise RuntimeError("latency worker process died twice (out of memory?)") from None
+
+    def _drop_pool(self, pool: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        _stop_pool(pool, grace_s=0.0)
 
     def _convert(self, arch: str, resolution: int, channels: int, num_classes: int) -> tuple[str, dict]:
         key = self._conversion_key(arch, resolution, channels, num_classes)
@@ -243,15 +267,18 @@ class LatencyService:
         key = f"{arch}|{resolution}|{channels}|{num_classes}"
         with self._lock:
             future = self._inflight.get(key)
-            if future is None:
-                future = self._threads.submit(self._measure_safe, arch, resolution, channels, num_classes)
-                self._inflight[key] = future
-                future.add_done_callback(lambda _f, k=key: self._forget(k))
+            if future is not None:
+                return future
+            future = self._threads.submit(self._measure_safe, arch, resolution, channels, num_classes)
+            self._inflight[key] = future
+        # Outside the lock: a future that is already done (a cached answer) runs the callback right here.
+        future.add_done_callback(lambda f, k=key: self._forget(k, f))
         return future
 
-    def _forget(self, key: str) -> None:
+    def _forget(self, key: str, future: Future) -> None:
         with self._lock:
-            self._inflight.pop(key, None)
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
 
     def _measure_safe(self, arch: str, resolution: int, channels: int, num_classes: int) -> LatencyResult:
         try:
@@ -287,9 +314,10 @@ class LatencyService:
 
     def close(self) -> None:
         self._threads.shutdown(wait=True, cancel_futures=True)
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            _stop_pool(pool, grace_s=30.0)
         self.cache.close()
 
     def __enter__(self) -> LatencyService:

@@ -1,0 +1,80 @@
+"""In-flight merging: the bookkeeping must survive a result that is ready before ``submit`` returns."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+from latency import LatencyResult, LatencyService
+
+SMALL = "ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c16"
+
+
+class _Immediate:
+    """An executor whose futures are already done when ``submit`` returns (as a cached result can be)."""
+
+    def submit(self, fn, *args, **kwargs) -> Future:
+        future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+    def shutdown(self, **kwargs) -> None:
+        pass
+
+
+def test_a_result_ready_before_submit_returns_does_not_deadlock(tmp_path):
+    service = LatencyService("host", cache_path=tmp_path / "latency.sqlite")
+    service._threads = _Immediate()
+    service._measure_safe = lambda arch, r, c, k: LatencyResult(arch=arch, latency_ms=1.0, resolution=r)
+    answers = []
+    worker = threading.Thread(target=lambda: answers.extend(
+        [service.measure(SMALL, resolution=32), service.measure(SMALL, resolution=32)]), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "submit() deadlocked on a future that was done before it returned"
+    assert [a.latency_ms for a in answers] == [1.0, 1.0]
+    assert service._inflight == {}  # finished requests are not kept as in flight
+    service.close()
+
+
+def test_a_worker_that_gives_no_answer_is_killed_and_reported(tmp_path):
+    from latency import build_service
+
+    # 50 ms is far less than a worker needs to start (it imports TensorFlow): the call times out.
+    with build_service("host", workers=1, task_timeout_s=0.05, cache_path=tmp_path / "latency.sqlite") as service:
+        result = service.measure(SMALL, resolution=32, num_classes=10)
+        assert result.status == "failed" and "task_timeout_s" in result.error
+        assert service._pool is None  # the hung pool was dropped; the next call starts a new one
+        assert service.cache.counts() == {"conversions": 0, "measurements": 0}  # nothing half-done was cached
+
+
+def _hammer(path: str, tag: str, n: int) -> None:
+    from latency.cache import LatencyCache
+
+    cache = LatencyCache(path)
+    threads = [threading.Thread(target=lambda t=t: [
+        cache.put_measurement(f"{tag}-{t}-{i}", "conv", {"arch": "a"}, "host", {}) for i in range(n)])
+        for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    cache.close()
+
+
+def test_cache_is_safe_under_concurrent_threads_and_processes(tmp_path):
+    import multiprocessing
+    import sqlite3
+
+    path = str(tmp_path / "latency.sqlite")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_hammer, args=(path, f"p{i}", 25)) for i in range(2)]
+    for p in procs:
+        p.start()
+    _hammer(path, "main", 25)
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == 3 * 4 * 25
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -82,17 +82,23 @@ def fashion_mnist(root: str | Path | None, *, download: bool = True) -> ArraySou
             raise FileNotFoundError(
                 f"Fashion-MNIST not found in {root} (install the Debian package dataset-fashion-mnist)"
             )
+        import socket
+
+        base = os.environ.get("MNAS_CACHE_DIR")
+        target = (Path(base) if base else Path.home() / ".cache" / "mnasnet-search") / "downloads"
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(20)  # a machine without internet fails in seconds instead of hanging
         try:
             from torchvision.datasets import FashionMNIST
 
-            base = os.environ.get("MNAS_CACHE_DIR")
-            target = (Path(base) if base else Path.home() / ".cache" / "mnasnet-search") / "downloads"
             FashionMNIST(str(target), train=True, download=True)
         except Exception as exc:
             raise FileNotFoundError(
                 f"Fashion-MNIST not found in {root} and the download failed ({exc.__class__.__name__}); "
                 "install the Debian package dataset-fashion-mnist"
             ) from None
+        finally:
+            socket.setdefaulttimeout(previous)
         return fashion_mnist(target / "FashionMNIST" / "raw", download=False)
     x = read_idx(images)
     y = read_idx(labels).astype(np.int64)

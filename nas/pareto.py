@@ -117,8 +117,12 @@ def _measured(children: list[dict]) -> list[dict]:
     return out
 
 
-def scatter_figure(points: list[dict], *, title: str = "", runs: list[dict] | None = None, references: dict | None = None):
-    """Matplotlib figure of accuracy vs latency with the front drawn as a step line."""
+_REF_MARKERS = ["*", "P", "X", "D", "^", "v", "s", "h"]
+
+
+def scatter_figure(points: list[dict], *, title: str = "", runs: list[dict] | None = None, references: dict | None = None,
+                   target_ms: float | None = None):
+    """Matplotlib figure of accuracy vs latency: children, the front as a step line, references, the target T."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,16 +143,18 @@ def scatter_figure(points: list[dict], *, title: str = "", runs: list[dict] | No
         order = np.argsort(lat[mask])
         ax.step(lat[mask][order], acc[mask][order], where="post", color=color, linewidth=1.6)
         ax.scatter(lat[mask], acc[mask], s=34, color=color, edgecolor="black", linewidth=0.6, zorder=3)
-    for name, ref in (references or {}).items():
-        if ref.get("status") == "ok" and ref.get("latency_ms") is not None:
-            ax.scatter([ref["latency_ms"]], [ref["top1"] * 100], marker="*", s=140, color="black", zorder=4)
-            ax.annotate(name, (ref["latency_ms"], ref["top1"] * 100), textcoords="offset points", xytext=(5, -10),
-                        fontsize=8)
+    measured = [(n, r) for n, r in sorted((references or {}).items())
+                if r.get("status") == "ok" and r.get("latency_ms") is not None and r.get("top1") is not None]
+    for i, (name, ref) in enumerate(measured):
+        ax.scatter([ref["latency_ms"]], [ref["top1"] * 100], marker=_REF_MARKERS[i % len(_REF_MARKERS)], s=90,
+                   color="black", edgecolor="white", linewidth=0.5, zorder=4, label=f"{name} (reference)")
+    if target_ms:
+        ax.axvline(target_ms, color="grey", linestyle="--", linewidth=1, label=f"target T = {target_ms:g} ms")
     ax.set_xlabel("latency (ms, TFLite)")
     ax.set_ylabel("proxy top-1 (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if any(g["label"] for g in groups):
+    if ax.get_legend_handles_labels()[1]:
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
@@ -162,6 +168,16 @@ def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _shared_target(runs: list[dict]) -> float | None:
+    """The latency target T when every run used the same one and a reward that has one."""
+    targets = set()
+    for run in runs:
+        reward = (run["config"] or {}).get("reward") or {}
+        target = reward.get("target_ms") if isinstance(reward, dict) else None
+        targets.add(float(target) if isinstance(target, (int, float)) else None)
+    return targets.pop() if len(targets) == 1 else None
 
 
 def _fmt(value, spec: str) -> str:
@@ -228,6 +244,7 @@ def export_runs(
         title=title or (runs[0]["label"] if len(runs) == 1 else f"{len(runs)} runs"),
         runs=runs if len(runs) > 1 else None,
         references=references,
+        target_ms=_shared_target(runs),
     )
     fig.savefig(out / "pareto.png")
     import matplotlib.pyplot as plt

@@ -107,3 +107,17 @@ def test_bad_paths_give_one_line_errors(tmp_path, capsys):
     assert main([str(bad)]) == 2
     assert "unreadable" in capsys.readouterr().err
     assert main([str(tmp_path / "empty"), "--export", "-1"]) == 2
+
+
+def test_plot_marks_front_references_and_target():
+    from nas.pareto import scatter_figure
+
+    points = [{"latency_ms": 1.0, "top1": 0.5}, {"latency_ms": 2.0, "top1": 0.7}, {"latency_ms": 3.0, "top1": 0.6}]
+    refs = {"mobilenet_v2": {"status": "ok", "latency_ms": 2.5, "top1": 0.65},
+            "mnasnet_b1": {"status": "failed", "latency_ms": None, "top1": None}}
+    fig = scatter_figure(points, title="t", references=refs, target_ms=2.0)
+    ax = fig.axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels == ["mobilenet_v2 (reference)", "target T = 2 ms"]  # unmeasured references are left out
+    step = ax.lines[0]
+    assert list(step.get_xdata()) == [1.0, 2.0]  # the front: (3.0, 0.6) is dominated by (2.0, 0.7)

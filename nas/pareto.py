@@ -76,10 +76,16 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     return list(dict.fromkeys(runs))
 
 
-def _run_label(run: Path, config: dict, overrides: list[str] | None) -> str:
-    if overrides:
-        return ",".join(o for o in overrides if not o.startswith(("run_dir", "hydra.", "+experiment"))) or run.name
-    return run.name
+def _label_overrides(overrides: list[str] | None) -> list[str]:
+    return [o for o in overrides or [] if not o.startswith(("run_dir", "hydra.", "+experiment"))]
+
+
+def _label_runs(runs: list[dict]) -> None:
+    """Label each run by its overrides, leaving out those every run shares (a sweep's common settings)."""
+    lists = [_label_overrides(run["overrides"]) for run in runs]
+    common = set.intersection(*map(set, lists)) if len(runs) > 1 and all(lists) else set()
+    for run, items in zip(runs, lists):
+        run["label"] = ",".join(o for o in items if o not in common) or run["dir"].name
 
 
 def load_runs(run_dirs: Sequence[Path]) -> list[dict]:
@@ -97,13 +103,14 @@ def load_runs(run_dirs: Sequence[Path]) -> list[dict]:
         runs.append(
             {
                 "dir": run,
-                "label": _run_label(run, config, overrides),
+                "overrides": overrides,
                 "config": config,
                 "children": children,
                 "references": references,
                 "steps": steps,
             }
         )
+    _label_runs(runs)
     return runs
 
 

@@ -106,6 +106,12 @@ class TensorBoardLog:
     """Scalars per step, the accuracy-latency scatter with its front, and the run's hyper-parameters."""
 
     def __init__(self, log_dir: Path, purge_step: int):
+        import sys
+        import types
+
+        # tensorboard imports TensorFlow (seconds, C++ log lines) unless its "notf" switch (the module the tensorboard-notf package adds) exists;
+        # the event files need only the protos. The latency workers keep their own warm TensorFlow.
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step hides events a killed run wrote past its last committed step.

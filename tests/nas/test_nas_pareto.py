@@ -85,8 +85,10 @@ def test_export_of_one_run_writes_every_artifact(tmp_path, capsys):
 
 
 def test_sweep_directory_is_summarised_in_one_table(tmp_path):
-    make_run(tmp_path / "sweep" / "0", POINTS[:2], label_overrides=["reward=soft"])
-    make_run(tmp_path / "sweep" / "1", [("ds_r1_k3_s1_c8", 0.9, 1.0, "ok")], label_overrides=["reward=hard"])
+    common = ["+experiment=ablation_constraint", "budget=2", "hydra.sweep.dir=x"]  # shared: not in the labels
+    make_run(tmp_path / "sweep" / "0", POINTS[:2], label_overrides=["reward=soft", "budget=2"])
+    make_run(tmp_path / "sweep" / "1", [("ds_r1_k3_s1_c8", 0.9, 1.0, "ok")],
+             label_overrides=[*common, "reward=hard"])
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
     with open(tmp_path / "out" / "runs.csv") as f:
         rows = list(csv.DictReader(f))

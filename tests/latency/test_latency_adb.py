@@ -112,3 +112,35 @@ def test_cli_devices_lists_fake_phone(phone):
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)["devices"]
     assert [r["runner"] for r in rows] == ["host", "adb"] and rows[1]["serial"] == "FAKE0001"
+
+
+def test_two_phones_need_a_serial_and_each_is_its_own_device(phone, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_ADB_SERIALS", "PHONE_A,PHONE_B")
+    with pytest.raises(DeviceError, match="2 devices attached .*latency.serial"):
+        AdbRunner(benchmark_binary=str(phone["binary"])).resolve_serial()
+    a = AdbRunner(benchmark_binary=str(phone["binary"]), serial="PHONE_B")
+    assert a.device_id == "adb:Pixel 2:PHONE_B" and a.lock_name == "adb-PHONE_B"  # one lock (one queue) per phone
+    with build_service("adb", serial="PHONE_B", benchmark_binary=str(phone["binary"]), warmup_runs=1, num_runs=3,
+                       workers=1, cache_path=tmp_path / "latency.sqlite") as service:
+        result = service.measure(SMALL, resolution=32, num_classes=10)
+    assert result.status == "ok", result.error
+    assert result.device == "adb:Pixel 2:PHONE_B" and result.runs == 3
+    assert any(argv[:2] == ["-s", "PHONE_B"] and "push" in argv for argv in _log(phone))
+
+
+def test_cli_measure_json_and_bad_arch(phone, tmp_path):
+    env = dict(os.environ, MNAS_CACHE_DIR=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-m", "latency", "measure", SMALL, "--runner", "adb", "--binary", str(phone["binary"]),
+           "--cpu-mask", "f0", "--resolution", "32", "--classes", "10", "--warmup", "1", "--runs", "4", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=Path(__file__).parents[2])
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("latency_ms", "std_ms", "runs", "max_abs_err", "tflite_path", "cached"):
+        assert key in result, key
+    assert result["runs"] == 4 and result["latency_ms"] > 0 and result["cached"] is False
+    assert result["max_abs_err"] < 1e-3 and Path(result["tflite_path"]).is_file()
+
+    bad = subprocess.run([sys.executable, "-m", "latency", "measure", "ir_r1_k4_s1_e6_c16", "--json"],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=Path(__file__).parents[2])
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert len(bad.stderr.strip().splitlines()) == 1 and "k4" in bad.stderr

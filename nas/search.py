@@ -329,7 +329,8 @@ class Search:
                         results[idx] = result
                         bar.update(1)
                     best = max(best, _reward_of(reward_fn, result))
-                    bar.set_postfix(best=f"{best:.4f}", front=_front_size(records), refresh=False)
+                    live = [{"status": r.status, "top1": r.top1, "latency_ms": r.latency_ms} for r in results if r]
+                    bar.set_postfix(best=f"{best:.4f}", front=_front_size(records + live), refresh=False)
 
                 rewards = [_reward_of(reward_fn, r) for r in results]
                 update_stats = controller.update(tokens, rewards) or {}

@@ -31,6 +31,8 @@ def run(cfg: DictConfig) -> dict:
     from nas.trainer import TrainerConfig, train_child
 
     resolve_arch(str(cfg.arch))  # ValueError naming the architecture: bad input, not a failed child
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
     if cfg.threads is not None:
         if not isinstance(cfg.threads, int) or cfg.threads < 1:
             raise ValueError(f"threads must be a positive integer, got {cfg.threads!r}")

@@ -68,6 +68,17 @@ class DatasetConfig:
             raise ValueError(f"dataset.images_per_class must be a positive integer or null, got {self.images_per_class!r}")
         if not isinstance(self.val_per_class, int) or self.val_per_class < 1:
             raise ValueError(f"dataset.val_per_class must be a positive integer, got {self.val_per_class!r}")
+        for key in ("resolution", "channels", "images_per_class", "val_per_class", "seed"):
+            if isinstance(getattr(self, key), bool) or not isinstance(getattr(self, key), (int, type(None))):
+                raise ValueError(f"dataset.{key} must be an integer, got {getattr(self, key)!r}")
+        classes = self.classes
+        if isinstance(classes, bool) or not (
+            classes is None or isinstance(classes, int) or
+            (isinstance(classes, (list, tuple)) and classes and all(isinstance(c, (str, int)) and
+                                                                    not isinstance(c, bool) for c in classes))
+        ):
+            raise ValueError(f"dataset.classes must be null, a number of classes or a non-empty list of class names, "
+                             f"got {classes!r}")
         if self.source == "imagefolder" and not self.root:
             raise ValueError(f"dataset {self.name!r}: set dataset.root to an ImageNet-style folder (train/<wnid>/*.JPEG)")
 

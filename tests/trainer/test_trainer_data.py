@@ -105,6 +105,9 @@ def test_image_folder_classes_by_count_and_list(tmp_path):
     ({"resolution": 3}, "resolution"),
     ({"bogus": 1}, "bogus"),
     ({"source": "mnist"}, "source"),
+    ({"classes": True}, "dataset.classes"),
+    ({"classes": []}, "dataset.classes"),
+    ({"val_per_class": True}, "dataset.val_per_class"),
 ])
 def test_bad_input_gives_clear_errors(tmp_path, change, message):
     root = write_folder(tmp_path / "imnet", {"n01": 6, "n02": 6})

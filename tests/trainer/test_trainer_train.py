@@ -169,7 +169,8 @@ def test_train_cli_prints_a_final_json_line(tmp_path):
 
     # bad input: one "error: ..." line naming the culprit, exit 2, nothing trained
     for args, culprit in ((["arch=no_such_net"], "no_such_net"), (["+trainer.foo=1"], "foo"),
-                          (["trainer.foo=1"], "trainer.foo"), (["dataset=no_such_set"], "no_such_set")):
+                          (["trainer.foo=1"], "trainer.foo"), (["dataset=no_such_set"], "no_such_set"),
+                          (["seed=abc"], "seed")):
         bad = subprocess.run([sys.executable, "-m", "nas.train", *args], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=300)
         lines = bad.stderr.strip().splitlines()

@@ -37,6 +37,7 @@ class ChildResult(Serializable):
     macs: int | None = None
     train_seconds: float | None = None
     latency_seconds: float | None = None
+    seed: int | None = None
     train: dict | None = None
     latency: dict | None = None
     extra: dict = field(default_factory=dict)
@@ -115,13 +116,13 @@ class LocalEvaluator:
             futures = {arch: self._pool.submit(self._measure, arch) for arch in archs}
         for arch in archs:
             self._audit(arch)
-            result = ChildResult(arch=arch)
+            result = ChildResult(arch=arch, seed=child_seed(self.seed, arch))
             try:
                 result.params, result.macs = self._profile(arch)
             except Exception as exc:  # a child that cannot even be built is a failed child, not a crash
                 result.status, result.error = "failed", f"build: {_first_line(repr(exc))}"
             if result.ok:
-                train = train_child(arch, self.data, self.trainer_config, seed=child_seed(self.seed, arch))
+                train = train_child(arch, self.data, self.trainer_config, seed=result.seed)
                 result.train = train.to_dict()
                 result.train_seconds = train.train_seconds
                 if train.status == "ok":

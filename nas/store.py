@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: children.seed
 STORE_NAME = "run.sqlite"
 
 _SCHEMA = """
@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS children (
     train_seconds REAL,
     latency_seconds REAL,
     log_prob REAL,
+    seed INTEGER,
     result TEXT NOT NULL,
     committed_step INTEGER,
     created_at REAL NOT NULL,
@@ -93,6 +94,7 @@ class ChildRecord:
     log_prob: float | None
     result: dict
     committed_step: int | None
+    seed: int | None = None  # the child's training seed (absent in stores written before schema 2)
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -144,7 +146,14 @@ class RunStore:
 
     def _check_version(self) -> None:
         version = self.get_meta("schema_version")
-        if version is None:
+        if version == 1:  # schema 2 added the training seed of each child
+            columns = {row[1] for row in self.conn.execute("PRAGMA table_info(children)")}
+            self.conn.execute("BEGIN IMMEDIATE")
+            if "seed" not in columns:
+                self.conn.execute("ALTER TABLE children ADD COLUMN seed INTEGER")
+            self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (json.dumps(SCHEMA_VERSION),))
+            self.conn.execute("COMMIT")
+        elif version is None:
             self.set_meta("schema_version", SCHEMA_VERSION)
         elif version != SCHEMA_VERSION:
             raise StoreError(f"run store {self.path} has schema version {version}, this code reads {SCHEMA_VERSION}")
@@ -213,6 +222,7 @@ class RunStore:
             result.get("train_seconds"),
             result.get("latency_seconds"),
             log_prob,
+            result.get("seed"),
             json.dumps(result),
             time.time(),
         )
@@ -220,8 +230,8 @@ class RunStore:
             [
                 (
                     "INSERT OR REPLACE INTO children (step, idx, tokens, arch, status, error, top1, top5, latency_ms, "
-                    "latency_std_ms, params, macs, reused, train_seconds, latency_seconds, log_prob, result, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "latency_std_ms, params, macs, reused, train_seconds, latency_seconds, log_prob, seed, result, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     row,
                 )
             ]

@@ -73,6 +73,9 @@ def test_smoke_search_with_real_latency(tmp_path):
         assert store.get_meta("environment")["torch"]
     ok = [c for c in kids if c.status == "ok"]
     assert ok, [c.error for c in kids]
+    from nas.evaluator import child_seed
+
+    assert all(c.seed == child_seed(cfg.seed, c.arch) for c in kids)  # each child's training seed is recorded
     for c in ok:
         assert 0 <= c.top1 <= 1 and c.latency_ms > 0 and c.params > 0 and c.macs > 0
         assert c.result["latency"]["runs"] >= 1 and Path(c.result["latency"]["tflite_path"]).exists()

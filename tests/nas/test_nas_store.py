@@ -76,3 +76,22 @@ def test_full_disk_rolls_back_and_keeps_committed_results(tmp_path):
         assert store.pending_children(1)[0].arch == "b"
     with sqlite3.connect(tmp_path / "run.sqlite") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_child_seed_is_stored_and_schema_1_stores_are_migrated(tmp_path):
+    with RunStore(tmp_path) as store:
+        store.add_child(step=0, idx=0, tokens=[1], arch="a", result={**_result("a", 0.5, 3.0), "seed": 1234})
+        assert store.pending_children(0)[0].seed == 1234
+    # make it a schema-1 store (no seed column), as written by earlier versions
+    con = sqlite3.connect(tmp_path / "run.sqlite")
+    con.execute("ALTER TABLE children DROP COLUMN seed")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with RunStore(tmp_path, readonly=True) as store:  # readable as it is
+        assert store.pending_children(0)[0].seed is None
+    with RunStore(tmp_path) as store:  # opened for writing: migrated in place, nothing lost
+        assert store.get_meta("schema_version") == 2
+        assert store.pending_children(0)[0].arch == "a"
+        store.add_child(step=0, idx=1, tokens=[2], arch="b", result={**_result("b", 0.6, 2.0), "seed": 7})
+        assert [c.seed for c in store.pending_children(0).values()] == [None, 7]

@@ -195,3 +195,15 @@ def test_train_cli_prints_a_final_json_line(tmp_path):
                          cwd=ROOT, env=env, capture_output=True, text=True)
     lines = bad.stderr.strip().splitlines()
     assert bad.returncode == 2 and len(lines) == 1 and "dataset.bogus" in lines[0], bad.stderr
+
+
+def test_mixed_precision_and_compile_paths_train_on_cpu(data):
+    # The GPU speed options run here on the CPU: bfloat16 autocast, torch.compile (inductor) and channels_last.
+    plain = train_child(SMALL, data, quick(epochs=1, amp="off", channels_last=False), seed=0)
+    amp = train_child(SMALL, data, quick(epochs=1, amp="on"), seed=0)
+    compiled = train_child(SMALL, data, quick(epochs=1, compile=True, max_steps=6), seed=0)
+    for r in (plain, amp, compiled):
+        assert r.status == "ok", r.error
+        assert math.isfinite(r.final_loss) and 0 <= r.top1 <= 1
+    assert amp.final_loss != plain.final_loss  # autocast really changed the arithmetic
+    assert compiled.steps == 6

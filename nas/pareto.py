@@ -8,6 +8,8 @@ non-dominated children (maximum accuracy, minimum latency) and writes:
 - ``runs.csv``: one row per run (children, failures, best reward, best accuracy, front size, hypervolume);
 - ``pareto.png``: accuracy vs latency, every child, each run's front and the reference architectures where the
   run measured them;
+- ``incumbent.png``: best reward so far against children evaluated, per configuration (median and quartiles over
+  seeds when runs differ only by seed): the incumbent-over-time plot NAS comparisons report;
 - ``summary.md``: the tables above in Markdown;
 - with ``--export K``: ``export/`` with the top-K architectures by reward as strings, ONNX and TFLite files.
 """
@@ -167,6 +169,46 @@ def scatter_figure(points: list[dict], *, title: str = "", runs: list[dict] | No
     return fig
 
 
+def incumbent_curves(runs: list[dict]) -> dict[str, list[np.ndarray]]:
+    """Best reward so far after each child (in sampling order), grouped by run label without its seed."""
+    groups: dict[str, list[np.ndarray]] = {}
+    for run in runs:
+        rewards = [c["reward"] for c in sorted(run["children"], key=lambda c: (c["step"], c["idx"]))
+                   if c["reward"] is not None]
+        if not rewards:
+            continue
+        label = ",".join(p for p in run["label"].split(",") if not p.startswith("seed=")) or "search"
+        groups.setdefault(label, []).append(np.maximum.accumulate(np.asarray(rewards, dtype=float)))
+    return groups
+
+
+def incumbent_figure(runs: list[dict], *, title: str = ""):
+    """Best reward so far vs children evaluated; median with a quartile band where a label has several seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for label, curves in sorted(incumbent_curves(runs).items()):
+        n = min(len(c) for c in curves)  # common length: runs of one configuration share the budget
+        stack = np.stack([c[:n] for c in curves])
+        x = np.arange(1, n + 1)
+        median = np.median(stack, axis=0)
+        line, = ax.plot(x, median, linewidth=1.6, label=f"{label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+        if len(curves) > 1:
+            lo, hi = np.percentile(stack, [25, 75], axis=0)
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("children evaluated")
+    ax.set_ylabel("best reward so far")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 FRONT_FIELDS = ["run", "step", "idx", "arch", "top1", "top5", "latency_ms", "latency_std_ms", "params", "macs", "reward"]
 
 
@@ -257,6 +299,9 @@ def export_runs(
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+    fig = incumbent_figure(runs, title=title or (runs[0]["label"] if len(runs) == 1 else f"{len(runs)} runs"))
+    fig.savefig(out / "incumbent.png")
+    plt.close(fig)
 
     exported = []
     if export_top:
@@ -292,7 +337,7 @@ def _write_summary(path: Path, runs, rows, front_rows, references, exported) -> 
             lines.append(f"| {name} | {_fmt(ref.get('latency_ms'), '.2f')} | {_fmt(ref.get('top1'), '.4f')} |")
     if exported:
         lines += ["", "## Exported", ""] + [f"- `{e['arch']}`: {e.get('tflite', '')}" for e in exported]
-    lines += ["", "![accuracy vs latency](pareto.png)", ""]
+    lines += ["", "![accuracy vs latency](pareto.png)", "", "![best reward so far](incumbent.png)", ""]
     path.write_text("\n".join(lines))
 
 
@@ -356,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print((out / "summary.md").read_text())
-    print(f"wrote {out}/front.csv, front.json, children.csv, runs.csv, pareto.png, summary.md"
+    print(f"wrote {out}/front.csv, front.json, children.csv, runs.csv, pareto.png, incumbent.png, summary.md"
           + (f" and {len(summary['exported'])} exported models" if summary["exported"] else ""))
     return 0
 

@@ -123,3 +123,22 @@ def test_plot_marks_front_references_and_target():
     assert labels == ["mobilenet_v2 (reference)", "target T = 2 ms"]  # unmeasured references are left out
     step = ax.lines[0]
     assert list(step.get_xdata()) == [1.0, 2.0]  # the front: (3.0, 0.6) is dominated by (2.0, 0.7)
+
+
+def test_incumbent_curves_group_seeds_and_are_running_maxima(tmp_path):
+    from nas.pareto import incumbent_curves, load_runs
+
+    make_run(tmp_path / "s" / "0", POINTS, label_overrides=["controller=random", "seed=0"])
+    make_run(tmp_path / "s" / "1", POINTS[::-1], label_overrides=["controller=random", "seed=1"])
+    make_run(tmp_path / "s" / "2", POINTS[:2], label_overrides=["controller=lstm_ppo", "seed=0"])
+    from nas.pareto import find_runs
+
+    curves = incumbent_curves(load_runs(find_runs([tmp_path / "s"])))
+    assert sorted(curves) == ["controller=lstm_ppo", "controller=random"]
+    # rewards are the top-1 values, -1.0 for the failed child, in sampling order
+    assert [c.tolist() for c in curves["controller=random"]] == [[0.7, 0.8, 0.8, 0.8, 0.8],
+                                                                  [0.7, 0.7, 0.75, 0.8, 0.8]]
+    assert [c.tolist() for c in curves["controller=lstm_ppo"]] == [[0.7, 0.8]]
+    assert main([str(tmp_path / "s"), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "incumbent.png").stat().st_size > 0
+    assert "incumbent.png" in (tmp_path / "out" / "summary.md").read_text()

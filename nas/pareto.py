@@ -126,18 +126,36 @@ def _measured(children: list[dict]) -> list[dict]:
     return out
 
 
+def _axes():
+    """A new figure and axes in the size every plot of the export uses (headless backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(7, 4.5), dpi=110)
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 _REF_MARKERS = ["*", "P", "X", "D", "^", "v", "s", "h"]
 
 
 def scatter_figure(points: list[dict], *, title: str = "", runs: list[dict] | None = None, references: dict | None = None,
                    target_ms: float | None = None):
     """Matplotlib figure of accuracy vs latency: children, the front as a step line, references, the target T."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig, ax = _axes()
     groups = runs or [{"label": None, "points": points}]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, group in enumerate(groups):
@@ -159,14 +177,7 @@ def scatter_figure(points: list[dict], *, title: str = "", runs: list[dict] | No
                    color="black", edgecolor="white", linewidth=0.5, zorder=4, label=f"{name} (reference)")
     if target_ms:
         ax.axvline(target_ms, color="grey", linestyle="--", linewidth=1, label=f"target T = {target_ms:g} ms")
-    ax.set_xlabel("latency (ms, TFLite)")
-    ax.set_ylabel("proxy top-1 (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[1]:
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "latency (ms, TFLite)", "proxy top-1 (%)", title)
 
 
 def incumbent_curves(runs: list[dict]) -> dict[str, list[np.ndarray]]:
@@ -184,12 +195,7 @@ def incumbent_curves(runs: list[dict]) -> dict[str, list[np.ndarray]]:
 
 def incumbent_figure(runs: list[dict], *, title: str = ""):
     """Best reward so far vs children evaluated; median with a quartile band where a label has several seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig, ax = _axes()
     for label, curves in sorted(incumbent_curves(runs).items()):
         n = min(len(c) for c in curves)  # common length: runs of one configuration share the budget
         stack = np.stack([c[:n] for c in curves])
@@ -199,14 +205,7 @@ def incumbent_figure(runs: list[dict], *, title: str = ""):
         if len(curves) > 1:
             lo, hi = np.percentile(stack, [25, 75], axis=0)
             ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set_xlabel("children evaluated")
-    ax.set_ylabel("best reward so far")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[1]:
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "children evaluated", "best reward so far", title)
 
 
 FRONT_FIELDS = ["run", "step", "idx", "arch", "top1", "top5", "latency_ms", "latency_std_ms", "params", "macs", "reward"]

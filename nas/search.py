@@ -123,12 +123,13 @@ class TensorBoardLog:
                 self.writer.add_scalar(key, value, step)
         self.writer.flush()
 
-    def scatter(self, step: int, records: list) -> None:
+    def scatter(self, step: int, records: list, target_ms: float | None = None) -> None:
         from nas.pareto import scatter_figure
 
         points = [r for r in records if r["status"] == "ok" and r.get("latency_ms") is not None]
         if points:
-            self.writer.add_figure("pareto/accuracy_vs_latency", scatter_figure(points, title=f"step {step}"), step)
+            figure = scatter_figure(points, title=f"step {step}", target_ms=target_ms)
+            self.writer.add_figure("pareto/accuracy_vs_latency", figure, step)
 
     def hparams(self, cfg: DictConfig, metrics: dict) -> None:
         flat = {}
@@ -363,7 +364,7 @@ class Search:
                 if tb is not None:
                     tb.step(step, stats)
                     if step == num_steps - 1 or step % max(1, cfg.scatter_every) == 0:
-                        tb.scatter(step, records)
+                        tb.scatter(step, records, reward_fn.target if reward_fn.uses_latency else None)
             if tb is not None:
                 ok = [r for r in records if r["status"] == "ok"]
                 tb.hparams(

@@ -40,8 +40,25 @@ def default_cache_dir() -> Path:
 _WORKER: dict = {}
 
 
-def _worker_init(work_dir: str, runner_config: dict) -> None:
+def _exit_with_parent(parent: int, poll_s: float = 0.5) -> None:
+    """End this worker when the process that started it (pid ``parent``) dies, even by ``kill -9``.
+
+    A pool worker waits on a queue whose write end it holds itself, so it never sees its parent go; left alone it
+    would keep its memory, a phone's lock file and the parent's terminal forever. The pid comes from the parent:
+    a worker that starts after its parent died must not take its new parent (init) for the one to watch.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _worker_init(work_dir: str, runner_config: dict, parent: int) -> None:
     """Runs once per worker process: heavy imports, calibration file, the runner."""
+    _exit_with_parent(parent)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # TensorFlow, absl and LiteRT print from C++ straight to fd 2; keep that out of the user's progress bar.
     Path(work_dir).mkdir(parents=True, exist_ok=True)
@@ -191,7 +208,7 @@ class LatencyService:
                     max_workers=self.workers,
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=_worker_init,
-                    initargs=(str(self.work_dir), self.runner_config),
+                    initargs=(str(self.work_dir), self.runner_config, os.getpid()),
                 )
             return self._pool
 

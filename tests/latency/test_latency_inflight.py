@@ -78,3 +78,17 @@ def test_cache_is_safe_under_concurrent_threads_and_processes(tmp_path):
     con = sqlite3.connect(path)
     assert con.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == 3 * 4 * 25
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_worker_whose_parent_is_gone_exits_on_its_own():
+    import subprocess
+    import sys
+    import time
+
+    # The parent pid a worker is given may already be dead when the worker starts (its parent is then init).
+    code = ("import time; from latency.service import _exit_with_parent; "
+            "_exit_with_parent(parent=2**22 + 12345, poll_s=0.05); time.sleep(60)")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - start < 30

@@ -212,3 +212,45 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     cfg = config(*FAST, f"run_dir={tmp_path}", "dataset=imagenet_subset", f"dataset.root={tmp_path / 'no_imagenet'}")
     with pytest.raises(SearchError, match="no_imagenet"):
         Search(cfg, tmp_path).run()
+
+
+def _children_of(pid: int) -> set[int]:
+    """Direct child processes of ``pid`` (Linux /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_latency_workers_do_not_outlive_a_killed_search(tmp_path):
+    # Orphaned workers would keep a phone's lock file and the caller's terminal (or CI's output pipe) open.
+    cmd = [sys.executable, "-m", "nas.search", "+experiment=smoke", f"run_dir={tmp_path}", "tensorboard=false",
+           "progress=false", "budget=40", f"latency_cache={tmp_path / 'latency.sqlite'}"]  # really converts
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: set[int] = set()
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None and not workers:
+            if (tmp_path / "run.sqlite").exists():
+                with sqlite3.connect(f"file:{tmp_path / 'run.sqlite'}?mode=ro", uri=True) as conn:
+                    try:
+                        if conn.execute("SELECT COUNT(*) FROM children").fetchone()[0] >= 1:
+                            workers = _children_of(proc.pid)  # a child was timed: the workers are up
+                    except sqlite3.Error:
+                        pass
+            time.sleep(0.1)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert workers, "the search finished or failed before a child was timed"
+    deadline = time.time() + 60
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.2)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]

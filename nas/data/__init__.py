@@ -60,6 +60,9 @@ class DatasetConfig:
     def __post_init__(self) -> None:
         if self.source not in ("fashion_mnist", "cifar10", "imagefolder"):
             raise ValueError(f"dataset.source must be fashion_mnist, cifar10 or imagefolder, got {self.source!r}")
+        for key in ("resolution", "channels", "images_per_class", "val_per_class", "seed"):  # True is an int too
+            if isinstance(getattr(self, key), bool) or not isinstance(getattr(self, key), (int, type(None))):
+                raise ValueError(f"dataset.{key} must be an integer, got {getattr(self, key)!r}")
         if not isinstance(self.resolution, int) or self.resolution < 8:
             raise ValueError(f"dataset.resolution must be an integer >= 8, got {self.resolution!r}")
         if self.channels not in (None, 1, 3):
@@ -68,9 +71,6 @@ class DatasetConfig:
             raise ValueError(f"dataset.images_per_class must be a positive integer or null, got {self.images_per_class!r}")
         if not isinstance(self.val_per_class, int) or self.val_per_class < 1:
             raise ValueError(f"dataset.val_per_class must be a positive integer, got {self.val_per_class!r}")
-        for key in ("resolution", "channels", "images_per_class", "val_per_class", "seed"):
-            if isinstance(getattr(self, key), bool) or not isinstance(getattr(self, key), (int, type(None))):
-                raise ValueError(f"dataset.{key} must be an integer, got {getattr(self, key)!r}")
         classes = self.classes
         if isinstance(classes, bool) or not (
             classes is None or isinstance(classes, int) or

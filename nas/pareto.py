@@ -287,9 +287,10 @@ def export_runs(
     for run in runs:
         for name, ref in run["references"].items():
             references.setdefault(name, ref)
+    title = title or (runs[0]["label"] if len(runs) == 1 else f"{len(runs)} runs")
     fig = scatter_figure(
         all_points,
-        title=title or (runs[0]["label"] if len(runs) == 1 else f"{len(runs)} runs"),
+        title=title,
         runs=runs if len(runs) > 1 else None,
         references=references,
         target_ms=_shared_target(runs),
@@ -298,7 +299,7 @@ def export_runs(
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    fig = incumbent_figure(runs, title=title or (runs[0]["label"] if len(runs) == 1 else f"{len(runs)} runs"))
+    fig = incumbent_figure(runs, title=title)
     fig.savefig(out / "incumbent.png")
     plt.close(fig)
 

@@ -109,8 +109,8 @@ class TensorBoardLog:
         import sys
         import types
 
-        # tensorboard imports TensorFlow (seconds, C++ log lines) unless its "notf" switch (the module the tensorboard-notf package adds) exists;
-        # the event files need only the protos. The latency workers keep their own warm TensorFlow.
+        # tensorboard imports TensorFlow (seconds, C++ log lines) unless its "notf" switch exists (the module the
+        # tensorboard-notf package adds); event files need only the protos. The latency workers keep their own TF.
         sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
         from torch.utils.tensorboard import SummaryWriter
 

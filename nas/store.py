@@ -148,11 +148,9 @@ class RunStore:
         version = self.get_meta("schema_version")
         if version == 1:  # schema 2 added the training seed of each child
             columns = {row[1] for row in self.conn.execute("PRAGMA table_info(children)")}
-            self.conn.execute("BEGIN IMMEDIATE")
-            if "seed" not in columns:
-                self.conn.execute("ALTER TABLE children ADD COLUMN seed INTEGER")
-            self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (json.dumps(SCHEMA_VERSION),))
-            self.conn.execute("COMMIT")
+            add_seed = [] if "seed" in columns else [("ALTER TABLE children ADD COLUMN seed INTEGER", ())]
+            self._write([*add_seed, ("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                                     (json.dumps(SCHEMA_VERSION),))])
         elif version is None:
             self.set_meta("schema_version", SCHEMA_VERSION)
         elif version != SCHEMA_VERSION:

@@ -126,13 +126,11 @@ def test_plot_marks_front_references_and_target():
 
 
 def test_incumbent_curves_group_seeds_and_are_running_maxima(tmp_path):
-    from nas.pareto import incumbent_curves, load_runs
+    from nas.pareto import find_runs, incumbent_curves, load_runs
 
     make_run(tmp_path / "s" / "0", POINTS, label_overrides=["controller=random", "seed=0"])
     make_run(tmp_path / "s" / "1", POINTS[::-1], label_overrides=["controller=random", "seed=1"])
     make_run(tmp_path / "s" / "2", POINTS[:2], label_overrides=["controller=lstm_ppo", "seed=0"])
-    from nas.pareto import find_runs
-
     curves = incumbent_curves(load_runs(find_runs([tmp_path / "s"])))
     assert sorted(curves) == ["controller=lstm_ppo", "controller=random"]
     # rewards are the top-1 values, -1.0 for the failed child, in sampling order

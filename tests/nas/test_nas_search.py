@@ -39,6 +39,17 @@ def run_search(run_dir: Path, *overrides: str, timeout: int = 600) -> subprocess
     return subprocess.run(search_cmd(run_dir, *overrides), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+def stored_children(run_dir: Path) -> int:
+    """Children a running search has stored so far (read-only peek; 0 while the store does not exist yet)."""
+    if not (run_dir / "run.sqlite").exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{run_dir / 'run.sqlite'}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT COUNT(*) FROM children").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
 def committed(run_dir: Path) -> list[tuple]:
     with RunStore(run_dir, readonly=True) as store:
         return [(c.step, c.idx, c.arch, c.reward, c.top1) for c in store.children(committed_only=True)]
@@ -120,13 +131,8 @@ def test_resume_after_kill_9_loses_nothing_and_continues_the_same_sequence(tmp_p
         while time.time() < deadline and proc.poll() is None:
             if wait_for == 0 and audit.exists():
                 break
-            if wait_for and (run_dir / "run.sqlite").exists():
-                try:
-                    with sqlite3.connect(f"file:{run_dir / 'run.sqlite'}?mode=ro", uri=True) as conn:
-                        if conn.execute("SELECT COUNT(*) FROM children").fetchone()[0] >= wait_for:
-                            break
-                except sqlite3.Error:
-                    pass
+            if wait_for and stored_children(run_dir) >= wait_for:
+                break
             time.sleep(0.05)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
@@ -238,13 +244,8 @@ def test_latency_workers_do_not_outlive_a_killed_search(tmp_path):
     deadline = time.time() + 300
     try:
         while time.time() < deadline and proc.poll() is None and not workers:
-            if (tmp_path / "run.sqlite").exists():
-                with sqlite3.connect(f"file:{tmp_path / 'run.sqlite'}?mode=ro", uri=True) as conn:
-                    try:
-                        if conn.execute("SELECT COUNT(*) FROM children").fetchone()[0] >= 1:
-                            workers = _children_of(proc.pid)  # a child was timed: the workers are up
-                    except sqlite3.Error:
-                        pass
+            if stored_children(tmp_path) >= 1:
+                workers = _children_of(proc.pid)  # a child was timed: the workers are up
             time.sleep(0.1)
     finally:
         os.kill(proc.pid, signal.SIGKILL)

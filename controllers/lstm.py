@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
+from mnas_common.errors import first_line
+
 from controllers.base import Controller, Sample, check_param, is_number
 from controllers.policy import LSTMPolicy
 
@@ -115,8 +117,7 @@ class LSTMController(Controller):
         try:
             self.policy.load_state_dict(state["policy"])
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise ValueError(f"state policy does not fit this controller (hidden_size?): {first}") from None
+            raise ValueError(f"state policy does not fit this controller (hidden_size?): {first_line(exc)}") from None
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.baseline = None if state["baseline"] is None else float(state["baseline"])
         self.updates = int(state["updates"])

@@ -9,6 +9,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 
+from mnas_common.config import to_plain
+
 from controllers.base import Controller
 
 _REGISTRY: dict[str, type[Controller]] = {}
@@ -39,17 +41,6 @@ def get_controller_class(name: str) -> type[Controller]:
     return _REGISTRY[name]
 
 
-def _plain(value):
-    """OmegaConf containers (Hydra passes them through) -> plain Python lists/dicts."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        return value
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
 def hyperparameters(name: str) -> dict[str, object]:
     """The keyword arguments a controller accepts, with their defaults (for docs and error messages)."""
     found: dict[str, object] = {}
@@ -73,4 +64,4 @@ def build(name: str, num_choices: Sequence[int], *, seed: int = 0, **kwargs) -> 
             f"controller '{name}' got unknown hyper-parameter(s) {', '.join(unknown)}; "
             f"accepted: {', '.join(sorted(accepted)) or 'none'}"
         )
-    return cls(_plain(num_choices), seed=seed, **{k: _plain(v) for k, v in kwargs.items()})
+    return cls(to_plain(num_choices), seed=seed, **{k: to_plain(v) for k, v in kwargs.items()})

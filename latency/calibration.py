@@ -19,7 +19,7 @@ def real_images(count: int, resolution: int, channels: int, seed: int = 0) -> np
     import torch
     import torch.nn.functional as F
 
-    from nas.data.sources import fashion_mnist
+    from mnas_common.sources import fashion_mnist
 
     try:
         src = fashion_mnist(None, download=False)

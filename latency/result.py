@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nas.serial import Serializable
+from mnas_common.serial import Serializable
 
 
 @dataclass

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mnas_common.checks import non_negative_int, non_negative_number, positive_int
+
 REMOTE_DIR = "/data/local/tmp"
 
 
@@ -70,10 +72,8 @@ class HostRunner:
 
     def __post_init__(self) -> None:
         for key in ("threads", "num_runs"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ValueError(f"latency.{key} must be a positive integer, got {getattr(self, key)!r}")
-        if not isinstance(self.warmup_runs, int) or self.warmup_runs < 0:
-            raise ValueError(f"latency.warmup_runs must be >= 0, got {self.warmup_runs!r}")
+            positive_int(f"latency.{key}", getattr(self, key))
+        non_negative_int("latency.warmup_runs", self.warmup_runs)
 
     @property
     def device_id(self) -> str:
@@ -187,12 +187,11 @@ class AdbRunner:
 
     def __post_init__(self) -> None:
         for key in ("threads", "num_runs"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ValueError(f"latency.{key} must be a positive integer, got {getattr(self, key)!r}")
+            positive_int(f"latency.{key}", getattr(self, key))
+        non_negative_int("latency.warmup_runs", self.warmup_runs)
         if self.cpu_mask is not None and not re.fullmatch(r"[0-9a-fA-F]+", str(self.cpu_mask)):
             raise ValueError(f"latency.cpu_mask must be a hex CPU mask such as f0, got {self.cpu_mask!r}")
-        if self.cooldown_s < 0:
-            raise ValueError(f"latency.cooldown_s must be >= 0, got {self.cooldown_s!r}")
+        non_negative_number("latency.cooldown_s", self.cooldown_s)
 
     # -- adb plumbing
     def _adb_path(self) -> str:

@@ -24,6 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from latency.cache import LatencyCache, cache_key
+from mnas_common.checks import positive_int, positive_number
+from mnas_common.errors import first_line
+from mnas_common.paths import cache_dir
 from latency.result import LatencyResult
 from latency.runners import DeviceError, make_runner
 
@@ -32,8 +35,7 @@ DEFAULT_TOLERANCE_REL = 1e-4
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("MNAS_CACHE_DIR")
-    return (Path(base) if base else Path.home() / ".cache" / "mnasnet-search") / "latency"
+    return cache_dir("latency")
 
 
 # ---------------------------------------------------------------------------------------------------- workers
@@ -78,11 +80,6 @@ def _worker_init(work_dir: str, runner_config: dict, parent: int) -> None:
     _WORKER["runner"] = make_runner(runner_config)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0][:300]}" if text else exc.__class__.__name__
-
-
 def _convert_task(arch: str, resolution: int, channels: int, num_classes: int, out_dir: str, atol: float,
                   rtol: float, fast: bool) -> dict:
     from latency.convert import convert_and_check
@@ -91,7 +88,7 @@ def _convert_task(arch: str, resolution: int, channels: int, num_classes: int, o
         return convert_and_check(arch, resolution=resolution, channels=channels, num_classes=num_classes,
                                  out_dir=Path(out_dir), atol=atol, rtol=rtol, fast=fast)
     except Exception as exc:
-        return {"status": "failed", "error": f"conversion failed: {_first_line(exc)}",
+        return {"status": "failed", "error": f"conversion failed: {first_line(exc, with_type=True, limit=300)}",
                 "traceback": traceback.format_exc(limit=5), "transient": True}
 
 
@@ -114,7 +111,7 @@ def _time_task(tflite_path: str, lock_path: str) -> dict:
     except DeviceError as exc:
         return {"status": "failed", "error": str(exc)}
     except Exception as exc:
-        return {"status": "failed", "error": f"timing failed: {_first_line(exc)}"}
+        return {"status": "failed", "error": f"timing failed: {first_line(exc, with_type=True, limit=300)}"}
 
 
 def _stop_pool(pool: ProcessPoolExecutor, grace_s: float) -> None:
@@ -146,18 +143,15 @@ class LatencyService:
         task_timeout_s: float = 900.0,
         **runner_fields,
     ):
-        if not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"latency.workers must be a positive integer, got {workers!r}")
+        positive_int("latency.workers", workers)
         if not tolerance_abs > 0 or not tolerance_rel > 0:
             raise ValueError("latency.tolerance_abs and latency.tolerance_rel must be > 0")
-        if not isinstance(task_timeout_s, (int, float)) or not task_timeout_s > 0:
-            raise ValueError(f"latency.task_timeout_s must be > 0 seconds, got {task_timeout_s!r}")
+        positive_number("latency.task_timeout_s", task_timeout_s)
         self.task_timeout_s = float(task_timeout_s)
         self.runner_config = {"runner": runner, **runner_fields}
         self.runner = make_runner(self.runner_config)  # validates the fields now, in one line
         self.workers = workers
-        cache_dir = default_cache_dir()
-        self.cache_path = Path(cache_path) if cache_path else cache_dir / "latency.sqlite"
+        self.cache_path = Path(cache_path) if cache_path else default_cache_dir() / "latency.sqlite"
         self.models_dir = self.cache_path.parent / "models"
         self.locks_dir = self.cache_path.parent / "locks"
         self.work_dir = Path(work_dir) if work_dir else self.cache_path.parent / "work"
@@ -279,8 +273,7 @@ class LatencyService:
 
         arch = resolve_arch(arch)  # ValueError for bad input, before anything runs
         for name, value in (("resolution", resolution), ("channels", channels), ("num_classes", num_classes)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(name, value)
         key = f"{arch}|{resolution}|{channels}|{num_classes}"
         with self._lock:
             future = self._inflight.get(key)
@@ -301,7 +294,7 @@ class LatencyService:
         try:
             return self._measure_uncached(arch, resolution, channels, num_classes)
         except Exception as exc:  # a broken worker pool or cache is reported as this child's failure
-            return LatencyResult(arch=arch, status="failed", error=_first_line(exc), resolution=resolution,
+            return LatencyResult(arch=arch, status="failed", error=first_line(exc, with_type=True, limit=300), resolution=resolution,
                                  channels=channels, num_classes=num_classes, runner=self.runner_config["runner"])
 
     def measure(self, arch: str, *, resolution: int = 224, channels: int = 3, num_classes: int = 1000) -> LatencyResult:

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from nas.serial import Serializable
+from mnas_common.errors import first_line
+from mnas_common.serial import Serializable
 
 
 @dataclass
@@ -57,10 +58,6 @@ class Evaluator(Protocol):
 def child_seed(seed: int, arch: str) -> int:
     """A training seed that depends only on the run seed and the architecture (not on evaluation order)."""
     return (seed * 1_000_003 + zlib.crc32(arch.encode())) % 2**31
-
-
-def _first_line(text: str | None) -> str | None:
-    return None if text is None else (str(text).strip().splitlines() or [""])[0][:500]
 
 
 class LocalEvaluator:
@@ -120,7 +117,7 @@ class LocalEvaluator:
             try:
                 result.params, result.macs = self._profile(arch)
             except Exception as exc:  # a child that cannot even be built is a failed child, not a crash
-                result.status, result.error = "failed", f"build: {_first_line(repr(exc))}"
+                result.status, result.error = "failed", f"build: {first_line(exc, with_type=True)}"
             if result.ok:
                 train = train_child(arch, self.data, self.trainer_config, seed=result.seed)
                 result.train = train.to_dict()
@@ -128,19 +125,19 @@ class LocalEvaluator:
                 if train.status == "ok":
                     result.top1, result.top5 = train.top1, train.top5
                 else:
-                    result.status, result.error = "failed", f"train: {_first_line(train.error)}"
+                    result.status, result.error = "failed", f"train: {first_line(train.error)}"
             if arch in futures:
                 try:
                     latency = futures[arch].result()
                 except Exception as exc:  # the service reports failures as values; anything else is a bug upstream
-                    latency = {"status": "failed", "error": _first_line(repr(exc))}
+                    latency = {"status": "failed", "error": first_line(exc, with_type=True)}
                 result.latency = latency
                 result.latency_seconds = latency.get("wall_seconds")
                 if latency.get("status") == "ok":
                     result.latency_ms = latency.get("latency_ms")
                     result.latency_std_ms = latency.get("std_ms")
                 elif result.ok:
-                    result.status, result.error = "failed", f"latency: {_first_line(latency.get('error'))}"
+                    result.status, result.error = "failed", f"latency: {first_line(latency.get('error'))}"
             yield arch, result
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 # TensorFlow (imported by tensorboard and the latency workers) logs from C++ at import; keep the console readable.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from mnas_common.paths import config_dir  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from nas.evaluator import ChildResult, Evaluator, LocalEvaluator  # noqa: E402
@@ -430,7 +431,7 @@ def _run_dir_from_hydra(cfg: DictConfig) -> Path:
 def main() -> None:
     import hydra
 
-    @hydra.main(version_base=None, config_path="../configs", config_name="search")
+    @hydra.main(version_base=None, config_path=str(config_dir()), config_name="search")
     def _main(cfg: DictConfig) -> dict:
         from hydra.core.hydra_config import HydraConfig
 

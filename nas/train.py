@@ -16,6 +16,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from mnas_common import paths
+
 
 def log(message: str) -> None:
     """Plain progress lines on stderr (no bars: the output of a sweep stays readable); stdout is the JSON line."""
@@ -62,7 +64,7 @@ def run(cfg: DictConfig) -> dict:
     return out
 
 
-@hydra.main(version_base=None, config_path="../configs", config_name="train")
+@hydra.main(version_base=None, config_path=str(paths.config_dir()), config_name="train")
 def main(cfg: DictConfig) -> None:
     try:
         out = run(cfg)
@@ -82,7 +84,7 @@ def check_overrides(argv: list[str]) -> str | None:
     if any(a.startswith("-") for a in argv):  # --help, --cfg, -m: Hydra's own flags, left to Hydra
         return None
     overrides = [a for a in argv if not a.lstrip("+~").startswith("hydra")]
-    config_dir = str(Path(__file__).resolve().parents[1] / "configs")
+    config_dir = str(paths.config_dir())
     try:
         with initialize_config_dir(version_base=None, config_dir=config_dir):
             compose(config_name="train", overrides=overrides)

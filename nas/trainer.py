@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas.serial import Serializable
+from mnas_common.serial import Serializable
 
 OPTIMIZERS = ("sgd", "rmsprop")
 SCHEDULES = ("cosine", "constant")

@@ -7,7 +7,10 @@ import json
 import sys
 
 from search_spaces.arch import parse_arch
-from search_spaces.references import CONFIG_DIR, list_references, resolve_arch
+from mnas_common.errors import first_line
+from mnas_common.paths import config_dir
+
+from search_spaces.references import list_references, resolve_arch
 from search_spaces.space import SearchSpace
 
 
@@ -17,10 +20,10 @@ def load_space(name: str = "mnasnet", overrides: list[str] | None = None) -> Sea
     from hydra.errors import HydraException
 
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
             cfg = compose(overrides=[f"+search_space={name}", *(overrides or [])])
     except HydraException as exc:
-        raise ValueError(f"cannot load search space config {name!r}: {str(exc).splitlines()[0]}") from None
+        raise ValueError(f"cannot load search space config {name!r}: {first_line(exc)}") from None
     return SearchSpace.from_config(cfg.search_space)
 
 

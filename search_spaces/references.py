@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from mnas_common.paths import config_dir
 
 from search_spaces.arch import canonical
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ def resolve_arch(name_or_arch: str) -> str:
 def default_space_config() -> dict:
     import yaml
 
-    path = CONFIG_DIR / "search_space" / "mnasnet.yaml"
+    path = config_dir() / "search_space" / "mnasnet.yaml"
     with open(path) as f:
         return yaml.safe_load(f)
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mnas_common.config import to_plain
+
 from search_spaces.arch import SKIP_OPS, ArchSpec, BlockSpec, parse_arch
 from search_spaces.width import make_divisible
 
@@ -144,14 +146,7 @@ class SearchSpace:
     @classmethod
     def from_config(cls, cfg: Mapping) -> SearchSpace:
         """Build from a (Hydra/OmegaConf or plain) mapping; ``_target_`` is ignored."""
-        try:
-            from omegaconf import DictConfig, OmegaConf
-
-            if isinstance(cfg, DictConfig):
-                cfg = OmegaConf.to_container(cfg, resolve=True)
-        except ImportError:  # pragma: no cover - omegaconf is a dependency
-            pass
-        return cls(**{k: v for k, v in dict(cfg).items() if k != "_target_"})
+        return cls(**{k: v for k, v in dict(to_plain(cfg)).items() if k != "_target_"})
 
     @classmethod
     def default(cls) -> SearchSpace:

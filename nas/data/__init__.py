@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from nas.data import sources
+from mnas_common import sources
+from mnas_common.config import to_plain
+from mnas_common.paths import cache_dir as default_cache_dir
 
 __all__ = ["DatasetConfig", "PreparedDataset", "Split", "cache_root", "load_dataset", "open_prepared", "prepare"]
 
@@ -39,10 +41,7 @@ FILE_CHUNK = 256
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    base = os.environ.get("MNAS_CACHE_DIR")
-    return (Path(base) if base else Path.home() / ".cache" / "mnasnet-search") / "data"
+    return Path(cache_dir) if cache_dir is not None else default_cache_dir("data")
 
 
 @dataclass(frozen=True)
@@ -84,14 +83,7 @@ class DatasetConfig:
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> DatasetConfig:
-        try:
-            from omegaconf import DictConfig, OmegaConf
-
-            if isinstance(cfg, DictConfig):
-                cfg = OmegaConf.to_container(cfg, resolve=True)
-        except ImportError:  # pragma: no cover
-            pass
-        cfg = dict(cfg)
+        cfg = dict(to_plain(cfg))
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(cfg) - known - {"_target_"})
         if unknown:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
+
+from mnas_common import paths
 
 USAGE = "usage: python -m nas.data {prepare,info} [dataset=NAME] [dataset.FIELD=VALUE ...] [cache_dir=DIR]"
 
@@ -18,7 +19,7 @@ USAGE = "usage: python -m nas.data {prepare,info} [dataset=NAME] [dataset.FIELD=
 def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    config_dir = str(Path(__file__).resolve().parents[2] / "configs")
+    config_dir = str(paths.config_dir())
     with initialize_config_dir(version_base=None, config_dir=config_dir):
         return compose(config_name="train", overrides=overrides)
 

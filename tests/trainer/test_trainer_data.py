@@ -12,7 +12,7 @@ from PIL import Image
 
 import nas.data as data_mod
 from nas.data import DatasetConfig, cache_root, load_dataset, prepare
-from nas.data.sources import FASHION_MNIST_ROOT, read_idx
+from mnas_common.sources import FASHION_MNIST_ROOT, read_idx
 
 HAS_FMNIST = Path(FASHION_MNIST_ROOT, "train-labels-idx1-ubyte.gz").exists() or Path(
     FASHION_MNIST_ROOT, "train-labels-idx1-ubyte").exists()

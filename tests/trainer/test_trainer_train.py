@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from nas.data import DatasetConfig, load_dataset
-from nas.data.sources import FASHION_MNIST_ROOT
+from mnas_common.sources import FASHION_MNIST_ROOT
 from nas.trainer import TrainerConfig, TrainResult, train_child
 
 ROOT = Path(__file__).resolve().parents[2]

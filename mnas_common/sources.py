@@ -1,5 +1,7 @@
 """Where images come from: Fashion-MNIST IDX files, CIFAR-10 python batches, ImageNet-style image folders.
 
+Shared by ``nas.data`` (proxy training) and ``latency.calibration`` (real images for conversion checks).
+
 A source yields the *training* images of the chosen classes; the held-out validation split is drawn from them by
 ``nas.data.prepare`` (as the paper held out 50K ImageNet training images), so the official test sets stay unseen.
 """
@@ -7,7 +9,6 @@ A source yields the *training* images of the chosen classes; the held-out valida
 from __future__ import annotations
 
 import gzip
-import os
 import pickle
 import struct
 from collections.abc import Sequence
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from mnas_common.paths import cache_dir
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
@@ -84,8 +87,7 @@ def fashion_mnist(root: str | Path | None, *, download: bool = True) -> ArraySou
             )
         import socket
 
-        base = os.environ.get("MNAS_CACHE_DIR")
-        target = (Path(base) if base else Path.home() / ".cache" / "mnasnet-search") / "downloads"
+        target = cache_dir("downloads")
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(20)  # a machine without internet fails in seconds instead of hanging
         try:

@@ -1,0 +1,62 @@
+"""Validation of configuration values with one-line ``ValueError`` messages naming the field.
+
+``True`` is an ``int`` in Python; every check here refuses booleans where a number is meant, so ``classes: true``
+is an error instead of one class.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite real number (bools excluded)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | None:
+    """``value`` if it is an integer >= 1 (or None where allowed), else a ``ValueError`` naming ``name``."""
+    if value is None and allow_none:
+        return None
+    if not is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive integer{' or null' if allow_none else ''}, got {value!r}")
+    return int(value)
+
+
+def non_negative_int(name: str, value: Any) -> int:
+    if not is_int(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def positive_number(name: str, value: Any, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if not is_number(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number{' or null' if allow_none else ''}, got {value!r}")
+    return float(value)
+
+
+def non_negative_number(name: str, value: Any) -> float:
+    if not is_number(value) or value < 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def one_of(name: str, value: Any, choices) -> Any:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return value
+
+
+def known_fields(section: str, given, known) -> None:
+    """Refuse keys a config section does not define (a misspelt key must not be silently ignored)."""
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {section} field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")

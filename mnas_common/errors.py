@@ -1,0 +1,29 @@
+"""One-line error messages: what users see is the first line of a cause, never a traceback."""
+
+from __future__ import annotations
+
+
+def first_line(value: object, *, limit: int = 500, with_type: bool = False) -> str:
+    """The first non-empty line of ``value`` (an exception or any text), at most ``limit`` characters.
+
+    ``with_type`` prefixes an exception's class name (``OSError: ...``); an exception without a message is its
+    class name alone, so the result is never empty for an exception.
+    """
+    text = str(value).strip()
+    line = text.splitlines()[0].strip() if text else ""
+    if isinstance(value, BaseException):
+        name = value.__class__.__name__
+        if not line:
+            return name
+        if with_type:
+            line = f"{name}: {line}"
+    return line[:limit]
+
+
+def cause_of(exc: BaseException) -> BaseException:
+    """The innermost explicit cause (Hydra wraps a component's own ``ValueError`` in its exceptions)."""
+    seen = set()
+    while exc.__cause__ is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__
+    return exc

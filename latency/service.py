@@ -14,6 +14,7 @@ import fcntl
 import multiprocessing
 import os
 import shutil
+import signal
 import threading
 import time
 import traceback
@@ -61,6 +62,8 @@ def _exit_with_parent(parent: int, poll_s: float = 0.5) -> None:
 def _worker_init(work_dir: str, runner_config: dict, parent: int) -> None:
     """Runs once per worker process: heavy imports, calibration file, the runner."""
     _exit_with_parent(parent)
+    # Ctrl-C reaches the whole process group: the search stops its workers itself, they must not print tracebacks
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # TensorFlow, absl and LiteRT print from C++ straight to fd 2; keep that out of the user's progress bar.
     Path(work_dir).mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,12 +233,13 @@ def _lr_factor(step: int, total: int, config: TrainerConfig) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader, num_classes: int, autocast) -> tuple[float, float | None]:
+def evaluate(model: nn.Module, loader: BatchLoader, num_classes: int, autocast,
+             step_guard: Callable[[], AbstractContextManager] = nullcontext) -> tuple[float, float | None]:
     model.eval()
     correct1 = correct5 = total = 0
     k = min(5, num_classes)
     for x, y in loader:
-        with autocast():
+        with step_guard(), autocast():
             logits = model(x)
         top = logits.float().topk(k, dim=1).indices
         hit = top.eq(y.view(-1, 1))
@@ -251,8 +254,14 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def train_child(arch: str, data: Any, config: TrainerConfig, *, seed: int = 0, device: str | None = None) -> TrainResult:
-    """Proxy-train ``arch`` (an architecture string or reference name) on ``data``; never raises for a bad child."""
+def train_child(arch: str, data: Any, config: TrainerConfig, *, seed: int = 0, device: str | None = None,
+                step_guard: Callable[[], AbstractContextManager] = nullcontext) -> TrainResult:
+    """Proxy-train ``arch`` (an architecture string or reference name) on ``data``; never raises for a bad child.
+
+    ``step_guard()`` wraps every optimisation step and evaluation batch: the search passes the latency service's
+    host gate (``latency.quiet``), so a host timing never runs while a step computes and no step starts while a
+    timing runs. A step is tens of milliseconds: a timing waits at most that long.
+    """
     from search_spaces import build_model
 
     dev = _device(config, device)
@@ -297,14 +306,15 @@ def train_child(arch: str, data: Any, config: TrainerConfig, *, seed: int = 0, d
                     break
                 for group in optimizer.param_groups:
                     group["lr"] = config.lr * _lr_factor(step, total_steps, config)
-                with autocast():
-                    loss = criterion(step_model(x), y)
-                if not torch.isfinite(loss):
-                    raise ChildFailed(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                with step_guard():
+                    with autocast():
+                        loss = criterion(step_model(x), y)
+                    if not torch.isfinite(loss):
+                        raise ChildFailed(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                 loss_value = float(loss.detach())
                 step += 1
                 seen += len(y)
@@ -322,7 +332,7 @@ def train_child(arch: str, data: Any, config: TrainerConfig, *, seed: int = 0, d
         val_loader = BatchLoader(data.val, config.eval_batch_size, mean=data.mean, std=data.std, device=dev,
                                  generator=None, augment=False, prefetch=config.prefetch,
                                  channels_last=config.channels_last, drop_last=False)
-        result.top1, result.top5 = evaluate(step_model, val_loader, data.num_classes, autocast)
+        result.top1, result.top5 = evaluate(step_model, val_loader, data.num_classes, autocast, step_guard)
         result.eval_seconds = time.perf_counter() - start
     except ChildFailed as exc:
         result.status, result.error = "failed", str(exc)

@@ -154,9 +154,12 @@ def test_bad_command_lines_are_one_error_line_with_exit_2(tmp_path, override, me
     assert not (tmp_path / "run" / "run.sqlite").exists()
 
 
-def test_unusable_run_dir_is_one_error_line(tmp_path):
+def test_unusable_run_dir_and_logger_paths_are_one_error_line(tmp_path):
     (tmp_path / "file").write_text("x")
     assert "is not a directory" in one_error_line(cli(tmp_path / "file" / "run"))
+    line = one_error_line(cli(tmp_path / "run", f"logger.events.path={tmp_path / 'file' / 'events.jsonl'}"))
+    assert f"cannot create {tmp_path / 'file' / 'events.jsonl'}" in line
+    assert not (tmp_path / "run" / "run.sqlite").exists()
 
 
 def test_a_second_search_on_the_same_run_dir_exits_2_naming_the_holder(tmp_path):

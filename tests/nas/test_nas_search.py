@@ -63,7 +63,7 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
     from nas.evaluator import Evaluator
     from nas.loggers import Logger
 
-    cfg = config(f"+experiment={experiment}")
+    cfg = config(f"+experiment={experiment}", f"dataset.root={tmp_path}")  # mnas_pixel1 needs an ImageNet root
     space = build("search_space", cfg.search_space)
     controller = build("controller", cfg.controller, num_choices=space.num_choices, seed=cfg.seed)
     assert len(controller.sample(2).tokens) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -207,3 +208,13 @@ def test_mixed_precision_and_compile_paths_train_on_cpu(data):
         assert math.isfinite(r.final_loss) and 0 <= r.top1 <= 1
     assert amp.final_loss != plain.final_loss  # autocast really changed the arithmetic
     assert compiled.steps == 6
+
+
+def test_train_cli_refuses_an_architecture_too_large_for_memory(tmp_path):
+    # 100,000 channels: ~15 GB to train; refused by its estimate (meta device) in seconds, nothing allocated
+    env = {**os.environ, "MNAS_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "nas.train", "arch=ir_r1_k3_s1_e6_c100000", "max_memory_gb=4"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "too large" in lines[0] and "max_memory_gb" in lines[0]

@@ -13,6 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from nas.components import build
 from nas.data import DatasetConfig, load_dataset
 from mnas_common.sources import FASHION_MNIST_ROOT
 from nas.trainer import TrainerConfig, TrainResult, train_child
@@ -130,20 +131,20 @@ def test_every_trainer_and_dataset_config_composes():
     with initialize_config_dir(version_base=None, config_dir=str(ROOT / "configs")):
         for trainer in sorted(p.stem for p in (ROOT / "configs" / "trainer").glob("*.yaml")):
             cfg = compose(config_name="train", overrides=[f"trainer={trainer}"])
-            TrainerConfig(**dict(cfg.trainer))
+            assert isinstance(build("trainer", cfg.trainer), TrainerConfig)
         for dataset in sorted(p.stem for p in (ROOT / "configs" / "dataset").glob("*.yaml")):
             overrides = [f"dataset={dataset}"]
             if dataset in ("cifar10", "imagenet_subset"):
                 overrides.append("dataset.root=/some/where")
             cfg = compose(config_name="train", overrides=overrides)
-            DatasetConfig.from_config(cfg.dataset)
+            assert isinstance(build("dataset", cfg.dataset), DatasetConfig)
     proxy = compose_trainer("proxy")
     assert (proxy.epochs, proxy.optimizer) == (5, "rmsprop")
 
 
 def compose_trainer(name: str) -> TrainerConfig:
     with initialize_config_dir(version_base=None, config_dir=str(ROOT / "configs")):
-        return TrainerConfig(**dict(compose(config_name="train", overrides=[f"trainer={name}"]).trainer))
+        return build("trainer", compose(config_name="train", overrides=[f"trainer={name}"]).trainer)
 
 
 @pytest.mark.slow

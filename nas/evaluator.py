@@ -30,6 +30,11 @@ from nas.record import ChildResult, LatencySource, Status
 GiB = 2**30
 
 
+class EvaluatorStopped(RuntimeError):
+    """The evaluator cannot go on (every timing device dropped, say): the search stops with this one-line reason,
+    everything committed so far stays, and the same command resumes once the cause is fixed."""
+
+
 def child_seed(seed: int, arch: str) -> int:
     """A training seed that depends only on the run seed and the architecture (not on evaluation order)."""
     return (seed * 1_000_003 + zlib.crc32(arch.encode())) % 2**31

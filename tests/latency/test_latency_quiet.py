@@ -188,3 +188,22 @@ def test_gate_for_runner_and_picklable(tmp_path):
     copy = pickle.loads(pickle.dumps(HostGate(tmp_path / "locks")))
     with copy.busy():
         assert copy.work_path == tmp_path / "locks" / "host-cpu.work"
+
+
+def test_service_conversions_wait_while_the_host_times(host_service):
+    """The service converts under busy(): a conversion asked for during a timing ends only after the timing."""
+    assert host_service.measure("ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c16", resolution=32, num_classes=10).ok  # warm
+    gate = HostGate(host_service.locks_dir)
+    box: dict = {}
+    with gate.quiet():
+        thread = threading.Thread(target=lambda: box.update(record=host_service.convert(
+            "ds_r1_k5_s1_c8-ir_r1_k5_s2_e6_c16", resolution=28, num_classes=10)), daemon=True)
+        thread.start()
+        time.sleep(2.0)
+        assert thread.is_alive()
+        released = time.time()
+    thread.join(WAIT_S)
+    record = box["record"]
+    assert record["status"] == "ok" and record["finished_at"] >= released and record["busy_waited_s"] > 0
+    result = host_service.time(record)
+    assert result.ok and result.extra["timing"]["mode"] == "quiet" and result.extra["timing"]["waited_s"] >= 0

@@ -32,7 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from latency.cache import LatencyCache, artifact_problem, cache_key, file_digest
-from latency.quiet import HostGate, QuietWindow, pinned_to_one_core
+from latency.quiet import (DISTURBED_PAUSE_S, DISTURBED_RETRIES, HostGate, LoadProbe, QuietWindow,
+                           pinned_to_one_core)
 from latency.result import LatencyResult
 from latency.runners import DeviceError, make_runner
 from mnas_common.checks import positive_int, positive_number
@@ -148,11 +149,24 @@ def timing_window(lock_path: str, pin_cpu: bool):
             yield window
 
 
-def _time_one(tflite_path: str, window: QuietWindow) -> dict:
+def _time_one(tflite_path: str, window: QuietWindow, *, retries: int = DISTURBED_RETRIES) -> dict:
+    """One timing; on the host, repeated (up to ``retries`` times, after a pause) while other processes of the
+    machine disturb it, keeping the least disturbed attempt (see ``latency.quiet``)."""
     try:
-        start = time.monotonic()
-        timing = {"status": "ok", **_WORKER["runner"].time(tflite_path)}
-        timing.setdefault("extra", {})["timing"] = {**window.to_dict(), "seconds": round(time.monotonic() - start, 4)}
+        attempts = []
+        for attempt in range(1 + (retries if window.mode != "device" else 0)):
+            if attempt:
+                time.sleep(DISTURBED_PAUSE_S)
+            start = time.monotonic()
+            with LoadProbe() as probe:
+                timing = {"status": "ok", **_WORKER["runner"].time(tflite_path)}
+            attempts.append((probe.others_cpu, time.monotonic() - start, timing))
+            if not probe.disturbed:
+                break
+        others, seconds, timing = min(attempts, key=lambda a: -1.0 if a[0] is None else a[0])
+        timing.setdefault("extra", {})["timing"] = {
+            **window.to_dict(), "seconds": round(seconds, 4), "attempts": len(attempts),
+            "others_cpu": None if window.mode == "device" or others is None else round(others, 3)}
         return timing
     except DeviceError as exc:
         return {"status": "failed", "error": str(exc)}
@@ -170,25 +184,47 @@ def _time_task(tflite_path: str, lock_path: str, pin_cpu: bool) -> dict:
 
 def _time_layers_task(items: list[dict], lock_path: str, pin_cpu: bool, cache_path: str, table_key: str) -> list:
     """Time converted layers in one quiet window, committing each row to the cache as soon as it is timed (an
-    interrupted build loses at most the layer being timed). Each item: {layer, spec, conversion}."""
+    interrupted build loses at most the layer being timed). Each item: {layer, spec, conversion}.
+
+    One layer's timing is too short for the load probe to judge, so the whole batch is judged: a batch disturbed by
+    other processes is timed again after a pause (up to DISTURBED_RETRIES times) and each layer keeps its timing
+    from the least disturbed pass."""
     from latency.cache import LatencyCache
 
     if _WORKER.get("cache_path") != cache_path:
         _WORKER["cache"], _WORKER["cache_path"] = LatencyCache(cache_path), cache_path
     cache = _WORKER["cache"]
-    out = []
+    best: dict[str, tuple[float, dict]] = {}
     with timing_window(lock_path, pin_cpu) as window:
-        for item in items:
-            conversion = item["conversion"]
-            timing = _time_one(conversion["tflite_path"], window)
-            window.waited_s = 0.0  # only the first layer of the window waited for the gate
-            row = {**timing, **{k: conversion.get(k) for k in ("max_abs_err", "max_rel_err", "convert_seconds")}}
-            row.pop("samples_ms", None)
-            cache.put_layer(table_key, item["layer"], item["spec"], row)
-            shutil.rmtree(Path(conversion["tflite_path"]).parent, ignore_errors=True)
-            out.append({"layer": item["layer"], "status": row["status"], "error": row.get("error"),
-                        "latency_ms": row.get("latency_ms")})
-    return out
+        for attempt in range(1 + (DISTURBED_RETRIES if window.mode != "device" else 0)):
+            if attempt:
+                time.sleep(DISTURBED_PAUSE_S)
+            with LoadProbe() as probe:
+                rows = {}
+                for item in items:
+                    conversion = item["conversion"]
+                    row = {**_time_one(conversion["tflite_path"], window, retries=0),
+                           **{k: conversion.get(k) for k in ("max_abs_err", "max_rel_err", "convert_seconds")}}
+                    row.pop("samples_ms", None)
+                    rows[item["layer"]] = row
+                    if attempt == 0:  # committed as timed; a better pass below replaces it
+                        cache.put_layer(table_key, item["layer"], item["spec"], row)
+            others = probe.others_cpu if probe.others_cpu is not None else -1.0
+            for item in items:
+                row = rows[item["layer"]]
+                row.setdefault("extra", {}).setdefault("timing", {}).update(batch_others_cpu=round(others, 3),
+                                                                             batch_attempts=attempt + 1)
+                if item["layer"] not in best or others < best[item["layer"]][0]:
+                    best[item["layer"]] = (others, row)
+                    if attempt:
+                        cache.put_layer(table_key, item["layer"], item["spec"], row)
+            window.waited_s = 0.0  # only the first timing of the window waited for the gate
+            if not probe.disturbed:
+                break
+    for item in items:
+        shutil.rmtree(Path(item["conversion"]["tflite_path"]).parent, ignore_errors=True)
+    return [{"layer": layer, "status": row["status"], "error": row.get("error"), "latency_ms": row.get("latency_ms")}
+            for layer, (_, row) in best.items()]
 
 
 def _stop_pool(pool: ProcessPoolExecutor, grace_s: float) -> None:

@@ -80,6 +80,11 @@ class HostRunner:
         return f"host:{platform.machine()}:{host_cpu_name()}"
 
     @property
+    def device_model(self) -> str:
+        """The kind of device (no serial): what a shared latency table is keyed by."""
+        return self.device_id
+
+    @property
     def lock_name(self) -> str:
         return "host-cpu"
 
@@ -248,6 +253,11 @@ class AdbRunner:
     @property
     def device_id(self) -> str:
         return f"adb:{self._model_name()}:{self.resolve_serial()}"
+
+    @property
+    def device_model(self) -> str:
+        """The phone model without its serial: a table built on one Pixel 2 serves every Pixel 2."""
+        return f"adb:{self._model_name()}"
 
     @property
     def lock_name(self) -> str:

@@ -21,8 +21,17 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(os.environ["FAKE_ADB_ROOT"])
+ROOT = Path(os.environ.get("FAKE_ADB_ROOT", "/nonexistent-fake-adb-root"))
 SERIALS = [s for s in os.environ.get("FAKE_ADB_SERIALS", "FAKE0001").split(",") if s]
+
+
+def install(bin_dir: Path) -> Path:
+    """Write an executable ``adb`` into ``bin_dir`` that runs this double (tests put ``bin_dir`` first on PATH)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = bin_dir / "adb"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).resolve()}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
 
 
 def local(remote: str) -> Path:

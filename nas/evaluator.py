@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,7 @@ def apply_training(child: ChildResult, train: dict) -> ChildResult:
 
 class LocalEvaluator(Evaluator):
     """Proxy-train children one after another in this process while the latency service converts and times them
-    in its own worker processes, so training and latency overlap.
+    in its own worker processes, so training and conversion overlap; a host timing pauses both (quiet timing).
 
     Built from ``configs/evaluator/local.yaml``; the search passes the run's trainer and dataset configs, the
     latency config (``None`` when latency is not measured), the deployment input and the seed.
@@ -236,7 +237,11 @@ class LocalEvaluator(Evaluator):
             raise RuntimeError("next_result() with nothing submitted")
         child, future = self._queue.popleft()
         if child.ok:
-            apply_training(child, train_child(child.arch, self.data, self.trainer, seed=child.seed).to_dict())
+            # with host latency, every training step passes the latency service's gate: no step runs while the
+            # host times a model, so timings are quiet (latency.quiet)
+            guard = self.service.gate.busy if self.service is not None else nullcontext
+            apply_training(child, train_child(child.arch, self.data, self.trainer, seed=child.seed,
+                                              step_guard=guard).to_dict())
         if future is not None:
             apply_latency(child, future.result())
         return child

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -56,12 +57,15 @@ class Logger:
 
 
 class ProgressBar(Logger):
-    """tqdm bar: children done of the budget, best reward, front size, what the evaluator is doing, ETA."""
+    """tqdm bar: children done of the budget, best reward, front size, what the evaluator's workers are doing (seen
+    every ``refresh_s`` seconds, also while no child finishes), ETA."""
 
-    def __init__(self, *, enabled: bool = True):
+    def __init__(self, *, enabled: bool = True, refresh_s: float = 2.0):
         self.enabled = enabled
+        self.refresh_s = refresh_s
         self.bar = None
         self.search = None
+        self._stop = threading.Event()
 
     def on_start(self, search) -> None:
         from tqdm.auto import tqdm
@@ -70,6 +74,15 @@ class ProgressBar(Logger):
         self.bar = tqdm(total=search.budget, initial=search.committed, desc="search", unit="child",
                         disable=not self.enabled, dynamic_ncols=True)
         self._postfix(refresh=True)
+        if self.enabled and self.refresh_s > 0:
+            threading.Thread(target=self._refresh, name="progress", daemon=True).start()
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            try:
+                self._postfix(refresh=True)
+            except Exception:  # a status read while the evaluator changes: the next tick shows it
+                continue
 
     def _postfix(self, refresh: bool) -> None:
         stats = self.search.stats
@@ -88,6 +101,7 @@ class ProgressBar(Logger):
         self._postfix(refresh=True)
 
     def close(self) -> None:
+        self._stop.set()
         if self.bar is not None:
             self.bar.close()
             self.bar = None

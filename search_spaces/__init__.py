@@ -66,9 +66,9 @@ def count_params_macs(model, resolution: int, in_channels: int = 3) -> tuple[int
 
 
 def profile_arch(arch: str | ArchSpec, *, resolution: int, in_channels: int = 3, num_classes: int = 1000):
-    """Exact params and MACs plus memory estimates of ``arch`` (a :class:`~search_spaces.profile.Profile`),
-    computed on the ``meta`` device: an absurdly wide architecture costs milliseconds, not its memory."""
-    from search_spaces.profile import profile_model
+    """Exact params and MACs plus memory estimates of ``arch`` (a :class:`~search_spaces.profile.Profile`), in
+    closed form from its layers: microseconds, and an absurdly wide architecture costs nothing to describe."""
+    from search_spaces.profile import layer_profile
 
-    return profile_model(lambda: build_model(arch, num_classes=num_classes, in_channels=in_channels),
-                         resolution, in_channels)
+    spec = arch if isinstance(arch, ArchSpec) else parse_arch(resolve_arch(arch))
+    return layer_profile(spec, resolution, in_channels, num_classes)

@@ -263,6 +263,11 @@ class RayEvaluator(Evaluator):
             dataset = {"path": None if self.dataset_transfer == "object_store" else str(data.path),
                        "ref": [ray.put(arrays)]}
         latency = None if self.latency is None else {**self.latency, "work_dir": None}
+        if latency is not None:
+            # the actors pinned to a phone first, and placed before any other: the CPUs of a phone's node must not
+            # all go to trainers and converters, which may run anywhere
+            self._pools[TIME] = self._device_pool(latency)
+            self._await(TIME, lambda a: a.device_id.remote(), "timing")
         t = self.trainers
         # SPREAD: trainers go to different nodes first (each node's GPUs and memory bandwidth count)
         trainer_cls = ray.remote(num_cpus=t["num_cpus"], num_gpus=t["num_gpus"], max_restarts=0,
@@ -273,13 +278,20 @@ class RayEvaluator(Evaluator):
             c = self.converters
             converter_cls = ray.remote(num_cpus=c["num_cpus"], max_restarts=0)(ConverterActor)
             self._pools[CONVERT] = _Pool(CONVERT, lambda: converter_cls.remote(latency), c["actors"])
-            self._pools[TIME] = self._device_pool(latency)
         # fail now, with the reason, if an actor cannot start (a dataset missing on a node, a bad latency setting)
-        try:
-            ray.get([a.where.remote() for a in self._pools[TRAIN].actors], timeout=600)
-        except ray.exceptions.GetTimeoutError:
-            raise EvaluatorStopped("the trainer actors did not start within 10 minutes (see ray status)") from None
+        self._await(TRAIN, lambda a: a.where.remote(), "trainer")
         log.info("ray: %d trainer(s), %d node(s)", len(self._pools[TRAIN].actors), len(nodes))
+
+    def _await(self, kind: str, ping, what: str, timeout_s: float = 600) -> None:
+        """Wait until every actor of a pool has started; one line naming them if they cannot (an actor whose
+        resources no node has free waits for ever)."""
+        import ray
+
+        try:
+            ray.get([ping(actor) for actor in self._pools[kind].actors], timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise EvaluatorStopped(f"the {what} actors did not start within {timeout_s / 60:g} minutes: no node has "
+                                   "their resources free (see ray status)") from None
 
     def _demand(self) -> dict[str, float]:
         """Logical resources the actors ask for (phones aside)."""
@@ -297,15 +309,16 @@ class RayEvaluator(Evaluator):
         resources = {}
         if self.address is None and self.latency is not None and self.latency.get("runner") == "adb":
             resources = {f"phone_{serial}": 1 for serial in _local_phones(self.latency)}
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         kwargs = {}
         if self.address is None:
             # Ray's CPUs are logical (admission, not isolation): on a small machine the actors may ask for more
             # than its cores, as the local evaluator's trainer and latency workers already share them
             kwargs["num_cpus"] = max(os.cpu_count() or 1, int(-(-self._demand()["CPU"] // 1)))
+        # Ray's own console output is kept to errors (its logs stay under /tmp/ray/session_*/logs): the search's
+        # progress bar and one-line errors are what a user reads
         ray.init(address=self.address or "local", namespace=self.namespace, resources=resources or None,
-                 include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **kwargs)
+                 include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, **kwargs)
         for signum, handler in handlers.items():  # Ray installs its own: Ctrl-C and SIGTERM stay the search's
             signal.signal(signum, handler)
         self._started_ray = self.address is None

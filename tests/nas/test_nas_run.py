@@ -21,7 +21,7 @@ from mnas_common.paths import config_dir
 from nas.components import ConfigError
 from nas.run import run_search
 from nas.store import RunStore, StoreError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, message_lines
 
 FAST = ["+experiment=smoke", "evaluator=synthetic", "logger=[events]", "pareto.enabled=false"]
 
@@ -178,7 +178,7 @@ def test_a_second_search_on_the_same_run_dir_exits_2_naming_the_holder(tmp_path)
     stderr = first.stderr.read()
     assert first.returncode == 130
     # Ctrl-C: one line, what was committed, how to resume; no traceback
-    lines = [line for line in stderr.splitlines() if line.strip() and "search:" not in line]
+    lines = message_lines(stderr)
     assert len(lines) == 1 and lines[0].startswith("interrupted (SIGINT): ") and "resume" in lines[0], stderr
     rows = committed(tmp_path)
     assert search(tmp_path, "budget=400")["children"] == 400  # resumes
@@ -203,7 +203,7 @@ def test_sigterm_stops_with_one_line_and_no_leaked_workers(tmp_path):
     assert time.time() - started < 15
     stderr = proc.stderr.read()
     assert proc.returncode == 143, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    lines = message_lines(stderr)
     assert len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM): "), stderr
     assert "leaked" not in stderr and "Traceback" not in stderr
     deadline = time.time() + 5  # the workers were stopped; the resource tracker leaves when its pipe closes

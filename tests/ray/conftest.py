@@ -96,7 +96,7 @@ def ray_cluster(tmp_path_factory):
     token.write_text(secrets.token_hex(32))
     # one authentication mode and token for every process of the cluster, this one included (read by Ray when it
     # is imported, so set before)
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_BACKEND_LOG_LEVEL": "error"}
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     os.environ.update(auth)
     env = {**os.environ, **auth, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     import ray
@@ -109,7 +109,7 @@ def ray_cluster(tmp_path_factory):
     deadline = time.time() + 120
     while True:  # the head takes a few seconds to accept drivers
         try:
-            ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING", namespace="tests")
+            ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR", namespace="tests")
             break
         except Exception:
             if time.time() > deadline:

@@ -236,3 +236,15 @@ def test_the_ray_processes_of_a_search_die_with_it(ray_cluster, tmp_path):
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len({(c.step, c.idx) for c in committed(run_dir)}) == 8
+
+
+def test_steady_state_keeps_every_trainer_busy_with_no_batch_barrier(ray_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    summary = run_search(config(*on_cluster(ray_cluster, "evaluator.trainers.actors=3"), *FAST,
+                                "controller=evolution", "steady_state=true", "budget=8", "batch_size=1"), run_dir)
+    kids = committed(run_dir)
+    assert summary["children"] == len(kids) == 8 and [(c.step, c.idx) for c in kids] == [(i, 0) for i in range(8)]
+    events = [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert events.index("child") >= 1 + 3  # start, then three children handed out before the first returned
+    # after that, each child that returns is replaced at once: submits and children alternate
+    assert events.count("submit") == 8

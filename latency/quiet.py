@@ -5,14 +5,23 @@ alone at 7.1 / 7.4 / 7.5 ms; random children 1.4-1.65x their quiet median with a
 itself was the disturbance (training the next child and converting others on the same two cores), so "use an idle
 machine" could not help. The gate makes the two kinds of work take turns, across processes:
 
-- ``busy()`` wraps one short piece of the search's work (one optimisation step, one conversion). It passes a
-  turnstile (``<name>.gate``, exclusive, held for a few syscalls) and then holds the work lock (``<name>.work``)
-  *shared*: any number of busy pieces run at once.
-- ``quiet()`` wraps one timing. It takes the turnstile exclusively and keeps it, so no new busy piece can start,
-  then takes the work lock exclusively, which it gets once the busy pieces in progress have finished. The timing
-  is writer-preferring: a stream of busy work can delay it by at most the longest piece in progress, never starve it.
+- ``busy()`` wraps one short piece of the search's work (one optimisation step). It passes a turnstile
+  (``<name>.gate``, exclusive, held for a few syscalls) and then holds the work lock (``<name>.work``) *shared*: any
+  number of busy pieces run at once.
+- ``busy(long=True)`` wraps one long piece (a conversion: seconds to tens of seconds). It first passes a turnstile
+  of its own (``<name>.long-gate``) and holds ``<name>.long-work`` shared, then does what ``busy()`` does.
+- ``quiet()`` wraps one timing, in two phases. First it takes the long turnstile and the long work lock
+  exclusively: conversions in progress finish, no new one starts, and training goes on meanwhile. Then it takes the
+  turnstile and keeps it, so no new busy piece can start, and takes the work lock exclusively, which it gets once
+  the steps in progress have finished. The timing is writer-preferring: a stream of busy work can delay it by at
+  most the longest piece in progress, never starve it; and training stops only for the timing itself and the end
+  of the steps in progress, never for the rest of a conversion (measured with a single phase: two trainer actors on Ray
+  used half a core each and a third of the 2-core machine stood idle, behind conversions a timing waited for).
 
-Both locks are ``flock`` locks on files in the latency cache's ``locks/`` directory: the kernel releases them when
+All four locks are acquired in the same order by everyone (long turnstile, long work, turnstile, work), so no two
+holders can wait for each other.
+
+The locks are ``flock`` locks on files in the latency cache's ``locks/`` directory: the kernel releases them when
 their holder dies, even by ``kill -9``, so a dead trainer or worker never blocks the others. ``flock`` locks belong
 to an open file, so each thread opens its own descriptors: two threads of one process exclude each other as two
 processes do. A thread must not ask for ``quiet()`` inside its own ``busy()`` (it would wait for itself): that raises.
@@ -96,7 +105,7 @@ class NullGate:
     mode = "device"
 
     @contextmanager
-    def busy(self) -> Iterator[None]:
+    def busy(self, *, long: bool = False) -> Iterator[None]:
         yield
 
     @contextmanager
@@ -120,6 +129,8 @@ class HostGate:
         self.name = name
         self.gate_path = self.locks_dir / f"{name}.gate"
         self.work_path = self.locks_dir / f"{name}.work"
+        self.long_gate_path = self.locks_dir / f"{name}.long-gate"
+        self.long_work_path = self.locks_dir / f"{name}.long-work"
         self._local = threading.local()
 
     @classmethod
@@ -148,19 +159,33 @@ class HostGate:
             self.locks_dir.mkdir(parents=True, exist_ok=True)
             local.gate = os.open(self.gate_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
             local.work = os.open(self.work_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            local.pid, local.busy_depth = os.getpid(), 0
+            local.long_gate = os.open(self.long_gate_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            local.long_work = os.open(self.long_work_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            local.pid, local.busy_depth, local.long = os.getpid(), 0, False
         return local
 
+    @staticmethod
+    def _enter_shared(turnstile: int, work: int) -> None:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(work, fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+
     @contextmanager
-    def busy(self) -> Iterator[None]:
-        """One piece of the search's own work; waits while a timing runs. Nested calls in one thread are free."""
+    def busy(self, *, long: bool = False) -> Iterator[None]:
+        """One piece of the search's own work (``long``: a conversion); waits while a timing runs. Nested calls in
+        one thread are free."""
         fds = self._fds()
         if fds.busy_depth == 0:
-            fcntl.flock(fds.gate, fcntl.LOCK_EX)
+            if long:
+                self._enter_shared(fds.long_gate, fds.long_work)
+                fds.long = True
             try:
-                fcntl.flock(fds.work, fcntl.LOCK_SH)
-            finally:
-                fcntl.flock(fds.gate, fcntl.LOCK_UN)
+                self._enter_shared(fds.gate, fds.work)
+            except BaseException:
+                self._leave_long(fds)
+                raise
         fds.busy_depth += 1
         try:
             yield
@@ -168,23 +193,31 @@ class HostGate:
             fds.busy_depth -= 1
             if fds.busy_depth == 0:
                 fcntl.flock(fds.work, fcntl.LOCK_UN)
+                self._leave_long(fds)
+
+    @staticmethod
+    def _leave_long(fds) -> None:
+        if fds.long:
+            fcntl.flock(fds.long_work, fcntl.LOCK_UN)
+            fds.long = False
 
     @contextmanager
     def quiet(self) -> Iterator[QuietWindow]:
-        """One timing: waits for the busy work in progress, keeps new busy work out until it ends."""
+        """One timing: waits for the conversions, then the steps in progress; keeps new work out until it ends."""
         fds = self._fds()
         if fds.busy_depth:
             raise RuntimeError("quiet() called inside busy() in the same thread: it would wait for itself")
         start = time.monotonic()
-        fcntl.flock(fds.gate, fcntl.LOCK_EX)
+        locks = (fds.long_gate, fds.long_work, fds.gate, fds.work)
+        taken = []
         try:
-            fcntl.flock(fds.work, fcntl.LOCK_EX)
-            try:
-                yield QuietWindow(self.mode, waited_s=time.monotonic() - start)
-            finally:
-                fcntl.flock(fds.work, fcntl.LOCK_UN)
+            for fd in locks:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                taken.append(fd)
+            yield QuietWindow(self.mode, waited_s=time.monotonic() - start)
         finally:
-            fcntl.flock(fds.gate, fcntl.LOCK_UN)
+            for fd in reversed(taken):
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 @contextmanager

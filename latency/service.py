@@ -106,7 +106,7 @@ def _busy(convert, **kwargs) -> dict:
     The record says how long it waited and when it ended (``busy_waited_s``, ``finished_at``)."""
     try:
         start = time.monotonic()
-        with _WORKER["gate"].busy():
+        with _WORKER["gate"].busy(long=True):
             waited = time.monotonic() - start
             record = convert(**kwargs)
         return {**record, "busy_waited_s": round(waited, 4), "finished_at": time.time()}

@@ -25,7 +25,7 @@ def _hold(kind: str, name: str, locks_dir: str, log: str, release: str) -> None:
     gate = HostGate(locks_dir)
     with open(log, "a") as f:
         f.write(f"{name} wants\n")
-    with getattr(gate, kind)():
+    with (gate.busy(long=True) if kind == "long" else getattr(gate, kind)()):
         with open(log, "a") as f:
             f.write(f"{name} in\n")
         while not os.path.exists(release):
@@ -102,6 +102,45 @@ def test_timing_waits_for_busy_work_and_new_busy_work_waits_for_the_timing(tmp_p
     events = _events(log)
     assert events.index("timing out") < events.index("late in")
     assert events.index("busy2 out") < events.index("timing in")
+
+
+def test_training_goes_on_while_a_timing_waits_for_a_conversion(tmp_path, ctx):
+    locks, log = tmp_path / "locks", tmp_path / "events.log"
+    gate = HostGate(locks)
+    start = lambda kind, name: ctx.Process(target=_hold, args=(kind, name, str(locks), str(log),  # noqa: E731
+                                                               str(tmp_path / f"release-{name}")))
+    conversion = start("long", "conversion")
+    conversion.start()
+    _until(lambda: "conversion in" in _events(log), "the conversion to start")
+    timing = start("quiet", "timing")
+    timing.start()
+    _until(lambda: "timing wants" in _events(log) and _held(gate.long_gate_path, fcntl.LOCK_EX),
+           "the timing to wait for the conversion")
+    step = start("busy", "step")  # a training step while the timing waits for the conversion: it runs
+    step.start()
+    _until(lambda: "step in" in _events(log), "the training step to run while the conversion finishes")
+    (tmp_path / "release-step").touch()
+    _until(lambda: "step out" in _events(log), "the step to end")
+    late = start("long", "late")  # a new conversion waits for the timing
+    late.start()
+    _until(lambda: "late wants" in _events(log), "the late conversion to ask")
+    time.sleep(0.3)
+    assert "timing in" not in _events(log) and "late in" not in _events(log)
+    (tmp_path / "release-conversion").touch()
+    _until(lambda: "timing in" in _events(log), "the timing once the conversion is done")
+    step2 = start("busy", "step2")  # now the timing holds the host: steps wait
+    step2.start()
+    _until(lambda: "step2 wants" in _events(log), "the second step to ask")
+    time.sleep(0.3)
+    assert "step2 in" not in _events(log) and "late in" not in _events(log)
+    for name in ("timing", "late", "step2"):
+        (tmp_path / f"release-{name}").touch()
+    for p in (conversion, timing, step, late, step2):
+        p.join(WAIT_S)
+        assert p.exitcode == 0
+    events = _events(log)
+    assert events.index("conversion out") < events.index("timing in") < events.index("timing out")
+    assert events.index("timing out") < min(events.index("late in"), events.index("step2 in"))
 
 
 def test_two_timings_exclude_each_other(tmp_path, ctx):

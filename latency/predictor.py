@@ -125,6 +125,7 @@ class Calibration:
         z = (x - mean) / scale
         # Relative error is what is judged: weight each model by 1/y^2 (least squares on y_hat/y - 1).
         w = 1.0 / y**2
+        w /= w.mean()  # so that alpha means the same whatever the latencies' scale
         zw = np.c_[np.ones(len(y)), z] * np.sqrt(w)[:, None]
         yw = y * np.sqrt(w)
         penalty = self.alpha * len(y) * np.eye(z.shape[1] + 1)

@@ -144,7 +144,7 @@ def build_table(service, *, space_name: str = "mnasnet", resolution: int = 224, 
     cache = service.cache
     meta = (cache.tables(key) or [{"meta": {}}])[0]["meta"]
     cache.put_table(key, identity, meta)
-    done = {k for k, row in cache.layers(key).items() if row["status"] == "ok"}
+    done = {k for k, row in cache.layers(key).items() if row["status"] == "ok" and row["result"].get("complete", True)}
     todo = [s for s in specs if s.key not in done]
     start = time.monotonic()
     failures: list[dict] = []

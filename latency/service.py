@@ -232,11 +232,11 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
     return results(True)
 
 
-def _time_task(tflite_path: str, lock_path: str, pin_cpu: bool) -> dict:
+def _time_models_task(paths: list[str], lock_path: str, pin_cpu: bool) -> list[dict]:
     try:
-        return _timing_session([tflite_path], lock_path, pin_cpu)[0]
+        return _timing_session(paths, lock_path, pin_cpu)
     except Exception as exc:  # the lock directory itself failed
-        return _failed_timing(exc)
+        return [_failed_timing(exc)] * len(paths)
 
 
 def _time_layers_task(items: list[dict], lock_path: str, pin_cpu: bool, cache_path: str, table_key: str) -> list:
@@ -452,6 +452,35 @@ class LatencyService:
         The .tflite file is checked against the digest in the record first; a damaged one is converted again.
         Failures (no device, a device that dropped, a failed conversion) are failed results, never exceptions.
         """
+        return self.time_many([conversion])[0]
+
+    def time_many(self, conversions: list[dict], *, batch: int = 8) -> list[LatencyResult]:
+        """Time several conversion records, ``batch`` models per timing session: on the host each round times every
+        model of the batch in one quiet window, so a batch costs one wait for the search's work per round instead of
+        one per model, and each model's rounds are spread over the whole batch. Same order as ``conversions``."""
+        positive_int("batch", batch)
+        results: list[LatencyResult | None] = [None] * len(conversions)
+        pending = []  # (index, conversion, measurement key, base, fields, device)
+        for i, conversion in enumerate(conversions):
+            answer = self._before_timing(conversion)
+            if isinstance(answer, LatencyResult):
+                results[i] = answer
+            else:
+                pending.append((i, *answer))
+        for start in range(0, len(pending), batch):
+            chunk = pending[start:start + batch]
+            paths = [c[1]["tflite_path"] for c in chunk]
+            try:
+                timings = self._run_in_worker(_time_models_task, paths, self._device_lock_path, self.pin_cpu)
+            except Exception as exc:  # a broken pool: every model of the batch is a failed result
+                timings = [{"status": "failed", "error": first_line(exc, with_type=True, limit=300)}] * len(chunk)
+            for (i, conversion, key, base, fields, device), timing in zip(chunk, timings):
+                results[i] = self._after_timing(conversion, key, base, fields, device, dict(timing))
+        return results
+
+    def _before_timing(self, conversion: dict):
+        """A final answer (failed, or cached) as a LatencyResult, or what timing needs: (verified conversion, key,
+        base fields, conversion fields, device)."""
         base = {k: conversion.get(k) for k in ("arch", "resolution", "channels", "num_classes")}
         base["runner"] = self.runner_config["runner"]
         fields = {k: conversion.get(k) for k in CONVERSION_FIELDS}
@@ -472,7 +501,10 @@ class LatencyService:
             fields = {k: conversion.get(k) for k in CONVERSION_FIELDS}
             if conversion.get("status") != "ok":
                 return LatencyResult(status="failed", error=conversion.get("error"), device=device, **fields, **base)
-        timing = self._run_in_worker(_time_task, conversion["tflite_path"], self._device_lock_path, self.pin_cpu)
+        return conversion, key, base, fields, device
+
+    def _after_timing(self, conversion: dict, key: str, base: dict, fields: dict, device: str,
+                      timing: dict) -> LatencyResult:
         if timing.pop("status") != "ok":
             return LatencyResult(status="failed", error=timing["error"], device=device, **fields, **base)
         extra = {**timing.pop("extra", {}), "conversion_cached": bool(conversion.get("cached")),

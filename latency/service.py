@@ -179,8 +179,8 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
                     timing = _failed_timing(exc)
                 window.waited_s = 0.0  # only the first model of the window waited for the gate
                 out.append(timing)
-        if on_round:
-            on_round(out, True)
+                if on_round:  # a phone is slow: each model is reported (and a layer committed) as it is timed
+                    on_round(list(out), True)
         return out
 
     interpreters, failed, rounds = {}, {}, {p: [] for p in paths}
@@ -250,7 +250,7 @@ def _time_layers_task(items: list[dict], lock_path: str, pin_cpu: bool, cache_pa
     cache = _WORKER["cache"]
 
     def commit(timings: list[dict], final: bool) -> None:
-        for item, timing in zip(items, timings):
+        for item, timing in zip(items, timings):  # the models timed so far
             row = {**timing, **{k: item["conversion"].get(k) for k in ("max_abs_err", "max_rel_err", "convert_seconds")}}
             row.pop("samples_ms", None)
             row["complete"] = final

@@ -68,7 +68,9 @@ def _devices(args: argparse.Namespace) -> int:
         adb_note = None
     except DeviceError as exc:
         adb_note = str(exc)
-    if args.json:
+    if args.ray_resources:  # for `ray start --resources=...` on the node the phones hang on (evaluator=ray)
+        print(json.dumps({f"phone_{r['serial']}": 1 for r in rows if r["runner"] == "adb" and r["state"] == "device"}))
+    elif args.json:
         print(json.dumps({"devices": rows, "adb": adb_note}))
     else:
         for r in rows:
@@ -216,6 +218,8 @@ def _parsers() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", parents=[runner, shape, space, pick], help="predict ARCH's latency from a table")
     p.add_argument("arch", help="reference name or architecture string")
     d = sub.add_parser("devices", help="list attached phones and the host")
+    d.add_argument("--ray-resources", action="store_true",
+                   help='print the ready phones as Ray custom resources: ray start --resources="$(... --ray-resources)"')
     d.add_argument("--adb", default="adb")
     d.add_argument("--json", action="store_true")
     t = sub.add_parser("table", help="per-device layer latency tables")

@@ -94,6 +94,9 @@ class HostRunner:
     def lock_name(self) -> str:
         return "host-cpu"
 
+    def healthy(self) -> None:
+        """The host is always there (the interface of :meth:`AdbRunner.healthy`)."""
+
     @property
     def settings(self) -> dict:
         return {"runner": "host", "threads": self.threads, "warmup_runs": self.warmup_runs,
@@ -274,6 +277,13 @@ class AdbRunner:
         if proc.returncode != 0:
             raise DeviceError(f"adb devices failed: {proc.stderr.strip() or proc.returncode}")
         return parse_adb_devices(proc.stdout)
+
+    def healthy(self) -> None:
+        """Raise :class:`DeviceError` unless the phone answers as ``device`` (a phone off USB, offline, unauthorized)."""
+        serial = self.resolve_serial()
+        state = next((d["state"] for d in self.devices() if d["serial"] == serial), "not attached")
+        if state != "device":
+            raise DeviceError(f"phone {serial} is {state}")
 
     def resolve_serial(self) -> str:
         if self.serial:

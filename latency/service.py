@@ -21,6 +21,7 @@ import fcntl
 import multiprocessing
 import os
 import shutil
+import signal
 import threading
 import time
 import traceback
@@ -72,6 +73,8 @@ def _exit_with_parent(parent: int, poll_s: float = 0.5) -> None:
 def _worker_init(work_dir: str, runner_config: dict, parent: int, gate) -> None:
     """Runs once per worker process: heavy imports, calibration file, the runner, the host gate."""
     _exit_with_parent(parent)
+    # Ctrl-C reaches the whole process group: the search stops its workers itself, they must not print tracebacks
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # TensorFlow, absl and LiteRT print from C++ straight to fd 2; keep that out of the user's progress bar.
     Path(work_dir).mkdir(parents=True, exist_ok=True)
@@ -323,6 +326,7 @@ class LatencyService:
         self._pool: ProcessPoolExecutor | None = None
         self._threads = ThreadPoolExecutor(max_workers=max(4, 2 * workers), thread_name_prefix="latency")
         self._lock = threading.Lock()
+        self._closed = False
         self._inflight: dict[str, Future] = {}
         self._key_locks: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
         self._device_id: str | None = None
@@ -372,6 +376,8 @@ class LatencyService:
     # -- workers
     def _workers(self) -> ProcessPoolExecutor:
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the latency service was closed")
             if self._pool is None:
                 self.work_dir.mkdir(parents=True, exist_ok=True)
                 self._pool = ProcessPoolExecutor(
@@ -598,11 +604,14 @@ class LatencyService:
                 "max_abs_err": conversion["max_abs_err"], "tflite_sha256": conversion["artifacts"]["tflite_path"]["sha256"]}
 
     def close(self) -> None:
-        self._threads.shutdown(wait=True, cancel_futures=True)
+        """Stop the workers first (a conversion or timing in progress gets a few seconds, then is killed), so that
+        the threads waiting on them return at once; an interrupted search stops in seconds, not minutes."""
         with self._lock:
+            self._closed = True
             pool, self._pool = self._pool, None
         if pool is not None:
-            _stop_pool(pool, grace_s=30.0)
+            _stop_pool(pool, grace_s=5.0)
+        self._threads.shutdown(wait=True, cancel_futures=True)
         self.cache.close()
 
     def __enter__(self) -> LatencyService:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -13,3 +14,12 @@ if str(ROOT) not in sys.path:
 # Keep caches of converted models / prepared datasets out of the user's home during tests.
 os.environ.setdefault("MNAS_CACHE_DIR", str(ROOT / ".pytest_cache" / "mnas-cache"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+_PROGRESS = re.compile(r"^[^\n]*:\s*\d+%\|")  # a progress bar's line: "prepare fashion_mnist/train:  40%|████ ..."
+
+
+def message_lines(stderr: str) -> list[str]:
+    """The non-blank lines of a command's stderr that are messages, not progress bars (a fresh cache prepares the
+    dataset first, with a bar of its own)."""
+    return [line for line in stderr.splitlines() if line.strip() and not _PROGRESS.match(line)]

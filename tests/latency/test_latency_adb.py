@@ -105,6 +105,9 @@ def test_cli_devices_lists_fake_phone(phone):
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)["devices"]
     assert [r["runner"] for r in rows] == ["host", "adb"] and rows[1]["serial"] == "FAKE0001"
+    out = subprocess.run([sys.executable, "-m", "latency", "devices", "--ray-resources"], capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).parents[2])
+    assert json.loads(out.stdout) == {"phone_FAKE0001": 1}  # for ray start --resources on the phones' node
 
 
 def test_two_phones_need_a_serial_and_each_is_its_own_device(phone, tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ the table; every prediction carries the error on that held-out set (``extra["sta
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -267,8 +268,12 @@ def find_table(service, *, resolution: int, channels: int, num_classes: int, dev
     from latency.runners import DeviceError
     from latency.table import build_command, identity_key, table_identity
 
+    from latency.service import default_cache_dir
+
     command = build_command(service.runner_config, space=space or "mnasnet", resolution=resolution,
                             channels=channels, num_classes=num_classes)
+    if Path(service.cache_path) != default_cache_dir() / "latency.sqlite":  # a cache of its own: build into it
+        command += f" --cache {service.cache_path}"
     tables = service.cache.tables()
     if table:
         found = [t for t in tables if t["table_key"].startswith(table)]

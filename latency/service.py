@@ -624,4 +624,6 @@ class LatencyService:
 def build_service(runner: str = "host", **kwargs) -> LatencyService:
     """Hydra ``_target_`` of ``configs/latency/*.yaml``: ``instantiate(cfg.latency, cache_path=..., work_dir=...)``."""
     kwargs.pop("name", None)
+    for key in ("mode", "hybrid_top_k", "table_space", "table"):  # how the search uses latency: nas.evaluator
+        kwargs.pop(key, None)
     return LatencyService(runner, **kwargs)

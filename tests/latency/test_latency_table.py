@@ -167,17 +167,9 @@ def test_error_figures_and_kendall_tau():
 # ------------------------------------------------------------------------------------------------ adb
 @pytest.fixture
 def phone(tmp_path, monkeypatch):
-    from latency_fake_adb import install
+    from latency_fake_adb import attach
 
-    bin_dir = install(tmp_path / "bin").parent
-    binary = tmp_path / "benchmark_model"
-    binary.write_bytes(b"\x7fELF fake android_aarch64 benchmark_model\n")
-    (tmp_path / "device").mkdir()
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_ADB_ROOT", str(tmp_path / "device"))
-    monkeypatch.setenv("FAKE_ADB_SERIALS", "FAKE0001")
-    monkeypatch.setenv("FAKE_ADB_LOG", str(tmp_path / "adb.log"))
-    return {"binary": str(binary), "log": tmp_path / "adb.log"}
+    return attach(tmp_path, monkeypatch)
 
 
 def test_phone_table_build_predict_and_validate_over_adb(phone, micro, tmp_path):

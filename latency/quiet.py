@@ -55,15 +55,16 @@ class QuietWindow:
 
 
 # The gate quiets the search's own processes; other users of the machine it cannot. Measured here on a 2-vCPU VM
-# while another user's jobs ran: MnasNet-A1 timed at 10.6-15.5 ms against 7.4 ms quiet, and the timing thread's own
-# CPU time grew as much as its wall time (the other vCPU shares the core's caches and memory bandwidth), so dropping
-# preempted runs would not help. What helps is to notice and time again: a host timing reports how many cores'
-# worth of other work ran meanwhile (``others_cpu``, from /proc/stat minus this process), and one disturbed by more
-# than DISTURBED_CPU is repeated up to DISTURBED_RETRIES times after a pause, keeping the least disturbed attempt.
+# while another user's jobs ran: MnasNet-A1 timed at 10.6-15.5 ms against 10.0 ms in a quiet round, and the timing
+# thread's own CPU time grew as much as its wall time (the other vCPU shares the core's caches and memory
+# bandwidth), so dropping preempted runs would not help. A host timing therefore measures how many cores' worth of
+# other work ran meanwhile (``others_cpu``, from /proc/stat minus this process); a round disturbed by more than
+# DISTURBED_CPU does not count and is timed again, up to DISTURBED_RETRIES extra rounds. Rounds are ROUND_GAP_S
+# apart (slow phases of the VM itself last about 1.5 s here; see ``latency.service._timing_session``).
 DISTURBED_CPU = 0.25
 DISTURBED_RETRIES = 2
-DISTURBED_PAUSE_S = 1.0
-PROBE_MIN_S = 0.2  # /proc/stat counts in 10 ms ticks: shorter windows cannot tell
+ROUND_GAP_S = 1.0
+PROBE_MIN_S = 0.1  # /proc/stat counts in 10 ms ticks: shorter windows cannot tell
 
 
 def _busy_ticks() -> int | None:

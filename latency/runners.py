@@ -63,15 +63,21 @@ def litert_version() -> str:
 
 @dataclass
 class HostRunner:
-    """The LiteRT interpreter on this machine's CPU (XNNPACK applies by default)."""
+    """The LiteRT interpreter on this machine's CPU (XNNPACK applies by default).
+
+    ``num_runs`` timed runs are taken in ``rounds`` rounds; the service spaces the rounds a second apart, each in its
+    own quiet window, and reports the median of the least disturbed round (see ``latency.quiet``). ``time()`` alone
+    runs the rounds back to back.
+    """
 
     threads: int = 1
     warmup_runs: int = 10
     num_runs: int = 50
+    rounds: int = 3
     name: str = "host"
 
     def __post_init__(self) -> None:
-        for key in ("threads", "num_runs"):
+        for key in ("threads", "num_runs", "rounds"):
             positive_int(f"latency.{key}", getattr(self, key))
         non_negative_int("latency.warmup_runs", self.warmup_runs)
 
@@ -94,23 +100,61 @@ class HostRunner:
     @property
     def settings(self) -> dict:
         return {"runner": "host", "threads": self.threads, "warmup_runs": self.warmup_runs,
-                "num_runs": self.num_runs, "runtime": litert_version()}
+                "num_runs": self.num_runs, "rounds": self.rounds, "runtime": litert_version()}
 
-    def time(self, tflite_path: str | Path) -> dict:
+    @property
+    def effective_rounds(self) -> int:
+        return min(self.rounds, self.num_runs)
+
+    def round_runs(self, index: int) -> int:
+        """Runs of round ``index``: ``num_runs`` split as evenly as possible (a repeated round takes the largest)."""
+        base, extra = divmod(self.num_runs, self.effective_rounds)
+        return base + (1 if index < extra or index >= self.effective_rounds and extra else 0)
+
+    def prepare(self, tflite_path: str | Path):
+        """An interpreter for ``tflite_path`` with its input set (random, fixed seed), not yet warmed up."""
         from latency.convert import make_interpreter
 
         interpreter = make_interpreter(tflite_path, self.threads)
         inp = interpreter.get_input_details()[0]
         rng = np.random.default_rng(0)
         interpreter.set_tensor(inp["index"], rng.random(inp["shape"], dtype=np.float32).astype(inp["dtype"]))
-        for _ in range(self.warmup_runs):
+        return interpreter
+
+    @staticmethod
+    def run(interpreter, runs: int, warmup: int) -> list[float]:
+        """``warmup`` untimed invokes, then ``runs`` timed ones (milliseconds)."""
+        for _ in range(warmup):
             interpreter.invoke()
         samples = []
-        for _ in range(self.num_runs):
+        for _ in range(runs):
             start = time.perf_counter_ns()
             interpreter.invoke()
             samples.append((time.perf_counter_ns() - start) / 1e6)
-        return summarize(samples)
+        return samples
+
+    def round_warmup(self, first: bool) -> int:
+        """Warm-up before a round: all of ``warmup_runs`` first; a few after a pause (caches went cold)."""
+        return self.warmup_runs if first else min(self.warmup_runs, 2)
+
+    def time(self, tflite_path: str | Path) -> dict:
+        interpreter = self.prepare(tflite_path)
+        rounds = [self.run(interpreter, self.round_runs(r), self.round_warmup(r == 0))
+                  for r in range(self.effective_rounds)]
+        return summarize_rounds(rounds, [False] * len(rounds))
+
+
+def summarize_rounds(rounds: list[list[float]], disturbed: list[bool]) -> dict:
+    """Timing fields from rounds of samples: ``latency_ms`` is the median of the least disturbed round (the lowest
+    median among the rounds no other process disturbed, or among all if every one was); the spread fields
+    (mean, std, min, p95) and ``samples_ms`` cover every run."""
+    medians = [float(np.median(r)) for r in rounds]
+    candidates = [i for i, d in enumerate(disturbed) if not d] or list(range(len(rounds)))
+    chosen = min(candidates, key=lambda i: medians[i])
+    out = summarize([x for r in rounds for x in r])
+    out["latency_ms"] = medians[chosen]
+    out["extra"] = {"round_medians_ms": [round(m, 5) for m in medians], "round_chosen": chosen}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------- adb

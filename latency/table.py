@@ -30,6 +30,7 @@ from search_spaces.layers import LayerSpec, network_layers, unique
 
 FORMAT = "mnasnet-search latency table"
 FORMAT_VERSION = 1
+MODEL_BATCH = 8  # whole models timed per session (calibration, validation)
 CALIBRATION_SEED = 1_000_003
 VALIDATION_SEED = 2_000_003
 CSV_FIELDS = ("record", "key", "latency_ms", "status", "space", "spec", "result")
@@ -144,7 +145,7 @@ def build_table(service, *, space_name: str = "mnasnet", resolution: int = 224, 
     cache = service.cache
     meta = (cache.tables(key) or [{"meta": {}}])[0]["meta"]
     cache.put_table(key, identity, meta)
-    done = {k for k, row in cache.layers(key).items() if row["status"] == "ok"}
+    done = {k for k, row in cache.layers(key).items() if row["status"] == "ok" and row["result"].get("complete", True)}
     todo = [s for s in specs if s.key not in done]
     start = time.monotonic()
     failures: list[dict] = []
@@ -230,12 +231,17 @@ def measure_models(service, key: str, space: SearchSpace, space_name: str, purpo
             break
         chosen.append(arch)
     todo = [a for a in chosen if a not in have]
-    if todo:
-        futures = [service.submit(a, resolution=resolution, channels=channels, num_classes=num_classes) for a in todo]
-        with tqdm(total=len(chosen), initial=len(chosen) - len(todo), desc=f"{purpose} models", unit="model",
-                  disable=not progress, dynamic_ncols=True) as bar:
-            for arch, future in zip(todo, futures):
-                result = future.result()
+    shape = {"resolution": resolution, "channels": channels, "num_classes": num_classes}
+    with tqdm(total=len(chosen), initial=len(chosen) - len(todo), desc=f"{purpose} models", unit="model",
+              disable=not progress, dynamic_ncols=True) as bar, \
+            ThreadPoolExecutor(max_workers=service.workers, thread_name_prefix="convert") as threads:
+        # Convert ahead in every worker; time in batches (rounds shared by the batch, see LatencyService.time_many).
+        conversions = [threads.submit(_convert_safely, service, a, shape) for a in todo]
+        for start in range(0, len(todo), MODEL_BATCH):
+            archs = todo[start:start + MODEL_BATCH]
+            results = service.time_many([f.result() for f in conversions[start:start + MODEL_BATCH]],
+                                        batch=MODEL_BATCH)
+            for arch, result in zip(archs, results):
                 bar.update(1)
                 if not result.ok:
                     continue  # a child that cannot be measured cannot calibrate or validate anything
@@ -244,6 +250,14 @@ def measure_models(service, key: str, space: SearchSpace, space_name: str, purpo
                 cache.put_model(key, purpose, space_name, arch, result.latency_ms, row)
                 have[arch] = {"arch": arch, "latency_ms": result.latency_ms, "result": row}
     return [have[a] for a in chosen if a in have]
+
+
+def _convert_safely(service, arch: str, shape: dict) -> dict:
+    """A conversion record; a worker that hung or died makes a failed record (that model is skipped), not a crash."""
+    try:
+        return service.convert(arch, **shape)
+    except Exception as exc:
+        return {"status": "failed", "error": first_line(exc, with_type=True), "arch": arch, **shape}
 
 
 def _draw(space: SearchSpace, seed: int, excluded: set[str]):

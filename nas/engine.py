@@ -46,6 +46,24 @@ class Batch:
         self.children = [None] * len(self.archs)
 
 
+class SearchView:
+    """What an evaluator may read of the live search, read-only and from memory: whether a point would enter the
+    current accuracy-latency front, the reward a result would get, and how many evaluated children beat a reward.
+    Hybrid latency (:class:`nas.evaluator.LatencyModes`) decides with it which children to measure for real."""
+
+    def __init__(self, search: Search):
+        self._search = search
+
+    def enters_front(self, accuracy: float, latency_ms: float) -> bool:
+        return not self._search.front.dominated(accuracy, latency_ms)
+
+    def reward(self, *, accuracy: float, latency_ms: float | None, macs: int | None = None) -> float:
+        return float(self._search.reward_fn(accuracy=accuracy, latency_ms=latency_ms, macs=macs))
+
+    def rank(self, reward: float) -> int:
+        return self._search.stats.rank(reward)
+
+
 class Search:
     """One search over one run store. ``run()`` resumes from whatever the store already holds.
 
@@ -78,6 +96,7 @@ class Search:
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
         self.resume()
+        self.evaluator.bind(SearchView(self))
         self._emit("on_start", self)
         self._run_steady() if self.steady_state else self._run_batches()
         self._measure_references()
@@ -223,6 +242,13 @@ class Search:
             if lat:
                 stats["latency_ms/mean"] = sum(lat) / len(lat)
                 stats["latency_ms/min"] = min(lat)
+        fresh = [c for c in children if not c.reused and c.latency_source is not None]
+        if any(c.latency_predicted_ms is not None for c in fresh):  # latency.mode predict or hybrid
+            stats["latency/measured_share"] = sum(str(c.latency_source) == "measured" for c in fresh) / len(fresh)
+            errors = [c.latency_prediction_error for c in fresh if c.latency_prediction_error is not None]
+            if errors:  # the predictor's live error on the children measured for real (hybrid)
+                stats["latency/prediction_error_mean"] = sum(errors) / len(errors)
+                stats["latency/prediction_abs_error_max"] = max(abs(e) for e in errors)
         return stats
 
     def _measure_references(self) -> None:

@@ -77,6 +77,13 @@ class Evaluator(ABC):
         """A short line of what the evaluator is doing now (shown by the progress bar)."""
         return ""
 
+    def bind(self, view) -> None:
+        """Called by the engine before the first ``submit`` with a read-only view of the live search
+        (:class:`nas.engine.SearchView`: the current front and rewards); hybrid latency decides with it."""
+        modes = getattr(self, "modes", None)
+        if modes is not None:
+            modes.bind(view)
+
     def close(self) -> None:
         """Release workers and services; called once, also after an interrupt."""
 
@@ -145,26 +152,149 @@ def apply_training(child: ChildResult, train: dict) -> ChildResult:
     return child
 
 
+LATENCY_MODES = ("measure", "predict", "hybrid")
+MODE_KEYS = ("mode", "hybrid_top_k", "table_space", "table")
+
+
+class LatencyModes:
+    """Where each child's latency comes from (``latency.mode``), decided on the driver, in one place for every
+    evaluator.
+
+    - ``measure`` (default): every child is converted and timed (the evaluator may start at submit, beside training);
+    - ``predict``: no child is converted; its latency is the per-device table predictor's (loaded once, at
+      :meth:`load`; a missing table is one problem line naming the build command);
+    - ``hybrid``: every child is predicted; after training, a child is measured for real when, with its predicted
+      latency, it would enter the current accuracy-latency front or the ``hybrid_top_k`` best rewards so far (or
+      when it cannot be predicted); its record then holds the measured latency, the prediction and the relative error.
+
+    An evaluator calls, per child: :meth:`predict` at submit (a dict or None), :meth:`measure_at_submit` to know
+    whether to start measuring at once, then after training :meth:`wants_measurement` (hybrid: reads the engine's
+    :class:`~nas.engine.SearchView` given to :meth:`bind`), and :meth:`finish` to fold prediction and measurement
+    into the child. Decisions depend only on the children placed before, so a resumed run decides as the original.
+    """
+
+    def __init__(self, mode: str = "measure", hybrid_top_k: int = 5, table_space: str = "mnasnet",
+                 table: str | None = None):
+        if mode not in LATENCY_MODES:
+            raise ValueError(f"latency.mode must be one of {', '.join(LATENCY_MODES)}, got {mode!r}")
+        self.mode = mode
+        self.top_k = positive_int("latency.hybrid_top_k", hybrid_top_k)
+        if not isinstance(table_space, str) or not table_space:
+            raise ValueError(f"latency.table_space must name a search space, got {table_space!r}")
+        self.table_space, self.table = table_space, table
+        self.predictor = None
+        self.view = None
+        self.counts = {"measured": 0, "predicted": 0}
+
+    @classmethod
+    def split(cls, config: dict | None) -> tuple[LatencyModes, dict | None]:
+        """``(modes, service_config)``: the mode keys of a latency config, and the rest (what builds the service)."""
+        if config is None:
+            return cls(), None
+        config = dict(config)
+        modes = cls(**{k: config.pop(k) for k in MODE_KEYS if k in config})
+        return modes, config
+
+    @property
+    def uses_predictor(self) -> bool:
+        return self.mode != "measure"
+
+    @property
+    def measure_at_submit(self) -> bool:
+        """Measure every child, starting when it is submitted (overlapping its training)."""
+        return self.mode == "measure"
+
+    def load(self, service, deploy: dict) -> list[str]:
+        """Load the predictor of ``service``'s device for the deployment input (predict/hybrid), once. Returns the
+        problems (one line naming the build command when there is no table); nothing is written anywhere."""
+        if not self.uses_predictor or self.predictor is not None:
+            return []
+        from latency.predictor import LatencyTableMissing, Predictor
+
+        try:
+            self.predictor = Predictor.from_service(
+                service, resolution=deploy["resolution"], channels=deploy["channels"],
+                num_classes=deploy["num_classes"], space=self.table_space, table=self.table)
+        except LatencyTableMissing as exc:
+            return [f"latency.mode={self.mode}: {first_line(exc)}"]
+        return []
+
+    def bind(self, view) -> None:
+        self.view = view
+
+    def predict(self, arch: str) -> dict | None:
+        """The predicted latency result of ``arch`` (a ``LatencyResult`` dict), or None in measure mode."""
+        if not self.uses_predictor:
+            return None
+        if self.predictor is None:
+            raise RuntimeError(f"latency.mode={self.mode}: the predictor was not loaded (call load() first)")
+        started = time.perf_counter()
+        return {**self.predictor.predict(arch).to_dict(), "wall_seconds": time.perf_counter() - started}
+
+    def wants_measurement(self, child: ChildResult, predicted: dict | None) -> str | None:
+        """Why ``child`` (trained) must be measured for real: ``measure``, ``front``, ``top_k``, ``unpredictable``;
+        None when its prediction stands."""
+        if self.mode == "measure":
+            return "measure"
+        if self.mode == "predict" or not child.ok:
+            return None
+        if predicted is None or predicted.get("status") != "ok":
+            return "unpredictable"
+        if child.top1 is None:
+            return None
+        latency = predicted["latency_ms"]
+        if self.view is None or self.view.enters_front(child.top1, latency):
+            return "front"
+        reward = self.view.reward(accuracy=child.top1, latency_ms=latency, macs=child.macs)
+        return "top_k" if self.view.rank(reward) < self.top_k else None
+
+    def finish(self, child: ChildResult, predicted: dict | None, measured: dict | None,
+               reason: str | None = None) -> ChildResult:
+        """Fold the prediction and (if taken) the measurement into ``child``: the measurement wins; the prediction
+        is kept beside it (``latency_predicted_ms``) with the relative error of the predictor on this child."""
+        if predicted is not None and predicted.get("status") == "ok":
+            child.latency_predicted_ms = predicted["latency_ms"]
+            child.extra["latency_prediction"] = {k: predicted.get(k) for k in ("latency_ms", "extra")}
+        if reason is not None and self.mode == "hybrid":
+            child.extra["latency_measured_because"] = reason
+        if measured is not None:
+            apply_latency(child, measured)
+            self.counts["measured"] += 1
+            if child.latency_predicted_ms is not None and child.ok and child.latency_ms:
+                child.latency_prediction_error = (child.latency_predicted_ms - child.latency_ms) / child.latency_ms
+        elif predicted is not None:
+            apply_latency(child, predicted)
+            self.counts["predicted"] += 1
+        return child
+
+    def status(self) -> str:
+        if not self.uses_predictor:
+            return ""
+        return f"latency {self.counts['measured']} measured / {self.counts['predicted']} predicted"
+
+
 class LocalEvaluator(Evaluator):
     """Proxy-train children one after another in this process while the latency service converts and times them
     in its own worker processes, so training and conversion overlap; a host timing pauses both (quiet timing).
 
     Built from ``configs/evaluator/local.yaml``; the search passes the run's trainer and dataset configs, the
-    latency config (``None`` when latency is not measured), the deployment input and the seed.
+    latency config (``None`` when latency is not measured), the deployment input and the seed. ``latency.mode``
+    (:class:`LatencyModes`): ``measure`` starts each child's measurement at submit; ``predict`` converts nothing;
+    ``hybrid`` predicts at submit and measures after training the children that would enter the front or top-k.
     """
 
     def __init__(self, *, trainer: Any, dataset: Any, latency: dict | None, deploy: dict, seed: int = 0,
                  threads: int | None = None, max_child_memory_gb: float = 8.0):
         self.trainer = trainer
         self.dataset = dataset
-        self.latency_config = latency
+        self.modes, self.latency_config = LatencyModes.split(latency)
         self.deploy = dict(deploy)
         self.seed = seed
         self.threads = positive_int("threads", threads, allow_none=True)
         self.max_child_memory_gb = positive_number("evaluator.max_child_memory_gb", max_child_memory_gb)
         self.data = None
         self.service = None
-        self._queue: deque[tuple[ChildResult, Future | None]] = deque()
+        self._queue: deque[tuple[ChildResult, Future | None, dict | None]] = deque()
 
     # ------------------------------------------------------------------ life cycle
     def check(self) -> list[str]:
@@ -173,6 +303,8 @@ class LocalEvaluator(Evaluator):
 
         problems = [p for p in (check_dataset(self.dataset), check_device(self.trainer.device)) if p]
         self.service, latency_problems = check_latency(self.latency_config, self.service)
+        if self.service is not None and not latency_problems:
+            latency_problems = self.modes.load(self.service, self.deploy)
         return problems + latency_problems
 
     def start(self, run_dir: Path) -> None:
@@ -187,6 +319,9 @@ class LocalEvaluator(Evaluator):
             self.service = build("latency", self.latency_config)
         if self.service is not None:
             self.service.work_dir = Path(run_dir) / "latency"
+            problems = self.modes.load(self.service, self.deploy)
+            if problems:
+                raise ValueError(problems[0])
 
     def close(self) -> None:
         self._queue.clear()
@@ -224,8 +359,13 @@ class LocalEvaluator(Evaluator):
                 child.fail(too_large)
         except Exception as exc:  # a child that cannot even be built is a failed child, not a crash
             child.fail(f"build: {first_line(exc, with_type=True)}")
-        future = self._measure(arch) if child.ok and self.service is not None else None
-        self._queue.append((child, future))
+        future = predicted = None
+        if child.ok and self.service is not None:
+            if self.modes.measure_at_submit:
+                future = self._measure(arch)
+            else:
+                predicted = self.modes.predict(arch)
+        self._queue.append((child, future, predicted))
 
     def pending(self) -> int:
         return len(self._queue)
@@ -235,16 +375,20 @@ class LocalEvaluator(Evaluator):
 
         if not self._queue:
             raise RuntimeError("next_result() with nothing submitted")
-        child, future = self._queue.popleft()
+        child, future, predicted = self._queue.popleft()
         if child.ok:
             # with host latency, every training step passes the latency service's gate: no step runs while the
             # host times a model, so timings are quiet (latency.quiet)
             guard = self.service.gate.busy if self.service is not None else nullcontext
             apply_training(child, train_child(child.arch, self.data, self.trainer, seed=child.seed,
                                               step_guard=guard).to_dict())
-        if future is not None:
-            apply_latency(child, future.result())
-        return child
+        if self.service is None or (future is None and predicted is None):
+            return child  # no latency asked, or a child that failed before it could be measured
+        reason = self.modes.wants_measurement(child, predicted)
+        if reason is not None and future is None:
+            future = self._measure(child.arch)  # hybrid: after training, once the child is known to matter
+        return self.modes.finish(child, predicted, future.result() if future is not None else None, reason)
 
     def status(self) -> str:
-        return f"queued {len(self._queue)}" if self._queue else ""
+        parts = [f"queued {len(self._queue)}" if self._queue else "", self.modes.status()]
+        return ", ".join(p for p in parts if p)

@@ -90,9 +90,16 @@ class RunningStats:
         self.best: object = None
         self.best_top1 = -math.inf
         self.archs: set[str] = set()
+        self._rewards: list[float] = []  # of evaluated (not reused) children, ascending
+
+    def rank(self, reward: float) -> int:
+        """How many evaluated children have a reward strictly above ``reward`` (0: it would be the best)."""
+        return len(self._rewards) - bisect.bisect_right(self._rewards, reward)
 
     def add(self, child) -> None:
         self.children += 1
+        if child.reward is not None and not child.reused:
+            bisect.insort(self._rewards, child.reward)
         self.failed += not child.ok
         self.archs.add(child.arch)
         if child.reward is not None and child.reward > self.best_reward:

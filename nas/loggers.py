@@ -197,8 +197,12 @@ class EventLog(Logger):
             self._write("submit", step=step, arch=arch)
 
     def on_child(self, child: ChildResult, origin: str) -> None:
+        latency = {k: getattr(child, k) for k in ("latency_predicted_ms", "latency_prediction_error")
+                   if getattr(child, k) is not None}  # latency.mode predict/hybrid: the predictor, live
+        if child.latency_source is not None:
+            latency["latency_source"] = str(child.latency_source)
         self._write("child", step=child.step, idx=child.idx, arch=child.arch, origin=origin,
-                    status=str(child.status), reward=child.reward)
+                    status=str(child.status), reward=child.reward, **latency)
 
     def on_step(self, step: int, stats: dict) -> None:
         self._write("step", step=step, stats=stats)

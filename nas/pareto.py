@@ -304,13 +304,14 @@ def _write_summary(path: Path, rows, front_rows, references, exported) -> None:
         lines += ["", "## Damaged run stores (left out, not modified)", ""]
         lines += [f"- `{r['dir']}`: {r['error']}" for r in damaged]
     lines += ["", "## Front (all runs)", "",
-              "| latency (ms) | latency | top-1 | MACs (M) | params (M) | run | architecture |",
-              "|---:|---|---:|---:|---:|---|---|"]
+              "| latency (ms) | latency | predicted (ms) | top-1 | MACs (M) | params (M) | run | architecture |",
+              "|---:|---|---:|---:|---:|---:|---|---|"]
     for p in front_rows:
         macs = p["macs"] / 1e6 if p["macs"] else None
         params = p["params"] / 1e6 if p["params"] else None
         lines.append(
-            f"| {_fmt(p['latency_ms'], '.2f')} | {p.get('latency_source') or 'measured'} | {_fmt(p['top1'], '.4f')} | "
+            f"| {_fmt(p['latency_ms'], '.2f')} | {p.get('latency_source') or 'measured'} | "
+            f"{_fmt(p.get('latency_predicted_ms'), '.2f')} | {_fmt(p['top1'], '.4f')} | "
             f"{_fmt(macs, '.1f')} | {_fmt(params, '.2f')} | {p['run']} | `{p['arch']}` |"
         )
     if references:

@@ -61,6 +61,8 @@ class ChildResult(Serializable):
     latency_ms: float | None = _col("REAL")
     latency_std_ms: float | None = _col("REAL")
     latency_source: LatencySource | None = _col("TEXT")
+    latency_predicted_ms: float | None = _col("REAL")  # the table predictor's estimate (latency.mode predict/hybrid)
+    latency_prediction_error: float | None = _col("REAL")  # (predicted - measured) / measured, where both exist
     params: int | None = _col("INTEGER")
     macs: int | None = _col("INTEGER")
     train_seconds: float | None = _col("REAL")

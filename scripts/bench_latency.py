@@ -9,8 +9,19 @@
    for real (``python -m latency table validate``). Goals: >= 99% within +-10%, >= 90% within +-5%, Kendall tau
    >= 0.95, table built in <= 20 minutes.
 
+5. With ``--figures``: the predictor's validation figures as stored with the table in ``--cache`` (nothing timed).
+6. With ``--modes``: quickstart-style searches (``+experiment=quickstart``, ``--budget`` children, batch
+   ``--batch``) with ``latency.mode`` measure, predict and hybrid: children per hour of each, the in-search latency
+   of the three references against a quiet measurement of each alone afterwards (ratio; goal within 5%), and the
+   fronts' agreement on the measure run's own children (share of its accuracy-latency front that the front by
+   predicted latency, and by the hybrid rule replayed child by child, recover). ``--cache`` must hold the host
+   table at the deploy input; it is copied, and its cached conversions and timings are dropped from the copy so every
+   search converts and times for real.
+
 Usage: .venv/bin/python scripts/bench_latency.py [--resolution 224] [--repeats 5] [--runs 30]
        .venv/bin/python scripts/bench_latency.py --predictor [--validate 200] [--cache DIR/latency.sqlite] [--only-predictor]
+       .venv/bin/python scripts/bench_latency.py --figures --modes --cache DIR/latency.sqlite [--budget 16 --batch 4]
+           --only-modes [--json]      (--json: one JSON line of every figure at the end)
 """
 
 from __future__ import annotations
@@ -58,11 +69,35 @@ def main() -> None:
     parser.add_argument("--only-predictor", action="store_true", help="only the predictor part")
     parser.add_argument("--validate", type=int, default=200, help="held-out architectures measured for real")
     parser.add_argument("--cache", default=None, help="latency cache holding (or to hold) the table")
+    parser.add_argument("--figures", action="store_true", help="the stored validation figures of the table")
+    parser.add_argument("--modes", action="store_true", help="quickstart searches in measure/predict/hybrid mode")
+    parser.add_argument("--only-modes", action="store_true", help="only --figures and --modes")
+    parser.add_argument("--budget", type=int, default=16, help="children per --modes search")
+    parser.add_argument("--batch", type=int, default=4, help="children per controller step in --modes")
+    parser.add_argument("--top-k", type=int, default=5, help="latency.hybrid_top_k of the hybrid search")
+    parser.add_argument("--json", action="store_true", help="print one JSON line of all figures at the end")
     args = parser.parse_args()
-    if args.predictor or args.only_predictor:
-        predictor_figures(args)
-        if args.only_predictor:
+    out: dict = {}
+    try:
+        if args.figures:
+            out["validation"] = stored_figures(args)
+        if args.modes:
+            out["modes"] = mode_searches(args)
+        if args.only_modes:
             return
+        if args.predictor or args.only_predictor:
+            predictor_figures(args)
+            if args.only_predictor:
+                return
+        bench_conversion(args)
+    finally:
+        if args.json:
+            import json
+
+            print(json.dumps(out))
+
+
+def bench_conversion(args) -> None:
     from tqdm import tqdm
 
     from latency import build_service
@@ -148,6 +183,139 @@ def predictor_figures(args) -> None:
         print(f"{name:<14}{value:>8.3f}  (goal >= {goal}): {'PASS' if value >= goal else 'FAIL'}")
     print(f"RMSE {figures['rmse_ms']:.3f} ms ({100 * figures['rmse_rel']:.2f}%), max error {100 * figures['max_rel']:.2f}%, "
           f"over {figures['n']} held-out architectures")
+
+
+def stored_figures(args) -> dict:
+    """Section 5: what ``table validate`` stored, as every prediction states it (recomputed from the stored rows)."""
+    from latency.predictor import load_predictor
+
+    if not args.cache:
+        raise SystemExit("error: --figures needs --cache, the latency cache holding the table")
+    predictor = load_predictor({"runner": "host", "rounds": 3}, resolution=args.resolution, cache_path=args.cache)
+    e = predictor.stated_error
+    print(f"\n== predictor validation stored with table {predictor.table_key} ({predictor.device}, {args.resolution} px)")
+    if not e.get("n"):
+        print("no validation models stored (python -m latency table validate --n 200)")
+        return dict(e)
+    for name, value, goal in (("within +-10%", e["within_10"], 0.99), ("within +-5%", e["within_5"], 0.90),
+                              ("Kendall tau", e["kendall_tau"], 0.95)):
+        print(f"{name:<14}{value:>8.3f}  (goal >= {goal}): {'PASS' if value >= goal else 'FAIL'}")
+    print(f"RMSE {e['rmse_ms']:.3f} ms ({100 * e['rmse_rel']:.2f}%), max error {100 * e['max_rel']:.2f}%, bias "
+          f"{100 * e['bias_rel']:+.2f}%, over {e['n']} held-out architectures ({e['calibration_n']} calibration models)")
+    return dict(e)
+
+
+def _fresh_copy(cache: str, tmp: Path) -> Path:
+    """The table cache without its cached conversions and timings: searches on it convert and time for real."""
+    import shutil
+    import sqlite3
+
+    copy = tmp / "cache" / "latency.sqlite"
+    copy.parent.mkdir(parents=True)
+    src = sqlite3.connect(cache)
+    dst = sqlite3.connect(copy)
+    src.backup(dst)
+    src.close()
+    dst.execute("DELETE FROM measurements")
+    dst.execute("DELETE FROM conversions")
+    dst.commit()
+    dst.close()
+    shutil.rmtree(copy.parent / "models", ignore_errors=True)
+    return copy
+
+
+def _front(points: list[tuple[float, float, str]]) -> set[str]:
+    """Archs on the accuracy-latency front of ``(top1, latency, arch)`` points."""
+    from nas.front import front_mask
+
+    if not points:
+        return set()
+    mask = front_mask([p[0] for p in points], [p[1] for p in points])
+    return {p[2] for p, keep in zip(points, mask) if keep}
+
+
+def mode_searches(args) -> dict:
+    """Section 6: the same quickstart search in the three latency modes, then the references timed alone."""
+    from hydra import compose, initialize_config_dir
+
+    from latency import build_service
+    from latency.predictor import load_predictor
+    from mnas_common.config import to_plain
+    from mnas_common.paths import config_dir
+    from nas.evaluator import MODE_KEYS
+    from nas.front import ParetoFront
+    from nas.run import run_search
+    from nas.store import RunStore
+    from rewards import MnasNetReward
+
+    if not args.cache:
+        raise SystemExit("error: --modes needs --cache, the latency cache holding the host table at the deploy input")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_modes_"))
+    cache = _fresh_copy(args.cache, tmp)
+    results: dict = {}
+    runs: dict = {}
+    for mode in ("measure", "predict", "hybrid"):
+        overrides = ["+experiment=quickstart", f"budget={args.budget}", f"batch_size={args.batch}",
+                     f"latency.mode={mode}", f"latency.hybrid_top_k={args.top_k}", f"latency.cache_path={cache}",
+                     "logger=[]", "pareto.enabled=false", f"deploy.resolution={args.resolution}"]
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            cfg = compose("search", overrides=overrides)
+        start = time.perf_counter()
+        run_search(cfg, tmp / mode, overrides=overrides)
+        seconds = time.perf_counter() - start
+        with RunStore(tmp / mode, readonly=True) as store:
+            children = store.children(committed_only=True)
+            references = store.references()
+        evaluated = len({c.arch for c in children}) + len(references)
+        measured = sum(str(c.latency_source) == "measured" for c in children if not c.reused)
+        errors = [abs(c.latency_prediction_error) for c in children if c.latency_prediction_error is not None]
+        runs[mode] = {"children": children, "references": references, "target": cfg.target_ms,
+                      "latency": {k: v for k, v in to_plain(cfg.latency).items()
+                                  if k not in ("cache_path", "_target_", *MODE_KEYS)}}
+        results[mode] = {"seconds": seconds, "evaluations": evaluated, "per_hour": 3600 * evaluated / seconds,
+                         "measured": measured, "live_abs_error_mean": sum(errors) / len(errors) if errors else None}
+        print(f"{mode:<8} {evaluated} evaluations ({args.budget} children, {len(references)} references) in "
+              f"{seconds:.0f} s: {results[mode]['per_hour']:.0f} per hour; {measured} children measured for real")
+
+    # fronts' agreement, on the measure run's own children (the same accuracies, three sources of latency)
+    base = [c for c in runs["measure"]["children"] if c.measured and not c.reused]
+    host = runs["measure"]["latency"]
+    predictor = load_predictor(host, resolution=args.resolution, cache_path=cache)
+    predicted = {c.arch: predictor.predict(c.arch).latency_ms for c in base}
+    truth = _front([(c.top1, c.latency_ms, c.arch) for c in base])
+    by_prediction = _front([(c.top1, predicted[c.arch], c.arch) for c in base])
+    reward = MnasNetReward(target_ms=runs["measure"]["target"])
+    front, rewards, hybrid_points = ParetoFront(), [], []
+    for c in base:  # the hybrid rule, child by child in the order the measure run placed them
+        p = predicted[c.arch]
+        r_pred = reward(accuracy=c.top1, latency_ms=p)
+        measure = not front.dominated(c.top1, p) or sum(r > r_pred for r in rewards) < args.top_k
+        lat = c.latency_ms if measure else p
+        hybrid_points.append((c.top1, lat, c.arch))
+        front.add(c.top1, lat)
+        rewards.append(reward(accuracy=c.top1, latency_ms=lat))
+    by_hybrid = _front(hybrid_points)
+    agreement = {"front_size": len(truth), "predict_recovered": len(truth & by_prediction) / len(truth),
+                 "hybrid_recovered": len(truth & by_hybrid) / len(truth),
+                 "predict_front_size": len(by_prediction), "hybrid_front_size": len(by_hybrid)}
+    print(f"front of the measure run's {len(base)} children: {len(truth)} points; recovered by predicted latency "
+          f"{100 * agreement['predict_recovered']:.0f}% ({len(by_prediction)} points), by the hybrid rule "
+          f"{100 * agreement['hybrid_recovered']:.0f}% ({len(by_hybrid)} points)")
+
+    # the references: in-search (measure run) against each timed alone afterwards, in a cache of its own
+    quiet = {}
+    with build_service(**{**host, "workers": 1}, cache_path=tmp / "quiet" / "latency.sqlite") as service:
+        for name, ref in sorted(runs["measure"]["references"].items()):
+            quiet[name] = service.measure(ref["arch"], resolution=args.resolution).latency_ms
+    ratios = {}
+    print("reference      in-search ms   alone ms   ratio (goal within 5%)")
+    for name, ref in sorted(runs["measure"]["references"].items()):
+        ratios[name] = ref["latency_ms"] / quiet[name]
+        print(f"{name:<14}{ref['latency_ms']:>12.2f}{quiet[name]:>11.2f}{ratios[name]:>8.3f}  "
+              f"{'PASS' if abs(ratios[name] - 1) <= 0.05 else 'FAIL'}")
+    return {**results, "agreement": agreement, "reference_ratio": ratios,
+            "reference_in_search_ms": {n: r["latency_ms"] for n, r in runs["measure"]["references"].items()},
+            "reference_alone_ms": quiet, "budget": args.budget, "batch": args.batch, "resolution": args.resolution}
 
 
 if __name__ == "__main__":

@@ -40,6 +40,20 @@ def install(bin_dir: Path) -> Path:
     return wrapper
 
 
+def attach(tmp_path: Path, monkeypatch) -> dict:
+    """One fake Pixel 2 (serial FAKE0001) for a test: the double first on PATH, a fake benchmark_model binary, the
+    phone's storage and the call log under ``tmp_path``. Returns ``{"binary", "log"}``."""
+    bin_dir = install(tmp_path / "bin").parent
+    binary = tmp_path / "benchmark_model"
+    binary.write_bytes(b"\x7fELF fake android_aarch64 benchmark_model\n")
+    (tmp_path / "device").mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_ADB_ROOT", str(tmp_path / "device"))
+    monkeypatch.setenv("FAKE_ADB_SERIALS", "FAKE0001")
+    monkeypatch.setenv("FAKE_ADB_LOG", str(tmp_path / "adb.log"))
+    return {"binary": str(binary), "log": tmp_path / "adb.log"}
+
+
 def local(remote: str) -> Path:
     if not remote.startswith("/data/local/tmp/"):
         raise SystemExit(f"adb: error: remote path outside /data/local/tmp: {remote}")

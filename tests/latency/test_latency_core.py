@@ -67,3 +67,13 @@ def test_host_measure_real_conversion_and_cache(host_service):
 def test_bad_arch_raises_value_error(host_service):
     with pytest.raises(ValueError):
         host_service.measure("not_an_arch_xx", resolution=32)
+
+
+def test_rounds_pick_the_least_disturbed_round():
+    from latency.runners import summarize_rounds
+
+    quiet, slow, fast_but_disturbed = [5.0, 5.1, 5.2], [7.0, 7.2, 6.9], [4.0, 4.1, 4.2]
+    out = summarize_rounds([slow, quiet, fast_but_disturbed], [False, False, True])
+    assert out["latency_ms"] == pytest.approx(5.1) and out["extra"]["round_chosen"] == 1
+    assert out["runs"] == 9 and out["min_ms"] == 4.0  # the spread covers every run
+    assert summarize_rounds([slow, fast_but_disturbed], [True, True])["latency_ms"] == pytest.approx(4.1)

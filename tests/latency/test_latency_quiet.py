@@ -246,3 +246,35 @@ def test_service_conversions_wait_while_the_host_times(host_service):
     assert record["status"] == "ok" and record["finished_at"] >= released and record["busy_waited_s"] > 0
     result = host_service.time(record)
     assert result.ok and result.extra["timing"]["mode"] == "quiet" and result.extra["timing"]["waited_s"] >= 0
+
+
+def _spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux /proc/stat")
+def test_a_timing_disturbed_by_other_processes_is_noticed_and_repeated(host_service, ctx):
+    """Other processes of the machine cannot be paused: their CPU use during a timing is measured, and a disturbed
+    round is repeated (and the result says so). One spinning process per core: at least one core's worth."""
+    from latency.quiet import DISTURBED_CPU, DISTURBED_RETRIES, LoadProbe
+
+    spinners = [ctx.Process(target=_spin, args=(60.0,), daemon=True) for _ in range(os.cpu_count() or 2)]
+    for p in spinners:
+        p.start()
+    try:
+        with LoadProbe() as probe:
+            time.sleep(0.5)
+        assert probe.others_cpu is not None and probe.others_cpu > DISTURBED_CPU
+        from latency import build_service
+
+        with build_service("host", workers=1, warmup_runs=1, num_runs=3000, cache_path=host_service.cache_path,
+                           work_dir=host_service.work_dir) as service:
+            result = service.measure("ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c16", resolution=32, num_classes=10)
+        timing = result.extra["timing"]
+        assert result.ok and timing["rounds"] == 3 + DISTURBED_RETRIES == timing["disturbed_rounds"]
+        assert min(timing["others_cpu"]) > DISTURBED_CPU and len(result.samples_ms) == 3000 + DISTURBED_RETRIES * 1000
+    finally:
+        for p in spinners:
+            p.kill()

@@ -73,6 +73,9 @@ class Controller(ABC):
     """Strategy interface used by the search loop (see docs/controllers.md)."""
 
     name: str = "controller"
+    #: True when ``update`` may take children one at a time, in any order, while others are still being evaluated
+    #: (the steady-state schedule); on-policy learners (REINFORCE, PPO) need the whole batch they sampled.
+    asynchronous: bool = False
 
     def __init__(self, num_choices: Sequence[int], *, seed: int = 0) -> None:
         self.num_choices = check_num_choices(num_choices)

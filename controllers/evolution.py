@@ -24,6 +24,8 @@ from controllers.registry import register_controller
 
 @register_controller("evolution")
 class EvolutionController(Controller):
+    asynchronous = True  # Real et al. 2019 run aging evolution asynchronously: each child joins when it returns
+
     def __init__(
         self,
         num_choices: Sequence[int],

@@ -20,6 +20,8 @@ def uniform_tokens(num_choices: tuple[int, ...], n: int, generator: torch.Genera
 class RandomController(Controller):
     """Every decision uniform and independent: log p = -sum(log k), entropy = sum(log k). Learns nothing."""
 
+    asynchronous = True
+
     def __init__(self, num_choices, *, seed: int = 0) -> None:
         super().__init__(num_choices, seed=seed)
         self._log_size = sum(math.log(k) for k in self.num_choices)

@@ -1,4 +1,13 @@
-"""``python -m latency measure ARCH`` and ``python -m latency devices``."""
+"""``python -m latency measure|predict|devices|table ...``: measure, predict, list devices, build and share tables.
+
+  measure ARCH                 convert ARCH to TFLite and time it on the host or a phone
+  predict ARCH                 latency from the device's layer table and calibration, with its stated error
+  devices                      the host and every attached phone
+  table build                  time every layer of a search space on a device (resumable), then calibrate
+  table validate --n N         measure N fresh random architectures for real; store and print the predictor's error
+  table list                   the tables in the cache
+  table export --format F --out FILE / table import FILE   share a table (CSV or JSON)
+"""
 
 from __future__ import annotations
 
@@ -9,30 +18,44 @@ import sys
 from latency.runners import AdbRunner, DeviceError, HostRunner
 
 
-def _measure(args: argparse.Namespace) -> int:
-    from latency.service import LatencyService
-
+def _runner_fields(args: argparse.Namespace) -> dict:
     fields = {"threads": args.threads, "warmup_runs": args.warmup, "num_runs": args.runs}
     if args.runner == "adb":
         fields.update(serial=args.serial, benchmark_binary=args.binary, cpu_mask=args.cpu_mask)
-    with LatencyService(args.runner, workers=1, cache_path=args.cache, **fields) as service:
-        result = service.measure(args.arch, resolution=args.resolution, channels=args.channels,
-                                 num_classes=args.classes)
-    data = result.to_dict()
+    return fields
+
+
+def _service(args: argparse.Namespace, workers: int = 1):
+    from latency.service import LatencyService
+
+    return LatencyService(args.runner, workers=workers, cache_path=args.cache, **_runner_fields(args))
+
+
+def _input(args: argparse.Namespace) -> dict:
+    return {"resolution": args.resolution, "channels": args.channels, "num_classes": args.classes}
+
+
+def _measure(args: argparse.Namespace) -> int:
+    with _service(args) as service:
+        result = service.measure(args.arch, **_input(args))
     if args.json:
-        print(json.dumps(data))
-    else:
-        print(f"arch:        {result.arch}")
-        print(f"device:      {result.device} ({result.runner})")
-        print(f"input:       {args.channels}x{args.resolution}x{args.resolution}, {args.classes} classes")
-        if result.ok:
-            print(f"latency:     {result.latency_ms:.3f} ms median, {result.mean_ms:.3f} mean, {result.std_ms:.3f} std, "
-                  f"{result.min_ms:.3f} min" + (f", {result.p95_ms:.3f} p95" if result.p95_ms is not None else "")
-                  + f" over {result.runs} runs")
-        print(f"conversion:  max abs error {result.max_abs_err}, max rel error {result.max_rel_err}")
-        print(f"tflite:      {result.tflite_path}" + ("  (cached)" if result.cached else ""))
-        if not result.ok:
-            print(f"status:      failed: {result.error}")
+        print(json.dumps(result.to_dict()))
+        return 0 if result.ok else 1
+    print(f"arch:        {result.arch}")
+    print(f"device:      {result.device} ({result.runner})")
+    print(f"input:       {args.channels}x{args.resolution}x{args.resolution}, {args.classes} classes")
+    if result.ok:
+        print(f"latency:     {result.latency_ms:.3f} ms median, {result.mean_ms:.3f} mean, {result.std_ms:.3f} std, "
+              f"{result.min_ms:.3f} min" + (f", {result.p95_ms:.3f} p95" if result.p95_ms is not None else "")
+              + f" over {result.runs} runs")
+        timing = result.extra.get("timing") or {}
+        if timing:
+            print(f"timed:       {timing.get('mode')}" + (f", waited {timing['waited_s']:.2f} s for the search's work"
+                                                          if timing.get("waited_s") else ""))
+    print(f"conversion:  max abs error {result.max_abs_err}, max rel error {result.max_rel_err}")
+    print(f"tflite:      {result.tflite_path}" + ("  (cached)" if result.cached else ""))
+    if not result.ok:
+        print(f"status:      failed: {result.error}")
     return 0 if result.ok else 1
 
 
@@ -55,32 +78,191 @@ def _devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m latency", description=__doc__)
+def _predict(args: argparse.Namespace) -> int:
+    from latency.predictor import load_predictor
+
+    predictor = load_predictor({"runner": args.runner, **_runner_fields(args)}, **_input(args), space=args.space,
+                               cache_path=args.cache, device=args.device, table=args.table)
+    result = predictor.predict(args.arch)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    elif result.ok:
+        err = result.extra["stated_error"]
+        print(f"arch:        {result.arch}")
+        print(f"device:      {result.device} (table {predictor.table_key})")
+        print(f"latency:     {result.latency_ms:.3f} ms predicted (layer sum {result.extra['layer_sum_ms']:.3f} ms)")
+        print(f"error:       {predictor.describe_error()}" if err.get("n") else
+              "error:       not validated yet (run python -m latency table validate)")
+    else:
+        print(f"status:      failed: {result.error}")
+    return 0 if result.ok else 1
+
+
+def _table_build(args: argparse.Namespace) -> int:
+    from latency.table import build_table
+
+    with _service(args, workers=args.workers) as service:
+        summary = build_table(service, space_name=args.space, **_input(args), archs=args.arch,
+                              calibration=args.calibration, batch=args.batch, progress=not args.json)
+    failed = summary.pop("failed")
+    summary["failed"] = len(failed)
+    if args.json:
+        print(json.dumps({**summary, "failures": failed[:20]}))
+    else:
+        print(f"table {summary['table_key']} for {summary['device']}: {summary['layers']} layers "
+              f"({summary['timed_now']} timed now), {summary['calibration']} calibration models, "
+              f"{summary['seconds'] / 60:.1f} min now, {summary['build_seconds_total'] / 60:.1f} min in all")
+        for f in failed[:5]:
+            print(f"failed: {f['layer']}: {f['error']}")
+    return 1 if failed else 0
+
+
+def _table_validate(args: argparse.Namespace) -> int:
+    from latency.predictor import validate
+
+    with _service(args, workers=args.workers) as service:
+        figures = validate(service, n=args.n, space=args.space, **_input(args), progress=not args.json)
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        print(f"{figures['n']} held-out architectures of space {args.space!r} measured for real on {figures['device']}:")
+        print(f"  within +-5%: {100 * figures['within_5']:.1f}%   within +-10%: {100 * figures['within_10']:.1f}%")
+        print(f"  RMSE {figures['rmse_ms']:.3f} ms ({100 * figures['rmse_rel']:.2f}%), max error "
+              f"{100 * figures['max_rel']:.2f}%, Kendall tau {figures['kendall_tau']:.4f}")
+    return 0
+
+
+def _table_list(args: argparse.Namespace) -> int:
+    from latency.cache import LatencyCache
+    from latency.service import default_cache_dir
+
+    cache = LatencyCache(args.cache or default_cache_dir() / "latency.sqlite")
+    tables = cache.tables()
+    cache.close()
+    if args.json:
+        print(json.dumps(tables))
+        return 0
+    for t in tables:
+        spaces = ", ".join(f"{name}: {s.get('build_seconds', 0) / 60:.1f} min" for name, s in t["meta"].get("spaces", {}).items())
+        models = ", ".join(f"{k} {v}" for k, v in sorted(t["models"].items()))
+        print(f"{t['table_key']}  {t['device']}  {t['channels']}x{t['resolution']}x{t['resolution']} "
+              f"{t['num_classes']} classes  {t['layers']} layers  {models or 'no models'}  {spaces}")
+    if not tables:
+        print("no latency tables (python -m latency table build)")
+    return 0
+
+
+def _table_export(args: argparse.Namespace) -> int:
+    from latency.predictor import find_table
+    from latency.table import export_table
+
+    with _service(args) as service:
+        key = find_table(service, **_input(args), device=args.device, table=args.table, space=None)["table_key"]
+        summary = export_table(service.cache, key, args.out, args.format)
+    print(json.dumps(summary) if args.json else f"wrote {summary['rows']} rows of table {key} to {summary['out']}")
+    return 0
+
+
+def _table_import(args: argparse.Namespace) -> int:
+    from latency.cache import LatencyCache
+    from latency.service import default_cache_dir
+    from latency.table import import_table
+
+    cache = LatencyCache(args.cache or default_cache_dir() / "latency.sqlite")
+    try:
+        summary = import_table(cache, args.file)
+    finally:
+        cache.close()
+    print(json.dumps(summary) if args.json else
+          f"imported table {summary['table_key']} for {summary['device']}: {summary['layer']} layers, "
+          f"{summary['calibration']} calibration and {summary['validation']} validation models")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad command lines get one line, ``error: ...``, and exit 2 (as every other bad input)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
+def _parsers() -> argparse.ArgumentParser:
+    runner = argparse.ArgumentParser(add_help=False)
+    runner.add_argument("--runner", choices=("host", "adb"), default="host")
+    runner.add_argument("--serial", default=None, help="adb device serial (default: the only attached device)")
+    runner.add_argument("--binary", default=None, help="local path of benchmark_model (adb runner)")
+    runner.add_argument("--cpu-mask", default=None, help="taskset mask on the phone, e.g. f0")
+    runner.add_argument("--threads", type=int, default=1)
+    runner.add_argument("--warmup", type=int, default=10)
+    runner.add_argument("--runs", type=int, default=50)
+    runner.add_argument("--cache", default=None, help="SQLite cache path (default ~/.cache/mnasnet-search/latency)")
+    runner.add_argument("--json", action="store_true")
+    shape = argparse.ArgumentParser(add_help=False)
+    shape.add_argument("--resolution", type=int, default=224)
+    shape.add_argument("--channels", type=int, default=3)
+    shape.add_argument("--classes", type=int, default=1000)
+    space = argparse.ArgumentParser(add_help=False)
+    space.add_argument("--space", default="mnasnet", help="configs/search_space/<space>.yaml (default mnasnet)")
+    pick = argparse.ArgumentParser(add_help=False)
+    pick.add_argument("--device", default=None, help="use the table of this device model (e.g. 'adb:Pixel 2') "
+                                                      "instead of asking the attached one")
+    pick.add_argument("--table", default=None, help="table key (or a unique prefix) from 'table list'")
+
+    parser = _Parser(prog="python -m latency", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    m = sub.add_parser("measure", help="convert ARCH to TFLite and time it")
+    m = sub.add_parser("measure", parents=[runner, shape], help="convert ARCH to TFLite and time it")
     m.add_argument("arch", help="reference name or architecture string")
-    m.add_argument("--runner", choices=("host", "adb"), default="host")
-    m.add_argument("--serial", default=None, help="adb device serial (default: the only attached device)")
-    m.add_argument("--binary", default=None, help="local path of benchmark_model (adb runner)")
-    m.add_argument("--cpu-mask", default=None, help="taskset mask on the phone, e.g. f0")
-    m.add_argument("--resolution", type=int, default=224)
-    m.add_argument("--channels", type=int, default=3)
-    m.add_argument("--classes", type=int, default=1000)
-    m.add_argument("--threads", type=int, default=1)
-    m.add_argument("--warmup", type=int, default=10)
-    m.add_argument("--runs", type=int, default=50)
-    m.add_argument("--cache", default=None, help="SQLite cache path (default ~/.cache/mnasnet-search/latency)")
-    m.add_argument("--json", action="store_true")
+    p = sub.add_parser("predict", parents=[runner, shape, space, pick], help="predict ARCH's latency from a table")
+    p.add_argument("arch", help="reference name or architecture string")
     d = sub.add_parser("devices", help="list attached phones and the host")
     d.add_argument("--adb", default="adb")
     d.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    t = sub.add_parser("table", help="per-device layer latency tables")
+    tsub = t.add_subparsers(dest="table_command", required=True)
+    b = tsub.add_parser("build", parents=[runner, shape, space], help="time every layer of the space (resumable)")
+    b.add_argument("--calibration", type=int, default=60, help="whole random models measured to calibrate (60)")
+    b.add_argument("--arch", action="append", default=None,
+                   help="also add this network's layers (repeatable; default: the reference architectures)")
+    b.add_argument("--workers", type=int, default=2, help="conversion worker processes (2)")
+    b.add_argument("--batch", type=int, default=24, help="layers timed per quiet window (24)")
+    v = tsub.add_parser("validate", parents=[runner, shape, space], help="measure N held-out architectures")
+    v.add_argument("--n", type=int, default=200)
+    v.add_argument("--workers", type=int, default=2)
+    tsub.add_parser("list", parents=[runner], help="tables in the cache")
+    e = tsub.add_parser("export", parents=[runner, shape, space, pick], help="write a table as CSV or JSON")
+    e.add_argument("--format", choices=("csv", "json"), required=True)
+    e.add_argument("--out", required=True)
+    i = tsub.add_parser("import", parents=[runner], help="read a table written by 'table export'")
+    i.add_argument("file")
+    return parser
+
+
+TABLE_COMMANDS = {"build": _table_build, "validate": _table_validate, "list": _table_list, "export": _table_export,
+                  "import": _table_import}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parsers().parse_args(argv)
+    from latency.cache import LatencyCacheError
+    from mnas_common.checks import non_negative_int, positive_int
+    from mnas_common.errors import first_line
+
     try:
-        return _measure(args) if args.command == "measure" else _devices(args)
-    except (ValueError, DeviceError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for name in ("n", "workers", "batch"):
+            if getattr(args, name, None) is not None:
+                positive_int(f"--{name}", getattr(args, name))
+        if getattr(args, "calibration", None) is not None:
+            non_negative_int("--calibration", args.calibration)
+        if args.command == "table":
+            return TABLE_COMMANDS[args.table_command](args)
+        return {"measure": _measure, "predict": _predict, "devices": _devices}[args.command](args)
+    except (ValueError, DeviceError, LatencyCacheError) as exc:
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: what was timed is committed; run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

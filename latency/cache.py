@@ -1,10 +1,21 @@
-"""SQLite cache of conversions and measurements, shared by runs and by processes.
+"""SQLite cache of conversions, measurements and per-device layer tables, shared by runs and by processes.
 
 Keys are hashes of everything that changes the answer: a conversion is keyed by (architecture string, resolution,
 channels, classes, converter versions, conversion mode); a measurement by the conversion key plus the device
 identity and the runner settings (runtime version included: timings differ between LiteRT releases). Writers use
 short ``BEGIN IMMEDIATE`` transactions in WAL mode, so several search processes can share one cache. A corrupted
-file is reported, never trusted or overwritten.
+database is reported, never trusted or overwritten.
+
+Converted files are checked on every read. Their size and SHA-256 are recorded when a conversion is written, and
+paths are stored relative to the cache directory (the directory holding the SQLite file), so a copied cache reads
+its own files. A file that is missing, truncated or changed makes its conversion a miss (the caller converts again
+and records why). Rows written before these checks existed (absolute paths, no digests) are migrated in place when
+read: the file this cache holds for that conversion is accepted if ONNX and LiteRT load it, and its digests are
+recorded; otherwise it is a miss.
+
+Layer tables (``latency table build``) live here too: ``latency_tables`` names one table (device, runner settings,
+converter versions, input), ``table_layers`` holds one timed layer per row (committed as each is timed, so an
+interrupted build resumes), ``table_models`` the whole-model measurements that calibrate and validate the predictor.
 """
 
 from __future__ import annotations
@@ -16,6 +27,9 @@ import threading
 import time
 from pathlib import Path
 
+SCHEMA_VERSION = 2  # 1 (implicit, user_version 0): absolute paths, no digests; 2: relative paths, digests, tables
+ARTIFACT_FIELDS = ("onnx_path", "tflite_path")
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversions (
     key TEXT PRIMARY KEY, arch TEXT NOT NULL, resolution INTEGER, channels INTEGER, num_classes INTEGER,
@@ -24,6 +38,19 @@ CREATE TABLE IF NOT EXISTS conversions (
 CREATE TABLE IF NOT EXISTS measurements (
     key TEXT PRIMARY KEY, conversion_key TEXT NOT NULL, arch TEXT NOT NULL, device TEXT NOT NULL,
     settings TEXT NOT NULL, result TEXT NOT NULL, created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS latency_tables (
+    table_key TEXT PRIMARY KEY, device TEXT NOT NULL, settings TEXT NOT NULL, versions TEXT NOT NULL,
+    resolution INTEGER NOT NULL, channels INTEGER NOT NULL, num_classes INTEGER NOT NULL, meta TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS table_layers (
+    table_key TEXT NOT NULL, layer TEXT NOT NULL, spec TEXT NOT NULL, status TEXT NOT NULL, latency_ms REAL,
+    result TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (table_key, layer)
+);
+CREATE TABLE IF NOT EXISTS table_models (
+    table_key TEXT NOT NULL, purpose TEXT NOT NULL, space TEXT NOT NULL, arch TEXT NOT NULL, latency_ms REAL NOT NULL,
+    result TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (table_key, purpose, space, arch)
 );
 """
 
@@ -36,9 +63,51 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+def file_digest(path: str | Path) -> dict:
+    """Size and SHA-256 of a file (converted models are a few MB: hashing one takes milliseconds)."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": h.hexdigest()}
+
+
+def artifact_problem(path: Path, expected: dict) -> str | None:
+    """Why ``path`` is not the file recorded as ``expected`` ({size, sha256}), or None when it is."""
+    if not path.is_file():
+        return f"{path.name} missing"
+    size = path.stat().st_size
+    if size != expected["size"]:
+        return f"{path.name} has {size} bytes, {expected['size']} were written (truncated or replaced)"
+    if file_digest(path)["sha256"] != expected["sha256"]:
+        return f"{path.name} content changed (SHA-256 differs from the one recorded)"
+    return None
+
+
+def _loads(path: Path) -> str | None:
+    """Legacy rows carry no digests: accept a file only if its own library loads it. Returns the problem or None."""
+    try:
+        if path.suffix == ".onnx":
+            import onnx
+
+            onnx.checker.check_model(onnx.load(str(path)))
+        else:
+            from latency.convert import make_interpreter
+
+            make_interpreter(path)
+    except Exception as exc:  # any failure to load is damage
+        from mnas_common.errors import first_line
+
+        return f"{path.name} does not load ({first_line(exc, with_type=True, limit=160)})"
+    return None
+
+
 class LatencyCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.root = self.path.parent.resolve()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()  # one connection, used by the service's threads: one statement at a time
         try:
@@ -46,62 +115,134 @@ class LatencyCache:
             row = self.conn.execute("PRAGMA quick_check").fetchone()
             if row is None or row[0] != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {row and row[0]}")
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.executescript(_SCHEMA)
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise LatencyCacheError(
                 f"latency cache {self.path} is corrupted or not a cache ({exc}); move it away to start a new one"
             ) from None
+        if version > SCHEMA_VERSION:
+            self.conn.close()
+            raise LatencyCacheError(f"latency cache {self.path} has schema {version}, newer than this version "
+                                    f"understands ({SCHEMA_VERSION}); upgrade mnasnet-search or use another cache")
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.executescript(_SCHEMA)
+        if version < SCHEMA_VERSION:
+            self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
+    # ------------------------------------------------------------------ plumbing
     def _read(self, sql: str, args: tuple = ()) -> tuple | None:
         with self._lock:
             return self.conn.execute(sql, args).fetchone()
 
+    def _read_all(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self.conn.execute(sql, args).fetchall()
+
     def _write(self, sql: str, args: tuple) -> None:
         with self._lock:
-            self._write_locked(sql, args)
+            for attempt in range(5):
+                try:
+                    self.conn.execute("BEGIN IMMEDIATE")
+                    self.conn.execute(sql, args)
+                    self.conn.execute("COMMIT")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                    if "locked" not in str(exc) or attempt == 4:
+                        raise LatencyCacheError(f"cannot write latency cache {self.path}: {exc}") from None
+                    time.sleep(0.2 * (attempt + 1))
 
-    def _write_locked(self, sql: str, args: tuple) -> None:
-        for attempt in range(5):
-            try:
-                self.conn.execute("BEGIN IMMEDIATE")
-                self.conn.execute(sql, args)
-                self.conn.execute("COMMIT")
-                return
-            except sqlite3.OperationalError as exc:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                if "locked" not in str(exc) or attempt == 4:
-                    raise LatencyCacheError(f"cannot write latency cache {self.path}: {exc}") from None
-                time.sleep(0.2 * (attempt + 1))
+    # ------------------------------------------------------------------ paths
+    def relative(self, path: str | Path) -> str:
+        """A path inside the cache directory as stored: relative to it (POSIX separators)."""
+        return Path(path).resolve().relative_to(self.root).as_posix()
 
-    def get_conversion(self, key: str) -> dict | None:
+    def locate(self, stored: str, conversion_key: str) -> Path:
+        """Where this cache holds a stored path: relative paths resolve against the cache directory; an absolute
+        path from an older row is used if it lies inside this cache, else this cache's own copy of that file
+        (``models/<conversion key>/<name>``: a copied cache must never read the original's files)."""
+        path = Path(stored)
+        if not path.is_absolute():
+            return self.root / path
+        try:
+            path.resolve().relative_to(self.root)
+            return path
+        except ValueError:
+            return self.root / "models" / conversion_key / path.name
+
+    def _with_absolute_paths(self, data: dict, conversion_key: str) -> dict:
+        out = dict(data)
+        for name in ARTIFACT_FIELDS:
+            if out.get(name):
+                out[name] = str(self.locate(out[name], conversion_key))
+        return out
+
+    def _with_relative_paths(self, data: dict) -> dict:
+        out = dict(data)
+        for name in ARTIFACT_FIELDS:
+            if out.get(name):
+                try:
+                    out[name] = self.relative(out[name])
+                except ValueError:  # a file outside the cache directory is stored as it is
+                    pass
+        return out
+
+    # ------------------------------------------------------------------ conversions
+    def lookup_conversion(self, key: str) -> tuple[dict | None, str | None]:
+        """(record with absolute, verified paths, None) on a hit; (None, why) when the row's files are damaged;
+        (None, None) when there is no row. A failed conversion (a mismatch) is returned as it is: it has no files."""
         row = self._read("SELECT record FROM conversions WHERE key = ?", (key,))
         if row is None:
-            return None
-        record = json.loads(row[0])
-        if record.get("status") == "ok" and not Path(record.get("tflite_path") or "").is_file():
-            return None  # the model file was removed: convert again
-        return record
+            return None, None
+        stored = json.loads(row[0])
+        record = self._with_absolute_paths(stored, key)
+        if record.get("status") != "ok":
+            return record, None
+        digests = stored.get("artifacts")
+        problems = []
+        for name in ARTIFACT_FIELDS:
+            path = Path(record.get(name) or "")
+            if digests and name in digests:
+                problem = artifact_problem(path, digests[name])
+            else:
+                problem = _loads(path) if path.is_file() else f"{path.name or name} missing"
+            if problem:
+                problems.append(problem)
+        if problems:
+            return None, "; ".join(problems)
+        if not digests:  # a legacy row whose files load: migrate it in place (relative paths, digests)
+            self.put_conversion(key, record)
+        return record, None
+
+    def get_conversion(self, key: str) -> dict | None:
+        return self.lookup_conversion(key)[0]
 
     def put_conversion(self, key: str, record: dict) -> None:
+        """Store a conversion; files of an ``ok`` one get their size and SHA-256 recorded now."""
+        stored = dict(record)
+        stored.pop("cached", None)
+        if stored.get("status") == "ok":
+            stored["artifacts"] = {name: file_digest(stored[name]) for name in ARTIFACT_FIELDS if stored.get(name)}
+        stored = self._with_relative_paths(stored)
         self._write(
             "INSERT OR REPLACE INTO conversions (key, arch, resolution, channels, num_classes, status, record, "
             "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (key, record["arch"], record["resolution"], record["channels"], record["num_classes"], record["status"],
-             json.dumps(record), time.time()),
+            (key, stored["arch"], stored["resolution"], stored["channels"], stored["num_classes"], stored["status"],
+             json.dumps(stored), time.time()),
         )
 
+    # ------------------------------------------------------------------ measurements
     def get_measurement(self, key: str) -> dict | None:
-        row = self._read("SELECT result FROM measurements WHERE key = ?", (key,))
-        return None if row is None else json.loads(row[0])
+        row = self._read("SELECT result, conversion_key FROM measurements WHERE key = ?", (key,))
+        return None if row is None else self._with_absolute_paths(json.loads(row[0]), row[1])
 
     def put_measurement(self, key: str, conversion_key: str, result: dict, device: str, settings: dict) -> None:
         self._write(
             "INSERT OR REPLACE INTO measurements (key, conversion_key, arch, device, settings, result, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key, conversion_key, result["arch"], device, json.dumps(settings, sort_keys=True), json.dumps(result),
-             time.time()),
+            (key, conversion_key, result["arch"], device, json.dumps(settings, sort_keys=True),
+             json.dumps(self._with_relative_paths(result)), time.time()),
         )
 
     def counts(self) -> dict:
@@ -109,6 +250,60 @@ class LatencyCache:
             "conversions": self._read("SELECT COUNT(*) FROM conversions")[0],
             "measurements": self._read("SELECT COUNT(*) FROM measurements")[0],
         }
+
+    # ------------------------------------------------------------------ layer tables
+    def put_table(self, table_key: str, identity: dict, meta: dict) -> None:
+        """Create or update a table's identity row (device, settings, versions, input) and its metadata."""
+        self._write(
+            "INSERT INTO latency_tables (table_key, device, settings, versions, resolution, channels, num_classes, "
+            "meta, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(table_key) DO UPDATE SET meta = "
+            "excluded.meta",
+            (table_key, identity["device"], json.dumps(identity["settings"], sort_keys=True),
+             json.dumps(identity["versions"], sort_keys=True), identity["resolution"], identity["channels"],
+             identity["num_classes"], json.dumps(meta), time.time()),
+        )
+
+    def tables(self, table_key: str | None = None) -> list[dict]:
+        """Every table (or the one with ``table_key``): identity, metadata and row counts."""
+        sql = ("SELECT t.table_key, device, settings, versions, resolution, channels, num_classes, meta, created_at, "
+               "(SELECT COUNT(*) FROM table_layers l WHERE l.table_key = t.table_key AND l.status = 'ok') "
+               "FROM latency_tables t" + (" WHERE t.table_key = ?" if table_key else "") + " ORDER BY created_at")
+        out = []
+        for row in self._read_all(sql, (table_key,) if table_key else ()):
+            models = dict(self._read_all("SELECT purpose || ':' || space, COUNT(*) FROM table_models "
+                                         "WHERE table_key = ? GROUP BY purpose, space", (row[0],)))
+            out.append({"table_key": row[0], "device": row[1], "settings": json.loads(row[2]),
+                        "versions": json.loads(row[3]), "resolution": row[4], "channels": row[5],
+                        "num_classes": row[6], "meta": json.loads(row[7]), "created_at": row[8], "layers": row[9],
+                        "models": models})
+        return out
+
+    def put_layer(self, table_key: str, layer: str, spec: dict, result: dict) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO table_layers (table_key, layer, spec, status, latency_ms, result, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (table_key, layer, json.dumps(spec, sort_keys=True), result["status"], result.get("latency_ms"),
+             json.dumps(result), time.time()),
+        )
+
+    def layers(self, table_key: str) -> dict[str, dict]:
+        """layer key -> {spec, status, latency_ms, result} for every row of a table."""
+        rows = self._read_all("SELECT layer, spec, status, latency_ms, result FROM table_layers WHERE table_key = ?",
+                              (table_key,))
+        return {r[0]: {"spec": json.loads(r[1]), "status": r[2], "latency_ms": r[3], "result": json.loads(r[4])}
+                for r in rows}
+
+    def put_model(self, table_key: str, purpose: str, space: str, arch: str, latency_ms: float, result: dict) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO table_models (table_key, purpose, space, arch, latency_ms, result, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (table_key, purpose, space, arch, float(latency_ms), json.dumps(result), time.time()),
+        )
+
+    def models(self, table_key: str, purpose: str, space: str) -> list[dict]:
+        rows = self._read_all("SELECT arch, latency_ms, result FROM table_models WHERE table_key = ? AND purpose = ? "
+                              "AND space = ? ORDER BY created_at, arch", (table_key, purpose, space))
+        return [{"arch": r[0], "latency_ms": r[1], "result": json.loads(r[2])} for r in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -31,16 +31,16 @@ def converter_versions() -> dict:
     return out
 
 
-def build_eval_model(arch: str, channels: int, num_classes: int):
+def realistic_eval(model):
+    """``model`` in eval mode with realistic BN statistics and classifier scale (seeded, so always the same).
+
+    Latency does not depend on the weights, but the conversion check needs outputs of a realistic scale: fresh
+    initialisations (identity BN statistics, a 0.01-std classifier) give near-zero logits that hide layout bugs.
+    """
     import torch
 
-    from search_spaces import build_model
-
-    # Latency does not depend on the weights, but the conversion check needs outputs of a realistic scale: fresh
-    # initialisations (identity BN statistics, a 0.01-std classifier) give near-zero logits that hide layout bugs.
     generator = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    model = build_model(arch, num_classes=num_classes, in_channels=channels).eval()
+    model = model.eval()
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -51,6 +51,25 @@ def build_eval_model(arch: str, channels: int, num_classes: int):
             elif isinstance(m, torch.nn.Linear):
                 m.weight.normal_(0, m.in_features**-0.5, generator=generator)
     return model
+
+
+def build_eval_model(arch: str, channels: int, num_classes: int):
+    import torch
+
+    from search_spaces import build_model
+
+    torch.manual_seed(0)
+    return realistic_eval(build_model(arch, num_classes=num_classes, in_channels=channels))
+
+
+def build_eval_layer(spec):
+    """One layer (a :class:`search_spaces.layers.LayerSpec`) as its own model, initialised as whole models are."""
+    import torch
+
+    from search_spaces.builder import build_layer
+
+    torch.manual_seed(0)
+    return realistic_eval(build_layer(spec))
 
 
 def export_onnx(model, path: Path, resolution: int, channels: int) -> Path:
@@ -125,7 +144,10 @@ def compare_outputs(model, tflite_path: Path, images: np.ndarray) -> tuple[float
             raise ValueError(f"TFLite input shape {tuple(inp['shape'])} differs from the expected {nhwc.shape}")
         interpreter.set_tensor(inp["index"], nhwc.astype(inp["dtype"]))
         interpreter.invoke()
-        got = interpreter.get_tensor(out["index"]).reshape(ref.shape)
+        got = interpreter.get_tensor(out["index"])
+        if ref.ndim == 4:  # a feature map (one layer as its own model): TFLite keeps it NHWC
+            got = got.transpose(0, 3, 1, 2)
+        got = got.reshape(ref.shape)
         max_abs = max(max_abs, float(np.abs(got - ref).max()))
         max_ref = max(max_ref, float(np.abs(ref).max()))
     return max_abs, max_abs / max(max_ref, 1e-12)
@@ -134,15 +156,31 @@ def compare_outputs(model, tflite_path: Path, images: np.ndarray) -> tuple[float
 def convert_and_check(arch: str, *, resolution: int, channels: int, num_classes: int, out_dir: Path,
                       atol: float, rtol: float, fast: bool = True, check_images: int = 4) -> dict:
     """Export, convert and verify one child. Returns a dict (status, error, paths, errors, seconds)."""
+    start = time.perf_counter()
+    model = build_eval_model(arch, channels, num_classes)
+    return convert_module(model, size=resolution, channels=channels, out_dir=out_dir, atol=atol, rtol=rtol,
+                          fast=fast, check_images=check_images, start=start)
+
+
+def convert_layer_and_check(spec, *, out_dir: Path, atol: float, rtol: float, fast: bool = True,
+                            check_images: int = 2) -> dict:
+    """The same for one layer of a network, with the input shape it has in the network."""
+    start = time.perf_counter()
+    model = build_eval_layer(spec)
+    return convert_module(model, size=spec.size, channels=spec.cin, out_dir=out_dir, atol=atol, rtol=rtol,
+                          fast=fast, check_images=check_images, start=start)
+
+
+def convert_module(model, *, size: int, channels: int, out_dir: Path, atol: float, rtol: float, fast: bool,
+                   check_images: int, start: float) -> dict:
+    """PyTorch module (input 1 x channels x size x size) -> ONNX -> TFLite in ``out_dir``, checked on real images."""
     from latency.calibration import real_images
 
-    start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = build_eval_model(arch, channels, num_classes)
-    onnx_path = export_onnx(model, out_dir / "model.onnx", resolution, channels)
+    onnx_path = export_onnx(model, out_dir / "model.onnx", size, channels)
     tflite_path = onnx_to_tflite(onnx_path, out_dir, fast=fast)
     convert_seconds = time.perf_counter() - start
-    max_abs, max_rel = compare_outputs(model, tflite_path, real_images(check_images, resolution, channels, seed=1))
+    max_abs, max_rel = compare_outputs(model, tflite_path, real_images(check_images, size, channels, seed=1))
     result = {
         "status": "ok",
         "error": None,

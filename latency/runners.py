@@ -80,8 +80,16 @@ class HostRunner:
         return f"host:{platform.machine()}:{host_cpu_name()}"
 
     @property
+    def device_model(self) -> str:
+        """The kind of device (no serial): what a shared latency table is keyed by."""
+        return self.device_id
+
+    @property
     def lock_name(self) -> str:
         return "host-cpu"
+
+    def healthy(self) -> None:
+        """The host is always there (the interface of :meth:`AdbRunner.healthy`)."""
 
     @property
     def settings(self) -> dict:
@@ -226,6 +234,13 @@ class AdbRunner:
             raise DeviceError(f"adb devices failed: {proc.stderr.strip() or proc.returncode}")
         return parse_adb_devices(proc.stdout)
 
+    def healthy(self) -> None:
+        """Raise :class:`DeviceError` unless the phone answers as ``device`` (a phone off USB, offline, unauthorized)."""
+        serial = self.resolve_serial()
+        state = next((d["state"] for d in self.devices() if d["serial"] == serial), "not attached")
+        if state != "device":
+            raise DeviceError(f"phone {serial} is {state}")
+
     def resolve_serial(self) -> str:
         if self.serial:
             return self.serial
@@ -248,6 +263,11 @@ class AdbRunner:
     @property
     def device_id(self) -> str:
         return f"adb:{self._model_name()}:{self.resolve_serial()}"
+
+    @property
+    def device_model(self) -> str:
+        """The phone model without its serial: a table built on one Pixel 2 serves every Pixel 2."""
+        return f"adb:{self._model_name()}"
 
     @property
     def lock_name(self) -> str:

@@ -1,58 +1,39 @@
-"""Child evaluation behind one small interface: architecture strings in, serialisable results out.
+"""Where children are evaluated, behind one small interface: architecture strings in, :class:`ChildResult` out.
 
-``Evaluator.evaluate(archs)`` yields ``(arch, ChildResult)`` as children finish. Nothing in the interface is a
-live object (strings in, plain dataclasses with ``to_dict``/``from_dict`` out), so an implementation can run in
-another process or on another machine (a Ray actor owning a phone, say) without the search loop changing.
+The search loop only ever calls ``submit(arch)`` and ``next_result()`` (or ``evaluate(archs)``, both at once);
+nothing that crosses the interface is a live object, so an evaluator may train on this machine
+(:class:`LocalEvaluator`), on a Ray cluster, or nowhere at all (:class:`nas.synthetic.SyntheticEvaluator`). Which
+one runs is a config choice (``evaluator=local``); the loop does not change.
 
-``LocalEvaluator`` proxy-trains children one after another in this process while the latency service converts and
-times them in its own worker processes, so training and latency overlap.
+Life cycle: ``check()`` reports problems without starting or writing anything (so a bad config leaves no trace),
+``start(run_dir)`` does the heavy set-up once the run is validated and locked, ``close()`` releases everything it
+owns (worker processes, the latency service).
 """
 
 from __future__ import annotations
 
-import json
 import time
 import zlib
+from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from mnas_common.checks import positive_int, positive_number
 from mnas_common.errors import first_line
-from mnas_common.serial import Serializable
+
+from nas.components import build
+from nas.record import ChildResult, LatencySource, Status
+
+GiB = 2**30
 
 
-@dataclass
-class ChildResult(Serializable):
-    """Everything the search knows about one evaluated child. ``status`` is ``ok`` or ``failed``."""
-
-    arch: str
-    status: str = "ok"
-    error: str | None = None
-    top1: float | None = None
-    top5: float | None = None
-    latency_ms: float | None = None
-    latency_std_ms: float | None = None
-    params: int | None = None
-    macs: int | None = None
-    train_seconds: float | None = None
-    latency_seconds: float | None = None
-    seed: int | None = None
-    train: dict | None = None
-    latency: dict | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-class Evaluator(Protocol):
-    def evaluate(self, archs: Sequence[str]) -> Iterator[tuple[str, ChildResult]]:
-        """Evaluate distinct architecture strings; yield each result as soon as it is complete."""
-
-    def close(self) -> None: ...
+class EvaluatorStopped(RuntimeError):
+    """The evaluator cannot go on (every timing device dropped, say): the search stops with this one-line reason,
+    everything committed so far stays, and the same command resumes once the cause is fixed."""
 
 
 def child_seed(seed: int, arch: str) -> int:
@@ -60,86 +41,210 @@ def child_seed(seed: int, arch: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(arch.encode())) % 2**31
 
 
-class LocalEvaluator:
-    """Train in this process, measure latency in the latency service's workers, both at once."""
+class Evaluator(ABC):
+    """Evaluates children; see the module docstring for the life cycle."""
 
-    def __init__(
-        self,
-        *,
-        data: Any,
-        trainer_config: Any,
-        latency_service: Any | None,
-        deploy: dict,
-        seed: int = 0,
-        audit_log: str | Path | None = None,
-    ):
-        self.data = data
-        self.trainer_config = trainer_config
-        self.service = latency_service
-        self.deploy = dict(deploy)
-        self.seed = seed
-        self.audit_log = Path(audit_log) if audit_log else None
-        workers = max(1, int(getattr(latency_service, "workers", 2) or 2))
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="latency") if latency_service else None
+    #: children worked on at once; a steady-state search keeps this many in flight
+    capacity: int = 1
 
-    def _measure(self, arch: str) -> dict:
-        start = time.perf_counter()
-        result = self.service.measure(
-            arch,
-            resolution=self.deploy["resolution"],
-            channels=self.deploy["channels"],
-            num_classes=self.deploy["num_classes"],
-        )
-        out = result.to_dict()
-        out["wall_seconds"] = time.perf_counter() - start
-        return out
+    def check(self) -> list[str]:
+        """Problems that would make every child fail (a missing dataset, device or GPU), found without side effects."""
+        return []
 
-    def _profile(self, arch: str) -> tuple[int, int]:
-        from search_spaces import build_model, count_params_macs
+    def start(self, run_dir: Path) -> None:
+        """Heavy set-up (prepare the dataset, start workers) before the first ``submit``."""
 
-        model = build_model(arch, num_classes=self.deploy["num_classes"], in_channels=self.deploy["channels"])
-        return count_params_macs(model, self.deploy["resolution"], self.deploy["channels"])
+    @abstractmethod
+    def submit(self, arch: str) -> None:
+        """Start evaluating ``arch`` (a canonical architecture string)."""
 
-    def _audit(self, arch: str) -> None:
-        if self.audit_log is not None:
-            with open(self.audit_log, "a") as f:
-                f.write(json.dumps({"arch": arch, "time": time.time()}) + "\n")
+    @abstractmethod
+    def next_result(self) -> ChildResult:
+        """Block until a submitted child is finished and return it (in any order)."""
 
-    def evaluate(self, archs: Sequence[str]) -> Iterator[tuple[str, ChildResult]]:
-        from nas.trainer import train_child
+    @abstractmethod
+    def pending(self) -> int:
+        """Submitted children not yet returned by ``next_result``."""
 
-        futures: dict[str, Future] = {}
-        if self._pool is not None:
-            futures = {arch: self._pool.submit(self._measure, arch) for arch in archs}
+    def evaluate(self, archs: Sequence[str]) -> Iterator[ChildResult]:
+        """Evaluate distinct architectures; yield each result as soon as it is complete."""
         for arch in archs:
-            self._audit(arch)
-            result = ChildResult(arch=arch, seed=child_seed(self.seed, arch))
-            try:
-                result.params, result.macs = self._profile(arch)
-            except Exception as exc:  # a child that cannot even be built is a failed child, not a crash
-                result.status, result.error = "failed", f"build: {first_line(exc, with_type=True)}"
-            if result.ok:
-                train = train_child(arch, self.data, self.trainer_config, seed=result.seed)
-                result.train = train.to_dict()
-                result.train_seconds = train.train_seconds
-                if train.status == "ok":
-                    result.top1, result.top5 = train.top1, train.top5
-                else:
-                    result.status, result.error = "failed", f"train: {first_line(train.error)}"
-            if arch in futures:
-                try:
-                    latency = futures[arch].result()
-                except Exception as exc:  # the service reports failures as values; anything else is a bug upstream
-                    latency = {"status": "failed", "error": first_line(exc, with_type=True)}
-                result.latency = latency
-                result.latency_seconds = latency.get("wall_seconds")
-                if latency.get("status") == "ok":
-                    result.latency_ms = latency.get("latency_ms")
-                    result.latency_std_ms = latency.get("std_ms")
-                elif result.ok:
-                    result.status, result.error = "failed", f"latency: {first_line(latency.get('error'))}"
-            yield arch, result
+            self.submit(arch)
+        for _ in archs:
+            yield self.next_result()
+
+    def status(self) -> str:
+        """A short line of what the evaluator is doing now (shown by the progress bar)."""
+        return ""
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        """Release workers and services; called once, also after an interrupt."""
+
+
+def check_latency(config: dict | None, service=None) -> tuple[Any, list[str]]:
+    """Build the latency service of ``config`` (unless given) and check its device: ``(service, problems)``.
+    No phone, no benchmark binary or a bad latency field is found here, not after a batch of failed children."""
+    if config is None:
+        return None, []
+    try:
+        service = service or build("latency", config)
+        service.check()
+        return service, []
+    except Exception as exc:
+        if service is not None:
+            service.close()
+        message = first_line(exc)
+        return None, [message if message.startswith("latency") else f"latency: {message}"]
+
+
+def size_guard(arch: str, *, deploy: dict, data_shape: tuple[int, int, int] | None, batch_size: int,
+               optimizer_slots: int, limit_gb: float) -> tuple[Any, str | None]:
+    """Profile ``arch`` at the deployment input (exact params/MACs, on the meta device) and refuse it when its
+    estimated memory for conversion, or for training at ``data_shape`` = (resolution, channels, classes), exceeds
+    ``limit_gb``. Returns ``(profile, reason)``; ``reason`` is None for an architecture that fits."""
+    from search_spaces import profile_arch
+
+    profile = profile_arch(arch, resolution=deploy["resolution"], in_channels=deploy["channels"],
+                           num_classes=deploy["num_classes"])
+    limit = limit_gb * GiB
+    if profile.inference_bytes() > limit:
+        return profile, (f"too large: an estimated {profile.inference_bytes() / GiB:.1f} GB to convert at "
+                         f"{deploy['resolution']} px exceeds the limit of {limit_gb:g} GB (max_child_memory_gb)")
+    if data_shape is not None:
+        resolution, channels, classes = data_shape
+        train = profile_arch(arch, resolution=resolution, in_channels=channels, num_classes=classes)
+        need = train.training_bytes(batch_size, optimizer_slots)
+        if need > limit:
+            return profile, (f"too large: an estimated {need / GiB:.1f} GB to train at batch {batch_size} exceeds "
+                             f"the limit of {limit_gb:g} GB (max_child_memory_gb)")
+    return profile, None
+
+
+def apply_latency(child: ChildResult, latency: dict) -> ChildResult:
+    """Fold a latency service result (a ``LatencyResult`` dict) into ``child``."""
+    child.latency = latency
+    child.latency_seconds = latency.get("wall_seconds")
+    if latency.get("status") == "ok":
+        child.latency_ms = latency.get("latency_ms")
+        child.latency_std_ms = latency.get("std_ms")
+        source = (latency.get("extra") or {}).get("source", LatencySource.MEASURED)
+        child.latency_source = LatencySource(source)
+    else:
+        child.fail(f"latency: {first_line(latency.get('error'))}")
+    return child
+
+
+def apply_training(child: ChildResult, train: dict) -> ChildResult:
+    """Fold a trainer result (a ``TrainResult`` dict) into ``child``."""
+    child.train = train
+    child.train_seconds = train.get("train_seconds")
+    if train.get("status") == "ok":
+        child.top1, child.top5 = train.get("top1"), train.get("top5")
+    else:
+        child.fail(f"train: {first_line(train.get('error'))}")
+    return child
+
+
+class LocalEvaluator(Evaluator):
+    """Proxy-train children one after another in this process while the latency service converts and times them
+    in its own worker processes, so training and conversion overlap; a host timing pauses both (quiet timing).
+
+    Built from ``configs/evaluator/local.yaml``; the search passes the run's trainer and dataset configs, the
+    latency config (``None`` when latency is not measured), the deployment input and the seed.
+    """
+
+    def __init__(self, *, trainer: Any, dataset: Any, latency: dict | None, deploy: dict, seed: int = 0,
+                 threads: int | None = None, max_child_memory_gb: float = 8.0):
+        self.trainer = trainer
+        self.dataset = dataset
+        self.latency_config = latency
+        self.deploy = dict(deploy)
+        self.seed = seed
+        self.threads = positive_int("threads", threads, allow_none=True)
+        self.max_child_memory_gb = positive_number("evaluator.max_child_memory_gb", max_child_memory_gb)
+        self.data = None
+        self.service = None
+        self._queue: deque[tuple[ChildResult, Future | None]] = deque()
+
+    # ------------------------------------------------------------------ life cycle
+    def check(self) -> list[str]:
+        from nas.data import check_dataset
+        from nas.trainer import check_device
+
+        problems = [p for p in (check_dataset(self.dataset), check_device(self.trainer.device)) if p]
+        self.service, latency_problems = check_latency(self.latency_config, self.service)
+        return problems + latency_problems
+
+    def start(self, run_dir: Path) -> None:
+        import torch
+
+        from nas.data import load_dataset
+
+        if self.threads:  # training runs in this process: its torch threads are the search's ``threads``
+            torch.set_num_threads(self.threads)
+        self.data = load_dataset(self.dataset)
+        if self.latency_config is not None and self.service is None:
+            self.service = build("latency", self.latency_config)
+        if self.service is not None:
+            self.service.work_dir = Path(run_dir) / "latency"
+
+    def close(self) -> None:
+        self._queue.clear()
+        if self.service is not None:
+            self.service.close()
+            self.service = None
+
+    # ------------------------------------------------------------------ evaluation
+    def _measure(self, arch: str) -> Future:
+        """Hand ``arch`` to the latency service's own threads; the future's result is the result dict."""
+        started = time.perf_counter()
+        future: Future = Future()
+
+        def done(measured: Future) -> None:
+            try:
+                result = {**measured.result().to_dict(), "wall_seconds": time.perf_counter() - started}
+            except Exception as exc:  # the service reports failures as values; anything else is a bug upstream
+                result = {"status": str(Status.FAILED), "error": first_line(exc, with_type=True)}
+            future.set_result(result)
+
+        self.service.submit(arch, resolution=self.deploy["resolution"], channels=self.deploy["channels"],
+                            num_classes=self.deploy["num_classes"]).add_done_callback(done)
+        return future
+
+    def submit(self, arch: str) -> None:
+        child = ChildResult(arch=arch, seed=child_seed(self.seed, arch))
+        data = self.data
+        try:
+            profile, too_large = size_guard(
+                arch, deploy=self.deploy, batch_size=self.trainer.batch_size,
+                data_shape=(data.resolution, data.channels, data.num_classes) if data is not None else None,
+                optimizer_slots=2 if self.trainer.optimizer == "rmsprop" else 1, limit_gb=self.max_child_memory_gb)
+            child.params, child.macs = profile.params, profile.macs
+            if too_large:
+                child.fail(too_large)
+        except Exception as exc:  # a child that cannot even be built is a failed child, not a crash
+            child.fail(f"build: {first_line(exc, with_type=True)}")
+        future = self._measure(arch) if child.ok and self.service is not None else None
+        self._queue.append((child, future))
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def next_result(self) -> ChildResult:
+        from nas.trainer import train_child
+
+        if not self._queue:
+            raise RuntimeError("next_result() with nothing submitted")
+        child, future = self._queue.popleft()
+        if child.ok:
+            # with host latency, every training step passes the latency service's gate: no step runs while the
+            # host times a model, so timings are quiet (latency.quiet)
+            guard = self.service.gate.busy if self.service is not None else nullcontext
+            apply_training(child, train_child(child.arch, self.data, self.trainer, seed=child.seed,
+                                              step_guard=guard).to_dict())
+        if future is not None:
+            apply_latency(child, future.result())
+        return child
+
+    def status(self) -> str:
+        return f"queued {len(self._queue)}" if self._queue else ""

@@ -26,40 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from nas.front import front_mask, hypervolume
+from nas.record import export_fields
 from nas.store import STORE_NAME, RunStore, StoreError
-
-
-def front_mask(accuracy: Sequence[float], latency: Sequence[float]) -> np.ndarray:
-    """Boolean mask of the non-dominated points (higher accuracy and lower latency are better).
-
-    A point is dominated when another is at least as good in both and strictly better in one. Of exact
-    duplicates only the first is kept on the front.
-    """
-    acc = np.asarray(accuracy, dtype=float)
-    lat = np.asarray(latency, dtype=float)
-    if acc.shape != lat.shape:
-        raise ValueError(f"accuracy and latency differ in length ({acc.size} vs {lat.size})")
-    order = np.lexsort((-acc, lat))  # by latency ascending, ties: higher accuracy first
-    mask = np.zeros(acc.size, dtype=bool)
-    best = -math.inf
-    for i in order:
-        if acc[i] > best:
-            mask[i] = True
-            best = acc[i]
-    return mask
-
-
-def hypervolume(accuracy: Sequence[float], latency: Sequence[float], latency_ref: float) -> float:
-    """Area dominated by the front above accuracy 0 and below ``latency_ref`` (ms x accuracy)."""
-    acc = np.asarray(accuracy, dtype=float)
-    lat = np.asarray(latency, dtype=float)
-    keep = front_mask(acc, lat) & (lat < latency_ref)
-    points = sorted(zip(lat[keep], acc[keep]))
-    area, prev_acc = 0.0, 0.0
-    for lat_i, acc_i in points:
-        area += (latency_ref - lat_i) * (acc_i - prev_acc)
-        prev_acc = acc_i
-    return float(area)
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
@@ -90,8 +59,10 @@ def _label_runs(runs: list[dict]) -> None:
         run["label"] = ",".join(o for o in items if o not in common) or run["dir"].name
 
 
-def load_runs(run_dirs: Sequence[Path]) -> list[dict]:
-    runs = []
+def load_runs(run_dirs: Sequence[Path]) -> tuple[list[dict], list[dict]]:
+    """The runs that read cleanly, and ``{"dir", "error"}`` for each damaged one (reported, never modified): one
+    damaged store in a sweep does not stop the report of the healthy runs."""
+    runs, damaged = [], []
     for run in run_dirs:
         try:
             with RunStore(run, readonly=True) as store:
@@ -101,19 +72,13 @@ def load_runs(run_dirs: Sequence[Path]) -> list[dict]:
                 references = store.references()
                 steps = store.steps()
         except StoreError as exc:
-            raise ValueError(str(exc)) from None
-        runs.append(
-            {
-                "dir": run,
-                "overrides": overrides,
-                "config": config,
-                "children": children,
-                "references": references,
-                "steps": steps,
-            }
-        )
-    _label_runs(runs)
-    return runs
+            damaged.append({"dir": run, "error": str(exc)})
+            continue
+        runs.append({"dir": run, "overrides": overrides, "config": config, "children": children,
+                     "references": references, "steps": steps})
+    if runs:
+        _label_runs(runs)
+    return runs, damaged
 
 
 def _measured(children: list[dict]) -> list[dict]:
@@ -208,10 +173,17 @@ def incumbent_figure(runs: list[dict], *, title: str = ""):
     return _finish(fig, ax, "children evaluated", "best reward so far", title)
 
 
-FRONT_FIELDS = ["run", "step", "idx", "arch", "top1", "top5", "latency_ms", "latency_std_ms", "params", "macs", "reward"]
+def _flat(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """CSV rows: the record's export fields, with each training-free score as its own ``score_<name>`` column."""
+    names = sorted({name for row in rows for name in (row.get("scores") or {})})
+    fields = ["run", *[f for f in export_fields() if f != "scores"], *[f"score_{n}" for n in names]]
+    flat = [{**row, **{f"score_{n}": (row.get("scores") or {}).get(n) for n in names}} for row in rows]
+    return flat, fields
 
 
-def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+def _write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
+    if fields is None:
+        rows, fields = _flat(rows)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
@@ -237,18 +209,21 @@ def export_runs(
     out_dir: str | Path,
     *,
     export_top: int = 0,
-    cfg=None,
     title: str | None = None,
 ) -> dict:
-    """Write the front, tables, plot and summary for the runs at or below ``paths``; return the summary."""
-    runs = load_runs(find_runs(paths))
+    """Write the front, tables, plot and summary for the runs at or below ``paths``; return the summary.
+
+    Damaged run stores are listed (``runs.csv``, ``summary.md``, the returned ``damaged``) and left out; only when
+    no run can be read is it an error."""
+    runs, damaged = load_runs(find_runs(paths))
+    if not runs:
+        raise ValueError("; ".join(d["error"] for d in damaged))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     all_children, all_points = [], []
     for run in runs:
-        for c in run["children"]:
-            all_children.append({"run": run["label"], **{k: v for k, v in c.items() if k not in ("result", "tokens")}})
+        all_children += [{"run": run["label"], **c} for c in run["children"]]
         run["points"] = [{"run": run["label"], **c} for c in _measured(run["children"])]
         all_points.extend(run["points"])
     lat_ref = max((p["latency_ms"] for p in all_points), default=1.0) * 1.1
@@ -276,12 +251,13 @@ def export_runs(
 
     mask = front_mask([p["top1"] for p in all_points], [p["latency_ms"] for p in all_points]) if all_points else []
     front = sorted((p for p, m in zip(all_points, mask) if m), key=lambda p: p["latency_ms"])
-    front_rows = [{k: p.get(k) for k in FRONT_FIELDS} for p in front]
+    front_rows = [{k: p.get(k) for k in ["run", *export_fields()]} for p in front]
+    rows += [{"run": f"damaged: {d['dir']}", "dir": str(d["dir"]), "error": d["error"]} for d in damaged]
 
-    _write_csv(out / "front.csv", front_rows, FRONT_FIELDS)
+    _write_csv(out / "front.csv", front_rows)
     (out / "front.json").write_text(json.dumps(front_rows, indent=2))
-    _write_csv(out / "children.csv", all_children, ["run", *[k for k in all_children[0] if k != "run"]] if all_children else ["run"])
-    _write_csv(out / "runs.csv", rows, list(rows[0]) if rows else ["run"])
+    _write_csv(out / "children.csv", all_children)
+    _write_csv(out / "runs.csv", rows, [*rows[0], "error"])
 
     references = {}
     for run in runs:
@@ -307,28 +283,35 @@ def export_runs(
     if export_top:
         exported = _export_top(runs, out / "export", export_top)
 
-    _write_summary(out / "summary.md", runs, rows, front_rows, references, exported)
-    return {"runs": rows, "front": front_rows, "exported": exported, "out": str(out)}
+    _write_summary(out / "summary.md", rows, front_rows, references, exported)
+    return {"runs": rows, "front": front_rows, "exported": exported, "damaged": damaged, "out": str(out)}
 
 
-def _write_summary(path: Path, runs, rows, front_rows, references, exported) -> None:
+def _write_summary(path: Path, rows, front_rows, references, exported) -> None:
     lines = ["# Pareto summary", ""]
     lines += ["| run | children | failed | unique | best reward | best top-1 | min latency (ms) | front | hypervolume |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    damaged = [r for r in rows if "error" in r]
     for r in rows:
+        if "error" in r:
+            continue
         lines.append(
             f"| {r['run']} | {r['children']} | {r['failed']} | {r['unique']} | {_fmt(r['best_reward'], '.4f')} | "
             f"{_fmt(r['best_top1'], '.4f')} | {_fmt(r['min_latency_ms'], '.2f')} | {r['front_size']} | "
             f"{_fmt(r['hypervolume'], '.3f')} |"
         )
-    lines += ["", "## Front (all runs)", "", "| latency (ms) | top-1 | MACs (M) | params (M) | run | architecture |",
-              "|---:|---:|---:|---:|---|---|"]
+    if damaged:
+        lines += ["", "## Damaged run stores (left out, not modified)", ""]
+        lines += [f"- `{r['dir']}`: {r['error']}" for r in damaged]
+    lines += ["", "## Front (all runs)", "",
+              "| latency (ms) | latency | top-1 | MACs (M) | params (M) | run | architecture |",
+              "|---:|---|---:|---:|---:|---|---|"]
     for p in front_rows:
         macs = p["macs"] / 1e6 if p["macs"] else None
         params = p["params"] / 1e6 if p["params"] else None
         lines.append(
-            f"| {_fmt(p['latency_ms'], '.2f')} | {_fmt(p['top1'], '.4f')} | {_fmt(macs, '.1f')} | "
-            f"{_fmt(params, '.2f')} | {p['run']} | `{p['arch']}` |"
+            f"| {_fmt(p['latency_ms'], '.2f')} | {p.get('latency_source') or 'measured'} | {_fmt(p['top1'], '.4f')} | "
+            f"{_fmt(macs, '.1f')} | {_fmt(params, '.2f')} | {p['run']} | `{p['arch']}` |"
         )
     if references:
         lines += ["", "## Reference architectures (same proxy training and latency setup)", "",
@@ -343,7 +326,7 @@ def _write_summary(path: Path, runs, rows, front_rows, references, exported) -> 
 
 def _export_top(runs: list[dict], out: Path, k: int) -> list[dict]:
     """Top-K children by reward: architecture strings plus ONNX and TFLite files converted as the run did."""
-    from hydra.utils import instantiate
+    from nas.components import build
 
     ranked = sorted(
         ((c["reward"], c["arch"], run) for run in runs for c in _measured(run["children"]) if c["reward"] is not None),
@@ -364,7 +347,7 @@ def _export_top(runs: list[dict], out: Path, k: int) -> list[dict]:
             config = run["config"]
             key = json.dumps(config.get("latency"), sort_keys=True)
             if key not in services:
-                services[key] = instantiate(config["latency"], cache_path=None, work_dir=str(out / "work"))
+                services[key] = build("latency", {**config["latency"], "work_dir": str(out / "work")})
             deploy = config["deploy"]
             files = services[key].export(
                 arch,
@@ -400,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: cannot write the export to {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    for d in summary["damaged"]:
+        print(f"warning: left out a damaged run: {d['error']}", file=sys.stderr)
     print((out / "summary.md").read_text())
     print(f"wrote {out}/front.csv, front.json, children.csv, runs.csv, pareto.png, incumbent.png, summary.md"
           + (f" and {len(summary['exported'])} exported models" if summary["exported"] else ""))

@@ -1,103 +1,106 @@
 """The run store: one SQLite file per run directory holding every child and the controller state.
 
-Why SQLite and why this layout:
-- Every evaluated child is committed the moment it finishes (``children`` row, ``committed_step`` NULL), so a
-  ``kill -9`` loses at most the child being evaluated.
-- A controller step is committed in one transaction: the step's rewards are final, the children are marked with
-  the step, and the controller state after the update is stored (``steps`` row). On resume the driver loads the
-  last committed controller state, re-samples the next batch (the controller's RNG is part of its state, so the
-  batch is the same one), and takes children that were already evaluated from the store instead of evaluating
-  them again.
-- Only the search driver writes (one writer, as Optuna advises for SQLite); workers return results to it.
+The contract (what is persisted when, who may write, what a reader may assume):
 
-Stored results are never rewritten by a later run: opening a store with a different search configuration is refused.
+- **One writer.** A search holds an exclusive ``flock`` on ``<run_dir>/run.lock`` for as long as its store is open
+  for writing; a second search on the same run directory is refused before it writes anything, with the holder's
+  pid. The lock dies with its process, so a holder killed by ``kill -9`` never blocks the next run. Workers never
+  write: they return results to the driver (Optuna's advice for SQLite).
+- **Children first, then the step.** An evaluated child is committed the moment it finishes (``committed_step``
+  NULL), so ``kill -9`` loses at most the children being evaluated. A controller step is one transaction: its
+  rewards become final, its children are marked with the step, and the controller state after the update is stored
+  with its SHA-256. Step commits are synced to disk (``synchronous=FULL``); a child's own row is not (WAL with
+  ``synchronous=NORMAL``: safe against a killed process, and after a power cut the store is intact but may have
+  lost the children of the step in progress, which are then evaluated again). That halves the driver's cost per
+  child (``scripts/bench_search.py``). On resume the driver loads the last committed controller state, samples the interrupted step
+  again (the controller's RNG is part of its state, so it is the same batch) and takes its stored children instead of
+  evaluating them again.
+- **Committed rows are immutable.** Triggers refuse any UPDATE or DELETE of a committed child and of a step, so no
+  code path, and no second process that slipped past the lock, can rewrite a result the search already learnt from.
+- **Readers** (``nas.pareto``, TensorBoard, a notebook) open the file read-only at any time (WAL mode) and see
+  committed steps only when they ask for ``committed_only``.
+- **Verified on read.** Before a search writes anything it checks the file (SQLite ``quick_check``), the schema
+  version, every stored child's JSON and the controller state it resumes from (its hash, then ``torch.load``). A
+  damaged store is reported in one line and never modified.
+
+The columns of ``children`` come from :class:`nas.record.ChildResult`; a store written by an older version gets the
+missing columns when it is opened for writing (schema migration in place, nothing rewritten).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
+import hashlib
 import io
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2  # 2: children.seed
-STORE_NAME = "run.sqlite"
+from nas.record import ChildResult, columns
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS children (
-    step INTEGER NOT NULL,
-    idx INTEGER NOT NULL,
-    tokens TEXT NOT NULL,
-    arch TEXT NOT NULL,
-    status TEXT NOT NULL,
-    error TEXT,
-    top1 REAL,
-    top5 REAL,
-    latency_ms REAL,
-    latency_std_ms REAL,
-    params INTEGER,
-    macs INTEGER,
-    reward REAL,
-    reused INTEGER NOT NULL DEFAULT 0,
-    train_seconds REAL,
-    latency_seconds REAL,
-    log_prob REAL,
-    seed INTEGER,
+SCHEMA_VERSION = 3  # 2: children.seed; 3: columns from the record (latency_source), steps.state_sha256, triggers
+STORE_NAME = "run.sqlite"
+LOCK_NAME = "run.lock"
+
+_COLUMNS = columns()
+_PLACEMENT = [f.name for f in dataclasses.fields(ChildResult) if f.metadata.get("placement")]
+_JSON_COLUMNS = {"tokens"}
+_BOOL_COLUMNS = {"reused"}
+
+
+def _schema() -> list[str]:
+    cols = ",\n    ".join(f"{name} {sql}" for name, sql in _COLUMNS.items())
+    return [
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        f"""CREATE TABLE IF NOT EXISTS children (
+    {cols},
     result TEXT NOT NULL,
-    committed_step INTEGER,
     created_at REAL NOT NULL,
     PRIMARY KEY (step, idx)
-);
-CREATE INDEX IF NOT EXISTS children_arch ON children (arch);
-CREATE TABLE IF NOT EXISTS steps (
+)""",
+        "CREATE INDEX IF NOT EXISTS children_arch ON children (arch)",
+        """CREATE TABLE IF NOT EXISTS steps (
     step INTEGER PRIMARY KEY,
     stats TEXT NOT NULL,
     controller_state BLOB NOT NULL,
+    state_sha256 TEXT,
     created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS references_ (
+)""",
+        """CREATE TABLE IF NOT EXISTS references_ (
     name TEXT PRIMARY KEY,
     arch TEXT NOT NULL,
     result TEXT NOT NULL,
     created_at REAL NOT NULL
-);
-"""
+)""",
+    ]
+
+
+def _refuse(name: str, event: str, table: str, when: str, message: str) -> str:
+    return (f"CREATE TRIGGER IF NOT EXISTS {name} BEFORE {event} ON {table} {when} "
+            f"BEGIN SELECT RAISE(ABORT, '{message}'); END")
+
+
+_TRIGGERS = [
+    _refuse("children_committed_are_final", "UPDATE", "children", "WHEN OLD.committed_step IS NOT NULL",
+            "a committed child cannot be changed"),
+    _refuse("children_committed_stay", "DELETE", "children", "WHEN OLD.committed_step IS NOT NULL",
+            "a committed child cannot be deleted"),
+    _refuse("steps_are_final", "UPDATE", "steps", "", "a committed step cannot be changed"),
+    _refuse("steps_stay", "DELETE", "steps", "", "a committed step cannot be deleted"),
+]
 
 
 class StoreError(RuntimeError):
     """A run store that cannot be written or trusted; the message says what to do."""
 
 
-@dataclass(frozen=True)
-class ChildRecord:
-    step: int
-    idx: int
-    tokens: list[int]
-    arch: str
-    status: str
-    error: str | None
-    top1: float | None
-    top5: float | None
-    latency_ms: float | None
-    latency_std_ms: float | None
-    params: int | None
-    macs: int | None
-    reward: float | None
-    reused: bool
-    train_seconds: float | None
-    latency_seconds: float | None
-    log_prob: float | None
-    result: dict
-    committed_step: int | None
-    seed: int | None = None  # the child's training seed (absent in stores written before schema 2)
-
-    def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+class StoreLocked(StoreError):
+    """Another process is writing this run."""
 
 
 def _dumps_state(state: Any) -> bytes:
@@ -114,50 +117,110 @@ def _loads_state(blob: bytes) -> Any:
     return torch.load(io.BytesIO(blob), weights_only=True)
 
 
+class _WriterLock:
+    """Exclusive ``flock`` on ``run.lock``; the file names the holder (pid, host, start time) for the refusal."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 4096, 0).decode(errors="replace").strip()
+            os.close(self.fd)
+            try:
+                info = json.loads(holder)
+                who = f"pid {info['pid']} on {info['host']}, since {time.strftime('%H:%M:%S', time.localtime(info['since']))}"
+            except (ValueError, KeyError, TypeError):
+                who = "another process"
+            raise StoreLocked(f"run {path.parent} is being written by another search ({who}); wait for it to finish "
+                              "or stop it, or choose another run_dir") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "since": time.time()}).encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+
 class RunStore:
-    """SQLite file ``<run_dir>/run.sqlite``. Use as a context manager or call :meth:`close`."""
+    """SQLite file ``<run_dir>/run.sqlite``. Use as a context manager or call :meth:`close`.
+
+    ``readonly=False`` makes this process the run's only writer (see the module docstring) and creates the store.
+    """
 
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
         if self.path.is_dir() or self.path.suffix != ".sqlite":
             self.path = self.path / STORE_NAME
+        self.readonly = readonly
+        self._lock: _WriterLock | None = None
         if readonly and not self.path.exists():
             raise StoreError(f"no run store at {self.path}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
+        if not readonly:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._lock = _WriterLock(self.path.parent / LOCK_NAME)
+            except OSError as exc:
+                raise StoreError(f"cannot write run directory {self.path.parent}: {exc.strerror or exc}") from None
         try:
-            self.conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
-            self.conn.execute("PRAGMA foreign_keys=ON")
-            if not readonly:
-                self.conn.execute("PRAGMA journal_mode=WAL")
-                self.conn.execute("PRAGMA synchronous=FULL")
-            self._check_integrity()
-            if not readonly:
-                self.conn.executescript(_SCHEMA)
-                self._check_version()
+            self._connect()
+        except sqlite3.OperationalError as exc:
+            self.close()
+            what = "cannot read" if readonly else "cannot open for writing"
+            raise StoreError(f"{what} run store {self.path} ({exc}); it was not modified") from None
         except sqlite3.DatabaseError as exc:
+            self.close()
             raise StoreError(f"run store {self.path} is unreadable ({exc}); it was not modified") from None
+        except StoreError:
+            self.close()
+            raise
 
-    # ------------------------------------------------------------------ housekeeping
-    def _check_integrity(self) -> None:
+    def _connect(self) -> None:
+        uri = f"file:{self.path}?mode=ro" if self.readonly else f"file:{self.path}"
+        self.conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+        existing = self.path.exists() and self.path.stat().st_size > 0
         row = self.conn.execute("PRAGMA quick_check").fetchone()
         if row is None or row[0] != "ok":
             raise StoreError(f"run store {self.path} is corrupted (quick_check: {row and row[0]}); it was not modified")
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if (existing or self.readonly) and not {"meta", "children", "steps"} <= tables:
+            raise StoreError(f"{self.path} is not a run store (empty or another program's file); it was not modified")
+        version = self.get_meta("schema_version") if "meta" in tables else None
+        if version is not None and (not isinstance(version, int) or version > SCHEMA_VERSION):
+            raise StoreError(f"run store {self.path} has schema version {version!r}, this code reads up to "
+                             f"{SCHEMA_VERSION}; it was not modified")
+        if self.readonly:
+            return
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self._migrate(tables, version)
 
-    def _check_version(self) -> None:
-        version = self.get_meta("schema_version")
-        if version == 1:  # schema 2 added the training seed of each child
-            columns = {row[1] for row in self.conn.execute("PRAGMA table_info(children)")}
-            add_seed = [] if "seed" in columns else [("ALTER TABLE children ADD COLUMN seed INTEGER", ())]
-            self._write([*add_seed, ("UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                                     (json.dumps(SCHEMA_VERSION),))])
-        elif version is None:
-            self.set_meta("schema_version", SCHEMA_VERSION)
-        elif version != SCHEMA_VERSION:
-            raise StoreError(f"run store {self.path} has schema version {version}, this code reads {SCHEMA_VERSION}")
+    def _migrate(self, tables: set[str], version: int | None) -> None:
+        """Create a new store, or bring an older one to this schema: add what is missing, rewrite nothing."""
+        statements: list[tuple[str, Sequence]] = []
+        if "children" in tables:
+            have = {r[1] for r in self.conn.execute("PRAGMA table_info(children)")}
+            statements += [(f"ALTER TABLE children ADD COLUMN {name} {sql.replace(' NOT NULL', '')}", ())
+                           for name, sql in _COLUMNS.items() if name not in have]
+            have_steps = {r[1] for r in self.conn.execute("PRAGMA table_info(steps)")}
+            if "state_sha256" not in have_steps:
+                statements.append(("ALTER TABLE steps ADD COLUMN state_sha256 TEXT", ()))
+        statements += [(sql, ()) for sql in _schema() + _TRIGGERS]
+        if version != SCHEMA_VERSION:
+            statements.append(("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                               (json.dumps(SCHEMA_VERSION),)))
+        self._write(statements)
 
+    # ------------------------------------------------------------------ housekeeping
     def close(self) -> None:
-        self.conn.close()
+        conn = getattr(self, "conn", None)
+        if conn is not None:
+            conn.close()
+            self.conn = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> RunStore:
         return self
@@ -165,9 +228,13 @@ class RunStore:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _write(self, statements: Iterable[tuple[str, Sequence]]) -> None:
-        """Run statements in one transaction; a full disk leaves the store exactly as it was."""
+    def _write(self, statements: Iterable[tuple[str, Sequence]], *, sync: bool = True) -> None:
+        """Run statements in one transaction; a failure (a full disk) leaves the store exactly as it was.
+        ``sync=False`` skips the fsync of this commit (see the module docstring: a child's row)."""
+        if self.readonly:
+            raise StoreError(f"run store {self.path} is open read-only")
         try:
+            self.conn.execute(f"PRAGMA synchronous={'FULL' if sync else 'NORMAL'}")
             self.conn.execute("BEGIN IMMEDIATE")
             for sql, args in statements:
                 self.conn.execute(sql, args)
@@ -185,81 +252,69 @@ class RunStore:
     # ------------------------------------------------------------------ meta
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return default if row is None else json.loads(row[0])
+        if row is None:
+            return default
+        try:
+            return json.loads(row[0])
+        except ValueError:
+            raise StoreError(f"run store {self.path}: meta {key!r} is damaged (not JSON); it was not modified") from None
 
     def set_meta(self, key: str, value: Any) -> None:
-        self._write([("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))])
+        self.set_metas({key: value})
+
+    def set_metas(self, values: dict[str, Any]) -> None:
+        """Several meta keys in one transaction."""
+        self._write([("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (k, json.dumps(v)))
+                     for k, v in values.items()])
 
     # ------------------------------------------------------------------ children
-    def add_child(
-        self,
-        *,
-        step: int,
-        idx: int,
-        tokens: Sequence[int],
-        arch: str,
-        result: dict,
-        log_prob: float | None = None,
-        reused: bool = False,
-    ) -> None:
-        """Commit one evaluated child of a step that is not yet committed (its reward comes with the step)."""
-        row = (
-            step,
-            idx,
-            json.dumps(list(tokens)),
-            arch,
-            result["status"],
-            result.get("error"),
-            result.get("top1"),
-            result.get("top5"),
-            result.get("latency_ms"),
-            result.get("latency_std_ms"),
-            result.get("params"),
-            result.get("macs"),
-            int(reused),
-            result.get("train_seconds"),
-            result.get("latency_seconds"),
-            log_prob,
-            result.get("seed"),
-            json.dumps(result),
-            time.time(),
-        )
-        self._write(
-            [
-                (
-                    "INSERT OR REPLACE INTO children (step, idx, tokens, arch, status, error, top1, top5, latency_ms, "
-                    "latency_std_ms, params, macs, reused, train_seconds, latency_seconds, log_prob, seed, result, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    row,
-                )
-            ]
-        )
+    @staticmethod
+    def _row(child: ChildResult) -> tuple[list[str], list]:
+        if child.step is None or child.idx is None or child.tokens is None:
+            raise ValueError("a stored child needs its step, idx and tokens")
+        data = child.to_dict()
+        names = list(_COLUMNS)
+        values = [json.dumps(data[n]) if n in _JSON_COLUMNS else int(data[n]) if n in _BOOL_COLUMNS else data[n]
+                  for n in names]
+        return names + ["result", "created_at"], values + [json.dumps(data), time.time()]
 
-    def pending_children(self, step: int) -> dict[int, ChildRecord]:
+    def _insert_child(self, child: ChildResult) -> tuple[str, Sequence]:
+        names, values = self._row(child)
+        updates = ", ".join(f"{n} = excluded.{n}" for n in names if n not in ("step", "idx"))
+        # A pending row of an interrupted step may be replaced (it was re-evaluated); a committed one never: the
+        # WHERE clause skips it and the trigger would refuse it anyway.
+        sql = (f"INSERT INTO children ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
+               f"ON CONFLICT (step, idx) DO UPDATE SET {updates} WHERE committed_step IS NULL")
+        return sql, values
+
+    def add_child(self, child: ChildResult) -> None:
+        """Store one evaluated child of a step that is not committed yet (its reward comes with the step)."""
+        if child.committed_step is not None:
+            raise ValueError("add_child stores pending children; commit_step commits them")
+        self._write([self._insert_child(child)], sync=False)
+        if self.conn.execute("SELECT changes()").fetchone()[0] != 1:
+            raise StoreError(f"run store {self.path}: step {child.step} child {child.idx} is already committed; "
+                             "committed results are never rewritten")
+
+    def commit_step(self, step: int, rewards: dict[int, float], stats: dict, controller_state: Any,
+                    children: Sequence[ChildResult] = ()) -> None:
+        """Atomically: ``children`` stored (steady-state steps store and commit at once), the step's rewards
+        (by child index), its children marked committed, the controller state after the update."""
+        blob = _dumps_state(controller_state)
+        statements = [self._insert_child(c) for c in children]
+        statements += [("UPDATE children SET reward = ?, committed_step = ? WHERE step = ? AND idx = ? "
+                        "AND committed_step IS NULL", (r, step, step, i)) for i, r in sorted(rewards.items())]
+        statements.append(("INSERT INTO steps (step, stats, controller_state, state_sha256, created_at) "
+                           "VALUES (?, ?, ?, ?, ?)",
+                           (step, json.dumps(stats), blob, hashlib.sha256(blob).hexdigest(), time.time())))
+        self._write(statements)
+        found = self.conn.execute("SELECT COUNT(*) FROM children WHERE committed_step = ?", (step,)).fetchone()[0]
+        if found != len(rewards):
+            raise StoreError(f"run store {self.path}: step {step} committed {found} children, expected {len(rewards)}")
+
+    def pending_children(self, step: int) -> dict[int, ChildResult]:
         """Children of ``step`` evaluated before an interruption, by index."""
         return {c.idx: c for c in self.children(where="step = ? AND committed_step IS NULL", args=(step,))}
-
-    def find_result(self, arch: str) -> dict | None:
-        """The stored evaluation of ``arch`` (identical architectures are evaluated once per run)."""
-        row = self.conn.execute(
-            "SELECT result FROM children WHERE arch = ? AND reused = 0 ORDER BY step, idx LIMIT 1", (arch,)
-        ).fetchone()
-        return None if row is None else json.loads(row[0])
-
-    def commit_step(self, step: int, rewards: Sequence[float], stats: dict, controller_state: Any) -> None:
-        """Atomically: the step's rewards, its children marked committed, the controller state after the update."""
-        blob = _dumps_state(controller_state)
-        statements: list[tuple[str, Sequence]] = [
-            ("UPDATE children SET reward = ?, committed_step = ? WHERE step = ? AND idx = ?", (r, step, step, i))
-            for i, r in enumerate(rewards)
-        ]
-        statements.append(
-            (
-                "INSERT INTO steps (step, stats, controller_state, created_at) VALUES (?, ?, ?, ?)",
-                (step, json.dumps(stats), blob, time.time()),
-            )
-        )
-        self._write(statements)
 
     def last_step(self) -> int:
         """The last committed step, -1 when none."""
@@ -267,28 +322,44 @@ class RunStore:
         return -1 if row[0] is None else int(row[0])
 
     def controller_state(self, step: int) -> Any:
-        row = self.conn.execute("SELECT controller_state FROM steps WHERE step = ?", (step,)).fetchone()
+        """The controller state committed with ``step``, checked against its hash before it is unpickled."""
+        row = self.conn.execute("SELECT controller_state, state_sha256 FROM steps WHERE step = ?", (step,)).fetchone()
         if row is None:
             raise StoreError(f"run store {self.path} has no controller state for step {step}")
-        return _loads_state(row[0])
+        blob, digest = row
+        if digest is not None and hashlib.sha256(blob).hexdigest() != digest:
+            raise StoreError(f"run store {self.path}: the controller state of step {step} is damaged (hash mismatch); "
+                             "it was not modified")
+        try:
+            return _loads_state(blob)
+        except Exception as exc:
+            raise StoreError(f"run store {self.path}: the controller state of step {step} is damaged "
+                             f"({exc.__class__.__name__}); it was not modified") from None
 
     def steps(self) -> list[dict]:
         rows = self.conn.execute("SELECT step, stats, created_at FROM steps ORDER BY step").fetchall()
-        return [{"step": s, "created_at": t, **json.loads(stats)} for s, stats, t in rows]
+        try:
+            return [{"step": s, "created_at": t, **json.loads(stats)} for s, stats, t in rows]
+        except ValueError:
+            raise StoreError(f"run store {self.path}: step statistics are damaged (not JSON)") from None
 
-    def children(self, *, committed_only: bool = False, where: str = "", args: Sequence = ()) -> list[ChildRecord]:
+    def children(self, *, committed_only: bool = False, where: str = "", args: Sequence = ()) -> list[ChildResult]:
         clauses = [c for c in (where, "committed_step IS NOT NULL" if committed_only else "") if c]
-        sql = "SELECT * FROM children" + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY step, idx"
-        cursor = self.conn.execute(sql, tuple(args))
-        names = [d[0] for d in cursor.description]
+        sql = (f"SELECT result, {', '.join(_PLACEMENT)} FROM children"
+               + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY step, idx")
         out = []
-        for values in cursor.fetchall():
-            row = dict(zip(names, values))
-            row["tokens"] = json.loads(row["tokens"])
-            row["result"] = json.loads(row["result"])
-            row["reused"] = bool(row["reused"])
-            row.pop("created_at")
-            out.append(ChildRecord(**row))
+        for result, *placement in self.conn.execute(sql, tuple(args)).fetchall():
+            values = dict(zip(_PLACEMENT, placement))
+            try:
+                child = ChildResult.from_dict(json.loads(result))
+                # the placement columns are the truth: reward and commit change after the child is stored, and
+                # stores older than schema 3 kept tokens and log_prob only in their columns
+                values["tokens"] = json.loads(values["tokens"])
+            except (ValueError, TypeError) as exc:
+                raise StoreError(f"run store {self.path}: child {values['step']}/{values['idx']} is damaged "
+                                 f"({exc.__class__.__name__}); it was not modified") from None
+            values["reused"] = bool(values["reused"])
+            out.append(dataclasses.replace(child, **values))
         return out
 
     def num_committed_children(self) -> int:
@@ -296,14 +367,8 @@ class RunStore:
 
     # ------------------------------------------------------------------ reference architectures
     def add_reference(self, name: str, arch: str, result: dict) -> None:
-        self._write(
-            [
-                (
-                    "INSERT OR REPLACE INTO references_ (name, arch, result, created_at) VALUES (?, ?, ?, ?)",
-                    (name, arch, json.dumps(result), time.time()),
-                )
-            ]
-        )
+        self._write([("INSERT OR REPLACE INTO references_ (name, arch, result, created_at) VALUES (?, ?, ?, ?)",
+                      (name, arch, json.dumps(result), time.time()))])
 
     def references(self) -> dict[str, dict]:
         rows = self.conn.execute("SELECT name, arch, result FROM references_ ORDER BY name").fetchall()

@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mnas_common import paths
+from mnas_common.checks import is_int, positive_int, positive_number
+from nas.cli import check_command_line, fail
 
 
 def log(message: str) -> None:
@@ -27,25 +29,33 @@ def log(message: str) -> None:
 def run(cfg: DictConfig) -> dict:
     import torch
 
-    from search_spaces import resolve_arch
+    from search_spaces import profile_arch, resolve_arch
 
-    from nas.data import DatasetConfig, load_dataset
-    from nas.trainer import TrainerConfig, train_child
+    from nas.components import build
+    from nas.data import load_dataset
+    from nas.evaluator import GiB
+    from nas.trainer import check_device, train_child
 
     resolve_arch(str(cfg.arch))  # ValueError naming the architecture: bad input, not a failed child
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+    if not is_int(cfg.seed):
         raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
-    if cfg.threads is not None:
-        if not isinstance(cfg.threads, int) or cfg.threads < 1:
-            raise ValueError(f"threads must be a positive integer, got {cfg.threads!r}")
-        torch.set_num_threads(cfg.threads)
-    fields = OmegaConf.to_container(cfg.trainer, resolve=True)
-    unknown = sorted(set(fields) - set(TrainerConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"unknown trainer field(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(TrainerConfig.__dataclass_fields__)}")
-    trainer = TrainerConfig(**fields)
-    dataset = DatasetConfig.from_config(cfg.dataset)  # validated before the (possibly long) preparation
+    threads = positive_int("threads", cfg.threads, allow_none=True)
+    limit_gb = positive_number("max_memory_gb", cfg.max_memory_gb)
+    trainer = build("trainer", cfg.trainer)
+    dataset = build("dataset", cfg.dataset)  # validated before the (possibly long) preparation
+    problem = check_device(cfg.device or trainer.device)
+    if problem:
+        raise ValueError(problem)
+    # the size guard, on the meta device: an absurd architecture is refused before anything is allocated
+    channels = dataset.channels or (1 if dataset.source == "fashion_mnist" else 3)
+    classes = len(dataset.classes) if isinstance(dataset.classes, tuple) else dataset.classes or 1000  # an upper bound
+    need = profile_arch(str(cfg.arch), resolution=dataset.resolution, in_channels=channels,
+                        num_classes=classes).training_bytes(trainer.batch_size, 2 if trainer.optimizer == "rmsprop" else 1)
+    if need > limit_gb * GiB:
+        raise ValueError(f"{cfg.arch} is too large: an estimated {need / GiB:.1f} GB to train at batch "
+                         f"{trainer.batch_size} exceeds max_memory_gb={limit_gb:g}")
+    if threads:
+        torch.set_num_threads(threads)
     data = load_dataset(dataset, cache_dir=cfg.cache_dir)
     log(f"training {cfg.arch} on {data.name} ({len(data.train)} train / {len(data.val)} held-out images, "
         f"{data.num_classes} classes, {data.resolution} px) for {trainer.epochs} epoch(s)"
@@ -69,33 +79,15 @@ def main(cfg: DictConfig) -> None:
     try:
         out = run(cfg)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(exc))
     print(json.dumps(out), flush=True)
     if out["status"] != "ok":
         sys.exit(1)
 
 
-def check_overrides(argv: list[str]) -> str | None:
-    """Compose the config with the command-line overrides first: Hydra would report a bad override (a field that
-    does not exist, a config group option that is missing) as a multi-line traceback hint with exit status 1."""
-    from hydra import compose, initialize_config_dir
-
-    if any(a.startswith("-") for a in argv):  # --help, --cfg, -m: Hydra's own flags, left to Hydra
-        return None
-    overrides = [a for a in argv if not a.lstrip("+~").startswith("hydra")]
-    config_dir = str(paths.config_dir())
-    try:
-        with initialize_config_dir(version_base=None, config_dir=config_dir):
-            compose(config_name="train", overrides=overrides)
-    except Exception as exc:
-        return " ".join(str(exc).split())
-    return None
-
-
 if __name__ == "__main__":
-    problem = check_overrides(sys.argv[1:])
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
+    try:
+        check_command_line("train", sys.argv[1:])
+    except ValueError as exc:
+        fail(str(exc))
     main()

@@ -16,6 +16,8 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mnas_common.checks import (is_number, non_negative_int, non_negative_number, one_of, positive_int,
+                                 positive_number)
 from mnas_common.serial import Serializable
 
 OPTIMIZERS = ("sgd", "rmsprop")
@@ -53,34 +57,25 @@ class TrainerConfig:
     device: str | None = None       # null: cuda if available else cpu
 
     def __post_init__(self) -> None:
-        def positive_int(name: str) -> None:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"trainer.{name} must be a positive integer, got {value!r}")
-
         for name in ("epochs", "batch_size", "eval_batch_size", "prefetch"):
-            positive_int(name)
-        if self.max_steps is not None:
-            positive_int("max_steps")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"trainer.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"trainer.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"trainer.lr must be a positive number, got {self.lr!r}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"trainer.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"trainer.dropout must be in [0, 1), got {self.dropout!r}")
+            positive_int(f"trainer.{name}", getattr(self, name))
+        positive_int("trainer.max_steps", self.max_steps, allow_none=True)
+        non_negative_int("trainer.warmup_steps", self.warmup_steps)
+        one_of("trainer.optimizer", self.optimizer, OPTIMIZERS)
+        one_of("trainer.schedule", self.schedule, SCHEDULES)
+        one_of("trainer.amp", self.amp, ("auto", "on", "off"))
+        positive_number("trainer.lr", self.lr)
+        non_negative_number("trainer.weight_decay", self.weight_decay)
         # caught here, not by torch inside train_child: there every child of a search would come back "failed"
-        if not isinstance(self.momentum, (int, float)) or not 0 <= self.momentum < 1:
-            raise ValueError(f"trainer.momentum must be in [0, 1), got {self.momentum!r}")
-        if not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool) or self.warmup_steps < 0:
-            raise ValueError(f"trainer.warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"trainer.weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.amp not in ("auto", "on", "off"):
-            raise ValueError(f"trainer.amp must be auto, on or off, got {self.amp!r}")
+        for name in ("momentum", "label_smoothing", "dropout"):
+            value = getattr(self, name)
+            if not is_number(value) or not 0 <= value < 1:
+                raise ValueError(f"trainer.{name} must be in [0, 1), got {value!r}")
+        for name in ("augment", "channels_last", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"trainer.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.device is not None and not isinstance(self.device, str):
+            raise ValueError(f"trainer.device must be null, cpu or cuda[:N], got {self.device!r}")
 
 
 @dataclass
@@ -196,6 +191,23 @@ class BatchLoader:
                     thread.join(0.01)
 
 
+def check_device(device: str | None) -> str | None:
+    """A problem with the configured training device (``cuda`` on a machine without a GPU), or None."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        return f"trainer.device {device!r} is not a torch device ({str(exc).splitlines()[0]})"
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return f"trainer.device={device} but this machine has no CUDA GPU that torch can use"
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        return f"trainer.device={device} but this machine has {torch.cuda.device_count()} CUDA device(s)"
+    if dev.type not in ("cpu", "cuda", "mps"):
+        return f"trainer.device={device}: only cpu and cuda are supported"
+    return None
+
+
 def _device(config: TrainerConfig, device: str | None) -> torch.device:
     name = device or config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -221,12 +233,13 @@ def _lr_factor(step: int, total: int, config: TrainerConfig) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader, num_classes: int, autocast) -> tuple[float, float | None]:
+def evaluate(model: nn.Module, loader: BatchLoader, num_classes: int, autocast,
+             step_guard: Callable[[], AbstractContextManager] = nullcontext) -> tuple[float, float | None]:
     model.eval()
     correct1 = correct5 = total = 0
     k = min(5, num_classes)
     for x, y in loader:
-        with autocast():
+        with step_guard(), autocast():
             logits = model(x)
         top = logits.float().topk(k, dim=1).indices
         hit = top.eq(y.view(-1, 1))
@@ -241,8 +254,14 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def train_child(arch: str, data: Any, config: TrainerConfig, *, seed: int = 0, device: str | None = None) -> TrainResult:
-    """Proxy-train ``arch`` (an architecture string or reference name) on ``data``; never raises for a bad child."""
+def train_child(arch: str, data: Any, config: TrainerConfig, *, seed: int = 0, device: str | None = None,
+                step_guard: Callable[[], AbstractContextManager] = nullcontext) -> TrainResult:
+    """Proxy-train ``arch`` (an architecture string or reference name) on ``data``; never raises for a bad child.
+
+    ``step_guard()`` wraps every optimisation step and evaluation batch: the search passes the latency service's
+    host gate (``latency.quiet``), so a host timing never runs while a step computes and no step starts while a
+    timing runs. A step is tens of milliseconds: a timing waits at most that long.
+    """
     from search_spaces import build_model
 
     dev = _device(config, device)
@@ -287,14 +306,15 @@ def train_child(arch: str, data: Any, config: TrainerConfig, *, seed: int = 0, d
                     break
                 for group in optimizer.param_groups:
                     group["lr"] = config.lr * _lr_factor(step, total_steps, config)
-                with autocast():
-                    loss = criterion(step_model(x), y)
-                if not torch.isfinite(loss):
-                    raise ChildFailed(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                with step_guard():
+                    with autocast():
+                        loss = criterion(step_model(x), y)
+                    if not torch.isfinite(loss):
+                        raise ChildFailed(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                 loss_value = float(loss.detach())
                 step += 1
                 seen += len(y)
@@ -312,7 +332,7 @@ def train_child(arch: str, data: Any, config: TrainerConfig, *, seed: int = 0, d
         val_loader = BatchLoader(data.val, config.eval_batch_size, mean=data.mean, std=data.std, device=dev,
                                  generator=None, augment=False, prefetch=config.prefetch,
                                  channels_last=config.channels_last, drop_last=False)
-        result.top1, result.top5 = evaluate(step_model, val_loader, data.num_classes, autocast)
+        result.top1, result.top5 = evaluate(step_model, val_loader, data.num_classes, autocast, step_guard)
         result.eval_seconds = time.perf_counter() - start
     except ChildFailed as exc:
         result.status, result.error = "failed", str(exc)

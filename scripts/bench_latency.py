@@ -4,8 +4,13 @@
    fast path in a warm worker (cold = first child including imports, warm = later children). Goal: >= 3x warm.
 2. Repeat-measurement noise of the host runner: coefficient of variation of the median over REPEATS for 3 archs.
 3. Decoded mnasnet_b1 versus torchvision's mnasnet1_0 converted the same way: latency ratio (goal within 10%).
+4. With ``--predictor``: the host layer table of the default space (built if missing; resumable, so a cache that
+   holds it makes this instant) and the predictor's error on ``--validate`` held-out random architectures measured
+   for real (``python -m latency table validate``). Goals: >= 99% within +-10%, >= 90% within +-5%, Kendall tau
+   >= 0.95, table built in <= 20 minutes.
 
 Usage: .venv/bin/python scripts/bench_latency.py [--resolution 224] [--repeats 5] [--runs 30]
+       .venv/bin/python scripts/bench_latency.py --predictor [--validate 200] [--cache DIR/latency.sqlite] [--only-predictor]
 """
 
 from __future__ import annotations
@@ -49,7 +54,15 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--predictor", action="store_true", help="also build/validate the host layer table")
+    parser.add_argument("--only-predictor", action="store_true", help="only the predictor part")
+    parser.add_argument("--validate", type=int, default=200, help="held-out architectures measured for real")
+    parser.add_argument("--cache", default=None, help="latency cache holding (or to hold) the table")
     args = parser.parse_args()
+    if args.predictor or args.only_predictor:
+        predictor_figures(args)
+        if args.only_predictor:
+            return
     from tqdm import tqdm
 
     from latency import build_service
@@ -114,6 +127,27 @@ def main() -> None:
           f"{statistics.median(theirs):.2f} ms: ratio {ratio:.3f} (goal within 10%): "
           f"{'PASS' if abs(ratio - 1) <= 0.10 else 'FAIL'}")
     service.close()
+
+
+def predictor_figures(args) -> None:
+    """Section 4: the same code as ``python -m latency table build`` and ``table validate``."""
+    from latency import build_service
+    from latency.predictor import validate
+    from latency.table import build_table
+
+    with build_service("host", workers=2, cache_path=args.cache) as service:
+        summary = build_table(service, space_name="mnasnet", resolution=args.resolution)
+        figures = validate(service, n=args.validate, space="mnasnet", resolution=args.resolution)
+    print(f"\n== predictor, host runner, default space, {args.resolution} px, 1,000 classes")
+    print(f"table {summary['table_key']}: {summary['layers']} layers, {summary['calibration']} calibration models, "
+          f"built in {summary['build_seconds_total'] / 60:.1f} min (layers {summary['layer_seconds'] / 60:.1f} min "
+          f"in this run; goal <= 20)")
+    checks = [("within +-10%", figures["within_10"], 0.99), ("within +-5%", figures["within_5"], 0.90),
+              ("Kendall tau", figures["kendall_tau"], 0.95)]
+    for name, value, goal in checks:
+        print(f"{name:<14}{value:>8.3f}  (goal >= {goal}): {'PASS' if value >= goal else 'FAIL'}")
+    print(f"RMSE {figures['rmse_ms']:.3f} ms ({100 * figures['rmse_rel']:.2f}%), max error {100 * figures['max_rel']:.2f}%, "
+          f"over {figures['n']} held-out architectures")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ __all__ = [
     "list_references",
     "make_divisible",
     "parse_arch",
+    "profile_arch",
     "register_reference",
     "resolve_arch",
 ]
@@ -62,3 +63,12 @@ def count_params_macs(model, resolution: int, in_channels: int = 3) -> tuple[int
     from search_spaces.profile import count_params_macs as _count
 
     return _count(model, resolution, in_channels)
+
+
+def profile_arch(arch: str | ArchSpec, *, resolution: int, in_channels: int = 3, num_classes: int = 1000):
+    """Exact params and MACs plus memory estimates of ``arch`` (a :class:`~search_spaces.profile.Profile`), in
+    closed form from its layers: microseconds, and an absurdly wide architecture costs nothing to describe."""
+    from search_spaces.profile import layer_profile
+
+    spec = arch if isinstance(arch, ArchSpec) else parse_arch(resolve_arch(arch))
+    return layer_profile(spec, resolution, in_channels, num_classes)

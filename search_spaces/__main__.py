@@ -28,12 +28,15 @@ def load_space(name: str = "mnasnet", overrides: list[str] | None = None) -> Sea
 
 
 def _info(args: argparse.Namespace) -> dict:
+    import torch
+
     from search_spaces import build_model
     from search_spaces.profile import count_macs, count_params
 
     arch = resolve_arch(args.arch)
     spec = parse_arch(arch)
-    model = build_model(args.arch, num_classes=args.classes, in_channels=args.channels, width_mult=args.width)
+    with torch.device("meta"):  # shapes only: a 100,000-channel stage costs nothing to describe
+        model = build_model(args.arch, num_classes=args.classes, in_channels=args.channels, width_mult=args.width)
     macs, per_module = count_macs(model, args.resolution, args.channels)
     res = (args.resolution + 1) // 2  # after the stride-2 stem
     blocks = []

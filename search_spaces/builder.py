@@ -24,6 +24,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from search_spaces.arch import ArchSpec, BlockSpec
+from search_spaces.layers import HEAD_CHANNELS, STEM_CHANNELS, LayerSpec, effective_skip, se_channels
 from search_spaces.width import make_divisible
 
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
@@ -66,35 +67,31 @@ class SearchLayer(nn.Module):
     def __init__(self, block: BlockSpec, cin: int, cout: int, stride: int, act: str = "relu"):
         super().__init__()
         k = block.kernel
-        se_channels = max(1, round(block.se_ratio * cin)) if block.se_ratio > 0 else 0
+        se = se_channels(block.se_ratio, cin)
         body: list[nn.Module] = []
         if block.block_type == "cn":
             body.append(ConvBNAct(cin, cout, k, stride, act=act))
-            if se_channels:
-                body.append(SqueezeExcite(cout, se_channels, act))
+            if se:
+                body.append(SqueezeExcite(cout, se, act))
         elif block.block_type == "ds":
             body.append(ConvBNAct(cin, cin, k, stride, groups=cin, act=act))
-            if se_channels:
-                body.append(SqueezeExcite(cin, se_channels, act))
+            if se:
+                body.append(SqueezeExcite(cin, se, act))
             body.append(ConvBNAct(cin, cout, 1, act=None))
         else:  # "ir"
             mid = cin * block.expansion
             if block.expansion != 1:
                 body.append(ConvBNAct(cin, mid, 1, act=act))
             body.append(ConvBNAct(mid, mid, k, stride, groups=mid, act=act))
-            if se_channels:
-                body.append(SqueezeExcite(mid, se_channels, act))
+            if se:
+                body.append(SqueezeExcite(mid, se, act))
             body.append(ConvBNAct(mid, cout, 1, act=None))
         self.body = nn.Sequential(*body)
 
-        self.skip_kind = "none"
+        self.skip_kind = effective_skip(block.skip, cin, cout, stride)
         self.shortcut: nn.Module | None = None
-        if cin == cout:
-            if block.skip == "identity" and stride == 1:
-                self.skip_kind = "identity"
-            elif block.skip == "pool":
-                self.skip_kind = "pool"
-                self.shortcut = nn.AvgPool2d(3, stride, padding=1, count_include_pad=False)
+        if self.skip_kind == "pool":
+            self.shortcut = nn.AvgPool2d(3, stride, padding=1, count_include_pad=False)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.body(x)
@@ -116,8 +113,8 @@ class MnasNetModel(nn.Module):
         in_channels: int = 3,
         width_mult: float = 1.0,
         dropout: float = 0.2,
-        stem_channels: int = 32,
-        head_channels: int = 1280,
+        stem_channels: int = STEM_CHANNELS,
+        head_channels: int = HEAD_CHANNELS,
         activation: str = "relu",
     ):
         super().__init__()
@@ -174,3 +171,29 @@ class MnasNetModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.pool(self.features(x)).flatten(1)
         return self.classifier(self.dropout(x))
+
+
+class HeadLayer(nn.Module):
+    """The network's end as a model of its own (per-layer latency tables): the same modules and forward as the end
+    of :class:`MnasNetModel` (conv1x1 -> BN -> act -> global pooling -> dropout -> classifier)."""
+
+    def __init__(self, cin: int, num_classes: int, activation: str = "relu", head_channels: int = HEAD_CHANNELS,
+                 dropout: float = 0.2):
+        super().__init__()
+        self.head = ConvBNAct(cin, head_channels, 1, act=activation)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(head_channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.dropout(self.pool(self.head(x)).flatten(1)))
+
+
+def build_layer(spec: LayerSpec) -> nn.Module:
+    """One layer of a network (:func:`search_spaces.layers.network_layers`) as a model of its own, built from the
+    same modules the whole network uses, so it converts to the same TFLite ops."""
+    if spec.kind == "stem":
+        return ConvBNAct(spec.cin, spec.cout, spec.kernel, spec.stride, act=spec.activation)
+    if spec.kind == "head":
+        return HeadLayer(spec.cin, spec.cout, spec.activation)
+    return SearchLayer(spec.block_spec(), spec.cin, spec.cout, spec.stride, spec.activation)

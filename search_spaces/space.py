@@ -13,6 +13,7 @@ That is why a block's filter/layer decisions may have fewer options than the con
 from __future__ import annotations
 
 import math
+from itertools import product
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -260,3 +261,30 @@ class SearchSpace:
                 f"se {list(b.se_ratios)}, skips {list(b.skips)}, channels {list(b.channels)}, layers {list(b.layers)}"
             )
         return "\n".join(lines)
+
+    # ------------------------------------------------------------------ layers
+    def layers(self, *, resolution: int, channels: int, num_classes: int, activation: str = "relu") -> list:
+        """Every distinct layer (:class:`~search_spaces.layers.LayerSpec`) any architecture of the space can have.
+
+        A block's first layer takes each output width of the block before (the stem's for block 1) and has the
+        block's stride; later layers (where the block can have more than one) map its width onto itself.
+        """
+        from search_spaces.layers import block_layer, head_layer, stem_layer, unique
+
+        stem = stem_layer(resolution, channels, activation)
+        out, cins, size = [stem], (stem.cout,), stem.out_size
+        for choices in self.blocks:
+            first_size = size
+            for op, kernel, se, skip in product(choices.conv_ops, choices.kernels, choices.se_ratios, choices.skips):
+                block_type, expansion = _conv_op(op)
+                for cout in choices.channels:
+                    block = BlockSpec(block_type=block_type, repeats=1, kernel=kernel, stride=choices.stride,
+                                      out_channels=cout, expansion=expansion, se_ratio=se, skip=skip)
+                    first = [block_layer(block, cin, first_size, True, activation) for cin in cins]
+                    out += first
+                    size = first[0].out_size
+                    if max(choices.layers) > 1:
+                        out.append(block_layer(block, cout, size, False, activation))
+            cins = choices.channels
+        out += [head_layer(cin, size, num_classes, activation) for cin in cins]
+        return unique(out)

@@ -29,10 +29,13 @@ from typing import Any
 import numpy as np
 
 from mnas_common import sources
+from mnas_common.checks import is_int, known_fields, one_of, positive_int
 from mnas_common.config import to_plain
+from mnas_common.errors import first_line
 from mnas_common.paths import cache_dir as default_cache_dir
 
-__all__ = ["DatasetConfig", "PreparedDataset", "Split", "cache_root", "load_dataset", "open_prepared", "prepare"]
+__all__ = ["DamagedDataset", "DatasetConfig", "PreparedDataset", "Split", "cache_root", "check_dataset", "load_dataset",
+           "open_prepared", "prepare"]
 
 FORMAT_VERSION = 2
 # images written between progress checkpoints: a resumed prepare redoes at most one chunk
@@ -42,6 +45,9 @@ FILE_CHUNK = 256
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir) if cache_dir is not None else default_cache_dir("data")
+
+
+SOURCES = ("fashion_mnist", "cifar10", "imagefolder")
 
 
 @dataclass(frozen=True)
@@ -57,19 +63,15 @@ class DatasetConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.source not in ("fashion_mnist", "cifar10", "imagefolder"):
-            raise ValueError(f"dataset.source must be fashion_mnist, cifar10 or imagefolder, got {self.source!r}")
-        for key in ("resolution", "channels", "images_per_class", "val_per_class", "seed"):  # True is an int too
-            if isinstance(getattr(self, key), bool) or not isinstance(getattr(self, key), (int, type(None))):
-                raise ValueError(f"dataset.{key} must be an integer, got {getattr(self, key)!r}")
-        if not isinstance(self.resolution, int) or self.resolution < 8:
+        one_of("dataset.source", self.source, SOURCES)
+        if not is_int(self.resolution) or self.resolution < 8:
             raise ValueError(f"dataset.resolution must be an integer >= 8, got {self.resolution!r}")
-        if self.channels not in (None, 1, 3):
+        if self.channels is not None and (not is_int(self.channels) or self.channels not in (1, 3)):
             raise ValueError(f"dataset.channels must be null, 1 or 3, got {self.channels!r}")
-        if self.images_per_class is not None and (not isinstance(self.images_per_class, int) or self.images_per_class < 1):
-            raise ValueError(f"dataset.images_per_class must be a positive integer or null, got {self.images_per_class!r}")
-        if not isinstance(self.val_per_class, int) or self.val_per_class < 1:
-            raise ValueError(f"dataset.val_per_class must be a positive integer, got {self.val_per_class!r}")
+        positive_int("dataset.images_per_class", self.images_per_class, allow_none=True)
+        positive_int("dataset.val_per_class", self.val_per_class)
+        if not is_int(self.seed):
+            raise ValueError(f"dataset.seed must be an integer, got {self.seed!r}")
         classes = self.classes
         if isinstance(classes, bool) or not (
             classes is None or isinstance(classes, int) or
@@ -78,19 +80,16 @@ class DatasetConfig:
         ):
             raise ValueError(f"dataset.classes must be null, a number of classes or a non-empty list of class names, "
                              f"got {classes!r}")
+        if isinstance(classes, list):
+            object.__setattr__(self, "classes", tuple(classes))
         if self.source == "imagefolder" and not self.root:
             raise ValueError(f"dataset {self.name!r}: set dataset.root to an ImageNet-style folder (train/<wnid>/*.JPEG)")
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> DatasetConfig:
-        cfg = dict(to_plain(cfg))
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(cfg) - known - {"_target_"})
-        if unknown:
-            raise ValueError(f"unknown dataset field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        if isinstance(cfg.get("classes"), (list, tuple)):
-            cfg["classes"] = tuple(cfg["classes"])
-        return cls(**{k: v for k, v in cfg.items() if k in known})
+        cfg = {k: v for k, v in dict(to_plain(cfg)).items() if k != "_target_"}
+        known_fields("dataset", cfg, cls.__dataclass_fields__)
+        return cls(**cfg)
 
     def key(self) -> str:
         """Identity of the prepared arrays (everything that changes their content)."""
@@ -334,22 +333,65 @@ def _prepare_locked(cfg: DatasetConfig, out: Path, progress: bool) -> Path:
     return out
 
 
+def check_dataset(cfg: DatasetConfig, cache_dir: str | Path | None = None) -> str | None:
+    """A reason the dataset cannot be prepared (its source is missing), found without reading it; None when it is
+    already prepared or its source is there. Fashion-MNIST may still be downloaded, so its absence is not a problem
+    here (the download fails within seconds, with its own message, where there is no internet)."""
+    if (cache_root(cache_dir) / cfg.key() / "meta.json").exists():
+        return None
+    root = Path(cfg.root).expanduser() if cfg.root else None
+    if cfg.source == "imagefolder" and (root is None or not root.is_dir()):
+        return f"dataset {cfg.name}: image folder not found: {cfg.root} (set dataset.root or IMAGENET_ROOT)"
+    if cfg.source == "cifar10":
+        base = root / "cifar-10-batches-py" if root and (root / "cifar-10-batches-py").exists() else root
+        if base is None or not (base / "data_batch_1").exists():
+            return f"dataset {cfg.name}: CIFAR-10 batches not found in {cfg.root} (set dataset.root or CIFAR10_ROOT)"
+    return None
+
+
 def load_dataset(cfg: Mapping | DatasetConfig, cache_dir: str | Path | None = None, *, progress: bool = True) -> PreparedDataset:
-    """Prepare the dataset if needed and open its memory-mapped splits."""
+    """Prepare the dataset if needed and open its memory-mapped splits; a damaged cache is rebuilt."""
     cfg = cfg if isinstance(cfg, DatasetConfig) else DatasetConfig.from_config(cfg)
-    return open_prepared(prepare(cfg, cache_dir, progress=progress))
+    path = prepare(cfg, cache_dir, progress=progress)
+    try:
+        return open_prepared(path)
+    except DamagedDataset as exc:
+        warnings.warn(f"{exc}; rebuilding it", stacklevel=2)
+        with open(path / ".lock", "w") as lock:  # the same lock as prepare: no one reads it while it is rebuilt
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for item in path.iterdir():
+                if item.name != ".lock":
+                    item.unlink()
+        return open_prepared(prepare(cfg, cache_dir, progress=progress))
+
+
+class DamagedDataset(ValueError):
+    """A prepared dataset directory whose files are missing, truncated or not what ``prepare`` wrote."""
 
 
 def open_prepared(path: str | Path) -> PreparedDataset:
-    """Open a finished prepared directory (memory-mapped, nothing is read until used)."""
+    """Open a finished prepared directory (memory-mapped, nothing is read until used).
+
+    Every array is checked against the shapes and sizes ``meta.json`` records (a missing, truncated or garbage
+    ``.u8``/``.npy`` file raises :class:`DamagedDataset` naming the directory, instead of a numpy error later).
+    """
     path = Path(path)
     if not (path / "meta.json").exists():
         raise FileNotFoundError(f"{path}: not a finished prepared dataset (no meta.json)")
-    meta = json.loads((path / "meta.json").read_text())
-    splits = {
-        name: Split(np.load(path / f"{name}_x.u8", mmap_mode="r"), np.load(path / f"{name}_y.npy"))
-        for name in ("train", "val")
-    }
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        splits = {}
+        for name in ("train", "val"):
+            x = np.load(path / f"{name}_x.u8", mmap_mode="r")
+            y = np.load(path / f"{name}_y.npy")
+            expected = (meta[f"num_{name}"], meta["resolution"], meta["resolution"], meta["channels"])
+            if x.shape != expected or x.dtype != np.uint8 or y.shape != (expected[0],):
+                raise ValueError(f"{name} arrays have shape {x.shape}/{y.shape}, expected {expected}")
+            if y.size and not (0 <= int(y.min()) and int(y.max()) < meta["num_classes"]):
+                raise ValueError(f"{name} labels outside [0, {meta['num_classes']})")
+            splits[name] = Split(x, y)
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise DamagedDataset(f"prepared dataset {path} is damaged ({first_line(exc, with_type=True)})") from None
     return PreparedDataset(
         name=meta["name"],
         num_classes=meta["num_classes"],

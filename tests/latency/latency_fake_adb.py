@@ -8,6 +8,10 @@ timing the pushed model with LiteRT on the host, printing benchmark_model's own 
   FAKE_ADB_SERIALS  comma-separated attached serials ("" = no devices); default "FAKE0001"
   FAKE_ADB_DROPS    how many benchmark_model runs fail first with "device offline" (a dropping device)
   FAKE_ADB_LOG      file that receives one line per adb invocation (argv as JSON)
+  FAKE_ADB_SERIALS_FILE  file with the attached serials, comma-separated, read at every call (overrides
+                    FAKE_ADB_SERIALS): a test unplugs a phone mid-search by rewriting it
+  FAKE_ADB_TIMES    file that receives one JSON line per benchmark_model run: serial, graph, start and end times
+  FAKE_ADB_DELAY_S  seconds each benchmark_model run takes at least (a slow phone)
 """
 
 from __future__ import annotations
@@ -21,8 +25,19 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(os.environ["FAKE_ADB_ROOT"])
-SERIALS = [s for s in os.environ.get("FAKE_ADB_SERIALS", "FAKE0001").split(",") if s]
+ROOT = Path(os.environ.get("FAKE_ADB_ROOT", "/nonexistent-fake-adb-root"))
+SERIALS_FILE = os.environ.get("FAKE_ADB_SERIALS_FILE")
+SERIALS = [s for s in (Path(SERIALS_FILE).read_text().strip() if SERIALS_FILE and Path(SERIALS_FILE).exists()
+                       else os.environ.get("FAKE_ADB_SERIALS", "FAKE0001")).split(",") if s]
+
+
+def install(bin_dir: Path) -> Path:
+    """Write an executable ``adb`` into ``bin_dir`` that runs this double (tests put ``bin_dir`` first on PATH)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = bin_dir / "adb"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).resolve()}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
 
 
 def local(remote: str) -> Path:
@@ -36,7 +51,19 @@ def fail(message: str, code: int = 1) -> int:
     return code
 
 
-def benchmark(args: list[str]) -> int:
+def benchmark(args: list[str], serial: str | None = None) -> int:
+    started = time.time()
+    code = _benchmark(args)
+    time.sleep(max(0.0, float(os.environ.get("FAKE_ADB_DELAY_S", "0")) - (time.time() - started)))
+    if times := os.environ.get("FAKE_ADB_TIMES"):
+        graph = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a).get("graph")
+        with open(times, "a") as f:
+            f.write(json.dumps({"serial": serial, "graph": graph, "start": started, "end": time.time(),
+                                "status": code}) + "\n")
+    return code
+
+
+def _benchmark(args: list[str]) -> int:
     flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
     graph = local(flags["graph"])
     if not graph.is_file():
@@ -86,7 +113,7 @@ def benchmark(args: list[str]) -> int:
     return 0
 
 
-def shell(command: str) -> int:
+def shell(command: str, serial: str | None = None) -> int:
     argv = shlex.split(command)
     if argv[:2] == ["getprop", "ro.product.model"]:
         print("Pixel 2")
@@ -109,7 +136,7 @@ def shell(command: str) -> int:
         return fail(f"/system/bin/sh: {argv[0]}: not found", 127)
     if not os.access(binary, os.X_OK):
         return fail(f"/system/bin/sh: {argv[0]}: can't execute: Permission denied", 126)
-    return benchmark(argv[1:])
+    return benchmark(argv[1:], serial)
 
 
 def main(args: list[str]) -> int:
@@ -143,7 +170,7 @@ def main(args: list[str]) -> int:
         print(f"{args[1]}: 1 file pushed, 0 skipped.")
         return 0
     if args[:1] == ["shell"]:
-        return shell(" ".join(args[1:]))
+        return shell(" ".join(args[1:]), serial)
     return fail(f"adb: unknown command {' '.join(args)}")
 
 

@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nas.pareto import front_mask, hypervolume, main
+from nas.front import ParetoFront, front_mask, hypervolume
+from nas.pareto import main
+from nas.record import ChildResult
 from nas.store import RunStore
 
 
@@ -35,6 +37,17 @@ def test_front_matches_brute_force(points):
     assert front_mask(acc, lat).tolist() == brute_force_front(acc, lat).tolist()
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 20), st.integers(1, 20)), min_size=1, max_size=40))
+def test_incremental_front_matches_the_batch_front(points):
+    front = ParetoFront()
+    for i, (a, b) in enumerate(points):
+        front.add(a / 20, float(b), key=i)
+    mask = front_mask([a / 20 for a, _ in points], [float(b) for _, b in points])
+    assert sorted(key for _, _, key in front.points()) == [i for i, m in enumerate(mask) if m]
+    assert [lat for lat, _, _ in front.points()] == sorted(lat for lat, _, _ in front.points())
+
+
 def test_hypervolume_by_hand():
     # front: (lat 1, acc 0.5), (lat 3, acc 0.8); dominated (lat 4, acc 0.6) adds nothing
     assert hypervolume([0.5, 0.8, 0.6], [1.0, 3.0, 4.0], latency_ref=5.0) == pytest.approx(4 * 0.5 + 2 * 0.3)
@@ -42,15 +55,15 @@ def test_hypervolume_by_hand():
         front_mask([0.1], [1.0, 2.0])
 
 
-def make_run(path, points, *, label_overrides=None, references=None):
+def make_run(path, points, *, label_overrides=None, references=None, scores=None):
     with RunStore(path) as store:
         store.set_meta("config", {"deploy": {"resolution": 32, "channels": 1, "num_classes": 10}})
         store.set_meta("overrides", label_overrides or [])
         for i, (arch, top1, lat, status) in enumerate(points):
-            result = {"arch": arch, "status": status, "top1": top1, "latency_ms": lat, "macs": 1000 * i,
-                      "params": 100 * i}
-            store.add_child(step=0, idx=i, tokens=[i], arch=arch, result=result)
-        store.commit_step(0, [p[1] or -1.0 for p in points], {}, {})
+            store.add_child(ChildResult(arch=arch, status=status, top1=top1, latency_ms=lat, macs=1000 * i,
+                                        params=100 * i, step=0, idx=i, tokens=[i], scores=(scores or {}).get(i, {}),
+                                        latency_source="predicted" if i == 1 else "measured"))
+        store.commit_step(0, {i: p[1] or -1.0 for i, p in enumerate(points)}, {}, {})
         for name, (top1, lat) in (references or {}).items():
             store.add_reference(name, f"ref_{name}", {"status": "ok", "top1": top1, "latency_ms": lat})
 
@@ -66,7 +79,7 @@ POINTS = [
 
 def test_export_of_one_run_writes_every_artifact(tmp_path, capsys):
     run = tmp_path / "run"
-    make_run(run, POINTS, references={"mobilenet_v2": (0.82, 5.0)})
+    make_run(run, POINTS, references={"mobilenet_v2": (0.82, 5.0)}, scores={0: {"synflow": 1.5}})
     assert main([str(run)]) == 0
     out = run / "pareto"
     for name in ("front.csv", "front.json", "children.csv", "runs.csv", "pareto.png", "summary.md"):
@@ -74,7 +87,12 @@ def test_export_of_one_run_writes_every_artifact(tmp_path, capsys):
     front = json.loads((out / "front.json").read_text())
     assert [p["arch"] for p in front] == ["ds_r1_k3_s1_c16", "ds_r1_k3_s1_c24"]
     with open(out / "front.csv") as f:
-        assert [r["latency_ms"] for r in csv.DictReader(f)] == ["2.0", "3.0"]
+        rows = list(csv.DictReader(f))
+    assert [r["latency_ms"] for r in rows] == ["2.0", "3.0"]
+    assert [r["latency_source"] for r in rows] == ["measured", "predicted"]  # per point: measured or predicted
+    with open(out / "children.csv") as f:
+        kids = list(csv.DictReader(f))
+    assert [k["score_synflow"] for k in kids] == ["1.5", "", "", "", ""] and "tokens" not in kids[0]
     with open(out / "runs.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert (row["children"], row["failed"], row["unique"], row["front_size"]) == ("5", "1", "4", "2")
@@ -108,7 +126,34 @@ def test_bad_paths_give_one_line_errors(tmp_path, capsys):
     (bad / "run.sqlite").write_bytes(b"garbage" * 500)
     assert main([str(bad)]) == 2
     assert "unreadable" in capsys.readouterr().err
+    zero = tmp_path / "zero"
+    zero.mkdir()
+    (zero / "run.sqlite").write_bytes(b"")
+    assert main([str(zero)]) == 2
+    assert "not a run store" in capsys.readouterr().err
     assert main([str(tmp_path / "empty"), "--export", "-1"]) == 2
+    capsys.readouterr()
+    good = tmp_path / "good"
+    make_run(good, POINTS)
+    (tmp_path / "file").write_text("x")
+    assert main([str(good), "--out", str(tmp_path / "file" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write the export") and len(err.strip().splitlines()) == 1
+
+
+def test_a_damaged_store_in_a_sweep_does_not_stop_the_report(tmp_path, capsys):
+    make_run(tmp_path / "sweep" / "0", POINTS[:2], label_overrides=["seed=0"])
+    make_run(tmp_path / "sweep" / "1", POINTS[2:], label_overrides=["seed=1"])
+    damaged = tmp_path / "sweep" / "2"
+    damaged.mkdir()
+    (damaged / "run.sqlite").write_bytes(b"garbage" * 500)
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    assert "left out a damaged run" in capsys.readouterr().err
+    with open(tmp_path / "out" / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows[:2]] == ["seed=0", "seed=1"] and "unreadable" in rows[2]["error"]
+    assert "Damaged run stores" in (tmp_path / "out" / "summary.md").read_text()
+    assert (damaged / "run.sqlite").read_bytes() == b"garbage" * 500
 
 
 def test_plot_marks_front_references_and_target():
@@ -131,7 +176,7 @@ def test_incumbent_curves_group_seeds_and_are_running_maxima(tmp_path):
     make_run(tmp_path / "s" / "0", POINTS, label_overrides=["controller=random", "seed=0"])
     make_run(tmp_path / "s" / "1", POINTS[::-1], label_overrides=["controller=random", "seed=1"])
     make_run(tmp_path / "s" / "2", POINTS[:2], label_overrides=["controller=lstm_ppo", "seed=0"])
-    curves = incumbent_curves(load_runs(find_runs([tmp_path / "s"])))
+    curves = incumbent_curves(load_runs(find_runs([tmp_path / "s"]))[0])
     assert sorted(curves) == ["controller=lstm_ppo", "controller=random"]
     # rewards are the top-1 values, -1.0 for the failed child, in sampling order
     assert [c.tolist() for c in curves["controller=random"]] == [[0.7, 0.8, 0.8, 0.8, 0.8],

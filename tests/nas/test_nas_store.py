@@ -1,51 +1,111 @@
-"""The run store: atomic steps, pending children, refusal of corrupted or foreign stores, full disk."""
+"""The run store: atomic steps, one writer, immutable committed rows, verified reads, migration, full disk."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from nas.store import RunStore, StoreError
+from nas.record import ChildResult, LatencySource, Status, columns, export_fields
+from nas.store import SCHEMA_VERSION, RunStore, StoreError, StoreLocked
+from tests.conftest import ROOT
 
 
-def _result(arch: str, top1: float, lat: float, status: str = "ok") -> dict:
-    return {"arch": arch, "status": status, "top1": top1, "latency_ms": lat, "params": 10, "macs": 20,
-            "error": None if status == "ok" else "train: loss is nan"}
+def child(arch: str, top1: float | None, lat: float | None, *, step: int = 0, idx: int = 0, status: str = "ok",
+          **fields) -> ChildResult:
+    c = ChildResult(arch=arch, top1=top1, latency_ms=lat, params=10, macs=20, step=step, idx=idx, tokens=[idx, 2],
+                    **fields)
+    return c.fail("train: loss is nan") if status == "failed" else c
 
 
 def test_children_then_step_commit_atomically(tmp_path):
     with RunStore(tmp_path) as store:
         assert store.last_step() == -1
-        store.add_child(step=0, idx=0, tokens=[1, 2], arch="a", result=_result("a", 0.5, 3.0), log_prob=-1.5)
-        store.add_child(step=0, idx=1, tokens=[0, 2], arch="b", result=_result("b", 0.0, 1.0, "failed"))
+        store.add_child(child("a", 0.5, 3.0, log_prob=-1.5, scores={"synflow": 2.5}))
+        store.add_child(child("b", None, None, idx=1, status="failed"))
         assert set(store.pending_children(0)) == {0, 1}
         assert store.num_committed_children() == 0
         state = {"rng": torch.get_rng_state(), "w": torch.arange(3.0)}
-        store.commit_step(0, [0.45, -1.0], {"reward/mean": -0.275}, state)
+        store.commit_step(0, {0: 0.45, 1: -1.0}, {"reward/mean": -0.275}, state)
         assert store.pending_children(0) == {}
         assert store.last_step() == 0
         loaded = store.controller_state(0)
         assert torch.equal(loaded["rng"], state["rng"]) and torch.equal(loaded["w"], state["w"])
         kids = store.children(committed_only=True)
-        assert [(c.arch, c.reward, c.status) for c in kids] == [("a", 0.45, "ok"), ("b", -1.0, "failed")]
+        assert [(c.arch, c.reward, c.status, c.committed_step) for c in kids] == [
+            ("a", 0.45, Status.OK, 0), ("b", -1.0, Status.FAILED, 0)]
         assert kids[1].error == "train: loss is nan" and kids[0].log_prob == -1.5
-        assert store.find_result("a")["top1"] == 0.5
+        assert kids[0].scores == {"synflow": 2.5} and kids[0].tokens == [0, 2]
         assert store.steps()[0]["reward/mean"] == -0.275
     # survives reopening (a real file on disk)
     with RunStore(tmp_path / "run.sqlite", readonly=True) as store:
         assert store.num_committed_children() == 2
 
 
+def test_the_record_is_the_source_of_columns_and_export_fields():
+    assert {"step", "idx", "arch", "status", "top1", "latency_ms", "reward", "latency_source"} <= set(columns())
+    assert "tokens" in columns() and "tokens" not in export_fields()
+    record = ChildResult(arch="a", status="failed", latency_source="predicted")
+    assert record.status is Status.FAILED and record.latency_source is LatencySource.PREDICTED
+    assert json.loads(json.dumps(record.to_dict()))["status"] == "failed"
+    assert ChildResult.from_dict(record.to_dict()) == record
+
+
 def test_a_step_is_all_or_nothing(tmp_path):
     with RunStore(tmp_path) as store:
-        store.add_child(step=0, idx=0, tokens=[1], arch="a", result=_result("a", 0.5, 3.0))
+        store.add_child(child("a", 0.5, 3.0))
+        store.commit_step(0, {0: 0.1}, {}, {})
         with pytest.raises(StoreError):
-            # step 0 committed twice: the second commit fails as a whole, rewards included
-            store.commit_step(0, [0.1], {}, {})
-            store.commit_step(0, [0.9], {}, {})
+            store.commit_step(0, {0: 0.9}, {}, {})  # step 0 committed twice: the second commit fails as a whole
         assert store.children(committed_only=True)[0].reward == 0.1
+
+
+def test_committed_children_can_never_be_rewritten(tmp_path):
+    with RunStore(tmp_path) as store:
+        store.add_child(child("a", 0.5, 3.0))
+        store.add_child(child("a2", 0.6, 3.0))  # a pending row may be replaced (re-evaluated after a resume)
+        store.commit_step(0, {0: 0.1}, {}, {})
+        with pytest.raises(StoreError, match="already committed"):
+            store.add_child(child("b", 0.9, 1.0))
+        # not even with SQL behind the store's back: triggers refuse it
+        for sql in ("UPDATE children SET reward = 1, committed_step = NULL", "DELETE FROM children",
+                    "UPDATE steps SET stats = '{}'", "DELETE FROM steps"):
+            with pytest.raises(sqlite3.IntegrityError, match="committed"):
+                store.conn.execute(sql)
+        assert [(c.arch, c.reward) for c in store.children(committed_only=True)] == [("a2", 0.1)]
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
+    with RunStore(tmp_path) as store:
+        store.add_child(child("a", 0.5, 3.0))
+        with pytest.raises(StoreLocked, match=f"pid {os.getpid()}"):
+            RunStore(tmp_path)
+        with RunStore(tmp_path, readonly=True) as reader:  # readers are never refused
+            assert reader.pending_children(0)[0].arch == "a"
+    with RunStore(tmp_path):  # released on close
+        pass
+
+
+def test_a_writer_killed_by_kill_9_does_not_block_the_next_one(tmp_path):
+    code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); from nas.store import RunStore; "
+            f"s = RunStore({str(tmp_path)!r}); print('ready', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreLocked, match=f"pid {proc.pid}"):
+            RunStore(tmp_path)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with RunStore(tmp_path) as store:
+        assert store.last_step() == -1
 
 
 def test_corrupted_store_is_reported_and_left_alone(tmp_path):
@@ -57,41 +117,114 @@ def test_corrupted_store_is_reported_and_left_alone(tmp_path):
     assert path.read_bytes() == before
 
 
+def test_empty_and_foreign_files_are_not_run_stores(tmp_path):
+    (tmp_path / "run.sqlite").write_bytes(b"")
+    with pytest.raises(StoreError, match="not a run store"):
+        RunStore(tmp_path, readonly=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    with sqlite3.connect(other / "run.sqlite") as conn:
+        conn.execute("CREATE TABLE t (x)")
+    with pytest.raises(StoreError, match="not a run store"):
+        RunStore(other)
+
+
+def test_damaged_controller_state_is_found_before_anything_is_used(tmp_path):
+    with RunStore(tmp_path) as store:
+        store.add_child(child("a", 0.5, 3.0))
+        store.commit_step(0, {0: 0.5}, {}, {"w": torch.arange(1000.0)})
+    with sqlite3.connect(tmp_path / "run.sqlite") as conn:  # bytes changed inside the blob: SQLite cannot tell
+        conn.execute("DROP TRIGGER steps_are_final")
+        blob = bytearray(conn.execute("SELECT controller_state FROM steps").fetchone()[0])
+        blob[len(blob) // 2] ^= 0xFF
+        conn.execute("UPDATE steps SET controller_state = ?", (bytes(blob),))
+    with RunStore(tmp_path) as store:
+        with pytest.raises(StoreError, match="controller state of step 0 is damaged"):
+            store.controller_state(0)
+
+
+def test_damaged_child_json_is_reported(tmp_path):
+    with RunStore(tmp_path) as store:
+        store.add_child(child("a", 0.5, 3.0))
+    with sqlite3.connect(tmp_path / "run.sqlite") as conn:
+        conn.execute("UPDATE children SET result = '{not json'")
+    with RunStore(tmp_path, readonly=True) as store, pytest.raises(StoreError, match="child 0/0 is damaged"):
+        store.children()
+
+
 def test_readonly_missing_store(tmp_path):
     with pytest.raises(StoreError, match="no run store"):
         RunStore(tmp_path / "nope" / "run.sqlite", readonly=True)
 
 
+def test_unwritable_run_directory_is_one_line(tmp_path):
+    if os.geteuid() == 0:
+        target = tmp_path / "file"
+        target.write_text("x")  # even root cannot make a directory under a file
+        run_dir = target / "run"
+    else:
+        run_dir = tmp_path / "ro"
+        run_dir.mkdir(mode=0o500)
+    with pytest.raises(StoreError, match="cannot write run directory"):
+        RunStore(run_dir)
+
+
 def test_full_disk_rolls_back_and_keeps_committed_results(tmp_path):
     with RunStore(tmp_path) as store:
-        store.add_child(step=0, idx=0, tokens=[1], arch="a", result=_result("a", 0.5, 3.0))
-        store.commit_step(0, [0.5], {}, {"w": torch.zeros(1)})
+        store.add_child(child("a", 0.5, 3.0))
+        store.commit_step(0, {0: 0.5}, {}, {"w": torch.zeros(1)})
         pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
         store.conn.execute(f"PRAGMA max_page_count = {pages + 1}")  # SQLite's own "database or disk is full"
-        big = {"w": torch.zeros(200_000)}
-        store.add_child(step=1, idx=0, tokens=[2], arch="b", result=_result("b", 0.6, 2.0))
+        store.add_child(child("b", 0.6, 2.0, step=1))
         with pytest.raises(StoreError, match="disk full .* rolled back"):
-            store.commit_step(1, [0.6], {}, big)
+            store.commit_step(1, {0: 0.6}, {}, {"w": torch.zeros(200_000)})
         assert store.last_step() == 0
         assert store.pending_children(1)[0].arch == "b"
     with sqlite3.connect(tmp_path / "run.sqlite") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_child_seed_is_stored_and_schema_1_stores_are_migrated(tmp_path):
-    with RunStore(tmp_path) as store:
-        store.add_child(step=0, idx=0, tokens=[1], arch="a", result={**_result("a", 0.5, 3.0), "seed": 1234})
-        assert store.pending_children(0)[0].seed == 1234
-    # make it a schema-1 store (no seed column), as written by earlier versions
-    con = sqlite3.connect(tmp_path / "run.sqlite")
-    con.execute("ALTER TABLE children DROP COLUMN seed")
-    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    con.commit()
-    con.close()
+SCHEMA_2 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE children (step INTEGER NOT NULL, idx INTEGER NOT NULL, tokens TEXT NOT NULL, arch TEXT NOT NULL,
+    status TEXT NOT NULL, error TEXT, top1 REAL, top5 REAL, latency_ms REAL, latency_std_ms REAL, params INTEGER,
+    macs INTEGER, reward REAL, reused INTEGER NOT NULL DEFAULT 0, train_seconds REAL, latency_seconds REAL,
+    log_prob REAL, seed INTEGER, result TEXT NOT NULL, committed_step INTEGER, created_at REAL NOT NULL,
+    PRIMARY KEY (step, idx));
+CREATE TABLE steps (step INTEGER PRIMARY KEY, stats TEXT NOT NULL, controller_state BLOB NOT NULL,
+    created_at REAL NOT NULL);
+CREATE TABLE references_ (name TEXT PRIMARY KEY, arch TEXT NOT NULL, result TEXT NOT NULL, created_at REAL NOT NULL);
+"""
+
+
+def test_schema_2_stores_are_read_as_they_are_and_migrated_in_place(tmp_path):
+    # a store exactly as schema 2 wrote it: tokens and log_prob only in their columns, no state hash
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, buf)
+    with sqlite3.connect(tmp_path / "run.sqlite") as conn:
+        conn.executescript(SCHEMA_2)
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+        result = {"arch": "a", "status": "ok", "top1": 0.5, "latency_ms": 3.0, "seed": 7, "train": {"x": 1}}
+        conn.execute("INSERT INTO children (step, idx, tokens, arch, status, top1, latency_ms, reward, log_prob, seed, "
+                     "result, committed_step, created_at) VALUES (0, 0, '[1, 2]', 'a', 'ok', 0.5, 3.0, 0.4, -1.5, 7, ?, "
+                     "0, 0)", (json.dumps(result),))
+        conn.execute("INSERT INTO steps VALUES (0, '{}', ?, 0)", (buf.getvalue(),))
     with RunStore(tmp_path, readonly=True) as store:  # readable as it is
-        assert store.pending_children(0)[0].seed is None
+        (old,) = store.children(committed_only=True)
+        assert (old.tokens, old.log_prob, old.reward, old.seed, old.train) == ([1, 2], -1.5, 0.4, 7, {"x": 1})
     with RunStore(tmp_path) as store:  # opened for writing: migrated in place, nothing lost
-        assert store.get_meta("schema_version") == 2
-        assert store.pending_children(0)[0].arch == "a"
-        store.add_child(step=0, idx=1, tokens=[2], arch="b", result={**_result("b", 0.6, 2.0), "seed": 7})
-        assert [c.seed for c in store.pending_children(0).values()] == [None, 7]
+        assert store.get_meta("schema_version") == SCHEMA_VERSION
+        assert store.children(committed_only=True)[0].tokens == [1, 2]
+        assert torch.equal(store.controller_state(0)["w"], torch.ones(2))  # no hash yet: accepted after loading
+        store.add_child(child("b", 0.6, 2.0, step=1, latency_source="predicted"))
+        assert store.pending_children(1)[0].latency_source is LatencySource.PREDICTED
+        with pytest.raises(sqlite3.IntegrityError):  # the old committed row is protected now too
+            store.conn.execute("UPDATE children SET reward = 0 WHERE step = 0")
+
+
+def test_lock_file_names_the_holder(tmp_path):
+    with RunStore(tmp_path):
+        info = json.loads((tmp_path / "run.lock").read_text())
+        assert info["pid"] == os.getpid() and info["since"] <= time.time()

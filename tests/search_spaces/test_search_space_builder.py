@@ -98,3 +98,21 @@ def test_bad_builder_arguments():
         build_model("mobilenet_v2", activation="gelu")
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model("nope")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_closed_form_profile_equals_the_flop_counter_on_the_built_model(seed):
+    # profile_arch counts from the layer list (microseconds); the oracle runs PyTorch's FLOP counter on the model
+    # built on the meta device. Params, MACs and activation elements must agree exactly, at any input.
+    from search_spaces import profile_arch
+    from search_spaces.profile import profile_model
+
+    archs = SearchSpace.default().sample(12, seed=seed)
+    archs += ["cn_r2_k3_s2_c24_se0.25_poolskip-ds_r2_k5_s1_c24_se0.25_poolskip-ir_r2_k3_s2_e1_c32_se0.25",
+              "ds_r1_k3_s1_c16_noskip-ir_r3_k5_s2_e3_c16_poolskip"] if seed == 0 else []
+    for arch in archs:
+        for resolution, channels, classes in ((224, 3, 1000), (29, 1, 7)):
+            mine = profile_arch(arch, resolution=resolution, in_channels=channels, num_classes=classes)
+            oracle = profile_model(lambda: build_model(arch, num_classes=classes, in_channels=channels),
+                                   resolution, channels)
+            assert mine == oracle, arch

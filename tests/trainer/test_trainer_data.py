@@ -267,3 +267,36 @@ def test_image_folder_selection_and_held_out_split_are_fixed_by_seed(tmp_path):
         assert d.describe()["seed"] == seed
         splits[len(splits)] = (seed, sorted(val.tolist()))
     assert splits[0][1] == splits[1][1] and splits[0][1] != splits[2][1]
+
+
+@needs_fmnist
+@pytest.mark.parametrize("damage", ["truncated", "missing", "garbage", "labels"])
+def test_a_damaged_prepared_dataset_is_named_and_rebuilt(tmp_path, damage):
+    good = load_dataset(fmnist(), cache_dir=tmp_path, progress=False)
+    expected = np.array(good.train.x), good.train.y.copy()
+    path = good.path
+    del good
+    target = path / "train_x.u8"
+    if damage == "truncated":
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    elif damage == "missing":
+        target.unlink()
+    elif damage == "garbage":
+        target.write_bytes(np.random.default_rng(0).bytes(target.stat().st_size))
+    else:
+        np.save(path / "train_y.npy", np.full(60, 99))
+    with pytest.raises(data_mod.DamagedDataset, match=f"prepared dataset {path} is damaged"):
+        data_mod.open_prepared(path)
+    with pytest.warns(UserWarning, match="is damaged.*rebuilding it"):
+        rebuilt = load_dataset(fmnist(), cache_dir=tmp_path, progress=False)
+    assert np.array_equal(np.array(rebuilt.train.x), expected[0]) and np.array_equal(rebuilt.train.y, expected[1])
+
+
+def test_check_dataset_names_a_missing_source_without_reading_it(tmp_path):
+    from nas.data import check_dataset
+
+    assert "image folder not found" in check_dataset(DatasetConfig(name="inet", source="imagefolder",
+                                                                   root=str(tmp_path / "none")), tmp_path)
+    assert "CIFAR-10 batches not found" in check_dataset(DatasetConfig(name="c", source="cifar10",
+                                                                       root=str(tmp_path)), tmp_path)
+    assert check_dataset(DatasetConfig(**fmnist()), tmp_path) is None

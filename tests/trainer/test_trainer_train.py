@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from nas.components import build
 from nas.data import DatasetConfig, load_dataset
 from mnas_common.sources import FASHION_MNIST_ROOT
 from nas.trainer import TrainerConfig, TrainResult, train_child
@@ -121,20 +123,20 @@ def test_every_trainer_and_dataset_config_composes():
     with initialize_config_dir(version_base=None, config_dir=str(ROOT / "configs")):
         for trainer in sorted(p.stem for p in (ROOT / "configs" / "trainer").glob("*.yaml")):
             cfg = compose(config_name="train", overrides=[f"trainer={trainer}"])
-            TrainerConfig(**dict(cfg.trainer))
+            assert isinstance(build("trainer", cfg.trainer), TrainerConfig)
         for dataset in sorted(p.stem for p in (ROOT / "configs" / "dataset").glob("*.yaml")):
             overrides = [f"dataset={dataset}"]
             if dataset in ("cifar10", "imagenet_subset"):
                 overrides.append("dataset.root=/some/where")
             cfg = compose(config_name="train", overrides=overrides)
-            DatasetConfig.from_config(cfg.dataset)
+            assert isinstance(build("dataset", cfg.dataset), DatasetConfig)
     proxy = compose_trainer("proxy")
     assert (proxy.epochs, proxy.optimizer) == (5, "rmsprop")
 
 
 def compose_trainer(name: str) -> TrainerConfig:
     with initialize_config_dir(version_base=None, config_dir=str(ROOT / "configs")):
-        return TrainerConfig(**dict(compose(config_name="train", overrides=[f"trainer={name}"]).trainer))
+        return build("trainer", compose(config_name="train", overrides=[f"trainer={name}"]).trainer)
 
 
 @pytest.mark.slow
@@ -199,3 +201,13 @@ def test_mixed_precision_and_compile_paths_train_on_cpu(data):
         assert math.isfinite(r.final_loss) and 0 <= r.top1 <= 1
     assert amp.final_loss != plain.final_loss  # autocast really changed the arithmetic
     assert compiled.steps == 6
+
+
+def test_train_cli_refuses_an_architecture_too_large_for_memory(tmp_path):
+    # 100,000 channels: ~15 GB to train; refused by its estimate (meta device) in seconds, nothing allocated
+    env = {**os.environ, "MNAS_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "nas.train", "arch=ir_r1_k3_s1_e6_c100000", "max_memory_gb=4"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "too large" in lines[0] and "max_memory_gb" in lines[0]

@@ -1,0 +1,339 @@
+"""Whole-model latency from a per-device layer table plus a calibration, with its error stated.
+
+Measured here (host LiteRT, 1 thread, 224x224x3): the plain sum of a network's layers, each timed as its own
+model, was 0.955 / 0.954 / 0.879 of the whole model (mnasnet_b1, mobilenet_v2, a child with SE in most stages). No
+constant fixes that: a layer timed alone finds its weights and input in the cache it warmed up itself, while in the
+network every layer's weights and activations compete for it, and SE's global pooling reads a tensor the layer
+before has just written. The calibration therefore learns what differs, from a few dozen whole models measured for
+real (``table build --calibration N``): a ridge regression of the measured latency on the table sum split by layer
+type and on what each layer moves through memory (weights, activations), plus the number of layers (each table
+entry carries one invoke's overhead, the whole model only one).
+
+``table validate --n N`` measures N further random architectures (never used for calibration) and stores them with
+the table; every prediction carries the error on that held-out set (``extra["stated_error"]``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from latency.result import LatencyResult
+from search_spaces.layers import HEAD_CHANNELS, LayerSpec, network_layers
+
+RIDGE_ALPHA = 1e-3  # on standardised features; chosen on a development set (see README "Latency predictor")
+
+
+class LatencyTableMissing(ValueError):
+    """No table (or no usable table) for this device, runner settings and input; the message names the command."""
+
+
+# ------------------------------------------------------------------------------------------------ features
+def layer_costs(spec: LayerSpec) -> dict[str, float]:
+    """Multiply-adds, weights and activation elements of one layer, from its shape (BN folded into the convs)."""
+    h, ho, cin, cout, k = spec.size, spec.out_size, spec.cin, spec.cout, spec.kernel
+    if spec.kind == "stem":
+        return {"macs": cin * cout * k * k * ho * ho, "weights": cin * cout * k * k + cout,
+                "acts": cin * h * h + cout * ho * ho, "se_acts": 0.0}
+    if spec.kind == "head":
+        return {"macs": cin * HEAD_CHANNELS * h * h + HEAD_CHANNELS * cout,
+                "weights": cin * HEAD_CHANNELS + HEAD_CHANNELS * (cout + 1) + cout,
+                "acts": cin * h * h + 2 * HEAD_CHANNELS * h * h, "se_acts": 0.0}
+    macs = weights = 0.0
+    acts = cin * h * h + cout * ho * ho
+    if spec.block_type == "cn":
+        macs += cin * cout * k * k * ho * ho
+        weights += cin * cout * k * k + cout
+        se_width = cout
+    elif spec.block_type == "ds":
+        macs += cin * k * k * ho * ho + cin * cout * ho * ho
+        weights += cin * k * k + cin + cin * cout + cout
+        acts += cin * ho * ho
+        se_width = cin
+    else:
+        mid = cin * spec.expansion
+        if spec.expansion != 1:
+            macs += cin * mid * h * h
+            weights += cin * mid + mid
+            acts += mid * h * h
+        macs += mid * k * k * ho * ho + mid * cout * ho * ho
+        weights += mid * k * k + mid + mid * cout + cout
+        acts += mid * ho * ho
+        se_width = mid
+    se_acts = 0.0
+    if spec.se:
+        macs += 2 * se_width * spec.se
+        weights += 2 * se_width * spec.se + se_width + spec.se
+        se_acts = se_width * ho * ho  # pooled, then multiplied by the gate: read twice more
+        acts += 2 * se_acts
+    if spec.skip != "none":
+        acts += cin * h * h
+    return {"macs": macs, "weights": weights, "acts": acts, "se_acts": se_acts}
+
+
+def layer_group(spec: LayerSpec) -> str:
+    if spec.kind != "layer":
+        return spec.kind
+    op = f"ir{spec.expansion}" if spec.block_type == "ir" else spec.block_type
+    return op + ("_se" if spec.se else "")
+
+
+GROUPS = ("stem", "head", "cn", "cn_se", "ds", "ds_se", "ir3", "ir3_se", "ir6", "ir6_se")
+
+
+def features(layers: Sequence[LayerSpec], times: Sequence[float]) -> dict[str, float]:
+    """The calibration's inputs for one network: its layers and their table latencies (ms)."""
+    out = {f"sum_{g}": 0.0 for g in GROUPS}
+    out.update(layers=float(len(layers)), weights_mb=0.0, acts_mb=0.0, se_acts_mb=0.0, macs_g=0.0)
+    for spec, t in zip(layers, times):
+        group = layer_group(spec)
+        out[f"sum_{group}" if f"sum_{group}" in out else "sum_ir6"] += t
+        cost = layer_costs(spec)
+        out["weights_mb"] += 4 * cost["weights"] / 1e6
+        out["acts_mb"] += 4 * cost["acts"] / 1e6
+        out["se_acts_mb"] += 4 * cost["se_acts"] / 1e6
+        out["macs_g"] += cost["macs"] / 1e9
+    return out
+
+
+FEATURES = tuple(f"sum_{g}" for g in GROUPS) + ("layers", "weights_mb", "acts_mb", "se_acts_mb", "macs_g")
+
+
+@dataclass
+class Calibration:
+    """Ridge regression of measured latency on :func:`features` (standardised; the intercept is not penalised)."""
+
+    alpha: float = RIDGE_ALPHA
+    mean: list[float] = field(default_factory=list)
+    scale: list[float] = field(default_factory=list)
+    coef: list[float] = field(default_factory=list)
+    intercept: float = 0.0
+    n: int = 0
+
+    @staticmethod
+    def matrix(rows: Sequence[dict]) -> np.ndarray:
+        return np.array([[r[name] for name in FEATURES] for r in rows], dtype=float)
+
+    def fit(self, rows: Sequence[dict], y: Sequence[float]) -> Calibration:
+        x, y = self.matrix(rows), np.asarray(y, dtype=float)
+        self.n = len(y)
+        mean, scale = x.mean(0), x.std(0)
+        scale[scale == 0] = 1.0
+        z = (x - mean) / scale
+        # Relative error is what is judged: weight each model by 1/y^2 (least squares on y_hat/y - 1).
+        w = 1.0 / y**2
+        zw = np.c_[np.ones(len(y)), z] * np.sqrt(w)[:, None]
+        yw = y * np.sqrt(w)
+        penalty = self.alpha * len(y) * np.eye(z.shape[1] + 1)
+        penalty[0, 0] = 0.0
+        beta = np.linalg.solve(zw.T @ zw + penalty, zw.T @ yw)
+        self.mean, self.scale = mean.tolist(), scale.tolist()
+        self.intercept, self.coef = float(beta[0]), beta[1:].tolist()
+        return self
+
+    def predict(self, rows: Sequence[dict]) -> np.ndarray:
+        z = (self.matrix(rows) - np.asarray(self.mean)) / np.asarray(self.scale)
+        return self.intercept + z @ np.asarray(self.coef)
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
+    """Kendall's tau-b (ties in either list handled), O(n^2): fine for a few hundred models."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    da = np.sign(a[:, None] - a[None, :])
+    db = np.sign(b[:, None] - b[None, :])
+    iu = np.triu_indices(len(a), 1)
+    da, db = da[iu], db[iu]
+    denom = math.sqrt(float(np.count_nonzero(da)) * float(np.count_nonzero(db)))
+    return float((da * db).sum() / denom) if denom else float("nan")
+
+
+def error_figures(predicted: Sequence[float], measured: Sequence[float]) -> dict:
+    """Share within +-5% and +-10%, RMSE (ms and relative), max and 95th-percentile relative error, bias, tau."""
+    p, m = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
+    rel = p / m - 1
+    return {
+        "n": int(len(m)),
+        "within_5": float(np.mean(np.abs(rel) <= 0.05)),
+        "within_10": float(np.mean(np.abs(rel) <= 0.10)),
+        "rmse_ms": float(np.sqrt(np.mean((p - m) ** 2))),
+        "rmse_rel": float(np.sqrt(np.mean(rel**2))),
+        "max_rel": float(np.max(np.abs(rel))),
+        "p95_rel": float(np.percentile(np.abs(rel), 95)),
+        "bias_rel": float(np.mean(rel)),
+        "kendall_tau": kendall_tau(p, m),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ predictor
+class Predictor:
+    """``predict(arch) -> LatencyResult`` from one table; built by :func:`load_predictor` or :meth:`from_service`."""
+
+    def __init__(self, *, table: dict, layers: dict[str, float], calibration_rows: list[dict],
+                 validation_rows: list[dict], space: str, runner: str, build_command: str):
+        self.table = table
+        self.table_key = table["table_key"]
+        self.device = table["device"]
+        self.resolution, self.channels, self.num_classes = table["resolution"], table["channels"], table["num_classes"]
+        self.layers = layers
+        self.space = space
+        self.runner = runner
+        self.build_command = build_command
+        usable = [r for r in calibration_rows if self._times(r["arch"])[1] == []]
+        self.calibration = None
+        if len(usable) >= 2 * len(FEATURES) // 3:
+            rows = [self._features(r["arch"]) for r in usable]
+            self.calibration = Calibration().fit(rows, [r["latency_ms"] for r in usable])
+        self.calibration_n = len(usable)
+        usable_val = [r for r in validation_rows if self._times(r["arch"])[1] == []]
+        self.stated_error = (error_figures([self._predict_ms(r["arch"]) for r in usable_val],
+                                           [r["latency_ms"] for r in usable_val]) if usable_val else {"n": 0})
+        self.stated_error["calibration_n"] = self.calibration_n
+
+    # -- table lookups
+    def _network(self, arch: str) -> list[LayerSpec]:
+        return network_layers(arch, resolution=self.resolution, channels=self.channels, num_classes=self.num_classes)
+
+    def _times(self, arch: str) -> tuple[list[float], list[str]]:
+        times, missing = [], []
+        for spec in self._network(arch):
+            t = self.layers.get(spec.key)
+            if t is None:
+                missing.append(spec.key)
+            else:
+                times.append(t)
+        return times, missing
+
+    def _features(self, arch: str) -> dict:
+        return features(self._network(arch), self._times(arch)[0])
+
+    def _predict_ms(self, arch: str) -> float:
+        row = self._features(arch)
+        if self.calibration is None:
+            return float(sum(row[f"sum_{g}"] for g in GROUPS))
+        return float(self.calibration.predict([row])[0])
+
+    # -- public
+    def predict(self, arch: str) -> LatencyResult:
+        """The predicted latency (``latency_ms``) with ``extra = {source: predicted, stated_error, layer_sum_ms,
+        table}``; a failed result (never an exception) when layers of ``arch`` are not in the table."""
+        from search_spaces import resolve_arch
+
+        arch = resolve_arch(arch)
+        base = dict(arch=arch, resolution=self.resolution, channels=self.channels, num_classes=self.num_classes,
+                    device=self.device, runner=self.runner)
+        times, missing = self._times(arch)
+        if missing:
+            return LatencyResult(status="failed", **base, extra={"source": "predicted", "missing_layers": missing},
+                                 error=f"{len(missing)} layer(s) of this network are not in latency table "
+                                       f"{self.table_key} (e.g. {missing[0]}); add them with: "
+                                       f"{self.build_command} --arch '{arch}'")
+        latency = self._predict_ms(arch)
+        extra = {"source": "predicted", "stated_error": dict(self.stated_error), "layer_sum_ms": float(sum(times)),
+                 "table": self.table_key, "calibrated": self.calibration is not None}
+        return LatencyResult(status="ok", latency_ms=latency, **base, extra=extra)
+
+    def predict_many(self, archs: Sequence[str]) -> list[LatencyResult]:
+        return [self.predict(a) for a in archs]
+
+    def describe_error(self) -> str:
+        e = self.stated_error
+        if not e.get("n"):
+            return "not validated"
+        return (f"{100 * e['within_5']:.1f}% of {e['n']} held-out architectures within +-5%, "
+                f"{100 * e['within_10']:.1f}% within +-10%, RMSE {100 * e['rmse_rel']:.2f}%, max "
+                f"{100 * e['max_rel']:.1f}%, Kendall tau {e['kendall_tau']:.3f}")
+
+    @classmethod
+    def from_service(cls, service, *, resolution: int = 224, channels: int = 3, num_classes: int = 1000,
+                     space: str = "mnasnet", device: str | None = None, table: str | None = None) -> Predictor:
+        from latency.table import space_label
+
+        space = space_label(space)
+        info = find_table(service, resolution=resolution, channels=channels, num_classes=num_classes, device=device,
+                          table=table, space=space)
+        key = info["table_key"]
+        rows = service.cache.layers(key)
+        layers = {k: r["latency_ms"] for k, r in rows.items() if r["status"] == "ok"}
+        return cls(table=info, layers=layers, calibration_rows=service.cache.models(key, "calibration", space),
+                   validation_rows=service.cache.models(key, "validation", space), space=space,
+                   runner=service.runner_config["runner"], build_command=info["build_command"])
+
+
+def find_table(service, *, resolution: int, channels: int, num_classes: int, device: str | None = None,
+               table: str | None = None, space: str | None = "mnasnet") -> dict:
+    """The table for this service's device, settings and input (or the one named by key prefix ``table``).
+
+    Raises :class:`LatencyTableMissing` with one line naming the build command when there is none.
+    """
+    from latency.runners import DeviceError
+    from latency.table import build_command, identity_key, table_identity
+
+    command = build_command(service.runner_config, space=space or "mnasnet", resolution=resolution,
+                            channels=channels, num_classes=num_classes)
+    tables = service.cache.tables()
+    if table:
+        found = [t for t in tables if t["table_key"].startswith(table)]
+        if len(found) != 1:
+            raise LatencyTableMissing(f"{'no' if not found else len(found)} latency table(s) match {table!r} in "
+                                      f"{service.cache_path} (python -m latency table list)")
+        return {**found[0], "build_command": command}
+    try:
+        identity = table_identity(service, resolution=resolution, channels=channels, num_classes=num_classes,
+                                  device=device)
+    except DeviceError as exc:
+        raise LatencyTableMissing(f"{exc}; to use a table without the device, pass its model "
+                                  "(--device / device=, see python -m latency table list)") from None
+    key = identity_key(identity)
+    found = [t for t in tables if t["table_key"] == key]
+    if not found or not found[0]["layers"]:
+        same_device = [t["table_key"] for t in tables if t["device"] == identity["device"]]
+        hint = (f" (tables for {identity['device']} with other settings or inputs: {', '.join(same_device)})"
+                if same_device else "")
+        raise LatencyTableMissing(f"no latency table for {identity['device']} at {channels}x{resolution}x"
+                                  f"{resolution}, {num_classes} classes with these runner settings and converter "
+                                  f"versions in {service.cache_path}{hint}; build it with: {command}")
+    return {**found[0], "build_command": command}
+
+
+def load_predictor(runner_config: dict | None = None, *, resolution: int = 224, channels: int = 3,
+                   num_classes: int = 1000, cache_path=None, space: str = "mnasnet", device: str | None = None,
+                   table: str | None = None) -> Predictor:
+    """The predictor for a latency config (``configs/latency/*.yaml`` fields or ``{"runner": "host", ...}``).
+
+    Raises :class:`LatencyTableMissing` (a ``ValueError``) naming the build command when no table exists.
+    """
+    from latency.service import LatencyService
+
+    config = dict(runner_config or {"runner": "host"})
+    for key in ("_target_", "name"):
+        config.pop(key, None)
+    runner = config.pop("runner", "host")
+    config["cache_path"] = cache_path if cache_path is not None else config.get("cache_path")
+    with LatencyService(runner, **config) as service:
+        return Predictor.from_service(service, resolution=resolution, channels=channels, num_classes=num_classes,
+                                      space=space, device=device, table=table)
+
+
+def validate(service, *, n: int = 200, space: str = "mnasnet", resolution: int = 224, channels: int = 3,
+             num_classes: int = 1000, progress: bool = True) -> dict:
+    """Measure ``n`` random architectures of ``space`` that the calibration never saw, store them with the table,
+    and return the predictor's error on them (the figures every prediction then carries)."""
+    from latency.table import load_space, measure_models, space_label
+
+    space_obj, space = load_space(space), space_label(space)
+    info = find_table(service, resolution=resolution, channels=channels, num_classes=num_classes, space=space)
+    key = info["table_key"]
+    measure_models(service, key, space_obj, space, "validation", n, resolution=resolution,
+                   channels=channels, num_classes=num_classes, progress=progress)
+    predictor = Predictor.from_service(service, resolution=resolution, channels=channels, num_classes=num_classes,
+                                       space=space)
+    figures = {**predictor.stated_error, "device": predictor.device, "table_key": key, "space": space}
+    meta = dict(info["meta"])
+    meta.setdefault("validation", {})[space] = figures
+    service.cache.put_table(key, {k: info[k] for k in ("device", "settings", "versions", "resolution", "channels",
+                                                      "num_classes")}, meta)
+    return figures

@@ -1,0 +1,338 @@
+"""Per-device latency lookup tables: every distinct layer a search space can produce, timed on one device.
+
+A table is identified by the device model (``host:<arch>:<cpu>`` or ``adb:<phone model>``, no serial: a table built
+on one Pixel 2 serves every Pixel 2), the runner settings (threads, runs, LiteRT version or benchmark binary, CPU
+mask), the converter versions and the input (resolution, channels, classes). It lives in the latency cache:
+``table_layers`` (one row per layer, committed as it is timed, so an interrupted build resumes where it stopped) and
+``table_models`` (whole-model measurements that calibrate and validate the predictor, ``latency.predictor``).
+
+Each layer is converted exactly as a whole model is (same builder modules, same ONNX export, same onnx2tf path),
+with the input shape it has inside the network, and timed by the same runner with the same settings. Conversions
+run in the service's worker processes in parallel; timings run in batches, each batch in one quiet window (on the
+host), so the two cores convert while nothing is timed and time while nothing converts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
+
+from latency.cache import cache_key
+from mnas_common.errors import first_line
+from mnas_common.paths import config_dir
+from search_spaces import SearchSpace, list_references, resolve_arch
+from search_spaces.layers import LayerSpec, network_layers, unique
+
+FORMAT = "mnasnet-search latency table"
+FORMAT_VERSION = 1
+CALIBRATION_SEED = 1_000_003
+VALIDATION_SEED = 2_000_003
+CSV_FIELDS = ("record", "key", "latency_ms", "status", "space", "spec", "result")
+
+
+def load_space(name: str) -> SearchSpace:
+    """A search space by config name (``configs/search_space/<name>.yaml``) or by the path of a YAML file of the same
+    form; a ``defaults`` list is merged as Hydra would (names from ``configs/search_space``)."""
+    return SearchSpace.from_config(_space_config(name))
+
+
+def space_label(name: str) -> str:
+    """The name a space's calibration and validation sets are stored under (a file's stem for a path)."""
+    return Path(name).stem if name.endswith((".yaml", ".yml")) else name
+
+
+def space_names() -> list[str]:
+    return sorted(p.stem for p in (config_dir() / "search_space").glob("*.yaml"))
+
+
+def _space_config(name: str, seen: tuple = ()) -> dict:
+    import yaml
+
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"search space file {name} not found")
+    elif name in space_names():
+        path = config_dir() / "search_space" / f"{name}.yaml"
+    else:
+        raise ValueError(f"unknown search space {name!r}; known: {', '.join(space_names())} (or a .yaml path)")
+    if name in seen:
+        raise ValueError(f"search space config {name!r} includes itself through its defaults")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"search space {path} is not valid YAML ({first_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"search space {path} must be a mapping")
+    defaults = data.pop("defaults", None) or []
+    merged: dict = {}
+    for entry in defaults:
+        merged.update(data if entry == "_self_" else _space_config(entry, seen + (name,)))
+    if "_self_" not in defaults:
+        merged.update(data)
+    merged.pop("_target_", None)
+    return merged
+
+
+# ------------------------------------------------------------------------------------------------ identity
+def table_identity(service, *, resolution: int, channels: int, num_classes: int, device: str | None = None) -> dict:
+    """What a table's numbers depend on. ``device`` overrides the runner's device model (a table imported for a
+    phone that is not attached)."""
+    return {
+        "device": device or service.runner.device_model,
+        "settings": service.measurement_settings,
+        "versions": {**service.versions(), "fast_convert": service.fast_convert},
+        "resolution": resolution,
+        "channels": channels,
+        "num_classes": num_classes,
+    }
+
+
+def identity_key(identity: dict) -> str:
+    return cache_key(**{k: identity[k] for k in ("device", "settings", "versions", "resolution", "channels",
+                                                 "num_classes")})
+
+
+RUNNER_FLAGS = (("serial", "--serial", None), ("benchmark_binary", "--binary", None), ("cpu_mask", "--cpu-mask", None),
+                ("threads", "--threads", 1), ("warmup_runs", "--warmup", 10), ("num_runs", "--runs", 50))
+
+
+def build_command(runner_config: dict, *, space: str, resolution: int, channels: int, num_classes: int) -> str:
+    """The command line that builds the table a predictor needs (named in every 'table missing' error)."""
+    parts = ["python -m latency table build", f"--runner {runner_config.get('runner', 'host')}"]
+    for field, flag, default in RUNNER_FLAGS:
+        value = runner_config.get(field)
+        if value is not None and value != default:
+            parts.append(f"{flag} {value}")
+    parts.append(f"--space {space} --resolution {resolution} --channels {channels} --classes {num_classes}")
+    return " ".join(parts)
+
+
+def table_layers(space: SearchSpace, *, resolution: int, channels: int, num_classes: int,
+                 archs: tuple[str, ...] = ()) -> list[LayerSpec]:
+    """The space's distinct layers plus those of ``archs`` (architecture strings or reference names)."""
+    layers = space.layers(resolution=resolution, channels=channels, num_classes=num_classes)
+    for arch in archs:
+        layers += network_layers(resolve_arch(arch), resolution=resolution, channels=channels,
+                                 num_classes=num_classes)
+    return unique(layers)
+
+
+# ------------------------------------------------------------------------------------------------ build
+def build_table(service, *, space_name: str = "mnasnet", resolution: int = 224, channels: int = 3,
+                num_classes: int = 1000, archs: tuple[str, ...] | None = None, calibration: int = 60,
+                batch: int = 24, progress: bool = True) -> dict:
+    """Time every layer of the space not yet in the table, then measure ``calibration`` whole random architectures
+    of the space (kept apart from validation). Resumable: what is committed is never done again.
+
+    ``archs`` (default: the registered reference architectures) adds the layers of those networks too.
+    Returns a summary: table key, layers total/timed now/failed, calibration models, seconds.
+    """
+    from tqdm import tqdm
+
+    space = load_space(space_name)
+    space_name = space_label(space_name)
+    archs = tuple(list_references()) if archs is None else tuple(archs)
+    specs = table_layers(space, resolution=resolution, channels=channels, num_classes=num_classes, archs=archs)
+    identity = table_identity(service, resolution=resolution, channels=channels, num_classes=num_classes)
+    key = identity_key(identity)
+    cache = service.cache
+    meta = (cache.tables(key) or [{"meta": {}}])[0]["meta"]
+    cache.put_table(key, identity, meta)
+    done = {k for k, row in cache.layers(key).items() if row["status"] == "ok"}
+    todo = [s for s in specs if s.key not in done]
+    start = time.monotonic()
+    failures: list[dict] = []
+    with tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"layers ({identity['device']})", unit="layer",
+              disable=not progress, dynamic_ncols=True) as bar:
+        failures += _time_layers(service, key, todo, batch, bar)
+    layer_seconds = time.monotonic() - start
+    models = measure_models(service, key, space, space_name, "calibration", calibration, resolution=resolution,
+                            channels=channels, num_classes=num_classes, progress=progress)
+    seconds = time.monotonic() - start
+    spaces = dict(meta.get("spaces", {}))
+    entry = dict(spaces.get(space_name, {}))
+    entry.update(layers=len(specs), archs=list(archs), build_seconds=entry.get("build_seconds", 0.0) + seconds,
+                 layer_seconds=entry.get("layer_seconds", 0.0) + layer_seconds)
+    spaces[space_name] = entry
+    cache.put_table(key, identity, {**meta, "spaces": spaces})
+    return {"table_key": key, "device": identity["device"], "layers": len(specs), "timed_now": len(todo) - len(failures),
+            "failed": failures, "calibration": len(models), "seconds": seconds, "layer_seconds": layer_seconds,
+            "build_seconds_total": entry["build_seconds"]}
+
+
+def _time_layers(service, key: str, todo: list[LayerSpec], batch: int, bar) -> list[dict]:
+    """Convert in all workers, time in batches (one quiet window each); returns the failures."""
+    work = service.work_dir / "layers" / key
+    shutil.rmtree(work, ignore_errors=True)  # conversions of an interrupted build, never timed
+    pending = deque(todo)
+    converting: dict = {}
+    ready: list[dict] = []
+    timing = None
+    failures: list[dict] = []
+    with ThreadPoolExecutor(max_workers=service.workers + 1, thread_name_prefix="table") as threads:
+        while pending or converting or ready or timing is not None:
+            while pending and len(converting) < service.workers and len(ready) + len(converting) < 2 * batch:
+                spec = pending.popleft()
+                converting[threads.submit(service.convert_layer, spec, work / spec.key)] = spec
+            if timing is None and ready and (len(ready) >= batch or not (pending or converting)):
+                items, ready = ready[:batch], ready[batch:]
+                timing = threads.submit(service.time_layers, items, key)
+            done, _ = wait(set(converting) | ({timing} if timing is not None else set()), return_when=FIRST_COMPLETED)
+            for future in done:
+                if future is timing:
+                    timing = None
+                    try:
+                        rows = future.result()
+                    except Exception as exc:  # the batch is not committed: a rerun times it again
+                        rows = []
+                        failures.append({"layer": "(timing batch)", "error": first_line(exc, with_type=True)})
+                    failures += [r for r in rows if r["status"] != "ok"]
+                    bar.update(len(rows))
+                    continue
+                spec = converting.pop(future)
+                try:
+                    record = future.result()
+                except Exception as exc:
+                    record = {"status": "failed", "error": first_line(exc, with_type=True), "transient": True}
+                if record["status"] == "ok":
+                    ready.append({"layer": spec.key, "spec": spec.to_dict(), "conversion": record})
+                    continue
+                if not record.get("transient"):  # a mismatch belongs to the layer: record it, do not retry
+                    service.cache.put_layer(key, spec.key, spec.to_dict(), {"status": "failed",
+                                                                            "error": record["error"]})
+                failures.append({"layer": spec.key, "error": record["error"]})
+                bar.update(1)
+    shutil.rmtree(work, ignore_errors=True)
+    return failures
+
+
+def measure_models(service, key: str, space: SearchSpace, space_name: str, purpose: str, n: int, *,
+                   resolution: int, channels: int, num_classes: int, progress: bool = True) -> list[dict]:
+    """Measure ``n`` random architectures of the space for real and store them with the table under ``purpose``
+    (``calibration`` or ``validation``). The two sets come from different seeds and never share an architecture.
+    Resumable: stored ones are kept; the first ``n`` of the seed's sequence are the set."""
+    from tqdm import tqdm
+
+    cache = service.cache
+    other = "validation" if purpose == "calibration" else "calibration"
+    excluded = {m["arch"] for m in cache.models(key, other, space_name)}
+    seed = CALIBRATION_SEED if purpose == "calibration" else VALIDATION_SEED
+    have = {m["arch"]: m for m in cache.models(key, purpose, space_name)}
+    chosen: list[str] = []
+    for arch in _draw(space, seed, excluded):
+        if len(chosen) == n:
+            break
+        chosen.append(arch)
+    todo = [a for a in chosen if a not in have]
+    if todo:
+        futures = [service.submit(a, resolution=resolution, channels=channels, num_classes=num_classes) for a in todo]
+        with tqdm(total=len(chosen), initial=len(chosen) - len(todo), desc=f"{purpose} models", unit="model",
+                  disable=not progress, dynamic_ncols=True) as bar:
+            for arch, future in zip(todo, futures):
+                result = future.result()
+                bar.update(1)
+                if not result.ok:
+                    continue  # a child that cannot be measured cannot calibrate or validate anything
+                row = {k: getattr(result, k) for k in ("latency_ms", "mean_ms", "std_ms", "min_ms", "p95_ms", "runs")}
+                row["timing"] = result.extra.get("timing")
+                cache.put_model(key, purpose, space_name, arch, result.latency_ms, row)
+                have[arch] = {"arch": arch, "latency_ms": result.latency_ms, "result": row}
+    return [have[a] for a in chosen if a in have]
+
+
+def _draw(space: SearchSpace, seed: int, excluded: set[str]):
+    """Distinct random architectures of ``space`` in a fixed order for ``seed``, skipping ``excluded``."""
+    seen = set(excluded)
+    round_ = 0
+    while round_ < 1000:
+        for arch in space.sample(64, seed=seed + round_):
+            if arch not in seen:
+                seen.add(arch)
+                yield arch
+        round_ += 1
+
+
+# ------------------------------------------------------------------------------------------------ share
+def export_table(cache, table_key: str, out: str | Path, fmt: str) -> dict:
+    """Write one table (layers, calibration and validation measurements, identity) as CSV or JSON."""
+    tables = cache.tables(table_key)
+    if not tables:
+        raise ValueError(f"no latency table {table_key!r} in {cache.path}; see python -m latency table list")
+    info = tables[0]
+    header = {"format": FORMAT, "version": FORMAT_VERSION,
+              **{k: info[k] for k in ("device", "settings", "versions", "resolution", "channels", "num_classes")},
+              "meta": info["meta"]}
+    rows = [{"record": "layer", "key": layer, "latency_ms": r["latency_ms"], "status": r["status"], "space": "",
+             "spec": r["spec"], "result": r["result"]} for layer, r in sorted(cache.layers(table_key).items())]
+    for purpose in ("calibration", "validation"):
+        for space in sorted({k.split(":", 1)[1] for k in info["models"] if k.startswith(purpose + ":")}):
+            rows += [{"record": purpose, "key": m["arch"], "latency_ms": m["latency_ms"], "status": "ok",
+                      "space": space, "spec": {}, "result": m["result"]} for m in cache.models(table_key, purpose, space)]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if fmt == "json":
+        tmp.write_text(json.dumps({**header, "rows": rows}, indent=1) + "\n")
+    elif fmt == "csv":
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            writer.writerow({"record": "table", "key": table_key, "latency_ms": "", "status": "", "space": "",
+                             "spec": "", "result": json.dumps(header, sort_keys=True)})
+            for row in rows:
+                writer.writerow({**row, "spec": json.dumps(row["spec"], sort_keys=True),
+                                 "result": json.dumps(row["result"], sort_keys=True)})
+    else:
+        raise ValueError(f"--format must be csv or json, got {fmt!r}")
+    tmp.replace(out)
+    return {"table_key": table_key, "rows": len(rows), "out": str(out)}
+
+
+def import_table(cache, path: str | Path) -> dict:
+    """Read a CSV or JSON written by :func:`export_table` into ``cache`` (rows of the same table are replaced)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        if text.lstrip().startswith("{"):
+            data = json.loads(text)
+            header, rows = {k: v for k, v in data.items() if k != "rows"}, data["rows"]
+        else:
+            records = list(csv.DictReader(text.splitlines()))
+            if not records or records[0].get("record") != "table":
+                raise ValueError("the first row is not the table's identity row")
+            header = json.loads(records[0]["result"])
+            rows = [{**r, "spec": json.loads(r["spec"] or "{}"), "result": json.loads(r["result"] or "{}"),
+                     "latency_ms": float(r["latency_ms"]) if r["latency_ms"] else None} for r in records[1:]]
+        if header.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} file")
+        if header.get("version") != FORMAT_VERSION:
+            raise ValueError(f"format version {header.get('version')!r}, this version reads {FORMAT_VERSION}")
+        identity = {k: header[k] for k in ("device", "settings", "versions", "resolution", "channels", "num_classes")}
+        key = identity_key(identity)
+        cache.put_table(key, identity, header.get("meta") or {})
+        counts = {"layer": 0, "calibration": 0, "validation": 0}
+        for row in rows:
+            kind = row["record"]
+            if kind == "layer":
+                LayerSpec.from_dict(row["spec"])  # refuse rows that are not layers
+                cache.put_layer(key, row["key"], row["spec"], {**row["result"], "status": row["status"]})
+            elif kind in ("calibration", "validation"):
+                cache.put_model(key, kind, row["space"], resolve_arch(row["key"]), float(row["latency_ms"]),
+                                row["result"])
+            else:
+                raise ValueError(f"unknown record kind {kind!r}")
+            counts[kind] += 1
+    except (KeyError, TypeError, json.JSONDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path} is not a latency table export ({first_line(exc, with_type=True)})") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: {first_line(exc)}") from None
+    return {"table_key": key, "device": identity["device"], **counts}

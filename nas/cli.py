@@ -1,0 +1,114 @@
+"""What the Hydra entry points (``nas.search``, ``nas.train``) share: the command line checked before Hydra runs it,
+and interrupts that end in one line.
+
+Hydra reports a bad override (``controller=nope``, an unknown key) as a multi-line message with exit status 1; the
+README promises one ``error: ...`` line and exit status 2. So the command line is composed once here first (for a
+sweep, its first job), the way the app will compose it, and a key the config does not know (``+budgte=100``) is
+refused instead of being carried silently through the run.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from mnas_common.paths import config_dir
+
+from nas.components import ConfigError, did_you_mean
+
+# Hydra flags after which the command line is Hydra's own business (help, config printing, completion)
+_HYDRA_ONLY = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion", "-sc",
+               "-p", "--package", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir",
+               "--experimental-rerun", "--resolve")
+
+
+def _first_job(argv: list[str]) -> list[str]:
+    """The overrides of the first job a sweep would run (each sweep override at its first value)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    out = []
+    for override, text in zip(OverridesParser.create().parse_overrides(overrides), overrides):
+        if override.is_sweep_override():
+            key = text.split("=", 1)[0]
+            out.append(f"{key}={next(iter(override.sweep_string_iterator()))}")
+        else:
+            out.append(text)
+    return out
+
+
+def _keys(cfg, prefix: str = "") -> set[str]:
+    from omegaconf import DictConfig
+
+    keys = set()
+    for key in cfg:
+        keys.add(prefix + str(key))
+        value = cfg.get(key)
+        if isinstance(value, DictConfig) and str(key) in _PLAIN_SECTIONS:
+            keys |= _keys(value, f"{prefix}{key}.")
+    return keys
+
+
+# Sections without a _target_ (nothing validates their keys when it is built): their keys are checked here.
+_PLAIN_SECTIONS = ("deploy", "pareto")
+
+
+def check_command_line(config_name: str, argv: list[str], *, strict_keys: bool = True):
+    """Compose ``config_name`` with the command line's overrides and return it (None when a Hydra-only flag such as
+    ``--help`` is given); raise a one-line ConfigError for anything Hydra would refuse, and (``strict_keys``) for a
+    top-level key that the config without overrides does not have."""
+    from hydra import compose, initialize_config_dir
+
+    if any(a in _HYDRA_ONLY or a.split("=", 1)[0] in _HYDRA_ONLY for a in argv):
+        return None
+    try:
+        overrides = _first_job(argv)
+        with initialize_config_dir(version_base=None, config_dir=str(config_dir())):
+            cfg = compose(config_name=config_name, overrides=overrides)
+            base = compose(config_name=config_name)
+    except Exception as exc:
+        raise ConfigError(" ".join(str(exc).split())) from None
+    if strict_keys:
+        known = _keys(base)
+        unknown = sorted(_keys(cfg) - known)
+        if unknown:
+            raise ConfigError([f"unknown config key {key!r}{did_you_mean(key, known)}" for key in unknown])
+    return cfg
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM, raised in the main thread so that one clean-up path serves both."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+@contextmanager
+def interrupts() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`Interrupted`. The first one also makes both ignored from then on: the
+    clean-up it starts (stopping worker processes, closing the store) must not be interrupted half-way by a second
+    Ctrl-C, and it takes seconds."""
+
+    def on_signal(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)

@@ -1,0 +1,248 @@
+"""What the search tells the outside world, as loggers chosen by config (``logger=[progress,tensorboard,events]``).
+
+A logger hears five things from the engine: ``on_start(search)``, ``on_submit(step, archs)`` (evaluations handed to
+the evaluator), ``on_child(child, origin)`` (a child placed; ``origin`` is ``evaluated``, ``reused`` (an identical
+architecture's result) or ``stored`` (evaluated before an interruption)), ``on_step(step, stats)`` (a step committed)
+and ``on_end(summary)``; ``close()`` always runs, also after an interrupt. Loggers only
+read: the engine's attributes and the :class:`~nas.record.ChildResult` records. ``check(run_dir)`` reports a
+problem (an unwritable path) before the run writes anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+from mnas_common.checks import positive_int
+
+from nas.record import ChildResult, export_fields
+
+
+def _writable(path: Path) -> str | None:
+    """A reason ``path`` (a file to create or append to) cannot be written, or None."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{path} is not writable"
+    if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {path} ({parent} is not writable)"
+    return None
+
+
+class Logger:
+    """Base class: every hook is optional."""
+
+    def check(self, run_dir: Path) -> list[str]:
+        return []
+
+    def on_start(self, search) -> None: ...
+
+    def on_submit(self, step: int | None, archs: list[str]) -> None: ...
+
+    def on_child(self, child: ChildResult, origin: str) -> None: ...
+
+    def on_step(self, step: int, stats: dict) -> None: ...
+
+    def on_end(self, summary: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ProgressBar(Logger):
+    """tqdm bar: children done of the budget, best reward, front size, what the evaluator's workers are doing (seen
+    every ``refresh_s`` seconds, also while no child finishes), ETA."""
+
+    def __init__(self, *, enabled: bool = True, refresh_s: float = 2.0):
+        self.enabled = enabled
+        self.refresh_s = refresh_s
+        self.bar = None
+        self.search = None
+        self._stop = threading.Event()
+
+    def on_start(self, search) -> None:
+        from tqdm.auto import tqdm
+
+        self.search = search
+        self.bar = tqdm(total=search.budget, initial=search.committed, desc="search", unit="child",
+                        disable=not self.enabled, dynamic_ncols=True)
+        self._postfix(refresh=True)
+        if self.enabled and self.refresh_s > 0:
+            threading.Thread(target=self._refresh, name="progress", daemon=True).start()
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            try:
+                self._postfix(refresh=True)
+            except Exception:  # a status read while the evaluator changes: the next tick shows it
+                continue
+
+    def _postfix(self, refresh: bool) -> None:
+        stats = self.search.stats
+        postfix = {"best": f"{stats.best_reward:.4f}" if math.isfinite(stats.best_reward) else "-",
+                   "front": len(self.search.front)}
+        status = self.search.evaluator.status()
+        if status:
+            postfix["workers"] = status
+        self.bar.set_postfix(postfix, refresh=refresh)
+
+    def on_child(self, child: ChildResult, origin: str) -> None:
+        self.bar.update(1)
+        self._postfix(refresh=False)
+
+    def on_step(self, step: int, stats: dict) -> None:
+        self._postfix(refresh=True)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class TensorBoard(Logger):
+    """Scalars per step, the accuracy-latency scatter with its front, and the run's hyper-parameters.
+
+    A resumed run reopens the log with ``purge_step`` at its next step: events a killed run wrote past its last
+    committed step are hidden.
+    """
+
+    def __init__(self, *, log_dir: str = "tb", scatter_every: int = 5):
+        self.log_dir = log_dir
+        self.scatter_every = positive_int("logger.tensorboard.scatter_every", scatter_every)
+        self.writer = None
+        self.points: list[ChildResult] = []
+
+    def check(self, run_dir: Path) -> list[str]:
+        return [p for p in [_writable(Path(run_dir) / self.log_dir / "events")] if p]
+
+    def on_start(self, search) -> None:
+        # tensorboard imports TensorFlow (seconds, C++ log lines) unless its "notf" switch exists (the module the
+        # tensorboard-notf package adds); event files need only the protos. The latency workers keep their own TF.
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.search = search
+        self.writer = SummaryWriter(str(Path(search.run_dir) / self.log_dir), purge_step=search.next_step)
+        self.points = [c for c in search.history if c.measured]
+        self.last_step = None
+
+    def on_child(self, child: ChildResult, origin: str) -> None:
+        if child.measured:
+            self.points.append(child)
+
+    def on_step(self, step: int, stats: dict) -> None:
+        for key, value in stats.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(key, value, step)
+        if step % self.scatter_every == 0:
+            self._scatter(step)
+        self.last_step = step
+        self.writer.flush()
+
+    def _scatter(self, step: int) -> None:
+        from nas.pareto import scatter_figure
+
+        if self.points:
+            reward = self.search.reward_fn
+            figure = scatter_figure([c.to_dict() for c in self.points], title=f"step {step}",
+                                    target_ms=reward.target if getattr(reward, "uses_latency", False) else None)
+            self.writer.add_figure("pareto/accuracy_vs_latency", figure, step)
+
+    def on_end(self, summary: dict) -> None:
+        if self.last_step is not None and self.last_step % self.scatter_every:
+            self._scatter(self.last_step)  # the final front, whatever the interval
+        flat = {k: v for k, v in self.search.hparams.items() if isinstance(v, (int, float, str, bool))}
+        metrics = {"best_reward": summary["best_reward"], "best_top1": self.search.stats.best_top1,
+                   "front_size": summary["front_size"]}
+        metrics = {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        if flat:
+            self.writer.add_hparams(flat, metrics, run_name=".")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class EventLog(Logger):
+    """One JSON line per event in ``<run_dir>/events.jsonl``, appended across resumes: when each evaluation was
+    handed to the evaluator, each child placed, each step committed. An audit trail (what was evaluated, how often,
+    when) that scripts can follow while the search runs."""
+
+    def __init__(self, *, path: str = "events.jsonl"):
+        self.path = path
+        self.file = None
+
+    def check(self, run_dir: Path) -> list[str]:
+        return [p for p in [_writable(Path(run_dir) / self.path)] if p]
+
+    def _write(self, event: str, **fields) -> None:
+        self.file.write(json.dumps({"event": event, "time": time.time(), **fields}) + "\n")
+        self.file.flush()
+
+    def on_start(self, search) -> None:
+        self.file = open(Path(search.run_dir) / self.path, "a")
+        self._write("start", pid=os.getpid(), committed=search.committed, next_step=search.next_step)
+
+    def on_submit(self, step: int | None, archs: list[str]) -> None:
+        for arch in archs:
+            self._write("submit", step=step, arch=arch)
+
+    def on_child(self, child: ChildResult, origin: str) -> None:
+        self._write("child", step=child.step, idx=child.idx, arch=child.arch, origin=origin,
+                    status=str(child.status), reward=child.reward)
+
+    def on_step(self, step: int, stats: dict) -> None:
+        self._write("step", step=step, stats=stats)
+
+    def on_end(self, summary: dict) -> None:
+        self._write("end", summary=summary)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class CsvLog(Logger):
+    """``<run_dir>/children.csv``: every committed child, one row each (columns: the record's export fields),
+    rewritten from the store when a run starts and appended as steps commit."""
+
+    def __init__(self, *, path: str = "children.csv"):
+        self.path = path
+        self.file = None
+        self.writer = None
+        self.step_children: list[ChildResult] = []
+
+    def check(self, run_dir: Path) -> list[str]:
+        return [p for p in [_writable(Path(run_dir) / self.path)] if p]
+
+    def on_start(self, search) -> None:
+        self.file = open(Path(search.run_dir) / self.path, "w", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=export_fields(), extrasaction="ignore")
+        self.writer.writeheader()
+        self._rows(search.history)
+
+    def _rows(self, children) -> None:
+        self.writer.writerows({**c.to_dict(), "scores": json.dumps(c.scores)} for c in children)
+        self.file.flush()
+
+    def on_child(self, child: ChildResult, origin: str) -> None:
+        self.step_children.append(child)
+
+    def on_step(self, step: int, stats: dict) -> None:
+        self._rows([c for c in self.step_children if c.step == step])
+        self.step_children = [c for c in self.step_children if c.step != step]
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None

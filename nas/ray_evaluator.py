@@ -1,0 +1,511 @@
+"""Children on a Ray cluster: trainers, converters and devices as actors that own their resources.
+
+``evaluator=ray`` (``configs/evaluator/ray.yaml``). The search driver stays the only writer of the run store; the
+actors return plain results to it:
+
+- **trainer actors** (``trainers.actors`` of them, each ``trainers.num_cpus`` / ``trainers.num_gpus``, fractional
+  GPUs allowed) proxy-train children. Each opens the prepared dataset once: from the driver's cache path when its node
+  sees it, otherwise from the object store (``dataset_transfer: object_store``: put once by the driver, fetched
+  once per node); never per child;
+- **converter actors** keep TensorFlow and onnx2tf imported (in their latency service's warm worker) and convert
+  children to TFLite while the trainers train;
+- **device actors** time the converted models: one per phone, owning its adb serial (phones are Ray custom resources
+  ``phone_<serial>`` of the node they hang on, so their actor lands there), or one host-timing actor with its own CPU.
+
+A child's pipeline is train || (convert -> time); results reach the driver as they complete. Actors and nodes may
+die: the driver keeps its own books (which stage of which child runs where) and hands a stage whose actor died to
+another actor, at most ``max_attempts`` times in all, then records the child as failed with the reason. Ray's own
+at-most-once semantics are not trusted for "recorded once": a late answer for a child that is no longer pending is
+dropped. A phone that drops is marked unhealthy and its timings move to the other phones; with none left the search
+stops with one clear error and resumes later like any interrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mnas_common.checks import non_negative_number, positive_int, positive_number
+from mnas_common.errors import first_line
+
+from nas.components import build
+from nas.evaluator import Evaluator, EvaluatorStopped, apply_latency, apply_training, child_seed, size_guard
+from nas.record import ChildResult
+
+log = logging.getLogger("nas.ray")
+
+TRAIN, CONVERT, TIME = "train", "convert", "time"
+
+
+# ---------------------------------------------------------------------------------------------------- actors
+def _node() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+class TrainerActor:
+    """Proxy-trains children on its node; the prepared dataset is opened once, in the constructor."""
+
+    def __init__(self, trainer, dataset: dict, threads: int, latency: dict | None):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.trainer = trainer
+        self.data = _open_dataset(dataset)
+        self.gate = _gate(latency)
+
+    def train(self, arch: str, seed: int) -> dict:
+        from nas.trainer import train_child
+
+        result = train_child(arch, self.data, self.trainer, seed=seed, step_guard=self.gate.busy).to_dict()
+        return {**result, "node": _node(), "pid": os.getpid()}
+
+    def where(self) -> dict:
+        return {"node": _node(), "pid": os.getpid()}
+
+
+def _open_dataset(dataset: dict):
+    """The prepared dataset from the driver's cache path when this node sees it, else from the object store."""
+    from nas.data import PreparedDataset, Split, open_prepared
+
+    path = dataset.get("path")
+    if path and Path(path, "meta.json").exists():
+        return open_prepared(path)
+    import ray
+
+    arrays = ray.get(dataset["ref"][0])  # zero-copy, read-only arrays shared by the actors of this node
+    meta = arrays["meta"]
+    return PreparedDataset(name=meta["name"], num_classes=meta["num_classes"], channels=meta["channels"],
+                           resolution=meta["resolution"], train=Split(arrays["train_x"], arrays["train_y"]),
+                           val=Split(arrays["val_x"], arrays["val_y"]), class_names=meta["class_names"],
+                           mean=tuple(meta["mean"]), std=tuple(meta["std"]), path=Path(meta["path"]), info={})
+
+
+def _gate(latency: dict | None):
+    """The host gate of the latency config on this node: training steps wait while the host times a model."""
+    from latency.quiet import NullGate
+
+    if latency is None:
+        return NullGate()
+    service = build("latency", latency)
+    try:
+        return service.gate
+    finally:
+        service.close()
+
+
+class ConverterActor:
+    """PyTorch -> ONNX -> TFLite, checked against PyTorch; TensorFlow and onnx2tf stay imported in its worker."""
+
+    def __init__(self, latency: dict):
+        self.service = build("latency", {**latency, "workers": 1})
+
+    def convert(self, arch: str, deploy: dict, ship: bool) -> dict:
+        record = self.service.convert(arch, resolution=deploy["resolution"], channels=deploy["channels"],
+                                      num_classes=deploy["num_classes"])
+        if ship and record.get("status") == "ok":  # the device may be on another node: the bytes travel along
+            record["files"] = {name: Path(record[name]).read_bytes() for name in ("onnx_path", "tflite_path")}
+        return {**record, "node": _node()}
+
+
+class DeviceActor:
+    """Owns one device: a phone (its adb serial, exclusively) or the host CPU, and times models on it."""
+
+    def __init__(self, latency: dict):
+        self.service = build("latency", {**latency, "workers": 1})
+
+    def time(self, record: dict) -> dict:
+        files = record.pop("files", None)
+        if files and not Path(record["tflite_path"]).exists():
+            target = self.service.models_dir / record["key"]
+            target.mkdir(parents=True, exist_ok=True)
+            for name, data in files.items():
+                path = target / Path(record[name]).name
+                path.write_bytes(data)
+                record[name] = str(path)
+        started = time.perf_counter()
+        result = self.service.time(record).to_dict()
+        return {**result, "wall_seconds": time.perf_counter() - started, "node": _node()}
+
+    def healthy(self) -> str | None:
+        """None when the device answers, else why not (a phone that dropped off USB)."""
+        try:
+            self.service.runner.healthy()
+        except Exception as exc:
+            return first_line(exc)
+        return None
+
+    def device_id(self) -> str:
+        return self.service.device_id
+
+
+# ---------------------------------------------------------------------------------------------------- the driver
+@dataclass
+class _Job:
+    child: ChildResult
+    trained: bool = False
+    timed: bool = False
+    conversion: dict | None = None
+    attempts: dict = field(default_factory=lambda: {TRAIN: 0, CONVERT: 0, TIME: 0})
+    nodes: dict = field(default_factory=dict)
+
+
+class _Pool:
+    """Actors of one kind, the stages waiting for them, and which actor runs what."""
+
+    def __init__(self, kind: str, make, count: int):
+        self.kind, self.make = kind, make
+        self.actors = [make() for _ in range(count)]
+        self.idle = deque(self.actors)
+        self.queue: deque[_Job] = deque()
+        self.unhealthy: dict[Any, str] = {}
+
+    @property
+    def busy(self) -> int:
+        return len(self.actors) - len(self.idle) - len(self.unhealthy)
+
+    def replace(self, actor) -> None:
+        """A dead actor is replaced by a fresh one (placed by Ray wherever its resources are free)."""
+        import ray
+
+        if actor in self.actors:
+            self.actors.remove(actor)
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # already gone with its node
+                pass
+            fresh = self.make()
+            self.actors.append(fresh)
+            self.idle.append(fresh)
+
+
+class RayEvaluator(Evaluator):
+    """See the module docstring. Built from ``configs/evaluator/ray.yaml``."""
+
+    def __init__(self, *, trainer, dataset, latency: dict | None, deploy: dict, seed: int = 0,
+                 threads: int | None = None, address: str | None = None, trainers: dict | None = None,
+                 converters: dict | None = None, devices: dict | None = None, max_attempts: int = 3,
+                 max_child_memory_gb: float = 8.0, dataset_transfer: str = "path", poll_s: float = 0.5,
+                 namespace: str = "mnasnet-search"):
+        self.trainer, self.dataset, self.latency = trainer, dataset, latency
+        self.deploy, self.seed = dict(deploy), seed
+        self.address = address
+        self.trainers = {"actors": 2, "num_cpus": 1, "num_gpus": 0, "threads": threads or 1, **(trainers or {})}
+        self.converters = {"actors": 1, "num_cpus": 1, **(converters or {})}
+        self.devices = {"serials": None, "num_cpus": 1, **(devices or {})}
+        positive_int("evaluator.trainers.actors", self.trainers["actors"])
+        positive_number("evaluator.trainers.num_cpus", self.trainers["num_cpus"])
+        non_negative_number("evaluator.trainers.num_gpus", self.trainers["num_gpus"])
+        positive_int("evaluator.trainers.threads", self.trainers["threads"])
+        positive_int("evaluator.converters.actors", self.converters["actors"])
+        positive_number("evaluator.converters.num_cpus", self.converters["num_cpus"])
+        non_negative_number("evaluator.devices.num_cpus", self.devices["num_cpus"])
+        self.max_attempts = positive_int("evaluator.max_attempts", max_attempts)
+        self.max_child_memory_gb = positive_number("evaluator.max_child_memory_gb", max_child_memory_gb)
+        if dataset_transfer not in ("path", "object_store"):
+            raise ValueError(f"evaluator.dataset_transfer must be path or object_store, got {dataset_transfer!r}")
+        self.dataset_transfer = dataset_transfer
+        self.poll_s = positive_number("evaluator.poll_s", poll_s)
+        self.namespace = namespace
+        self.capacity = self.trainers["actors"]
+        self._started_ray = False
+        self._reaper = None
+        self._pools: dict[str, _Pool] = {}
+        self._inflight: dict[Any, tuple[_Job, str, Any]] = {}
+        self._jobs: dict[str, _Job] = {}
+        self._done: deque[ChildResult] = deque()
+        self._ship = False
+        self._data_shape = None
+
+    # ------------------------------------------------------------------ life cycle
+    def check(self) -> list[str]:
+        from nas.data import check_dataset
+        from nas.trainer import check_device
+
+        problems = [p for p in (check_dataset(self.dataset),) if p]
+        if self.trainers["num_gpus"] == 0:  # with GPUs the trainer actors find them on their nodes
+            problems += [p for p in (check_device(self.trainer.device),) if p]
+        if self.latency is not None:  # the fields now; the devices on their nodes once the cluster is up
+            try:
+                build("latency", self.latency).close()
+            except Exception as exc:
+                problems.append(first_line(exc))
+        return problems
+
+    def start(self, run_dir: Path) -> None:
+        import ray
+
+        from nas.data import load_dataset
+
+        data = load_dataset(self.dataset)  # prepared once, here; the actors open it (see _open_dataset)
+        self._data_shape = (data.resolution, data.channels, data.num_classes)
+        if not ray.is_initialized():
+            self._init_ray()
+        self._check_resources()
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        self._ship = len(nodes) > 1
+        dataset = {"path": str(data.path)}
+        if self.dataset_transfer == "object_store" or self._ship:
+            import numpy as np
+
+            info = {"name": data.name, "num_classes": data.num_classes, "channels": data.channels,
+                    "resolution": data.resolution, "class_names": list(data.class_names), "mean": list(data.mean),
+                    "std": list(data.std), "path": str(data.path)}
+            arrays = {"meta": info, "train_x": np.asarray(data.train.x), "train_y": np.asarray(data.train.y),
+                      "val_x": np.asarray(data.val.x), "val_y": np.asarray(data.val.y)}
+            # wrapped in a list so that Ray passes the reference itself, not the arrays, to every actor
+            dataset = {"path": None if self.dataset_transfer == "object_store" else str(data.path),
+                       "ref": [ray.put(arrays)]}
+        latency = None if self.latency is None else {**self.latency, "work_dir": None}
+        t = self.trainers
+        # SPREAD: trainers go to different nodes first (each node's GPUs and memory bandwidth count)
+        trainer_cls = ray.remote(num_cpus=t["num_cpus"], num_gpus=t["num_gpus"], max_restarts=0,
+                                 scheduling_strategy="SPREAD")(TrainerActor)
+        self._pools[TRAIN] = _Pool(TRAIN, lambda: trainer_cls.remote(self.trainer, dataset, t["threads"], latency),
+                                   t["actors"])
+        if latency is not None:
+            c = self.converters
+            converter_cls = ray.remote(num_cpus=c["num_cpus"], max_restarts=0)(ConverterActor)
+            self._pools[CONVERT] = _Pool(CONVERT, lambda: converter_cls.remote(latency), c["actors"])
+            self._pools[TIME] = self._device_pool(latency)
+        # fail now, with the reason, if an actor cannot start (a dataset missing on a node, a bad latency setting)
+        try:
+            ray.get([a.where.remote() for a in self._pools[TRAIN].actors], timeout=600)
+        except ray.exceptions.GetTimeoutError:
+            raise EvaluatorStopped("the trainer actors did not start within 10 minutes (see ray status)") from None
+        log.info("ray: %d trainer(s), %d node(s)", len(self._pools[TRAIN].actors), len(nodes))
+
+    def _demand(self) -> dict[str, float]:
+        """Logical resources the actors ask for (phones aside)."""
+        t, c, d = self.trainers, self.converters, self.devices
+        cpus = t["actors"] * t["num_cpus"]
+        if self.latency is not None:
+            cpus += c["actors"] * c["num_cpus"] + d["num_cpus"] * max(1, len(d["serials"] or []))
+        return {"CPU": cpus, "GPU": t["actors"] * t["num_gpus"]}
+
+    def _init_ray(self) -> None:
+        import signal
+
+        import ray
+
+        resources = {}
+        if self.address is None and self.latency is not None and self.latency.get("runner") == "adb":
+            resources = {f"phone_{serial}": 1 for serial in _local_phones(self.latency)}
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        kwargs = {}
+        if self.address is None:
+            # Ray's CPUs are logical (admission, not isolation): on a small machine the actors may ask for more
+            # than its cores, as the local evaluator's trainer and latency workers already share them
+            kwargs["num_cpus"] = max(os.cpu_count() or 1, int(-(-self._demand()["CPU"] // 1)))
+        ray.init(address=self.address or "local", namespace=self.namespace, resources=resources or None,
+                 include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **kwargs)
+        for signum, handler in handlers.items():  # Ray installs its own: Ctrl-C and SIGTERM stay the search's
+            signal.signal(signum, handler)
+        self._started_ray = self.address is None
+        if self._started_ray:
+            from nas.ray_reaper import watch
+
+            self._reaper = watch(os.getpid())
+
+    def _check_resources(self) -> None:
+        """Refuse, in one line, actors the cluster cannot place (they would wait for ever)."""
+        import ray
+
+        have = ray.cluster_resources()
+        short = [f"{need:g} {kind} (the cluster has {have.get(kind, 0):g})"
+                 for kind, need in self._demand().items() if need > have.get(kind, 0) + 1e-9]
+        if short:
+            raise EvaluatorStopped(f"the Ray actors need {' and '.join(short)}: lower evaluator.trainers.actors or "
+                                   "their num_cpus/num_gpus, or add nodes")
+
+    def _device_pool(self, latency: dict) -> _Pool:
+        import ray
+
+        num_cpus = self.devices["num_cpus"]
+        if latency.get("runner") != "adb":
+            cls = ray.remote(num_cpus=num_cpus, max_restarts=0)(DeviceActor)
+            return _Pool(TIME, lambda: cls.remote(latency), 1)
+        serials = self.devices["serials"] or latency.get("serial") and [latency["serial"]]
+        advertised = sorted(k[len("phone_"):] for k in ray.cluster_resources() if k.startswith("phone_"))
+        serials = list(serials or advertised)
+        missing = [s for s in serials if s not in advertised]
+        if not serials or missing:
+            raise EvaluatorStopped(
+                f"no phone for timing: the cluster advertises {', '.join(advertised) or 'none'}"
+                + (f", not {', '.join(missing)}" if missing else "")
+                + "; start the node a phone hangs on with --resources='{\"phone_<serial>\": 1}' "
+                  "(python -m latency devices --ray-resources prints it)")
+        made = iter(serials)
+
+        def make():
+            serial = next(made)
+            cls = ray.remote(num_cpus=num_cpus, resources={f"phone_{serial}": 1}, max_restarts=0)(DeviceActor)
+            return cls.remote({**latency, "serial": serial})
+
+        return _Pool(TIME, make, len(serials))
+
+    def close(self) -> None:
+        import ray
+
+        for pool in self._pools.values():
+            for actor in pool.actors:
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception:
+                    pass
+        self._pools.clear()
+        self._inflight.clear()
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
+            self._started_ray = False
+        if self._reaper is not None:  # Ray was shut down cleanly: nothing left to reap
+            self._reaper.terminate()
+            self._reaper.wait()
+            self._reaper = None
+
+    # ------------------------------------------------------------------ evaluation
+    def submit(self, arch: str) -> None:
+        child = ChildResult(arch=arch, seed=child_seed(self.seed, arch))
+        try:
+            profile, too_large = size_guard(
+                arch, deploy=self.deploy, data_shape=self._data_shape, batch_size=self.trainer.batch_size,
+                optimizer_slots=2 if self.trainer.optimizer == "rmsprop" else 1, limit_gb=self.max_child_memory_gb)
+            child.params, child.macs = profile.params, profile.macs
+            if too_large:
+                child.fail(too_large)
+        except Exception as exc:
+            child.fail(f"build: {first_line(exc, with_type=True)}")
+        job = _Job(child)
+        if not child.ok:
+            self._done.append(child)
+            return
+        self._jobs[arch] = job
+        self._pools[TRAIN].queue.append(job)
+        if CONVERT in self._pools:
+            self._pools[CONVERT].queue.append(job)
+        else:
+            job.timed = True
+
+    def pending(self) -> int:
+        return len(self._jobs) + len(self._done)
+
+    def next_result(self) -> ChildResult:
+        import ray
+
+        while not self._done:
+            if not self._jobs:
+                raise RuntimeError("next_result() with nothing submitted")
+            self._dispatch()
+            if not self._inflight:
+                raise EvaluatorStopped("no actor can take the remaining children (all devices unhealthy?)")
+            ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=self.poll_s)
+            for ref in ready:
+                self._complete(ref)
+        return self._done.popleft()
+
+    def _dispatch(self) -> None:
+        for stage, pool in self._pools.items():
+            while pool.queue and pool.idle:
+                job = pool.queue.popleft()
+                if job.child.arch not in self._jobs:
+                    continue  # finished (failed) while it waited
+                actor = pool.idle.popleft()
+                if stage == TRAIN:
+                    ref = actor.train.remote(job.child.arch, job.child.seed)
+                elif stage == CONVERT:
+                    ref = actor.convert.remote(job.child.arch, self.deploy, self._ship)
+                else:
+                    ref = actor.time.remote(dict(job.conversion))
+                self._inflight[ref] = (job, stage, actor)
+
+    def _complete(self, ref) -> None:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, WorkerCrashedError
+
+        job, stage, actor = self._inflight.pop(ref)
+        pool = self._pools[stage]
+        try:
+            value = ray.get(ref, timeout=0)
+        except (RayActorError, WorkerCrashedError, GetTimeoutError) as exc:
+            pool.replace(actor)
+            job.attempts[stage] += 1
+            reason = f"{stage} actor died ({first_line(exc, limit=200)})"
+            log.warning("%s: %s (attempt %d of %d)", job.child.arch, reason, job.attempts[stage], self.max_attempts)
+            if job.attempts[stage] >= self.max_attempts:
+                self._finish(job.child.fail(f"{stage}: gave up after {self.max_attempts} attempts: {reason}"), job)
+            else:
+                pool.queue.appendleft(job)
+            return
+        except RayTaskError as exc:  # a bug in a stage, not a dead actor: the child fails with the cause
+            pool.idle.append(actor)
+            self._finish(job.child.fail(f"{stage}: {first_line(exc.cause if exc.cause else exc, with_type=True)}"),
+                         job)
+            return
+        pool.idle.append(actor)
+        if job.child.arch not in self._jobs:
+            return  # a late answer for a child already recorded: dropped, never recorded twice
+        job.nodes[stage] = value.pop("node", None)
+        if stage == TRAIN:
+            value.pop("pid", None)
+            apply_training(job.child, value)
+            job.trained = True
+        elif stage == CONVERT:
+            if value.get("status") == "ok":
+                job.conversion = value
+                self._pools[TIME].queue.append(job)
+            else:
+                apply_latency(job.child, {"status": "failed", "error": value.get("error")})
+                job.timed = True
+        else:
+            if value.get("status") != "ok" and self._device_dropped(actor, pool):
+                pool.queue.appendleft(job)  # its timing moves to a healthy phone
+                return
+            apply_latency(job.child, value)
+            job.timed = True
+        if job.trained and job.timed:
+            self._finish(job.child, job)
+
+    def _device_dropped(self, actor, pool: _Pool) -> bool:
+        import ray
+
+        try:
+            problem = ray.get(actor.healthy.remote(), timeout=60)
+        except Exception as exc:
+            problem = first_line(exc)
+        if problem is None:
+            return False
+        pool.unhealthy[actor] = problem
+        if actor in pool.idle:
+            pool.idle.remove(actor)
+        log.warning("device marked unhealthy: %s", problem)
+        if len(pool.unhealthy) == len(pool.actors):
+            raise EvaluatorStopped(f"every timing device dropped ({'; '.join(pool.unhealthy.values())}); reconnect "
+                                   "a phone and run the same command to resume")
+        return True
+
+    def _finish(self, child: ChildResult, job: _Job) -> None:
+        if self._jobs.pop(child.arch, None) is None:
+            return
+        child.extra["nodes"] = job.nodes
+        self._done.append(child)
+
+    def status(self) -> str:
+        parts = [f"{stage} {pool.busy}/{len(pool.actors) - len(pool.unhealthy)}" for stage, pool in self._pools.items()]
+        waiting = sum(len(p.queue) for p in self._pools.values())
+        return " ".join(parts) + (f" queued {waiting}" if waiting else "")
+
+
+def _local_phones(latency: dict) -> list[str]:
+    """Serials of the phones ``adb devices`` lists ready on this machine."""
+    service = build("latency", latency)
+    try:
+        return [d["serial"] for d in service.runner.devices() if d["state"] == "device"]
+    finally:
+        service.close()

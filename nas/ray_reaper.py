@@ -1,0 +1,83 @@
+"""Make the local Ray instance a search started die with it, however the search dies.
+
+``ray.init()`` starts the instance's processes as children of the search. On a clean exit ``ray.shutdown()`` stops
+them; after ``kill -9`` the GCS server and the raylet notice and exit, but Ray's agent processes (``ray::
+DashboardAgent``, ``ray::RuntimeEnvAgent``) linger for a minute or more, holding memory and ports. A reaper, in a
+session of its own so that it outlives the search, waits for the search to die and kills the processes the instance
+had when it started (identified by pid *and* start time, so a reused pid is never touched).
+
+    python -m nas.ray_reaper PARENT_PID        # reads "pid start_time" lines on stdin, then watches PARENT_PID
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (field 22 of /proc/PID/stat), or None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def is_ray(pid: int) -> bool:
+    """A process of Ray's own (GCS server, raylet, agents, workers): not a latency worker or an adb server."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return cmdline.startswith("ray::") or "/ray/" in cmdline
+
+
+def watch(parent: int) -> subprocess.Popen:
+    """Start a reaper for Ray's processes now below ``parent`` (call right after ``ray.init()``)."""
+    procs = [(pid, start_time(pid)) for pid in descendants(parent) if is_ray(pid)]
+    reaper = subprocess.Popen([sys.executable, "-m", "nas.ray_reaper", str(parent)], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                              text=True, cwd=str(Path(__file__).resolve().parents[1]))
+    reaper.stdin.write("".join(f"{pid} {start}\n" for pid, start in procs if start))
+    reaper.stdin.close()
+    return reaper
+
+
+def main() -> int:
+    parent = int(sys.argv[1])
+    procs = [(int(pid), start) for pid, start in (line.split() for line in sys.stdin if line.strip())]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the search stopped us: it shut Ray down itself
+    while start_time(parent) is not None:
+        time.sleep(0.5)
+    for pid, start in procs:
+        if start_time(pid) == start:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

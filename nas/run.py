@@ -1,0 +1,233 @@
+"""From a config to a finished search: build every part, validate everything, lock the run, run the engine.
+
+The order is what keeps a run directory safe:
+
+1. build every component from its config group and check the top-level values, the dataset, the devices and every
+   path; all problems are collected and reported together in one :class:`~nas.components.ConfigError` line;
+2. take the run's writer lock and open its store (a second search on the same run directory stops here);
+3. check the store before writing to it: the same search (identity), a budget no smaller than what it holds, the
+   controller state it resumes from (hash and unpickling);
+4. start the evaluator (prepare the dataset, start workers) and only then write the run's identity and settings;
+5. run; close the evaluator and the loggers whatever happens (an interrupt included).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mnas_common.checks import is_int, positive_int
+from mnas_common.config import to_plain
+
+from nas.components import ConfigError, build, strip_targets
+from nas.engine import Search
+from nas.evaluator import check_latency
+from nas.store import RunStore, StoreError
+
+# Config sections that define a run's results: resuming with different values would mix two searches in one store.
+# (Where children run, what is logged and the budget do not change the results of the children already stored.)
+IDENTITY_KEYS = ("search_space", "controller", "reward", "trainer", "dataset", "deploy", "seed", "batch_size",
+                 "steady_state")
+DEPLOY_KEYS = ("resolution", "channels", "num_classes")
+
+
+@dataclass
+class Parts:
+    space: Any = None
+    controller: Any = None
+    reward: Any = None
+    evaluator: Any = None
+    loggers: list = field(default_factory=list)
+    references: dict[str, str] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Release what the parts own; every part is closed even when another fails to."""
+        errors = []
+        for part in [self.evaluator, *self.loggers]:
+            try:
+                if part is not None:
+                    part.close()
+            except Exception as exc:  # pragma: no cover - reported after the others are closed
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+def _check_values(cfg) -> list[str]:
+    problems = []
+    for key in ("budget", "batch_size"):
+        try:
+            positive_int(key, cfg.get(key))
+        except ValueError as exc:
+            problems.append(str(exc))
+    if not is_int(cfg.get("seed")):
+        problems.append(f"seed must be an integer, got {cfg.get('seed')!r}")
+    deploy = to_plain(cfg.get("deploy")) or {}
+    for key in DEPLOY_KEYS:
+        try:
+            positive_int(f"deploy.{key}", deploy.get(key))
+        except ValueError as exc:
+            problems.append(str(exc))
+    problems += [f"unknown deploy field {key!r}; known: {', '.join(DEPLOY_KEYS)}" for key in deploy
+                 if key not in DEPLOY_KEYS]
+    try:
+        positive_int("threads", cfg.get("threads"), allow_none=True)
+    except ValueError as exc:
+        problems.append(str(exc))
+    for key in ("measure_latency", "reuse_evaluations", "steady_state"):
+        if not isinstance(cfg.get(key), bool):
+            problems.append(f"{key} must be true or false, got {cfg.get(key)!r}")
+    return problems
+
+
+def build_parts(cfg, run_dir: str | Path) -> Parts:
+    """Every component of the search, validated; raises one ConfigError naming every problem found."""
+    from search_spaces import resolve_arch
+
+    problems = _check_values(cfg)
+    parts = Parts()
+
+    def attempt(group: str, node, **runtime):
+        try:
+            return build(group, node, **runtime)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            return None
+
+    parts.space = attempt("search_space", cfg.search_space)
+    parts.reward = attempt("reward", cfg.reward)
+    if parts.space is not None and is_int(cfg.get("seed")):
+        parts.controller = attempt("controller", cfg.controller, num_choices=parts.space.num_choices, seed=cfg.seed)
+    trainer = attempt("trainer", cfg.trainer)
+    dataset = attempt("dataset", cfg.dataset)
+    measure = cfg.get("measure_latency") is True
+    if getattr(parts.reward, "uses_latency", False) and not measure:
+        problems.append(f"reward {cfg.reward.get('name')!r} uses latency but measure_latency is false")
+    latency = to_plain(cfg.latency) if measure else None
+    if trainer is not None and dataset is not None:
+        parts.evaluator = attempt("evaluator", cfg.evaluator, trainer=trainer, dataset=dataset, latency=latency,
+                                  deploy=to_plain(cfg.deploy), seed=cfg.seed, threads=cfg.get("threads"))
+    elif latency is not None:  # no evaluator to ask, but a missing phone is worth naming with the rest
+        service, latency_problems = check_latency(latency)
+        problems += latency_problems
+        if service is not None:
+            service.close()
+    for name, node in (to_plain(cfg.get("logger")) or {}).items():
+        logger = attempt(f"logger.{name}", node)
+        if logger is not None:
+            parts.loggers.append(logger)
+    for name in cfg.get("measure_references") or []:
+        try:
+            parts.references[str(name)] = resolve_arch(str(name))
+        except ValueError as exc:
+            problems.append(f"measure_references: {exc}")
+    if parts.evaluator is not None:
+        problems += parts.evaluator.check()
+    problems += check_run_dir(Path(run_dir))
+    for logger in parts.loggers:
+        problems += logger.check(Path(run_dir))
+    if problems:
+        parts.close()
+        raise ConfigError(problems)
+    return parts
+
+
+def check_run_dir(run_dir: Path) -> list[str]:
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return [f"run_dir {run_dir}: {existing} is not a directory"]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"run_dir {run_dir} cannot be written ({existing} is read-only)"]
+    return []
+
+
+def environment() -> dict:
+    """Library versions and hardware, recorded with every run (Lindauer & Hutter's checklist)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import numpy
+    import torch
+
+    env = {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
+           "processor": platform.processor(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+           "numpy": numpy.__version__, "argv": sys.argv}
+    for package in ("onnx2tf", "tensorflow", "ai-edge-litert", "ray"):
+        try:
+            env[package.replace("-", "_")] = version(package)
+        except PackageNotFoundError:
+            env[package.replace("-", "_")] = None
+    return env
+
+
+def identity(cfg) -> dict:
+    return {k: strip_targets(cfg.get(k)) for k in IDENTITY_KEYS}
+
+
+def hparams(cfg) -> dict:
+    """A flat description of the run for TensorBoard's HParams tab."""
+    flat = {}
+    for key in ("controller", "reward", "search_space", "trainer", "dataset"):
+        for name, value in (strip_targets(cfg.get(key)) or {}).items():
+            if isinstance(value, (int, float, str, bool)):
+                flat[f"{key}.{name}"] = value
+    flat.update(seed=cfg.seed, batch_size=cfg.batch_size, budget=cfg.budget)
+    return flat
+
+
+def _check_store(store: RunStore, cfg) -> bool:
+    """Refuse a store written by another search or holding more children than the budget; True when it is new."""
+    stored = store.get_meta("identity")
+    if stored is None:
+        return True
+    mine = identity(cfg)
+    # stores written before the evaluator group existed had no steady_state: it was always off
+    changed = [k for k in IDENTITY_KEYS if strip_targets(stored.get(k, False if k == "steady_state" else None)) != mine[k]]
+    if changed:
+        raise StoreError(f"run store {store.path} was created by a different search ({', '.join(changed)} changed); "
+                         "resume with the original settings or choose a new run_dir")
+    held = store.num_committed_children()
+    if cfg.budget < held:
+        raise StoreError(f"budget={cfg.budget} is below the {held} children run {store.path.parent} already holds; "
+                         f"the budget counts children: use budget>={held}")
+    return False
+
+
+def run_search(cfg, run_dir: str | Path, *, overrides: list[str] | None = None) -> dict:
+    """Validate, lock, resume or start, run and export one search; returns its summary."""
+    run_dir = Path(run_dir)
+    parts = build_parts(cfg, run_dir)
+    if cfg.threads:  # the driver's own torch work (the controller) and, with the local evaluator, proxy training
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    try:
+        with RunStore(run_dir) as store:
+            new = _check_store(store, cfg)
+            search = Search(space=parts.space, controller=parts.controller, reward=parts.reward,
+                            evaluator=parts.evaluator, store=store, loggers=parts.loggers, budget=cfg.budget,
+                            batch_size=cfg.batch_size, reuse_evaluations=cfg.reuse_evaluations,
+                            steady_state=cfg.steady_state, references=parts.references, run_dir=run_dir,
+                            hparams=hparams(cfg))
+            search.resume()  # reads and checks the stored controller state before anything is written
+            parts.evaluator.start(run_dir)
+            meta = {"budget": cfg.budget, "overrides": list(overrides or [])}
+            if new:
+                meta.update(identity=identity(cfg), config=to_plain(cfg), environment=environment(),
+                            created_at=time.time())
+            store.set_metas(meta)
+            summary = search.run()
+    finally:
+        parts.close()
+    pareto = to_plain(cfg.get("pareto")) or {}
+    if pareto.get("enabled"):
+        from nas.pareto import export_runs
+
+        export_runs([run_dir], run_dir / "pareto", export_top=pareto.get("export_top", 0))
+    return summary

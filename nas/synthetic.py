@@ -1,0 +1,101 @@
+"""An evaluator with no training and no conversion: accuracy and latency from a closed-form function of the
+architecture, deterministic per architecture string.
+
+For what must not wait on real children: a dry run of a config (``evaluator=synthetic``), the driver benchmark
+(``scripts/bench_search.py``: 8,000 children in seconds) and tests of resume, reuse and failures in milliseconds.
+The numbers behave like real ones where the search can see it (wider, deeper and larger-kernel networks are more
+accurate and slower, MACs drive latency) but they are not measurements: never report them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from collections import deque
+
+from mnas_common.checks import non_negative_number, positive_int
+
+from nas.evaluator import Evaluator, child_seed
+from nas.record import ChildResult, LatencySource
+
+
+def _unit(arch: str, salt: str) -> float:
+    """A deterministic number in [0, 1) from the architecture string."""
+    return (zlib.crc32(f"{salt}:{arch}".encode()) % 1_000_003) / 1_000_003
+
+
+def synthetic_measurements(arch: str, resolution: int = 224) -> tuple[float, float, int, int]:
+    """(top-1, latency ms, params, MACs) of ``arch``: MACs and parameters counted from the block specs with the
+    usual formulas, latency about 1 ms per 60 M MACs plus a per-layer overhead, accuracy saturating in capacity."""
+    from search_spaces import parse_arch, resolve_arch
+
+    spec = parse_arch(resolve_arch(arch))
+    res, cin = math.ceil(resolution / 2), 32
+    macs, params, layers = res * res * 27 * cin, 27 * cin, 1
+    for block in spec.blocks:
+        for i in range(block.repeats):
+            stride = block.stride if i == 0 else 1
+            out_res = math.ceil(res / stride)
+            k2, cout = block.kernel ** 2, block.out_channels
+            if block.block_type == "cn":
+                p, m = cin * cout * k2, out_res ** 2 * cin * cout * k2
+            elif block.block_type == "ds":
+                p = cin * k2 + cin * cout
+                m = out_res ** 2 * p
+            else:
+                mid = cin * block.expansion
+                p = cin * mid * (block.expansion > 1) + mid * k2 + mid * cout
+                m = res ** 2 * cin * mid * (block.expansion > 1) + out_res ** 2 * (mid * k2 + mid * cout)
+            if block.se_ratio:
+                se = max(1, round(block.se_ratio * cin))
+                p, m = p + 2 * cin * se, m + 2 * cin * se
+            params, macs, layers = params + p, macs + m, layers + 1
+            res, cin = out_res, cout
+    params += cin * 1280 + 1280 * 1000
+    macs += res * res * cin * 1280 + 1280 * 1000
+    latency = 0.4 + macs / 60e6 + 0.02 * layers
+    latency *= 0.97 + 0.06 * _unit(arch, "latency")
+    top1 = 0.55 + 0.33 * (1 - math.exp(-macs / 150e6)) + 0.08 * (1 - math.exp(-params / 2e6))
+    top1 += 0.03 * (_unit(arch, "accuracy") - 0.5)
+    return min(top1, 0.999), latency, params, macs
+
+
+class SyntheticEvaluator(Evaluator):
+    """Closed-form children (see the module docstring). ``failure_rate`` of the architectures fail (always the
+    same ones), ``seconds`` of sleep simulate work, ``capacity`` children are in flight at once."""
+
+    def __init__(self, *, failure_rate: float = 0.0, seconds: float = 0.0, capacity: int = 1, deploy: dict | None = None,
+                 seed: int = 0, trainer=None, dataset=None, latency=None, threads=None):
+        """``trainer``, ``dataset``, ``latency`` and ``threads`` are what the search passes every evaluator; a
+        synthetic child needs none of them."""
+        if not 0 <= non_negative_number("evaluator.failure_rate", failure_rate) <= 1:
+            raise ValueError(f"evaluator.failure_rate must be in [0, 1], got {failure_rate!r}")
+        self.failure_rate = float(failure_rate)
+        self.seconds = non_negative_number("evaluator.seconds", seconds)
+        self.capacity = positive_int("evaluator.capacity", capacity)
+        self.resolution = int((deploy or {}).get("resolution", 224))
+        self.seed = seed
+        self.submitted: list[str] = []  # every evaluation ever asked for, in order (what tests count)
+        self._queue: deque[str] = deque()
+
+    def submit(self, arch: str) -> None:
+        self.submitted.append(arch)
+        self._queue.append(arch)
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def next_result(self) -> ChildResult:
+        arch = self._queue.popleft()
+        if self.seconds:
+            time.sleep(self.seconds)
+        child = ChildResult(arch=arch, seed=child_seed(self.seed, arch))
+        if _unit(arch, "failure") < self.failure_rate:
+            return child.fail("train: loss is nan at epoch 1, step 3 (synthetic failure)")
+        top1, latency, child.params, child.macs = synthetic_measurements(arch, self.resolution)
+        child.top1, child.latency_ms, child.latency_source = top1, latency, LatencySource.MEASURED
+        return child
+
+    def status(self) -> str:
+        return f"in flight {len(self._queue)}/{self.capacity}"

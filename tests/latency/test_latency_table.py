@@ -1,0 +1,215 @@
+"""Layer tables and the predictor end to end on a micro space (16 px): build (resumable after kill -9), predict,
+validate, export/import, the missing-table error; the same commands on a phone through the adb double."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from latency import build_service
+from latency.predictor import LatencyTableMissing, Predictor, error_figures, kendall_tau, load_predictor
+from latency.table import build_table, load_space
+
+ROOT = Path(__file__).parents[2]
+SMALL = "ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c16"  # in the micro space
+EXTRA = "ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c24"  # outside it: two more layers (ir 8->24, head from 24)
+SHAPE = {"resolution": 16, "channels": 3, "num_classes": 10}
+RUNS = {"warmup_runs": 1, "num_runs": 5}
+MICRO = """\
+blocks:
+  - {channels: 8, layers: 1, stride: 1}
+  - {channels: 16, layers: 2, stride: 2}
+conv_ops: [ds, mbconv3]
+kernel_sizes: [3]
+se_ratios: [0.0, 0.25]
+skip_ops: [identity]
+filter_multipliers: [1.0]
+layer_deltas: [0]
+"""
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("space") / "micro.yaml"
+    path.write_text(MICRO)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, micro):
+    """One host table of the micro space with 10 calibration models, shared by the tests below."""
+    cache = tmp_path_factory.mktemp("table") / "latency.sqlite"
+    with build_service("host", workers=2, cache_path=cache, **RUNS) as service:
+        summary = build_table(service, space_name=micro, **SHAPE, archs=(EXTRA,), calibration=10, batch=4,
+                              progress=False)
+    return {"cache": cache, "summary": summary}
+
+
+def _cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "latency", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=env or os.environ.copy(), timeout=timeout)
+
+
+def test_build_times_every_layer_of_the_space_once(built, micro):
+    summary = built["summary"]
+    space_layers = load_space(micro).layers(**SHAPE)
+    assert len(space_layers) == 14  # stem, 4 + 4 first layers, 4 repeats, head (see MICRO)
+    assert summary["layers"] == 16  # + the two layers of EXTRA
+    assert summary["timed_now"] == 16 and not summary["failed"] and summary["calibration"] == 10
+    con = sqlite3.connect(built["cache"])
+    rows = con.execute("SELECT layer, status, latency_ms, result FROM table_layers").fetchall()
+    assert len(rows) == 16 and all(r[1] == "ok" and r[2] > 0 for r in rows)
+    assert all(json.loads(r[3])["extra"]["timing"]["mode"] == "quiet" for r in rows)
+    assert {r[0] for r in rows} >= {s.key for s in space_layers}
+    with build_service("host", workers=1, cache_path=built["cache"], **RUNS) as service:
+        again = build_table(service, space_name=micro, **SHAPE, archs=(EXTRA,), calibration=10, progress=False)
+    assert again["timed_now"] == 0 and again["calibration"] == 10  # nothing is done twice
+
+
+def test_predict_carries_source_and_stated_error(built, micro):
+    predictor = load_predictor({"runner": "host", **RUNS}, **SHAPE, cache_path=built["cache"], space=micro)
+    assert predictor.calibration is not None and predictor.calibration_n == 10
+    result = predictor.predict(SMALL)
+    assert result.ok and result.latency_ms > 0
+    assert result.extra["source"] == "predicted" and result.extra["stated_error"]["n"] == 0  # not validated yet
+    assert result.extra["layer_sum_ms"] > 0
+    outside = predictor.predict("ds_r1_k5_s1_c8-ir_r1_k3_s2_e3_c16")  # a kernel the table has not timed
+    assert outside.status == "failed" and "--arch" in outside.error and "not in latency table" in outside.error
+
+
+def test_missing_table_is_one_clear_error(built, micro):
+    with pytest.raises(LatencyTableMissing, match="python -m latency table build --runner host --warmup 2"):
+        load_predictor({"runner": "host", "warmup_runs": 2}, **SHAPE, cache_path=built["cache"], space=micro)
+    out = _cli("predict", SMALL, "--resolution", "24", "--classes", "10", "--cache", str(built["cache"]), "--json")
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no latency table")
+    assert "python -m latency table build --runner host --space mnasnet --resolution 24" in lines[0]
+    bad = _cli("table", "build", "--space", "no_such_space", "--cache", str(built["cache"]))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown search space" in bad.stderr
+
+
+def test_validate_export_import_round_trip(built, micro, tmp_path):
+    common = ["--space", micro, "--resolution", "16", "--classes", "10", "--warmup", "1", "--runs", "5",
+              "--cache", str(built["cache"])]
+    out = _cli("table", "validate", "--n", "4", *common, "--json")
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout)
+    assert figures["n"] == 4 and 0 <= figures["within_10"] <= 1 and figures["rmse_ms"] >= 0
+    assert {"within_5", "within_10", "rmse_ms", "max_rel", "kendall_tau"} <= set(figures)
+    predicted = json.loads(_cli("predict", SMALL, *common, "--json").stdout)
+    assert predicted["extra"]["stated_error"]["n"] == 4
+    assert predicted["extra"]["stated_error"]["within_10"] == figures["within_10"]
+
+    for fmt in ("csv", "json"):
+        exported = tmp_path / f"table.{fmt}"
+        out = _cli("table", "export", "--format", fmt, "--out", str(exported), *common)
+        assert out.returncode == 0, out.stderr
+        fresh = tmp_path / f"fresh-{fmt}" / "latency.sqlite"
+        out = _cli("table", "import", str(exported), "--cache", str(fresh), "--json")
+        assert out.returncode == 0, out.stderr
+        counts = json.loads(out.stdout)
+        assert counts["layer"] == 16 and counts["calibration"] == 10 and counts["validation"] == 4
+        again = json.loads(_cli("predict", SMALL, *common[:-1], str(fresh), "--json").stdout)
+        assert again["latency_ms"] == pytest.approx(predicted["latency_ms"], rel=1e-12)
+        assert again["extra"]["stated_error"] == predicted["extra"]["stated_error"]
+    garbage = tmp_path / "garbage.csv"
+    garbage.write_text("a,b\n1,2\n")
+    out = _cli("table", "import", str(garbage), "--cache", str(tmp_path / "g" / "latency.sqlite"))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "garbage.csv" in out.stderr
+
+
+def test_an_interrupted_build_resumes(micro, tmp_path):
+    cache = tmp_path / "latency.sqlite"
+    args = ["table", "build", "--space", micro, "--resolution", "16", "--classes", "10", "--warmup", "1", "--runs",
+            "5", "--calibration", "0", "--arch", EXTRA, "--batch", "2", "--cache", str(cache)]
+    proc = subprocess.Popen([sys.executable, "-m", "latency", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def timed() -> int:
+        try:
+            con = sqlite3.connect(cache)
+            return con.execute("SELECT COUNT(*) FROM table_layers WHERE status = 'ok'").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+        finally:
+            con.close()
+
+    deadline = time.monotonic() + 300
+    while timed() < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the build and its workers, mid-way
+    proc.wait(60)
+    before = timed()
+    assert 2 <= before < 16
+    out = _cli(*args, "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["timed_now"] == 16 - before and summary["layers"] == 16 and timed() == 16
+
+
+def test_error_figures_and_kendall_tau():
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert kendall_tau([1, 2, 3, 4], [40, 30, 20, 10]) == pytest.approx(-1.0)
+    assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+    f = error_figures([1.04, 2.0, 3.3, 4.0], [1.0, 2.0, 3.0, 4.0])
+    assert f["within_5"] == 0.75 and f["within_10"] == 1.0 and f["max_rel"] == pytest.approx(0.1)
+
+
+# ------------------------------------------------------------------------------------------------ adb
+@pytest.fixture
+def phone(tmp_path, monkeypatch):
+    from latency_fake_adb import install
+
+    bin_dir = install(tmp_path / "bin").parent
+    binary = tmp_path / "benchmark_model"
+    binary.write_bytes(b"\x7fELF fake android_aarch64 benchmark_model\n")
+    (tmp_path / "device").mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_ADB_ROOT", str(tmp_path / "device"))
+    monkeypatch.setenv("FAKE_ADB_SERIALS", "FAKE0001")
+    monkeypatch.setenv("FAKE_ADB_LOG", str(tmp_path / "adb.log"))
+    return {"binary": str(binary), "log": tmp_path / "adb.log"}
+
+
+def test_phone_table_build_predict_and_validate_over_adb(phone, micro, tmp_path):
+    cache = str(tmp_path / "cache" / "latency.sqlite")
+    common = ["--runner", "adb", "--binary", phone["binary"], "--cpu-mask", "f0", "--warmup", "1", "--runs", "3",
+              "--space", micro, "--resolution", "16", "--classes", "10", "--cache", cache]
+    out = _cli("table", "build", *common, "--calibration", "10", "--arch", EXTRA, "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["device"] == "adb:Pixel 2" and summary["layers"] == 16 and summary["calibration"] == 10
+    calls = [json.loads(line) for line in phone["log"].read_text().splitlines()]
+    runs = [c[-1] for c in calls if "shell" in c and "--graph=" in c[-1]]
+    assert len(runs) == 16 + 10 and all(r.startswith("taskset f0 /data/local/tmp/benchmark_model") for r in runs)
+    out = _cli("table", "validate", "--n", "3", *common, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["n"] == 3
+    out = _cli("predict", SMALL, *common, "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["device"] == "adb:Pixel 2" and result["runner"] == "adb" and result["latency_ms"] > 0
+    assert result["extra"]["stated_error"]["n"] == 3
+    # A table for a phone model serves that model without the phone attached (another serial, or none).
+    offline = dict(os.environ, FAKE_ADB_SERIALS="")
+    no_phone = _cli("predict", SMALL, *common, "--json", env=offline)
+    assert no_phone.returncode == 2 and "--device" in no_phone.stderr
+    named = _cli("predict", SMALL, *common, "--device", "adb:Pixel 2", "--json", env=offline)
+    assert named.returncode == 0, named.stderr
+    assert json.loads(named.stdout)["latency_ms"] == result["latency_ms"]
+
+
+def test_predictor_from_service_matches_load_predictor(built, micro):
+    with build_service("host", workers=1, cache_path=built["cache"], **RUNS) as service:
+        a = Predictor.from_service(service, **SHAPE, space=micro).predict(SMALL)
+    b = load_predictor({"runner": "host", **RUNS}, **SHAPE, cache_path=built["cache"], space=micro).predict(SMALL)
+    assert a.latency_ms == b.latency_ms

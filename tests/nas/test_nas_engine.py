@@ -1,0 +1,197 @@
+"""The search engine with an in-memory evaluator: resume, reuse, budgets, failures, steady state, loggers.
+
+Milliseconds per search: the real controller, reward and run store, a fake evaluator (tests/nas/fakes.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from controllers import build as build_controller
+from nas.engine import Search
+from nas.loggers import CsvLog, EventLog, Logger
+from nas.record import Status
+from nas.store import RunStore
+from rewards import MnasNetReward
+from search_spaces import SearchSpace
+from tests.nas.fakes import FakeEvaluator
+
+SPACE = SearchSpace.default()
+
+
+class Recorder(Logger):
+    def __init__(self):
+        self.events = []
+
+    def on_start(self, search):
+        self.events.append(("start", search.committed))
+
+    def on_submit(self, step, archs):
+        self.events.append(("submit", step, len(archs)))
+
+    def on_child(self, child, origin):
+        self.events.append(("child", child.step, child.idx))
+
+    def on_step(self, step, stats):
+        self.events.append(("step", step, stats["reward/mean"]))
+
+    def on_end(self, summary):
+        self.events.append(("end", summary["children"]))
+
+
+def search(run_dir, evaluator, *, controller="lstm_ppo", budget=12, batch_size=4, loggers=(), seed=0, **kwargs):
+    store = RunStore(run_dir)
+    ctrl = build_controller(controller, SPACE.num_choices, seed=seed)
+    return Search(space=SPACE, controller=ctrl, reward=MnasNetReward(target_ms=5.0), evaluator=evaluator,
+                  store=store, budget=budget, batch_size=batch_size, loggers=loggers, **kwargs)
+
+
+def run(run_dir, evaluator, **kwargs) -> dict:
+    s = search(run_dir, evaluator, **kwargs)
+    try:
+        return s.run()
+    finally:
+        s.store.close()
+
+
+def committed(run_dir) -> list[tuple]:
+    with RunStore(run_dir, readonly=True) as store:
+        return [(c.step, c.idx, c.arch, c.reward, c.top1, c.reused) for c in store.children(committed_only=True)]
+
+
+def states(run_dir):
+    with RunStore(run_dir, readonly=True) as store:
+        return [store.controller_state(s)["policy"] for s in range(store.last_step() + 1)]
+
+
+def test_a_search_commits_exactly_the_budget_with_rewards_and_states(tmp_path):
+    recorder = Recorder()
+    summary = run(tmp_path, FakeEvaluator(), budget=10, batch_size=4, loggers=[recorder])
+    rows = committed(tmp_path)
+    assert summary["children"] == len(rows) == 10  # steps of 4, 4 and 2: the budget is the number of children
+    assert [r[0] for r in rows] == [0] * 4 + [1] * 4 + [2] * 2 and summary["steps"] == 3
+    assert all(r[3] is not None and r[3] > 0 for r in rows)
+    assert summary["best_reward"] == max(r[3] for r in rows)
+    assert len(states(tmp_path)) == 3
+    kinds = [e[0] for e in recorder.events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("child") == 10 and kinds.count("step") == 3
+
+
+@pytest.mark.parametrize("stop_after", [0, 1, 5, 9])
+def test_resume_after_an_interruption_is_identical_to_an_uninterrupted_run(tmp_path, stop_after):
+    reference = FakeEvaluator()
+    run(tmp_path / "reference", reference)
+    interrupted = FakeEvaluator(stop_after=stop_after)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "run", interrupted)
+    resumed = FakeEvaluator()
+    run(tmp_path / "run", resumed)
+    assert committed(tmp_path / "run") == committed(tmp_path / "reference")
+    for mine, theirs in zip(states(tmp_path / "run"), states(tmp_path / "reference")):
+        assert all((mine[k] == theirs[k]).all() for k in theirs)  # bit-identical controller states
+    # nothing that finished before the interruption is evaluated again
+    assert len(interrupted.evaluations) + len(resumed.evaluations) == len(reference.evaluations)
+    assert not set(interrupted.evaluations) & set(resumed.evaluations)
+
+
+def test_identical_architectures_are_evaluated_once_and_reused(tmp_path):
+    # a collapsed controller: random search over a one-choice space samples one architecture again and again
+    space = SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}], conv_ops=["ds"], kernel_sizes=[3],
+                        se_ratios=[0.0], skip_ops=["identity"], filter_multipliers=[1.0], layer_deltas=[0])
+    evaluator = FakeEvaluator()
+    store = RunStore(tmp_path)
+    s = Search(space=space, controller=build_controller("random", space.num_choices), reward=MnasNetReward(target_ms=5),
+               evaluator=evaluator, store=store, budget=7, batch_size=3)
+    s.run()
+    store.close()
+    rows = committed(tmp_path)
+    assert len(rows) == 7 and len(evaluator.evaluations) == 1
+    assert [r[5] for r in rows] == [False] + [True] * 6  # the first is the evaluation, the rest reuse it
+    assert len({(r[3], r[4]) for r in rows}) == 1
+
+
+def test_reuse_can_be_turned_off(tmp_path):
+    space = SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}], conv_ops=["ds"], kernel_sizes=[3],
+                        se_ratios=[0.0], skip_ops=["identity"], filter_multipliers=[1.0], layer_deltas=[0])
+    evaluator = FakeEvaluator()
+    with RunStore(tmp_path) as store:
+        Search(space=space, controller=build_controller("random", space.num_choices), reward=MnasNetReward(),
+               evaluator=evaluator, store=store, budget=4, batch_size=2, reuse_evaluations=False).run()
+    assert len(evaluator.evaluations) == 2  # once per step: within a step identical children still share one
+
+
+def test_failed_children_get_the_invalid_reward_and_the_search_goes_on(tmp_path):
+    probe = FakeEvaluator()
+    run(tmp_path / "probe", probe, budget=4, batch_size=4)
+    doomed = set(probe.evaluations[:2])
+    run(tmp_path / "run", FakeEvaluator(fail=doomed), budget=8, batch_size=4)
+    with RunStore(tmp_path / "run", readonly=True) as store:
+        kids = store.children(committed_only=True)
+    failed = [c for c in kids if c.arch in doomed]
+    assert len(kids) == 8 and failed
+    assert all(c.status is Status.FAILED and "loss is nan" in c.error and c.reward == 0.0 for c in failed)
+
+
+def test_children_finishing_out_of_order_land_in_their_own_places(tmp_path):
+    run(tmp_path / "fifo", FakeEvaluator())
+    run(tmp_path / "lifo", FakeEvaluator(lifo=True))
+    assert committed(tmp_path / "fifo") == committed(tmp_path / "lifo")
+
+
+def test_steady_state_keeps_the_evaluator_full_and_commits_each_child(tmp_path):
+    evaluator = FakeEvaluator(capacity=4, lifo=True)
+    summary = run(tmp_path, evaluator, controller="evolution", budget=9, steady_state=True)
+    rows = committed(tmp_path)
+    assert summary["children"] == len(rows) == 9
+    assert [r[0] for r in rows] == list(range(9)) and all(r[1] == 0 for r in rows)  # one child per step
+    with pytest.raises(ValueError, match="needs an asynchronous one"):
+        search(tmp_path / "ppo", FakeEvaluator(), controller="lstm_ppo", steady_state=True)
+
+
+def test_steady_state_resumes_without_repeating_a_child(tmp_path):
+    first = FakeEvaluator(capacity=3, stop_after=4)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, first, controller="evolution", budget=10, steady_state=True)
+    assert len(committed(tmp_path)) == 4
+    second = FakeEvaluator(capacity=3)
+    run(tmp_path, second, controller="evolution", budget=10, steady_state=True)
+    rows = committed(tmp_path)
+    assert len(rows) == 10 and [r[0] for r in rows] == list(range(10))
+    assert len({(r[0], r[1]) for r in rows}) == 10  # recorded once each
+
+
+def test_a_larger_budget_extends_a_finished_run(tmp_path):
+    run(tmp_path, FakeEvaluator(), budget=4)
+    evaluator = FakeEvaluator()
+    summary = run(tmp_path, evaluator, budget=10)
+    assert summary["children"] == 10 and len(committed(tmp_path)) == 10
+    assert len(evaluator.evaluations) <= 6
+
+
+def test_event_log_and_csv_follow_the_run_across_a_resume(tmp_path):
+    events, table = EventLog(), CsvLog()
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, FakeEvaluator(stop_after=6), loggers=[events, table])
+    events.close(), table.close()
+    run(tmp_path, FakeEvaluator(), loggers=[EventLog(), CsvLog()])
+    lines = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in lines].count("start") == 2 and lines[-1]["event"] == "end"
+    submitted = [e["arch"] for e in lines if e["event"] == "submit"]
+    assert len(submitted) == len(set(submitted)) + 2  # the two in flight when stopped are handed out again
+    rows = (tmp_path / "children.csv").read_text().splitlines()
+    assert len(rows) == 1 + 12 and rows[0].startswith("arch,status,error,top1")
+
+
+def test_running_statistics_and_front_match_the_store(tmp_path):
+    from nas.front import front_mask
+
+    s = search(tmp_path, FakeEvaluator(), budget=20, batch_size=5)
+    s.run()
+    kids = s.store.children(committed_only=True)
+    s.store.close()
+    mask = front_mask([c.top1 for c in kids], [c.latency_ms for c in kids])
+    assert len(s.front) == int(mask.sum())
+    assert {p[2].arch for p in s.front.points()} == {c.arch for c, m in zip(kids, mask) if m}
+    assert s.stats.best_reward == max(c.reward for c in kids)

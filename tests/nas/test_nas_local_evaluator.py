@@ -1,0 +1,82 @@
+"""The local evaluator on its own: real training on real Fashion-MNIST, real conversion and LiteRT timing, the size
+guard, the preflight checks and the release of its workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mnas_common.sources import FASHION_MNIST_ROOT
+from nas.data import DatasetConfig
+from nas.evaluator import LocalEvaluator, child_seed
+from nas.record import LatencySource, Status
+from nas.trainer import TrainerConfig
+
+needs_fmnist = pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).exists(), reason="dataset-fashion-mnist not installed")
+
+SMALL = "ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c16"
+DEPLOY = {"resolution": 32, "channels": 1, "num_classes": 10}
+DATASET = DatasetConfig(name="tiny", source="fashion_mnist", root=FASHION_MNIST_ROOT, resolution=16, classes=4,
+                        images_per_class=20, val_per_class=10)
+TRAINER = TrainerConfig(epochs=1, batch_size=16, warmup_steps=0, augment=False)
+
+
+def evaluator(tmp_path, *, latency: bool = True, trainer=TRAINER, **kwargs) -> LocalEvaluator:
+    latency_cfg = {"_target_": "latency.build_service", "runner": "host", "warmup_runs": 1, "num_runs": 3,
+                   "workers": 1, "cache_path": str(tmp_path / "latency.sqlite")} if latency else None
+    return LocalEvaluator(trainer=trainer, dataset=DATASET, latency=latency_cfg, deploy=DEPLOY, seed=3, threads=1,
+                          **kwargs)
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_children_are_trained_and_timed_for_real(tmp_path):
+    ev = evaluator(tmp_path)
+    try:
+        assert ev.check() == []
+        ev.start(tmp_path)
+        results = list(ev.evaluate([SMALL, "ds_r1_k3_s1_c8-ir_r1_k5_s2_e3_c16"]))
+    finally:
+        ev.close()
+    assert [r.arch for r in results] == [SMALL, "ds_r1_k3_s1_c8-ir_r1_k5_s2_e3_c16"]
+    for r in results:
+        assert r.status is Status.OK and 0 <= r.top1 <= 1 and r.train["steps"] >= 1
+        assert r.latency_ms > 0 and r.latency_source is LatencySource.MEASURED and r.latency["runs"] == 3
+        assert r.params > 0 and r.macs > 0 and r.seed == child_seed(3, r.arch)
+    assert ev.service is None  # closed: its worker processes are gone
+
+
+@needs_fmnist
+def test_a_child_that_fails_training_is_a_failed_result(tmp_path):
+    ev = evaluator(tmp_path, latency=False, trainer=TrainerConfig(epochs=1, batch_size=16, lr=1e30, warmup_steps=0))
+    ev.start(tmp_path)
+    (child,) = ev.evaluate([SMALL])
+    ev.close()
+    assert child.status is Status.FAILED and child.error.startswith("train: loss is")
+
+
+@needs_fmnist
+def test_an_oversized_child_fails_by_its_estimate_without_being_built(tmp_path):
+    ev = evaluator(tmp_path, max_child_memory_gb=1.0)
+    try:
+        ev.start(tmp_path)
+        (child,) = ev.evaluate(["ir_r1_k3_s1_e6_c100000"])  # ~15 GB to train: never allocated, never converted
+    finally:
+        ev.close()
+    assert child.status is Status.FAILED and "too large" in child.error and child.params > 1e8  # counted exactly
+    assert child.latency is None and child.train is None
+
+
+def test_check_names_what_is_missing_without_starting_anything(tmp_path):
+    import torch
+
+    missing = DatasetConfig(name="inet", source="imagefolder", root=str(tmp_path / "none"))
+    ev = LocalEvaluator(trainer=TrainerConfig(device="cuda:0"), dataset=missing, deploy=DEPLOY, latency={
+        "_target_": "latency.build_service", "runner": "adb", "adb": str(tmp_path / "no-adb"),
+        "benchmark_binary": None, "cache_path": str(tmp_path / "l.sqlite")})
+    problems = ev.check()
+    ev.close()
+    assert any("image folder not found" in p for p in problems)
+    assert any(p.startswith("latency: adb not found") for p in problems)
+    assert torch.cuda.is_available() or any("no CUDA GPU" in p for p in problems)

@@ -1,0 +1,212 @@
+"""From config to run: every problem found before anything is written, one writer per run, budgets, identity,
+damaged stores, the command line's one-line errors and clean interrupts.
+
+Most searches here use ``evaluator=synthetic`` (no training, no conversion): the machinery under test is the same.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from mnas_common.paths import config_dir
+from nas.components import ConfigError
+from nas.run import run_search
+from nas.store import RunStore, StoreError
+from tests.conftest import ROOT
+
+FAST = ["+experiment=smoke", "evaluator=synthetic", "logger=[events]", "pareto.enabled=false"]
+
+
+def config(*overrides: str):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        return compose("search", overrides=[*FAST, *overrides])
+
+
+def search(run_dir: Path, *overrides: str) -> dict:
+    return run_search(config(*overrides), run_dir)
+
+
+def cli(run_dir: Path, *overrides: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "nas.search", *FAST, f"run_dir={run_dir}", *overrides]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def committed(run_dir: Path) -> list[tuple]:
+    with RunStore(run_dir, readonly=True) as store:
+        return [(c.step, c.idx, c.arch, c.reward) for c in store.children(committed_only=True)]
+
+
+@pytest.mark.parametrize("override", ["trainer.lr=nan", "trainer.epochs=0", "dataset.images_per_class=-1",
+                                      "+dataset.foo=1", "+trainer.foo=1", "budget=0", "measure_references=[nope]",
+                                      "deploy.resolution=0", "evaluator.failure_rate=2", "+evaluator.foo=1"])
+def test_a_rejected_config_writes_nothing_and_the_corrected_one_runs(tmp_path, override):
+    with pytest.raises(ConfigError) as info:
+        search(tmp_path, override)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "run.sqlite").exists()
+    assert search(tmp_path)["children"] == 4
+
+
+def test_every_problem_is_named_in_one_error(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        search(tmp_path, "trainer.lr=-1", "dataset.val_per_class=0", "batch_size=0", "+deploy.size=1")
+    message = str(info.value)
+    for part in ("trainer.lr", "dataset.val_per_class", "batch_size", "deploy field 'size'"):
+        assert part in message
+
+
+def test_missing_dataset_and_missing_phone_are_reported_together(tmp_path):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    adb = fake_bin / "adb"
+    adb.write_text("#!/bin/sh\n[ \"$1\" = devices ] && echo 'List of devices attached' && exit 0\nexit 1\n")
+    adb.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "IMAGENET_ROOT": str(tmp_path / "no_imagenet")}
+    result = subprocess.run([sys.executable, "-m", "nas.search", "+experiment=mnas_pixel1", f"run_dir={tmp_path / 'r'}",
+                             "latency.benchmark_binary=/bin/true"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env=env)
+    line = one_error_line(result)
+    assert "no_imagenet" in line and "no Android device attached" in line
+    assert not (tmp_path / "r" / "run.sqlite").exists()
+
+
+def test_a_missing_training_gpu_fails_fast(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="trainer.device=cuda but this machine has no CUDA GPU"):
+        search(tmp_path, "evaluator=local", "trainer.device=cuda")
+
+
+def test_resuming_with_a_different_search_is_refused_and_changes_nothing(tmp_path):
+    search(tmp_path, "budget=2")
+    before = committed(tmp_path)
+    with pytest.raises(StoreError, match=r"different search \(controller changed\)"):
+        search(tmp_path, "budget=2", "controller=random")
+    assert committed(tmp_path) == before
+
+
+def test_budget_is_exact_and_never_below_what_the_store_holds(tmp_path):
+    assert search(tmp_path, "budget=3", "batch_size=2")["children"] == 3
+    assert len(committed(tmp_path)) == 3
+    with pytest.raises(StoreError, match="budget=2 is below the 3 children"):
+        search(tmp_path, "budget=2", "batch_size=2")
+    with RunStore(tmp_path, readonly=True) as store:
+        assert store.get_meta("budget") == 3
+    assert search(tmp_path, "budget=6", "batch_size=2")["children"] == 6  # a larger budget extends the run
+
+
+def test_a_damaged_controller_state_is_reported_before_anything_is_written(tmp_path):
+    search(tmp_path, "budget=4")
+    with sqlite3.connect(tmp_path / "run.sqlite") as conn:
+        conn.execute("DROP TRIGGER steps_are_final")
+        blob = bytearray(conn.execute("SELECT controller_state FROM steps WHERE step = 1").fetchone()[0])
+        blob[len(blob) // 3] ^= 0x55
+        conn.execute("UPDATE steps SET controller_state = ? WHERE step = 1", (bytes(blob),))
+        meta = conn.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
+    with pytest.raises(StoreError, match="controller state of step 1 is damaged"):
+        search(tmp_path, "budget=8")
+    with sqlite3.connect(tmp_path / "run.sqlite") as conn:
+        assert conn.execute("SELECT key, value FROM meta ORDER BY key").fetchall() == meta  # budget not rewritten
+
+
+def test_an_oversized_child_is_a_failed_child_not_an_out_of_memory_kill(tmp_path):
+    from nas.evaluator import size_guard
+
+    deploy = {"resolution": 224, "channels": 3, "num_classes": 1000}
+    profile, reason = size_guard("ir_r1_k3_s1_e6_c100000", deploy=deploy, data_shape=(28, 1, 10), batch_size=64,
+                                 optimizer_slots=1, limit_gb=8)
+    assert profile.params == 148_693_128 and "too large" in reason and "max_child_memory_gb" in reason
+    assert size_guard("mnasnet_a1", deploy=deploy, data_shape=(28, 1, 10), batch_size=64, optimizer_slots=1,
+                      limit_gb=8)[1] is None
+
+
+# ---------------------------------------------------------------------------------------------------- the CLI
+@pytest.mark.parametrize(("override", "message"), [
+    ("controller=nope", "Could not find 'controller/nope'"),
+    ("dataset=no_such_set", "Could not find 'dataset/no_such_set'"),
+    ("foo=1", "Could not override 'foo'"),
+    ("+budgte=100", "unknown config key 'budgte' (did you mean budget?)"),
+    ("+deploy.size=3", "unknown config key 'deploy.size'"),
+    ("evaluator=nope", "Could not find 'evaluator/nope'"),
+    ("trainer.lr=nan", "trainer.lr must be a positive number"),
+])
+def test_bad_command_lines_are_one_error_line_with_exit_2(tmp_path, override, message):
+    line = one_error_line(cli(tmp_path / "run", override))
+    assert message in line
+    assert not (tmp_path / "run" / "run.sqlite").exists()
+
+
+def test_unusable_run_dir_and_logger_paths_are_one_error_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    assert "is not a directory" in one_error_line(cli(tmp_path / "file" / "run"))
+    line = one_error_line(cli(tmp_path / "run", f"logger.events.path={tmp_path / 'file' / 'events.jsonl'}"))
+    assert f"cannot create {tmp_path / 'file' / 'events.jsonl'}" in line
+    assert not (tmp_path / "run" / "run.sqlite").exists()
+
+
+def test_a_second_search_on_the_same_run_dir_exits_2_naming_the_holder(tmp_path):
+    first = subprocess.Popen([sys.executable, "-m", "nas.search", *FAST, f"run_dir={tmp_path}", "budget=400",
+                              "evaluator.seconds=0.05"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (tmp_path / "run.sqlite").exists():
+            time.sleep(0.1)
+        line = one_error_line(cli(tmp_path, "budget=400", "evaluator.seconds=0.05"))
+        assert f"being written by another search (pid {first.pid}" in line
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=60)
+    stderr = first.stderr.read()
+    assert first.returncode == 130
+    # Ctrl-C: one line, what was committed, how to resume; no traceback
+    lines = [line for line in stderr.splitlines() if line.strip() and "search:" not in line]
+    assert len(lines) == 1 and lines[0].startswith("interrupted (SIGINT): ") and "resume" in lines[0], stderr
+    rows = committed(tmp_path)
+    assert search(tmp_path, "budget=400")["children"] == 400  # resumes
+    assert committed(tmp_path)[: len(rows)] == rows
+
+
+def test_sigterm_stops_with_one_line_and_no_leaked_workers(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "nas.search", "+experiment=smoke", f"run_dir={tmp_path}",
+                             "logger=[events]", "budget=40", f"latency.cache_path={tmp_path / 'latency.sqlite'}"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    from tests.nas.test_nas_search import children_of, stored_children
+
+    workers: set[int] = set()
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not workers:
+        if stored_children(tmp_path) >= 1:
+            workers = children_of(proc.pid)
+        time.sleep(0.1)
+    started = time.time()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert time.time() - started < 15
+    stderr = proc.stderr.read()
+    assert proc.returncode == 143, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM): "), stderr
+    assert "leaked" not in stderr and "Traceback" not in stderr
+    deadline = time.time() + 5  # the workers were stopped; the resource tracker leaves when its pipe closes
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.1)
+    assert workers and not [pid for pid in workers if Path(f"/proc/{pid}").exists()]

@@ -1,0 +1,238 @@
+"""evaluator=ray on a real two-node loopback cluster (tests/ray/conftest.py): the same results as the local
+evaluator, children spread over both nodes, a dead actor and a dead node cost retries (never a lost or repeated
+child), two phones timing at once with each child on one phone, a dropped phone moving its work, and the Ray
+processes of a search never outliving it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from mnas_common.paths import config_dir
+from nas.evaluator import EvaluatorStopped
+from nas.run import run_search
+from nas.store import RunStore
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+SMOKE = ["+experiment=smoke", "logger=[events]", "pareto.enabled=false", "budget=6", "batch_size=3"]
+FAKE_ADB = ROOT / "tests" / "latency" / "latency_fake_adb.py"
+
+
+def config(*overrides: str):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        return compose("search", overrides=[*SMOKE, *overrides])
+
+
+def on_cluster(cluster, *more: str) -> list[str]:
+    return ["evaluator=ray", f"evaluator.address={cluster.address}", *more]
+
+
+def committed(run_dir: Path):
+    with RunStore(run_dir, readonly=True) as store:
+        return store.children(committed_only=True)
+
+
+def rows(run_dir: Path) -> list[tuple]:
+    return [(c.step, c.idx, c.arch, str(c.status), c.top1, c.latency_ms, c.reward) for c in committed(run_dir)]
+
+
+def controller_states(run_dir: Path) -> list:
+    with RunStore(run_dir, readonly=True) as store:
+        return [store.controller_state(s)["policy"] for s in range(store.last_step() + 1)]
+
+
+def evaluations(run_dir: Path) -> list[str]:
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    return [e["arch"] for e in events if e["event"] == "child" and e["origin"] == "evaluated"]
+
+
+def test_a_ray_search_equals_the_local_search(ray_cluster, tmp_path):
+    cache = f"latency.cache_path={tmp_path / 'latency.sqlite'}"  # the same measurements answer both runs
+    local = run_search(config(cache), tmp_path / "local")
+    remote = run_search(config(cache, *on_cluster(ray_cluster)), tmp_path / "ray")
+    assert local["children"] == remote["children"] == 6
+    assert rows(tmp_path / "ray") == rows(tmp_path / "local")  # children, accuracies, latencies, rewards
+    for mine, theirs in zip(controller_states(tmp_path / "ray"), controller_states(tmp_path / "local"), strict=True):
+        assert all((mine[k] == theirs[k]).all() for k in theirs)
+    nodes = {c.extra["nodes"]["train"] for c in committed(tmp_path / "ray")}
+    assert len(nodes) == 2  # one search, trained on both nodes
+
+
+def _trainer_pids() -> list[int]:
+    """Worker processes of trainer actors that are training now (Ray titles them ``ray::TrainerActor.train``)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().startswith(b"ray::TrainerActor.train"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_killed_trainer_and_then_a_killed_node_lose_and_repeat_nothing(ray_cluster, tmp_path):
+    extra = ray_cluster.start_node(num_cpus=2, resources={"node_c": 1})
+    ray_cluster.wait_for_nodes(3)
+    run_dir = tmp_path / "run"
+    cfg = config(*on_cluster(ray_cluster, "evaluator.trainers.actors=3", "evaluator.max_attempts=4"), "budget=12",
+                 "measure_latency=false", "reward=macs", "dataset.images_per_class=60")
+    killed: dict = {}
+
+    def saboteur() -> None:
+        events = run_dir / "events.jsonl"
+        deadline = time.time() + 600
+        while time.time() < deadline and "node" not in killed:
+            done = events.read_text().count('"event": "child"') if events.exists() else 0
+            if done >= 2 and "worker" not in killed:
+                pids = _trainer_pids()
+                if pids:
+                    os.kill(pids[0], signal.SIGKILL)  # a trainer's worker process dies mid-child
+                    killed["worker"] = pids[0]
+            elif done >= 5 and "worker" in killed:
+                ray_cluster.stop(extra, grace_s=0.1)  # then a whole node with its actors
+                killed["node"] = done
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=saboteur, daemon=True)
+    thread.start()
+    summary = run_search(cfg, run_dir)
+    thread.join(timeout=10)
+    assert "worker" in killed and "node" in killed
+    kids = committed(run_dir)
+    assert summary["children"] == len(kids) == 12
+    assert len({(c.step, c.idx) for c in kids}) == 12  # recorded once each
+    assert all(str(c.status) == "ok" for c in kids)  # what ran on the dead actors was retried elsewhere
+    finished = evaluations(run_dir)
+    assert len(finished) == len(set(finished))  # no finished child evaluated twice
+
+
+def _fake_phones(tmp_path: Path, serials: str, delay_s: float = 0.0) -> tuple[Path, Path, Path]:
+    """An ``adb`` for the device actors: the double from tests/latency with its environment baked in (actors do not
+    see this test's environment)."""
+    (tmp_path / "phone").mkdir(exist_ok=True)
+    serials_file, times = tmp_path / "serials", tmp_path / "times.jsonl"
+    serials_file.write_text(serials)
+    adb = tmp_path / "adb"
+    adb.write_text(f"#!/bin/sh\nexport FAKE_ADB_ROOT={tmp_path / 'phone'} FAKE_ADB_SERIALS_FILE={serials_file} "
+                   f"FAKE_ADB_TIMES={times} FAKE_ADB_DELAY_S={delay_s}\n"
+                   f'exec "{sys.executable}" "{FAKE_ADB}" "$@"\n')
+    adb.chmod(0o755)
+    binary = tmp_path / "benchmark_model"
+    binary.write_bytes(b"\x7fELF fake benchmark_model")
+    return adb, serials_file, times
+
+
+def phone_config(cluster, tmp_path: Path, adb: Path, *more: str):
+    return config(*on_cluster(cluster, "evaluator.converters.actors=2"), "latency=adb", f"latency.adb={adb}",
+                  f"latency.benchmark_binary={tmp_path / 'benchmark_model'}", "latency.warmup_runs=1",
+                  "latency.num_runs=3", "latency.retries=0", f"latency.cache_path={tmp_path / 'latency.sqlite'}",
+                  *more)
+
+
+def test_two_phones_time_at_once_and_each_child_on_one_phone(ray_cluster, tmp_path):
+    adb, _, times = _fake_phones(tmp_path, "FAKEA,FAKEB", delay_s=2.0)
+    summary = run_search(phone_config(ray_cluster, tmp_path, adb, "evaluator.devices.serials=[FAKEA,FAKEB]"),
+                         tmp_path / "run")
+    assert summary["children"] == 6 and all(str(c.status) == "ok" for c in committed(tmp_path / "run"))
+    runs = [json.loads(line) for line in times.read_text().splitlines()]
+    graphs = [r["graph"] for r in runs]
+    assert len(graphs) == len(set(graphs)) == 6  # each child timed once, on one phone
+    assert {r["serial"] for r in runs} == {"FAKEA", "FAKEB"}
+    overlap = any(a["serial"] != b["serial"] and a["start"] < b["end"] and b["start"] < a["end"]
+                  for a in runs for b in runs)
+    assert overlap  # the two phones timed at the same time
+    assert {c.latency["device"].rsplit(":", 1)[1] for c in committed(tmp_path / "run")} == {"FAKEA", "FAKEB"}
+
+
+def test_a_dropped_phone_moves_its_timings_and_with_none_left_the_search_stops(ray_cluster, tmp_path):
+    adb, serials, times = _fake_phones(tmp_path, "FAKEA,FAKEB", delay_s=1.0)
+    cfg = phone_config(ray_cluster, tmp_path, adb, "evaluator.devices.serials=[FAKEA,FAKEB]", "budget=9")
+    run_dir = tmp_path / "run"
+
+    def unplug() -> None:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            timed = times.read_text().count("\n") if times.exists() else 0
+            if timed >= 2 and "FAKEA" in serials.read_text():
+                serials.write_text("FAKEB")  # FAKEA falls off USB
+            if timed >= 5:
+                serials.write_text("")  # and then FAKEB
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=unplug, daemon=True)
+    thread.start()
+    with pytest.raises(EvaluatorStopped, match="every timing device dropped"):
+        run_search(cfg, run_dir)
+    thread.join(timeout=10)
+    stored = committed(run_dir)
+    assert 0 < len(stored) < 9 and all(str(c.status) == "ok" for c in stored)  # nothing recorded as failed
+    serials.write_text("FAKEA,FAKEB")  # plugged back: the same command resumes
+    summary = run_search(cfg, run_dir)
+    assert summary["children"] == 9 and len({(c.step, c.idx) for c in committed(run_dir)}) == 9
+
+
+def _descendants(pid: int) -> set[int]:
+    from nas.ray_reaper import descendants
+
+    return set(descendants(pid))
+
+
+def _kill_when(proc: subprocess.Popen, run_dir: Path, children: int) -> set[int]:
+    """SIGKILL ``proc`` once ``children`` children are in its event log; returns the processes it had below it."""
+    seen: set[int] = set()
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        seen |= _descendants(proc.pid)
+        events = run_dir / "events.jsonl"
+        if events.exists() and events.read_text().count('"event": "child"') >= children:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    seen |= _descendants(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return seen
+
+
+FAST = ["measure_latency=false", "reward=macs"]
+
+
+def test_kill_9_of_the_driver_resumes_exactly_while_the_cluster_lives_on(ray_cluster, tmp_path):
+    reference = run_search(config(*FAST, "budget=9"), tmp_path / "reference")
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "nas.search", *SMOKE, *FAST, "budget=9", f"run_dir={run_dir}",
+           *on_cluster(ray_cluster)]
+    _kill_when(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
+               run_dir, 4)
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert reference["children"] == 9 and rows(run_dir) == rows(tmp_path / "reference")
+
+
+def test_the_ray_processes_of_a_search_die_with_it(ray_cluster, tmp_path):
+    # evaluator=ray with no address starts Ray on this machine: after kill -9 of the search, nothing of it is left,
+    # and the same command starts a new instance and finishes the run
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "nas.search", *SMOKE, *FAST, "evaluator=ray", f"run_dir={run_dir}", "budget=8"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = _kill_when(proc, run_dir, 2)
+    deadline = time.time() + 20
+    while time.time() < deadline and [p for p in seen if Path(f"/proc/{p}").exists()]:
+        time.sleep(0.2)
+    left = [Path(f"/proc/{p}/cmdline").read_bytes()[:60] for p in seen if Path(f"/proc/{p}").exists()]
+    assert seen and not left
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len({(c.step, c.idx) for c in committed(run_dir)}) == 8

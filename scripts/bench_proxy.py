@@ -123,21 +123,23 @@ def settings(args: argparse.Namespace) -> dict:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from nas.components import strip_targets
     from nas.data import DatasetConfig
     from nas.trainer import TrainerConfig
 
     cfg = _compose("search", [f"+experiment={args.experiment}", *args.overrides], hydra_config=True)
     choice = cfg.hydra.runtime.choices.get("dataset")
-    proxy_trainer = dict(to_plain(cfg.trainer), device=args.device)
-    proxy_dataset = to_plain(cfg.dataset)
+    # plain fields, no _target_: what defines a result (the store's keys), not which class computes it
+    proxy_trainer = dict(strip_targets(cfg.trainer), device=args.device)
+    proxy_dataset = strip_targets(cfg.dataset)
     TrainerConfig(**proxy_trainer)
     DatasetConfig.from_config(proxy_dataset)
 
     trainer_over = [o for o in args.reference if o.startswith("trainer.")]
     dataset_over = [o.split(".", 1)[1] for o in args.reference if o.startswith("dataset.")]
     base = _compose("train", [f"trainer={args.reference_trainer}", f"dataset={choice}", *trainer_over])
-    reference_trainer = dict(to_plain(base.trainer), device=args.device)
-    reference_dataset = dict(proxy_dataset, images_per_class=None, resolution=to_plain(base.dataset)["resolution"])
+    reference_trainer = dict(strip_targets(base.trainer), device=args.device)
+    reference_dataset = dict(proxy_dataset, images_per_class=None, resolution=strip_targets(base.dataset)["resolution"])
     reference_dataset = to_plain(OmegaConf.merge(OmegaConf.create(reference_dataset),
                                                  OmegaConf.from_dotlist(dataset_over)))
     changed = [f for f in SPLIT_FIELDS if reference_dataset.get(f) != proxy_dataset.get(f)]

@@ -238,42 +238,60 @@ def report(stats: dict, s: dict, args, proxy_info: dict, reference_info: dict | 
 
 
 def summary(args, s: dict, records: dict) -> list[dict]:
-    """One row per proxy setting (and training-free score) stored in --results, against the current reference."""
+    """One row per proxy setting (and training-free score) stored in --results, against the current reference.
+
+    Every row is computed on the same architectures: those that every proxy in the table has finished on every
+    seed (a proxy still running would otherwise be judged on an easier or harder subset than the others).
+    """
     from nas.fidelity import Job, analyse, setting_key, setting_label
 
     _, reference, _ = make_jobs(args, s)
     ref_setting = setting_key(s["reference_trainer"], s["reference_dataset"])
+    common = dict(threads=args.threads, device=args.device)
+    candidates: list[tuple[str, dict, dict]] = []  # (label, proxy jobs by arch, extra row fields)
     groups: dict[str, dict] = {}
     for r in records.values():
         if r["kind"] == "train" and r["setting"] != ref_setting and r["threads"] == args.threads \
                 and r["device"] == args.device:
             groups.setdefault(r["setting"], r)
-    rows = []
     for setting, rec in groups.items():
-        proxy = [Job("proxy", a, seed, rec["dataset"], trainer=rec["trainer"], threads=args.threads,
-                     device=args.device) for seed in args.seed_list for a in s["archs"]]
-        stats = analyse(records, s["archs"], proxy=proxy, reference=reference, top_k=args.top_k,
-                        n_boot=args.bootstrap)
-        if not stats["archs"]:
-            continue
-        rows.append({"proxy": setting_label(rec["trainer"], None, rec["dataset"]), "setting": setting, **{
-            k: stats[k] for k in ("archs", "spearman", "kendall", "spearman_seed_mean", "noise_spearman",
-                                  "reference_noise_spearman", "top_k_overlap", "proxy_cost", "complete")}})
+        candidates.append(("train", rec, {"proxy": setting_label(rec["trainer"], None, rec["dataset"]),
+                                          "setting": setting}))
     zero = {(r["score"], r["batch_size"], r["dataset_key"]): r for r in records.values() if r["kind"] == "zero_cost"}
     for (name, batch, _), rec in zero.items():
-        jobs = [Job("zero_cost", a, seed, rec["dataset"], score=name, batch_size=batch, threads=args.threads,
-                    device=args.device) for seed in args.seed_list for a in s["archs"]]
-        proxy = [Job("proxy", a, seed, s["proxy_dataset"], trainer=s["proxy_trainer"], threads=args.threads,
-                     device=args.device) for seed in args.seed_list for a in s["archs"]]
-        stats = analyse(records, s["archs"], proxy=proxy, reference=reference, zero_cost=jobs, top_k=args.top_k,
-                        n_boot=args.bootstrap)
-        z = stats["zero_cost"].get(name)
-        if z and z.get("spearman"):
-            rows.append({"proxy": f"{name} (training-free, batch {batch}, {rec['dataset'].get('resolution')} px)",
-                         "archs": z["archs"], "spearman": z["spearman"], "kendall": z["kendall"],
-                         "noise_spearman": z["noise_spearman"], "top_k_overlap": z["top_k_overlap"],
-                         "proxy_cost": z["cost"], "complete": not z["missing"]})
+        candidates.append(("zero_cost", rec, {
+            "proxy": f"{name} (training-free, batch {batch}, {rec['dataset'].get('resolution')} px)"}))
+
+    def stats_of(kind: str, rec: dict, archs: list[str]) -> dict:
+        """analyse() with the proxy's jobs, or the score's (a training-free score is ranked like a proxy)."""
+        if kind == "train":
+            jobs = [Job("proxy", a, seed, rec["dataset"], trainer=rec["trainer"], **common)
+                    for seed in args.seed_list for a in archs]
+        else:
+            jobs = [Job("zero_cost", a, seed, rec["dataset"], score=rec["score"], batch_size=rec["batch_size"],
+                        **common) for seed in args.seed_list for a in archs]
+        return analyse(records, archs, proxy=jobs, reference=reference, top_k=args.top_k, n_boot=args.bootstrap)
+
+    usable = []
+    for kind, rec, row in candidates:
+        per_arch = stats_of(kind, rec, s["archs"])["per_arch"]
+        done = {a for a, v in per_arch.items() if v["proxy"] is not None and v["reference"] is not None}
+        if len(done) >= 3:
+            usable.append((kind, rec, row, done))
+    shared = [a for a in s["archs"] if all(a in done for *_, done in usable)]
+    rows = []
+    for kind, rec, row, _ in usable:
+        stats = stats_of(kind, rec, shared)
+        if stats["spearman"]["value"] is None:
+            continue
+        rows.append({**row, "archs": stats["archs"], "archs_requested": len(s["archs"]), **{
+            k: stats[k] for k in ("spearman", "kendall", "spearman_seed_mean", "noise_spearman",
+                                  "reference_noise_spearman", "top_k_overlap", "proxy_cost")}})
     rows.sort(key=lambda r: r["proxy_cost"].get("seconds", math.inf))
+    if rows:
+        noise = rows[0]["reference_noise_spearman"]["value"]
+        print(f"{len(shared)} of {len(s['archs'])} architectures (those every proxy below has finished); reference "
+              f"seed-to-seed Spearman {'n/a' if noise is None else f'{noise:.3f}'}")
     print(f"{'proxy':<72} {'archs':>5} {'s/child':>8} {'Spearman [95% CI]':>20} {'Kendall [95% CI]':>20} "
           f"{'seed-seed':>9} {'top-k':>6}")
     for r in rows:

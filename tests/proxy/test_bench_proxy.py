@@ -225,3 +225,39 @@ def test_interrupted_runs_continue_and_train_nothing_twice(tmp_path):
     assert again.returncode == 0 and "0 ran now" in again.stderr
     assert stored_keys(results) == keys
     assert json.loads(again.stdout.strip().splitlines()[-1])["spearman"] == out["spearman"]
+
+
+def test_summary_judges_every_proxy_on_the_same_architectures(tmp_path, capsys):
+    from nas.fidelity import setting_key
+
+    bench = load_script()
+    argv = ["--experiment", "smoke", "--archs", "4", "--references", "", "--zero-cost", "none", "--summary",
+            "--results", str(tmp_path), "--bootstrap", "50"]
+    args = bench.parse_args(argv)
+    s = bench.settings(args)
+    archs = s["archs"]
+    _, reference, _ = bench.make_jobs(args, s)
+    fast = s["proxy_trainer"]
+    slow = dict(fast, lr=fast["lr"] / 2)
+    store = ResultStore(tmp_path)
+
+    def put(job, top1, trainer, wall):
+        store.append({**record(job, top1, wall=wall), "trainer": trainer, "dataset": job.dataset, "threads": 1,
+                      "device": "cpu", "setting": setting_key(trainer, job.dataset)})
+
+    for job in reference:
+        put(job, 0.5 + 0.1 * archs.index(job.arch), s["reference_trainer"], 100.0)
+    for seed in (0, 1):
+        for i, arch in enumerate(archs):  # `fast` ranks as the reference on all four archs
+            put(Job("proxy", arch, seed, s["proxy_dataset"], trainer=fast), 0.4 + 0.1 * i, fast, 2.0)
+        for i, arch in enumerate(archs[:3]):  # `slow` reverses it, and has not finished the fourth arch yet
+            put(Job("proxy", arch, seed, s["proxy_dataset"], trainer=slow), 0.9 - 0.1 * i, slow, 3.0)
+    store.close()
+    capsys.readouterr()
+    assert bench.main(argv + ["--json"]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads(out.strip().splitlines()[-1])["rows"]
+    assert "3 of 4 architectures" in out
+    assert [r["archs"] for r in rows] == [3, 3]  # not 4 for the finished proxy: the same three for both
+    assert [r["spearman"]["value"] for r in rows] == pytest.approx([1.0, -1.0])  # sorted by cost: fast first
+    assert [r["proxy_cost"]["seconds"] for r in rows] == pytest.approx([2.0, 3.0])

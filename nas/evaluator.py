@@ -281,10 +281,24 @@ class LocalEvaluator(Evaluator):
     latency config (``None`` when latency is not measured), the deployment input and the seed. ``latency.mode``
     (:class:`LatencyModes`): ``measure`` starts each child's measurement at submit; ``predict`` converts nothing;
     ``hybrid`` predicts at submit and measures after training the children that would enter the front or top-k.
+
+    ``scores`` names training-free scores (``nas.zero_cost``: synflow, naswot) computed for each child from one
+    minibatch of ``score_batch_size`` training images before it trains; they are stored in ``ChildResult.scores``
+    (a score that cannot be computed is ``None``, the reason in ``extra["scores_error"]``). They cost well under a
+    second per child (``scripts/bench_proxy.py`` measures them and how they rank against the proxy).
     """
 
     def __init__(self, *, trainer: Any, dataset: Any, latency: dict | None, deploy: dict, seed: int = 0,
-                 threads: int | None = None, max_child_memory_gb: float = 8.0):
+                 threads: int | None = None, max_child_memory_gb: float = 8.0, scores: Sequence[str] = (),
+                 score_batch_size: int = 64):
+        from nas.zero_cost import SCORES
+
+        self.scores = tuple(scores or ())
+        unknown = [name for name in self.scores if name not in SCORES]
+        if unknown or len(set(self.scores)) != len(self.scores):
+            raise ValueError(f"evaluator.scores must name each training-free score once, from {', '.join(SCORES)}; "
+                             f"got {list(self.scores)}")
+        self.score_batch_size = positive_int("evaluator.score_batch_size", score_batch_size)
         self.trainer = trainer
         self.dataset = dataset
         self.modes, self.latency_config = LatencyModes.split(latency)
@@ -376,6 +390,8 @@ class LocalEvaluator(Evaluator):
         if not self._queue:
             raise RuntimeError("next_result() with nothing submitted")
         child, future, predicted = self._queue.popleft()
+        if child.ok and self.scores:
+            self._score(child)
         if child.ok:
             # with host latency, every training step passes the latency service's gate: no step runs while the
             # host times a model, so timings are quiet (latency.quiet)
@@ -388,6 +404,16 @@ class LocalEvaluator(Evaluator):
         if reason is not None and future is None:
             future = self._measure(child.arch)  # hybrid: after training, once the child is known to matter
         return self.modes.finish(child, predicted, future.result() if future is not None else None, reason)
+
+    def _score(self, child: ChildResult) -> None:
+        """Training-free scores from one minibatch, with the child's own seed (its initial weights and the batch)."""
+        from nas.zero_cost import compute_scores
+
+        out = compute_scores(child.arch, self.data, self.scores, seed=child.seed, batch_size=self.score_batch_size)
+        child.scores = {name: out[name] for name in self.scores}
+        child.extra["scores_seconds"] = out["seconds"]
+        if out["error"]:
+            child.extra["scores_error"] = out["error"]
 
     def status(self) -> str:
         parts = [f"queued {len(self._queue)}" if self._queue else "", self.modes.status()]

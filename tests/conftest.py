@@ -7,6 +7,8 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -23,3 +25,14 @@ def message_lines(stderr: str) -> list[str]:
     """The non-blank lines of a command's stderr that are messages, not progress bars (a fresh cache prepares the
     dataset first, with a bar of its own)."""
     return [line for line in stderr.splitlines() if line.strip() and not _PROGRESS.match(line)]
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (CI has 2 cores; training is deterministic per thread count); restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

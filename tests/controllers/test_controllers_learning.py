@@ -6,7 +6,6 @@ from __future__ import annotations
 import statistics
 
 import pytest
-import torch
 
 from controllers import build
 from controllers.objectives import HiddenTarget, TradeOff
@@ -16,12 +15,7 @@ CHOICES = [4, 2, 2, 3, 2, 2, 4, 2, 2, 3, 2, 3, 4, 2, 2, 3, 3, 3, 4, 2, 2, 3, 3, 
 BUDGET, BATCH = 2048, 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def search(name, objective, seed):

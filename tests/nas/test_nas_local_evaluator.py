@@ -80,3 +80,34 @@ def test_check_names_what_is_missing_without_starting_anything(tmp_path):
     assert any("image folder not found" in p for p in problems)
     assert any(p.startswith("latency: adb not found") for p in problems)
     assert torch.cuda.is_available() or any("no CUDA GPU" in p for p in problems)
+
+
+@needs_fmnist
+def test_training_free_scores_are_stored_with_each_child(tmp_path):
+    from nas.data import load_dataset
+    from nas.zero_cost import compute_scores
+
+    ev = evaluator(tmp_path, latency=False, scores=["synflow", "naswot"], score_batch_size=8)
+    try:
+        ev.start(tmp_path)
+        small, other = ev.evaluate([SMALL, "ds_r1_k3_s1_c8-ir_r1_k5_s2_e6_c24"])
+    finally:
+        ev.close()
+    assert small.status is Status.OK and set(small.scores) == {"synflow", "naswot"}
+    # the child's own seed draws the weights and the minibatch: the stored values are exactly the scores of that seed
+    expected = compute_scores(SMALL, load_dataset(DATASET), ("synflow", "naswot"), seed=small.seed, batch_size=8)
+    assert small.scores == {"synflow": expected["synflow"], "naswot": expected["naswot"]}
+    assert other.scores["synflow"] != small.scores["synflow"] and small.extra["scores_seconds"] > 0
+    assert evaluator(tmp_path, latency=False).scores == ()  # off by default: nothing computed
+
+
+@pytest.mark.parametrize("kwargs, culprit", [({"scores": ["synflow", "nope"]}, "evaluator.scores"),
+                                             ({"scores": ["naswot", "naswot"]}, "evaluator.scores"),
+                                             ({"score_batch_size": 0}, "evaluator.score_batch_size")])
+def test_bad_score_settings_are_one_line_naming_the_field(kwargs, culprit, tmp_path):
+    from nas.components import ConfigError, build
+
+    with pytest.raises(ConfigError) as err:
+        build("evaluator", {"_target_": "nas.evaluator.LocalEvaluator", **kwargs}, trainer=TRAINER, dataset=DATASET,
+              latency=None, deploy=DEPLOY)
+    assert culprit in str(err.value) and "\n" not in str(err.value)

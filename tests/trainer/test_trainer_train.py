@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 
 from nas.components import build
@@ -20,7 +19,8 @@ from nas.trainer import TrainerConfig, TrainResult, train_child
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = "ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c16"
-pytestmark = pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).exists(), reason="dataset-fashion-mnist not installed")
+pytestmark = [pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).exists(), reason="dataset-fashion-mnist not installed"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +28,6 @@ def data(tmp_path_factory):
     cfg = dict(name="fm10", source="fashion_mnist", root=FASHION_MNIST_ROOT, resolution=16, classes=None,
                images_per_class=60, val_per_class=20, seed=0)
     return load_dataset(cfg, cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def quick(**kw) -> TrainerConfig:

@@ -1,0 +1,263 @@
+"""The proxy-fidelity benchmark: result store, job keys, statistics on known records, held-out split, CLI, resume."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from mnas_common.sources import FASHION_MNIST_ROOT
+from nas.data import load_dataset
+from nas.fidelity import Job, ResultStore, StoreBusy, analyse
+from search_spaces import resolve_arch
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "bench_proxy.py"
+needs_fmnist = pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).exists(), reason="dataset-fashion-mnist not installed")
+DATA = dict(name="fm", source="fashion_mnist", root=FASHION_MNIST_ROOT, resolution=16, classes=None,
+            images_per_class=30, val_per_class=20, seed=0)
+TRAINER = dict(epochs=1, batch_size=32, lr=0.05, max_steps=4, augment=False, device="cpu")
+# a tiny run of the script: smoke's tiny space and data, a few steps per training
+TINY = ["--experiment", "smoke", "--archs", "3", "--references", "", "--zero-cost-batch", "16",
+        "--reference", "dataset.images_per_class=50", "--reference", "trainer.max_steps=6",
+        "--reference", "trainer.warmup_steps=0", "trainer.max_steps=4", "--no-progress", "--bootstrap", "200"]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("bench_proxy", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def record(job: Job, top1: float | None, wall: float = 1.0) -> dict:
+    result = {"status": "ok" if top1 is not None else "failed", "top1": top1, "train_seconds": wall * 0.9,
+              "eval_seconds": wall * 0.1, "error": None if top1 is not None else "loss is nan"}
+    return {"key": job.key(), "kind": job.kind, "role": job.role, "arch": job.arch, "seed": job.seed,
+            "score": job.score, "result": result, "wall_seconds": wall}
+
+
+def test_store_appends_reloads_and_drops_a_line_cut_by_a_kill(tmp_path):
+    store = ResultStore(tmp_path)
+    store.append({"key": "a", "x": 1})
+    store.append({"key": "b", "x": 2})
+    store.close()
+    with open(tmp_path / "results.jsonl", "a") as f:
+        f.write('{"key": "c", "x"')  # killed mid-write
+    assert set(ResultStore(tmp_path, write=False).load()) == {"a", "b"}  # a reader skips it
+    store = ResultStore(tmp_path)  # the next writer cuts it before appending
+    store.append({"key": "c", "x": 3})
+    store.close()
+    assert [json.loads(line)["key"] for line in (tmp_path / "results.jsonl").read_text().splitlines()] == \
+        ["a", "b", "c"]
+
+
+def test_store_refuses_a_second_writer(tmp_path):
+    first = ResultStore(tmp_path)
+    with pytest.raises(StoreBusy, match="another bench_proxy"):
+        ResultStore(tmp_path)
+    first.close()
+    ResultStore(tmp_path).close()
+
+
+def test_job_key_covers_every_setting_that_changes_a_result():
+    base = Job("proxy", "mobilenet_v2", 0, DATA, trainer=TRAINER)
+    same = [Job("reference", "mobilenet_v2", 0, DATA, trainer=TRAINER),  # the role is not part of the result
+            Job("proxy", resolve_arch("mobilenet_v2"), 0, DATA, trainer=TRAINER),  # name or string: one arch
+            Job("proxy", "mobilenet_v2", 0, DATA, trainer=dict(TRAINER, prefetch=8))]
+    for job in same:
+        assert job.key() == base.key(), job
+    different = [Job("proxy", "mnasnet_b1", 0, DATA, trainer=TRAINER),
+                 Job("proxy", "mobilenet_v2", 1, DATA, trainer=TRAINER),
+                 Job("proxy", "mobilenet_v2", 0, dict(DATA, images_per_class=31), trainer=TRAINER),
+                 Job("proxy", "mobilenet_v2", 0, dict(DATA, resolution=20), trainer=TRAINER),
+                 Job("proxy", "mobilenet_v2", 0, DATA, trainer=dict(TRAINER, lr=0.1)),
+                 Job("proxy", "mobilenet_v2", 0, DATA, trainer=TRAINER, threads=2),
+                 Job("zero_cost", "mobilenet_v2", 0, DATA, score="synflow", batch_size=64)]
+    keys = {job.key() for job in different} | {base.key()}
+    assert len(keys) == len(different) + 1
+
+
+def test_analyse_on_known_records():
+    archs = ["mobilenet_v2", "mnasnet_a1", "mnasnet_b1", "ds_r1_k3_s1_c16", "ds_r1_k5_s1_c16", "ds_r1_k3_s1_c24"]
+    truth = [0.90, 0.91, 0.92, 0.80, 0.85, 0.88]
+    proxy = [Job("proxy", a, s, DATA, trainer=TRAINER) for s in (0, 1) for a in archs]
+    reference = [Job("reference", a, s, DATA, trainer=dict(TRAINER, epochs=3)) for s in (100, 101) for a in archs]
+    zero = [Job("zero_cost", a, s, DATA, score="naswot", batch_size=64) for s in (0, 1) for a in archs]
+    records = {}
+    for job in reference:
+        r = record(job, truth[archs.index(job.arch)] + (0.001 if job.seed == 100 else -0.001), wall=100.0)
+        records[r["key"]] = r
+    for job in proxy:  # seed 0 ranks exactly as the reference, seed 1 swaps the best two
+        i = archs.index(job.arch)
+        value = truth[i] - 0.1 if job.seed == 0 or i not in (1, 2) else truth[3 - i] - 0.1
+        records[job.key()] = record(job, value, wall=2.0 if job.seed == 0 else 4.0)
+    for job in zero:  # a score ranking the reverse of the reference
+        records[job.key()] = {**record(job, None), "result": {"naswot": -truth[archs.index(job.arch)],
+                                                              "seconds": 0.1, "error": None}}
+    stats = analyse(records, archs, proxy=proxy, reference=reference, zero_cost=zero, top_k=2, n_boot=100)
+    assert stats["archs"] == 6 and stats["complete"] and not stats["failed"]
+    # Spearman of seed 1: ranks (2,3,1,4,5,6)... one adjacent swap of six: rho = 1 - 6*2/(6*35) = 0.942857
+    assert stats["spearman"]["value"] == pytest.approx((1 + (1 - 12 / 210)) / 2)
+    assert stats["kendall"]["value"] == pytest.approx((1 + (1 - 2 / 15)) / 2)  # one discordant pair of 15
+    assert stats["noise_spearman"]["value"] == pytest.approx(1 - 12 / 210)
+    assert stats["reference_noise_spearman"]["value"] == pytest.approx(1.0)
+    assert stats["top_k_overlap"] == pytest.approx(1.0)  # the swap stays inside the top 2
+    lo, hi = stats["spearman"]["ci"]
+    assert lo <= stats["spearman"]["value"] <= hi
+    assert stats["proxy_seconds"] == pytest.approx(3.0) and stats["reference_cost"]["seconds"] == 100.0
+    assert stats["zero_cost"]["naswot"]["spearman"]["value"] == pytest.approx(-1.0)
+
+    # a failed proxy training drops its architecture; a missing one makes the run incomplete
+    failed = proxy[0]
+    records[failed.key()] = record(failed, None)
+    del records[proxy[-1].key()]
+    stats = analyse(records, archs, proxy=proxy, reference=reference, n_boot=50)
+    assert stats["archs"] == 4 and stats["failed"] == [failed.arch] and stats["missing_proxy"] == [archs[-1]]
+    assert not stats["complete"]
+
+
+@needs_fmnist
+def test_reference_holds_out_the_proxys_images_and_trains_on_none_of_them(tmp_path):
+    bench = load_script()
+    args = bench.parse_args(["--experiment", "smoke", "--archs", "2", "--references", "mobilenet_v2"])
+    s = bench.settings(args)
+    assert len(s["archs"]) == 3 and s["archs"][-1] == "mobilenet_v2"
+    assert s["reference_dataset"]["images_per_class"] is None  # every training image that is not held out
+    assert s["reference_dataset"]["resolution"] == 28  # the dataset's own resolution, not smoke's 16 px
+    for field in bench.SPLIT_FIELDS:
+        assert s["reference_dataset"][field] == s["proxy_dataset"][field]
+    proxy = load_dataset(dict(DATA, images_per_class=40), cache_dir=tmp_path, progress=False)
+    reference = load_dataset(dict(DATA, images_per_class=200, resolution=28), cache_dir=tmp_path, progress=False)
+    bench.check_held_out(proxy, reference)
+    assert np.array_equal(np.load(proxy.path / "val_source_indices.npy"),
+                          np.load(reference.path / "val_source_indices.npy"))
+    other = load_dataset(dict(DATA, seed=1), cache_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="different images"):
+        bench.check_held_out(proxy, other)
+
+
+@pytest.mark.parametrize("argv, culprit", [
+    (["--archs", "-1"], "--archs"),
+    (["--workers", "0"], "--workers"),
+    (["--seeds", "0,0"], "--seeds"),
+    (["--seeds", "a"], "--seeds"),
+    (["--zero-cost", "grad_norm"], "grad_norm"),
+    (["--reference", "epochs=3"], "--reference"),
+    (["--reference", "dataset.val_per_class=7"], "val_per_class"),
+    (["--reference", "dataset.seed=3"], "dataset.seed"),
+    (["--experiment", "no_such_experiment"], "no_such_experiment"),
+    (["trainer.no_such_field=1"], "no_such_field"),
+    (["trainer.lr=-1"], "trainer.lr"),
+    (["--references", "no_such_net"], "no_such_net"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(argv, culprit, capsys, tmp_path):
+    assert load_script().main([*argv, "--results", str(tmp_path / "r")]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and culprit in lines[0], err
+    assert out == "" and not (tmp_path / "r").exists()
+
+
+def run_script(args: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+def stored_keys(results: Path) -> list[str]:
+    return [json.loads(line)["key"] for line in (results / "results.jsonl").read_text().splitlines()]
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_interrupted_runs_continue_and_train_nothing_twice(tmp_path):
+    env = dict(os.environ, MNAS_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    results = tmp_path / "results"
+    args = [*TINY, "--results", str(results), "--json"]
+    total = 3 * (2 * 2 + 2 + 2)  # 3 archs x (2 scores x 2 seeds + 2 proxy seeds + 2 reference seeds)
+
+    # 1. stopped by --max-jobs: exit 3, what it ran is stored
+    first = run_script([*args, "--max-jobs", "5"], env)
+    assert first.returncode == 3, first.stderr[-3000:]
+    assert len(stored_keys(results)) == 5
+    assert json.loads(first.stdout.strip().splitlines()[-1])["complete"] is False
+
+    # 2. killed with SIGTERM while training (workers: 2): it stops, leaves no worker behind, keeps what finished
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args, "--workers", "2"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(stored_keys(results)) < 7 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "the benchmark should run its jobs in worker processes"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "run the same command again" in err
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"workers left running after SIGTERM: {alive}"
+    after_kill = stored_keys(results)
+    assert 7 <= len(after_kill) < total
+
+    # 3. the rerun finishes the rest: every job exactly once
+    last = run_script(args, env)
+    assert last.returncode == 0, last.stderr[-3000:]
+    keys = stored_keys(results)
+    assert len(keys) == total == len(set(keys)) and keys[: len(after_kill)] == after_kill
+    assert f"{len(after_kill)} jobs were stored, {total - len(after_kill)} ran now" in last.stderr
+    out = json.loads(last.stdout.strip().splitlines()[-1])
+    for key in ("spearman", "kendall", "noise_spearman", "archs", "proxy_seconds"):
+        assert key in out
+    assert out["archs"] == 3 and out["complete"] and out["proxy_seconds"] > 0
+    assert set(out["stats"]["zero_cost"]) == {"synflow", "naswot"}
+
+    # 4. a finished run trains nothing and reprints the same figures
+    again = run_script(args, env)
+    assert again.returncode == 0 and "0 ran now" in again.stderr
+    assert stored_keys(results) == keys
+    assert json.loads(again.stdout.strip().splitlines()[-1])["spearman"] == out["spearman"]
+
+
+def test_summary_judges_every_proxy_on_the_same_architectures(tmp_path, capsys):
+    from nas.fidelity import setting_key
+
+    bench = load_script()
+    argv = ["--experiment", "smoke", "--archs", "4", "--references", "", "--zero-cost", "none", "--summary",
+            "--results", str(tmp_path), "--bootstrap", "50"]
+    args = bench.parse_args(argv)
+    s = bench.settings(args)
+    archs = s["archs"]
+    _, reference, _ = bench.make_jobs(args, s)
+    fast = s["proxy_trainer"]
+    slow = dict(fast, lr=fast["lr"] / 2)
+    store = ResultStore(tmp_path)
+
+    def put(job, top1, trainer, wall):
+        store.append({**record(job, top1, wall=wall), "trainer": trainer, "dataset": job.dataset, "threads": 1,
+                      "device": "cpu", "setting": setting_key(trainer, job.dataset)})
+
+    for job in reference:
+        put(job, 0.5 + 0.1 * archs.index(job.arch), s["reference_trainer"], 100.0)
+    for seed in (0, 1):
+        for i, arch in enumerate(archs):  # `fast` ranks as the reference on all four archs
+            put(Job("proxy", arch, seed, s["proxy_dataset"], trainer=fast), 0.4 + 0.1 * i, fast, 2.0)
+        for i, arch in enumerate(archs[:3]):  # `slow` reverses it, and has not finished the fourth arch yet
+            put(Job("proxy", arch, seed, s["proxy_dataset"], trainer=slow), 0.9 - 0.1 * i, slow, 3.0)
+    store.close()
+    capsys.readouterr()
+    assert bench.main(argv + ["--json"]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads(out.strip().splitlines()[-1])["rows"]
+    assert "3 of 4 architectures" in out
+    assert [r["archs"] for r in rows] == [3, 3]  # not 4 for the finished proxy: the same three for both
+    assert [r["spearman"]["value"] for r in rows] == pytest.approx([1.0, -1.0])  # sorted by cost: fast first
+    assert [r["proxy_cost"]["seconds"] for r in rows] == pytest.approx([2.0, 3.0])

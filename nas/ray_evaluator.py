@@ -34,7 +34,7 @@ from mnas_common.checks import non_negative_number, positive_int, positive_numbe
 from mnas_common.errors import first_line
 
 from nas.components import build
-from nas.evaluator import Evaluator, EvaluatorStopped, apply_latency, apply_training, child_seed, size_guard
+from nas.evaluator import Evaluator, EvaluatorStopped, LatencyModes, apply_training, child_seed, size_guard
 from nas.record import ChildResult
 
 log = logging.getLogger("nas.ray")
@@ -152,6 +152,9 @@ class _Job:
     trained: bool = False
     timed: bool = False
     conversion: dict | None = None
+    predicted: dict | None = None  # latency.mode predict / hybrid: the predictor's result
+    measured: dict | None = None   # the conversion's failure or the timing
+    reason: str | None = None      # why it was measured (hybrid)
     attempts: dict = field(default_factory=lambda: {TRAIN: 0, CONVERT: 0, TIME: 0})
     nodes: dict = field(default_factory=dict)
 
@@ -193,7 +196,9 @@ class RayEvaluator(Evaluator):
                  converters: dict | None = None, devices: dict | None = None, max_attempts: int = 3,
                  max_child_memory_gb: float = 8.0, dataset_transfer: str = "path", poll_s: float = 0.5,
                  namespace: str = "mnasnet-search"):
-        self.trainer, self.dataset, self.latency = trainer, dataset, latency
+        self.trainer, self.dataset = trainer, dataset
+        # latency.mode (measure | predict | hybrid) is decided here, on the driver; the rest builds the actors' services
+        self.modes, self.latency = LatencyModes.split(latency)
         self.deploy, self.seed = dict(deploy), seed
         self.address = address
         self.trainers = {"actors": 2, "num_cpus": 1, "num_gpus": 0, "threads": threads or 1, **(trainers or {})}
@@ -233,9 +238,14 @@ class RayEvaluator(Evaluator):
             problems += [p for p in (check_device(self.trainer.device),) if p]
         if self.latency is not None:  # the fields now; the devices on their nodes once the cluster is up
             try:
-                build("latency", self.latency).close()
+                service = build("latency", {**self.latency, "workers": 1})
             except Exception as exc:
                 problems.append(first_line(exc))
+            else:
+                try:  # predict / hybrid: the table of the configured device, loaded once, on the driver
+                    problems += self.modes.load(service, self.deploy)
+                finally:
+                    service.close()
         return problems
 
     def start(self, run_dir: Path) -> None:
@@ -263,7 +273,8 @@ class RayEvaluator(Evaluator):
             dataset = {"path": None if self.dataset_transfer == "object_store" else str(data.path),
                        "ref": [ray.put(arrays)]}
         latency = None if self.latency is None else {**self.latency, "work_dir": None}
-        if latency is not None:
+        measuring = latency is not None and self.modes.mode != "predict"  # predict: no converter, no device
+        if measuring:
             # the actors pinned to a phone first, and placed before any other: the CPUs of a phone's node must not
             # all go to trainers and converters, which may run anywhere
             self._pools[TIME] = self._device_pool(latency)
@@ -274,7 +285,7 @@ class RayEvaluator(Evaluator):
                                  scheduling_strategy="SPREAD")(TrainerActor)
         self._pools[TRAIN] = _Pool(TRAIN, lambda: trainer_cls.remote(self.trainer, dataset, t["threads"], latency),
                                    t["actors"])
-        if latency is not None:
+        if measuring:
             c = self.converters
             converter_cls = ray.remote(num_cpus=c["num_cpus"], max_restarts=0)(ConverterActor)
             self._pools[CONVERT] = _Pool(CONVERT, lambda: converter_cls.remote(latency), c["actors"])
@@ -297,7 +308,7 @@ class RayEvaluator(Evaluator):
         """Logical resources the actors ask for (phones aside)."""
         t, c, d = self.trainers, self.converters, self.devices
         cpus = t["actors"] * t["num_cpus"]
-        if self.latency is not None:
+        if self.latency is not None and self.modes.mode != "predict":
             cpus += c["actors"] * c["num_cpus"] + d["num_cpus"] * max(1, len(d["serials"] or []))
         return {"CPU": cpus, "GPU": t["actors"] * t["num_gpus"]}
 
@@ -401,10 +412,12 @@ class RayEvaluator(Evaluator):
             return
         self._jobs[arch] = job
         self._pools[TRAIN].queue.append(job)
-        if CONVERT in self._pools:
-            self._pools[CONVERT].queue.append(job)
-        else:
+        if self.latency is None:
             job.timed = True
+        elif self.modes.measure_at_submit:
+            self._pools[CONVERT].queue.append(job)  # converted and timed while it trains
+        else:
+            job.predicted = self.modes.predict(arch)  # measured, if at all, once trained (hybrid)
 
     def pending(self) -> int:
         return len(self._jobs) + len(self._done)
@@ -469,18 +482,24 @@ class RayEvaluator(Evaluator):
             value.pop("pid", None)
             apply_training(job.child, value)
             job.trained = True
+            if not job.timed and not self.modes.measure_at_submit:
+                job.reason = self.modes.wants_measurement(job.child, job.predicted)
+                if job.reason is None:
+                    job.timed = True  # the prediction stands
+                else:
+                    self._pools[CONVERT].queue.append(job)
         elif stage == CONVERT:
             if value.get("status") == "ok":
                 job.conversion = value
                 self._pools[TIME].queue.append(job)
             else:
-                apply_latency(job.child, {"status": "failed", "error": value.get("error")})
+                job.measured = {"status": "failed", "error": value.get("error")}
                 job.timed = True
         else:
             if value.get("status") != "ok" and self._device_dropped(actor, pool):
                 pool.queue.appendleft(job)  # its timing moves to a healthy phone
                 return
-            apply_latency(job.child, value)
+            job.measured = value
             job.timed = True
         if job.trained and job.timed:
             self._finish(job.child, job)
@@ -506,13 +525,15 @@ class RayEvaluator(Evaluator):
     def _finish(self, child: ChildResult, job: _Job) -> None:
         if self._jobs.pop(child.arch, None) is None:
             return
+        if job.predicted is not None or job.measured is not None:
+            self.modes.finish(child, job.predicted, job.measured, job.reason)
         child.extra["nodes"] = job.nodes
         self._done.append(child)
 
     def status(self) -> str:
         parts = [f"{stage} {pool.busy}/{len(pool.actors) - len(pool.unhealthy)}" for stage, pool in self._pools.items()]
         waiting = sum(len(p.queue) for p in self._pools.values())
-        return " ".join(parts) + (f" queued {waiting}" if waiting else "")
+        return " ".join(parts + [self.modes.status()]).strip() + (f" queued {waiting}" if waiting else "")
 
 
 def _local_phones(latency: dict) -> list[str]:

@@ -18,6 +18,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from mnas_common.paths import config_dir
+from nas.components import build
 from nas.evaluator import EvaluatorStopped
 from nas.run import run_search
 from nas.store import RunStore
@@ -248,3 +249,47 @@ def test_steady_state_keeps_every_trainer_busy_with_no_batch_barrier(ray_cluster
     assert events.index("child") >= 1 + 3  # start, then three children handed out before the first returned
     # after that, each child that returns is replaced at once: submits and children alternate
     assert events.count("submit") == 8
+
+
+def _full_table(cfg, cache: Path) -> None:
+    """A layer table for this machine's host runner holding every layer of the space at the smoke deployment (rows
+    of a table, not timings: 0.05 ms + 0.001 ms per layer), so that any child can be predicted."""
+    from latency.table import identity_key, table_identity
+    from mnas_common.config import to_plain
+    from nas.evaluator import LatencyModes
+
+    _, settings = LatencyModes.split(to_plain(cfg.latency))
+    service = build("latency", {**settings, "cache_path": str(cache), "workers": 1})
+    try:
+        deploy = dict(to_plain(cfg.deploy))
+        key = identity_key(table_identity(service, **deploy))
+        service.cache.put_table(key, table_identity(service, **deploy), {})
+        for i, spec in enumerate(build("search_space", cfg.search_space).layers(**deploy)):
+            service.cache.put_layer(key, spec.key, {}, {"status": "ok", "latency_ms": 0.05 + 0.001 * i})
+    finally:
+        service.close()
+
+
+def test_predict_and_hybrid_modes_on_the_cluster(ray_cluster, tmp_path):
+    cache = tmp_path / "latency.sqlite"
+    common = [f"latency.cache_path={cache}", *on_cluster(ray_cluster)]
+    _full_table(config(*common), cache)
+    predicted = run_search(config(*common, "latency.mode=predict"), tmp_path / "predict")
+    kids = committed(tmp_path / "predict")
+    assert predicted["children"] == len(kids) == 6
+    assert all(c.ok and str(c.latency_source) == "predicted" and c.latency_ms == c.latency_predicted_ms for c in kids)
+    from latency.cache import LatencyCache
+
+    store = LatencyCache(cache)
+    try:
+        assert store.counts()["conversions"] == 0  # predict converts no child
+    finally:
+        store.close()
+
+    hybrid = run_search(config(*common, "latency.mode=hybrid", "latency.hybrid_top_k=1"), tmp_path / "hybrid")
+    kids = committed(tmp_path / "hybrid")
+    assert hybrid["children"] == len(kids) == 6
+    measured = [c for c in kids if str(c.latency_source) == "measured"]
+    assert measured and all(c.latency_predicted_ms and c.latency_prediction_error is not None
+                            and c.extra.get("latency_measured_because") in ("front", "top_k") for c in measured)
+    assert all(c.latency_ms == c.latency_predicted_ms for c in kids if c not in measured)

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import random
+import shlex
 import shutil
 import socket
 import subprocess
@@ -55,14 +56,8 @@ def reexec_in_netns() -> None:
         print("note: not in a private network namespace (needs root and unshare): Ray listens on this machine's "
               "interfaces for the duration of the benchmark", file=sys.stderr)
         return
-    script = " ".join(map(shlex_quote, [sys.executable, *sys.argv]))
+    script = shlex.join([sys.executable, *sys.argv])
     os.execvp("unshare", ["unshare", "-n", "sh", "-c", f"ip link set lo up && exec {script}"])
-
-
-def shlex_quote(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)
 
 
 # ---------------------------------------------------------------------------------------------------- part 1
@@ -281,9 +276,9 @@ def main() -> int:
                        speedup=round(remote["per_hour"] / local["per_hour"], 3))
             print(f"speed-up {out['speedup']:.2f}x (goal >= 1.6)", flush=True)
             costs = local["costs"] + remote["costs"]
-            (Path(args.costs) if args.costs else ROOT / "runs" / "bench_ray_costs.json").parent.mkdir(
-                parents=True, exist_ok=True)
-            (Path(args.costs) if args.costs else ROOT / "runs" / "bench_ray_costs.json").write_text(json.dumps(costs))
+            costs_path = Path(args.costs) if args.costs else ROOT / "runs" / "bench_ray_costs.json"
+            costs_path.parent.mkdir(parents=True, exist_ok=True)
+            costs_path.write_text(json.dumps(costs))
         import ray
 
         ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR",

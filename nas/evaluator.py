@@ -200,6 +200,11 @@ class LatencyModes:
         return self.mode != "measure"
 
     @property
+    def measures(self) -> bool:
+        """Whether any child may be converted and timed (every mode but ``predict``)."""
+        return self.mode != "predict"
+
+    @property
     def measure_at_submit(self) -> bool:
         """Measure every child, starting when it is submitted (overlapping its training)."""
         return self.mode == "measure"

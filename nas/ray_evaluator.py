@@ -273,7 +273,7 @@ class RayEvaluator(Evaluator):
             dataset = {"path": None if self.dataset_transfer == "object_store" else str(data.path),
                        "ref": [ray.put(arrays)]}
         latency = None if self.latency is None else {**self.latency, "work_dir": None}
-        measuring = latency is not None and self.modes.mode != "predict"  # predict: no converter, no device
+        measuring = latency is not None and self.modes.measures  # predict: no converter, no device
         if measuring:
             # the actors pinned to a phone first, and placed before any other: the CPUs of a phone's node must not
             # all go to trainers and converters, which may run anywhere
@@ -308,7 +308,7 @@ class RayEvaluator(Evaluator):
         """Logical resources the actors ask for (phones aside)."""
         t, c, d = self.trainers, self.converters, self.devices
         cpus = t["actors"] * t["num_cpus"]
-        if self.latency is not None and self.modes.mode != "predict":
+        if self.latency is not None and self.modes.measures:
             cpus += c["actors"] * c["num_cpus"] + d["num_cpus"] * max(1, len(d["serials"] or []))
         return {"CPU": cpus, "GPU": t["actors"] * t["num_gpus"]}
 

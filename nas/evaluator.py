@@ -152,6 +152,36 @@ def apply_training(child: ChildResult, train: dict) -> ChildResult:
     return child
 
 
+def check_scores(scores: Sequence[str] | None) -> tuple[str, ...]:
+    """``evaluator.scores``: each training-free score of ``nas.zero_cost`` named once (any evaluator)."""
+    from nas.zero_cost import SCORES
+
+    scores = tuple(scores or ())
+    unknown = [name for name in scores if name not in SCORES]
+    if unknown or len(set(scores)) != len(scores):
+        raise ValueError(f"evaluator.scores must name each training-free score once, from {', '.join(SCORES)}; "
+                         f"got {list(scores)}")
+    return scores
+
+
+def score_child(arch: str, data, scores: Sequence[str], *, seed: int, batch_size: int) -> dict:
+    """Training-free scores from one minibatch, with the child's own seed (its initial weights and the batch):
+    ``{"scores": {name: value or None}, "seconds": ..., "error": ... or None}``, plain values for any process."""
+    from nas.zero_cost import compute_scores
+
+    out = compute_scores(arch, data, tuple(scores), seed=seed, batch_size=batch_size)
+    return {"scores": {name: out[name] for name in scores}, "seconds": out["seconds"], "error": out["error"]}
+
+
+def apply_scores(child: ChildResult, scored: dict) -> ChildResult:
+    """Fold :func:`score_child`'s result into ``child`` (``scores``; ``extra`` seconds and error)."""
+    child.scores = dict(scored["scores"])
+    child.extra["scores_seconds"] = scored["seconds"]
+    if scored.get("error"):
+        child.extra["scores_error"] = scored["error"]
+    return child
+
+
 LATENCY_MODES = ("measure", "predict", "hybrid")
 MODE_KEYS = ("mode", "hybrid_top_k", "table_space", "table")
 
@@ -296,13 +326,7 @@ class LocalEvaluator(Evaluator):
     def __init__(self, *, trainer: Any, dataset: Any, latency: dict | None, deploy: dict, seed: int = 0,
                  threads: int | None = None, max_child_memory_gb: float = 8.0, scores: Sequence[str] = (),
                  score_batch_size: int = 64):
-        from nas.zero_cost import SCORES
-
-        self.scores = tuple(scores or ())
-        unknown = [name for name in self.scores if name not in SCORES]
-        if unknown or len(set(self.scores)) != len(self.scores):
-            raise ValueError(f"evaluator.scores must name each training-free score once, from {', '.join(SCORES)}; "
-                             f"got {list(self.scores)}")
+        self.scores = check_scores(scores)
         self.score_batch_size = positive_int("evaluator.score_batch_size", score_batch_size)
         self.trainer = trainer
         self.dataset = dataset
@@ -411,14 +435,8 @@ class LocalEvaluator(Evaluator):
         return self.modes.finish(child, predicted, future.result() if future is not None else None, reason)
 
     def _score(self, child: ChildResult) -> None:
-        """Training-free scores from one minibatch, with the child's own seed (its initial weights and the batch)."""
-        from nas.zero_cost import compute_scores
-
-        out = compute_scores(child.arch, self.data, self.scores, seed=child.seed, batch_size=self.score_batch_size)
-        child.scores = {name: out[name] for name in self.scores}
-        child.extra["scores_seconds"] = out["seconds"]
-        if out["error"]:
-            child.extra["scores_error"] = out["error"]
+        apply_scores(child, score_child(child.arch, self.data, self.scores, seed=child.seed,
+                                        batch_size=self.score_batch_size))
 
     def status(self) -> str:
         parts = [f"queued {len(self._queue)}" if self._queue else "", self.modes.status()]

@@ -26,6 +26,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ from mnas_common.checks import non_negative_number, positive_int, positive_numbe
 from mnas_common.errors import first_line
 
 from nas.components import build
-from nas.evaluator import Evaluator, EvaluatorStopped, LatencyModes, apply_training, child_seed, size_guard
+from nas.evaluator import (Evaluator, EvaluatorStopped, LatencyModes, apply_scores, apply_training, check_scores,
+                           child_seed, size_guard)
 from nas.record import ChildResult
 
 log = logging.getLogger("nas.ray")
@@ -60,11 +62,14 @@ class TrainerActor:
         self.data = _open_dataset(dataset)
         self.gate = _gate(latency)
 
-    def train(self, arch: str, seed: int) -> dict:
+    def train(self, arch: str, seed: int, scores: tuple = (), score_batch_size: int = 64) -> dict:
+        """The child's training result; with ``scores``, its training-free scores first (``"scored"``)."""
+        from nas.evaluator import score_child
         from nas.trainer import train_child
 
+        scored = score_child(arch, self.data, scores, seed=seed, batch_size=score_batch_size) if scores else None
         result = train_child(arch, self.data, self.trainer, seed=seed, step_guard=self.gate.busy).to_dict()
-        return {**result, "node": _node(), "pid": os.getpid()}
+        return {**result, "scored": scored, "node": _node(), "pid": os.getpid()}
 
     def where(self) -> dict:
         return {"node": _node(), "pid": os.getpid()}
@@ -195,7 +200,7 @@ class RayEvaluator(Evaluator):
                  threads: int | None = None, address: str | None = None, trainers: dict | None = None,
                  converters: dict | None = None, devices: dict | None = None, max_attempts: int = 3,
                  max_child_memory_gb: float = 8.0, dataset_transfer: str = "path", poll_s: float = 0.5,
-                 namespace: str = "mnasnet-search"):
+                 namespace: str = "mnasnet-search", scores: Sequence[str] = (), score_batch_size: int = 64):
         self.trainer, self.dataset = trainer, dataset
         # latency.mode (measure | predict | hybrid) is decided here, on the driver; the rest builds the actors' services
         self.modes, self.latency = LatencyModes.split(latency)
@@ -218,6 +223,8 @@ class RayEvaluator(Evaluator):
         self.dataset_transfer = dataset_transfer
         self.poll_s = positive_number("evaluator.poll_s", poll_s)
         self.namespace = namespace
+        self.scores = check_scores(scores)  # computed by the trainer actors, as the local evaluator does
+        self.score_batch_size = positive_int("evaluator.score_batch_size", score_batch_size)
         self.capacity = self.trainers["actors"]
         self._started_ray = False
         self._reaper = None
@@ -444,7 +451,7 @@ class RayEvaluator(Evaluator):
                     continue  # finished (failed) while it waited
                 actor = pool.idle.popleft()
                 if stage == TRAIN:
-                    ref = actor.train.remote(job.child.arch, job.child.seed)
+                    ref = actor.train.remote(job.child.arch, job.child.seed, self.scores, self.score_batch_size)
                 elif stage == CONVERT:
                     ref = actor.convert.remote(job.child.arch, self.deploy, self._ship)
                 else:
@@ -480,6 +487,9 @@ class RayEvaluator(Evaluator):
         job.nodes[stage] = value.pop("node", None)
         if stage == TRAIN:
             value.pop("pid", None)
+            scored = value.pop("scored", None)
+            if scored is not None:
+                apply_scores(job.child, scored)
             apply_training(job.child, value)
             job.trained = True
             if not job.timed and not self.modes.measure_at_submit:

@@ -60,10 +60,14 @@ def evaluations(run_dir: Path) -> list[str]:
 
 def test_a_ray_search_equals_the_local_search(ray_cluster, tmp_path):
     cache = f"latency.cache_path={tmp_path / 'latency.sqlite'}"  # the same measurements answer both runs
-    local = run_search(config(cache), tmp_path / "local")
-    remote = run_search(config(cache, *on_cluster(ray_cluster)), tmp_path / "ray")
+    scores = "evaluator.scores=[synflow,naswot]"  # the trainer actors compute them as the local evaluator does
+    local = run_search(config(cache, scores), tmp_path / "local")
+    remote = run_search(config(cache, scores, *on_cluster(ray_cluster)), tmp_path / "ray")
     assert local["children"] == remote["children"] == 6
     assert rows(tmp_path / "ray") == rows(tmp_path / "local")  # children, accuracies, latencies, rewards
+    ray_scores = [(c.arch, c.scores) for c in committed(tmp_path / "ray")]
+    assert ray_scores == [(c.arch, c.scores) for c in committed(tmp_path / "local")]
+    assert all(set(s) == {"synflow", "naswot"} and None not in s.values() for _, s in ray_scores)
     for mine, theirs in zip(controller_states(tmp_path / "ray"), controller_states(tmp_path / "local"), strict=True):
         assert all((mine[k] == theirs[k]).all() for k in theirs)
     nodes = {c.extra["nodes"]["train"] for c in committed(tmp_path / "ray")}

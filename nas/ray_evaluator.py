@@ -438,9 +438,13 @@ class RayEvaluator(Evaluator):
             self._dispatch()
             if not self._inflight:
                 raise EvaluatorStopped("no actor can take the remaining children (all devices unhealthy?)")
-            ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=self.poll_s)
+            refs = list(self._inflight)
+            ready, _ = ray.wait(refs, num_returns=1, timeout=self.poll_s)
+            if ready and len(refs) > 1:  # everything else that is done by now, in one call
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             for ref in ready:
                 self._complete(ref)
+        self._dispatch()  # actors freed by these results start their next stage before the driver commits the step
         return self._done.popleft()
 
     def _dispatch(self) -> None:

@@ -185,8 +185,11 @@ def simulated(costs: list[dict], actors: int, children: int, target_s: float, tm
     from nas.run import run_search
 
     converters, devices = max(1, math.ceil(actors / 4)), max(1, math.ceil(actors / 8))
-    mean_train = sum(c["train"] for c in costs) / len(costs)
-    scale = target_s * actors / (children * mean_train)  # the ideal makespan is then about target_s
+    # compressed so that the busiest kind of actor (trainers, converters or devices, whichever the costs make the
+    # bottleneck) needs about target_s: the ideal makespan is then about target_s
+    busiest = max(sum(c[stage] for c in costs) / len(costs) / n
+                  for stage, n in (("train", actors), ("convert", converters), ("time", devices)))
+    scale = target_s / (children * busiest)
     SIM = Simulation(costs, scale)
 
     host_cls = ray.remote(num_cpus=0, max_concurrency=100_000)(SimHost)
@@ -253,7 +256,7 @@ def main() -> int:
     parser.add_argument("--budget", type=int, default=16, help="children of each real search in part 1")
     parser.add_argument("--children", type=int, default=8000, help="children of each simulated search")
     parser.add_argument("--actors", default="8,32,128", help="simulated trainer actors, comma-separated")
-    parser.add_argument("--sim-seconds", type=float, default=120.0, help="ideal makespan of a simulated run")
+    parser.add_argument("--sim-seconds", type=float, default=600.0, help="ideal makespan of a simulated run")
     parser.add_argument("--skip-real", action="store_true", help="part 2 and 3 from --costs instead of part 1")
     parser.add_argument("--costs", help="a JSON file of per-child costs (written by part 1 next to the output)")
     parser.add_argument("--json", action="store_true")

@@ -86,7 +86,7 @@ def main() -> None:
         if args.only_modes:
             return
         if args.predictor or args.only_predictor:
-            predictor_figures(args)
+            out["predictor"] = predictor_figures(args)
             if args.only_predictor:
                 return
         bench_conversion(args)
@@ -164,7 +164,7 @@ def bench_conversion(args) -> None:
     service.close()
 
 
-def predictor_figures(args) -> None:
+def predictor_figures(args) -> dict:
     """Section 4: the same code as ``python -m latency table build`` and ``table validate``."""
     from latency import build_service
     from latency.predictor import validate
@@ -183,6 +183,8 @@ def predictor_figures(args) -> None:
         print(f"{name:<14}{value:>8.3f}  (goal >= {goal}): {'PASS' if value >= goal else 'FAIL'}")
     print(f"RMSE {figures['rmse_ms']:.3f} ms ({100 * figures['rmse_rel']:.2f}%), max error {100 * figures['max_rel']:.2f}%, "
           f"over {figures['n']} held-out architectures")
+    return {"table_key": summary["table_key"], "layers": summary["layers"], "calibration": summary["calibration"],
+            "build_minutes": round(summary["build_seconds_total"] / 60, 2), **figures}
 
 
 def stored_figures(args) -> dict:

@@ -152,8 +152,9 @@ def apply_training(child: ChildResult, train: dict) -> ChildResult:
     return child
 
 
-def check_scores(scores: Sequence[str] | None) -> tuple[str, ...]:
-    """``evaluator.scores``: each training-free score of ``nas.zero_cost`` named once (any evaluator)."""
+def check_scores(scores: Sequence[str] | None, batch_size: int) -> tuple[tuple[str, ...], int]:
+    """``evaluator.scores`` (each training-free score of ``nas.zero_cost`` named once) and
+    ``evaluator.score_batch_size``, checked the same way for any evaluator."""
     from nas.zero_cost import SCORES
 
     scores = tuple(scores or ())
@@ -161,7 +162,7 @@ def check_scores(scores: Sequence[str] | None) -> tuple[str, ...]:
     if unknown or len(set(scores)) != len(scores):
         raise ValueError(f"evaluator.scores must name each training-free score once, from {', '.join(SCORES)}; "
                          f"got {list(scores)}")
-    return scores
+    return scores, positive_int("evaluator.score_batch_size", batch_size)
 
 
 def score_child(arch: str, data, scores: Sequence[str], *, seed: int, batch_size: int) -> dict:
@@ -326,8 +327,7 @@ class LocalEvaluator(Evaluator):
     def __init__(self, *, trainer: Any, dataset: Any, latency: dict | None, deploy: dict, seed: int = 0,
                  threads: int | None = None, max_child_memory_gb: float = 8.0, scores: Sequence[str] = (),
                  score_batch_size: int = 64):
-        self.scores = check_scores(scores)
-        self.score_batch_size = positive_int("evaluator.score_batch_size", score_batch_size)
+        self.scores, self.score_batch_size = check_scores(scores, score_batch_size)
         self.trainer = trainer
         self.dataset = dataset
         self.modes, self.latency_config = LatencyModes.split(latency)

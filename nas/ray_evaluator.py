@@ -36,7 +36,7 @@ from mnas_common.errors import first_line
 
 from nas.components import build
 from nas.evaluator import (Evaluator, EvaluatorStopped, LatencyModes, apply_scores, apply_training, check_scores,
-                           child_seed, size_guard)
+                           child_seed, score_child, size_guard)
 from nas.record import ChildResult
 
 log = logging.getLogger("nas.ray")
@@ -64,7 +64,6 @@ class TrainerActor:
 
     def train(self, arch: str, seed: int, scores: tuple = (), score_batch_size: int = 64) -> dict:
         """The child's training result; with ``scores``, its training-free scores first (``"scored"``)."""
-        from nas.evaluator import score_child
         from nas.trainer import train_child
 
         scored = score_child(arch, self.data, scores, seed=seed, batch_size=score_batch_size) if scores else None
@@ -223,8 +222,8 @@ class RayEvaluator(Evaluator):
         self.dataset_transfer = dataset_transfer
         self.poll_s = positive_number("evaluator.poll_s", poll_s)
         self.namespace = namespace
-        self.scores = check_scores(scores)  # computed by the trainer actors, as the local evaluator does
-        self.score_batch_size = positive_int("evaluator.score_batch_size", score_batch_size)
+        # computed by the trainer actors, as the local evaluator does
+        self.scores, self.score_batch_size = check_scores(scores, score_batch_size)
         self.capacity = self.trainers["actors"]
         self._started_ray = False
         self._reaper = None

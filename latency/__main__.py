@@ -16,10 +16,14 @@ import json
 import sys
 
 from latency.runners import AdbRunner, DeviceError, HostRunner
+from latency.table import CALIBRATION_DEFAULT
 
 
 def _runner_fields(args: argparse.Namespace) -> dict:
+    from latency.service import DEFAULT_ANCHOR
+
     fields = {"threads": args.threads, "warmup_runs": args.warmup, "num_runs": args.runs}
+    fields["anchor"] = args.anchor if args.anchor is not None else (DEFAULT_ANCHOR if args.runner == "host" else None)
     if args.runner == "adb":
         fields.update(serial=args.serial, benchmark_binary=args.binary, cpu_mask=args.cpu_mask)
     return fields
@@ -52,6 +56,9 @@ def _measure(args: argparse.Namespace) -> int:
         if timing:
             print(f"timed:       {timing.get('mode')}" + (f", waited {timing['waited_s']:.2f} s for the search's work"
                                                           if timing.get("waited_s") else ""))
+            if anchor := timing.get("anchor"):
+                print(f"drift:       anchor {anchor['arch']} (reference {anchor['ref_ms']:.3f} ms), round factors "
+                      + ", ".join(f"{f:.3f}" for f in anchor["factors"]))
     print(f"conversion:  max abs error {result.max_abs_err}, max rel error {result.max_rel_err}")
     print(f"tflite:      {result.tflite_path}" + ("  (cached)" if result.cached else ""))
     if not result.ok:
@@ -197,6 +204,9 @@ def _parsers() -> argparse.ArgumentParser:
     runner.add_argument("--threads", type=int, default=1)
     runner.add_argument("--warmup", type=int, default=10)
     runner.add_argument("--runs", type=int, default=50)
+    runner.add_argument("--anchor", default=None,
+                        help="host: the drift anchor timed in every round (default mnasnet_b1, as configs/latency/"
+                             "host.yaml; 'none' for no drift correction)")
     runner.add_argument("--cache", default=None, help="SQLite cache path (default ~/.cache/mnasnet-search/latency)")
     runner.add_argument("--json", action="store_true")
     shape = argparse.ArgumentParser(add_help=False)
@@ -225,7 +235,8 @@ def _parsers() -> argparse.ArgumentParser:
     t = sub.add_parser("table", help="per-device layer latency tables")
     tsub = t.add_subparsers(dest="table_command", required=True)
     b = tsub.add_parser("build", parents=[runner, shape, space], help="time every layer of the space (resumable)")
-    b.add_argument("--calibration", type=int, default=60, help="whole random models measured to calibrate (60)")
+    b.add_argument("--calibration", type=int, default=CALIBRATION_DEFAULT,
+                   help=f"whole random models measured to calibrate ({CALIBRATION_DEFAULT})")
     b.add_argument("--arch", action="append", default=None,
                    help="also add this network's layers (repeatable; default: the reference architectures)")
     b.add_argument("--workers", type=int, default=2, help="conversion worker processes (2)")

@@ -48,6 +48,10 @@ CREATE TABLE IF NOT EXISTS table_layers (
     table_key TEXT NOT NULL, layer TEXT NOT NULL, spec TEXT NOT NULL, status TEXT NOT NULL, latency_ms REAL,
     result TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (table_key, layer)
 );
+CREATE TABLE IF NOT EXISTS anchors (
+    key TEXT PRIMARY KEY, arch TEXT NOT NULL, device TEXT NOT NULL, settings TEXT NOT NULL, ref_ms REAL NOT NULL,
+    result TEXT NOT NULL, created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS table_models (
     table_key TEXT NOT NULL, purpose TEXT NOT NULL, space TEXT NOT NULL, arch TEXT NOT NULL, latency_ms REAL NOT NULL,
     result TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (table_key, purpose, space, arch)
@@ -244,6 +248,21 @@ class LatencyCache:
             (key, conversion_key, result["arch"], device, json.dumps(settings, sort_keys=True),
              json.dumps(self._with_relative_paths(result)), time.time()),
         )
+
+    # ------------------------------------------------------------------ drift anchors
+    def anchor(self, key: str) -> dict | None:
+        """The drift anchor's reference (``{ref_ms, ...}``) for a device and settings, or None."""
+        row = self._read("SELECT ref_ms, result FROM anchors WHERE key = ?", (key,))
+        return None if row is None else {**json.loads(row[1]), "ref_ms": row[0]}
+
+    def put_anchor(self, key: str, arch: str, device: str, settings: dict, result: dict) -> dict:
+        """Store an anchor reference unless one is there already (the first writer wins, so every measurement of a
+        cache shares one scale); returns the stored one."""
+        self._write("INSERT OR IGNORE INTO anchors (key, arch, device, settings, ref_ms, result, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (key, arch, device, json.dumps(settings, sort_keys=True), float(result["ref_ms"]),
+                     json.dumps(result), time.time()))
+        return self.anchor(key)
 
     def counts(self) -> dict:
         return {

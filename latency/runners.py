@@ -66,8 +66,9 @@ class HostRunner:
     """The LiteRT interpreter on this machine's CPU (XNNPACK applies by default).
 
     ``num_runs`` timed runs are taken in ``rounds`` rounds; the service spaces the rounds a second apart, each in its
-    own quiet window, and reports the median of the least disturbed round (see ``latency.quiet``). ``time()`` alone
-    runs the rounds back to back.
+    own quiet window, and reports the median of the least disturbed round, or with a drift anchor the median of the
+    anchor-corrected rounds (see ``latency.quiet`` and ``latency.service``). ``time()`` alone runs the rounds back to
+    back, with no anchor.
     """
 
     threads: int = 1
@@ -144,16 +145,28 @@ class HostRunner:
         return summarize_rounds(rounds, [False] * len(rounds))
 
 
-def summarize_rounds(rounds: list[list[float]], disturbed: list[bool]) -> dict:
-    """Timing fields from rounds of samples: ``latency_ms`` is the median of the least disturbed round (the lowest
-    median among the rounds no other process disturbed, or among all if every one was); the spread fields
-    (mean, std, min, p95) and ``samples_ms`` cover every run."""
+def summarize_rounds(rounds: list[list[float]], disturbed: list[bool], factors: list[float] | None = None) -> dict:
+    """Timing fields from rounds of samples.
+
+    Without ``factors``: ``latency_ms`` is the median of the least disturbed round (the lowest median among the
+    rounds no other process disturbed, or among all if every one was). With ``factors`` (the drift anchor's
+    correction of each round, ``latency.service``): every round's samples are multiplied by its factor and
+    ``latency_ms`` is the median of the corrected medians of the undisturbed rounds (the lowest of a few noisy
+    values would be biased low; the anchor has already taken out what the lowest round was guarding against).
+    The spread fields (mean, std, min, p95) and ``samples_ms`` cover every run (corrected, with factors).
+    """
+    if factors is not None:
+        rounds = [[x * f for x in r] for r, f in zip(rounds, factors)]
     medians = [float(np.median(r)) for r in rounds]
     candidates = [i for i, d in enumerate(disturbed) if not d] or list(range(len(rounds)))
-    chosen = min(candidates, key=lambda i: medians[i])
     out = summarize([x for r in rounds for x in r])
-    out["latency_ms"] = medians[chosen]
-    out["extra"] = {"round_medians_ms": [round(m, 5) for m in medians], "round_chosen": chosen}
+    if factors is None:
+        chosen = min(candidates, key=lambda i: medians[i])
+        out["latency_ms"] = medians[chosen]
+        out["extra"] = {"round_medians_ms": [round(m, 5) for m in medians], "round_chosen": chosen}
+    else:
+        out["latency_ms"] = float(np.median([medians[i] for i in candidates]))
+        out["extra"] = {"round_medians_ms": [round(m, 5) for m in medians], "rounds_used": candidates}
     return out
 
 

@@ -44,6 +44,31 @@ DEFAULT_TOLERANCE_ABS = 1e-4
 DEFAULT_TOLERANCE_REL = 1e-4
 PIN_CPU_DEFAULT = False
 CONVERSION_FIELDS = ("onnx_path", "tflite_path", "max_abs_err", "max_rel_err", "convert_seconds")
+DEFAULT_ANCHOR = "mnasnet_b1"  # configs/latency/host.yaml and the latency CLI's default
+ANCHOR_INPUT = {"resolution": 224, "channels": 3, "num_classes": 1000}  # the drift anchor's input, whatever is timed
+
+
+def anchor_key(device: str, settings: dict) -> str:
+    """Where a cache keeps the drift anchor's reference for a device and measurement settings (which name it)."""
+    return cache_key(anchor=settings["anchor"], input=ANCHOR_INPUT, device=device, settings=settings)
+
+
+def _checked_anchor(anchor, runner: str) -> str | None:
+    """``latency.anchor``: None, or a reference name / architecture string (host runner only)."""
+    if anchor is None or anchor is False or (isinstance(anchor, str) and anchor.lower() in ("", "none", "null")):
+        return None
+    if not isinstance(anchor, str):
+        raise ValueError(f"latency.anchor must be a reference name, an architecture string or null, got {anchor!r}")
+    if runner != "host":
+        raise ValueError("latency.anchor (drift correction) applies to the host runner only; set it to null for "
+                         f"runner {runner!r}")
+    from search_spaces import resolve_arch
+
+    try:
+        resolve_arch(anchor)
+    except ValueError as exc:
+        raise ValueError(f"latency.anchor: {first_line(exc)}") from None
+    return anchor
 
 
 def default_cache_dir() -> Path:
@@ -157,7 +182,8 @@ def _failed_timing(exc: Exception) -> dict:
     return {"status": "failed", "error": f"timing failed: {first_line(exc, with_type=True, limit=300)}"}
 
 
-def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=None) -> list[dict]:
+def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=None,
+                    anchor: dict | None = None) -> list[dict]:
     """Time every model of ``paths``; one timing dict (``status`` ok with the timing fields, or failed) per path.
 
     A phone runs each model once, in one device window. The host times in ``rounds`` rounds spaced ROUND_GAP_S
@@ -167,6 +193,13 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
     on this 2-vCPU VM one model's median over 50 back-to-back runs varied by 10% (CV) from one timing to the next
     with nothing else running in the VM, in slow phases of about 1.5 s, while the lowest of three round medians a
     second apart varied by 1-3%. ``on_round(results)`` is called after each round with the results so far.
+
+    ``anchor`` ({arch, path, ref_ms}, host only) is the drift anchor: a fixed network timed at the start and the end of
+    every round; each round's samples are scaled by ``ref_ms`` over the anchor's time in that round (its factor), and
+    ``latency_ms`` is the median of the corrected round medians (:func:`~latency.runners.summarize_rounds`). Measured
+    here, why: the same 32 networks timed twice minutes apart, each time in batches of 8 (rounds as above), differed by
+    5.7% on average (49% within 5%), most of it a factor common to a batch (the VM's speed phases); anchor-corrected,
+    3.1% (80% within 5%).
     """
     runner = _WORKER["runner"]
     if runner.name != "host":
@@ -192,7 +225,8 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
             interpreters[path] = runner.prepare(path)
         except Exception as exc:
             failed[path] = _failed_timing(exc)
-    disturbed, others, waited, seconds, cpu = [], [], 0.0, 0.0, None
+    anchor_interpreter = runner.prepare(anchor["path"]) if anchor else None
+    disturbed, others, waited, seconds, cpu, factors = [], [], 0.0, 0.0, None, []
 
     def results(final: bool) -> list[dict]:
         out = []
@@ -200,11 +234,15 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
             if path in failed or not rounds[path]:
                 out.append(failed.get(path) or {"status": "failed", "error": "timing failed: no round was timed"})
                 continue
-            timing = {"status": "ok", **summarize_rounds(rounds[path], disturbed[: len(rounds[path])])}
+            n = len(rounds[path])
+            timing = {"status": "ok", **summarize_rounds(rounds[path], disturbed[:n], factors[:n] if anchor else None)}
             timing["extra"]["timing"] = {
                 "mode": _WORKER["gate"].mode, "waited_s": round(waited, 6), "cpu": cpu, "seconds": round(seconds, 4),
-                "rounds": len(rounds[path]), "disturbed_rounds": sum(disturbed),
+                "rounds": n, "disturbed_rounds": sum(disturbed),
                 "others_cpu": [None if o is None else round(o, 3) for o in others], "complete": final}
+            if anchor:
+                timing["extra"]["timing"]["anchor"] = {"arch": anchor["arch"], "ref_ms": anchor["ref_ms"],
+                                                      "factors": [round(f, 5) for f in factors[:n]]}
             out.append(timing)
         return out
 
@@ -220,12 +258,16 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
             cpu = window.cpu
             start = time.monotonic()
             with LoadProbe() as probe:
+                if anchor:
+                    before = _anchor_ms(runner, anchor_interpreter, warmup=runner.round_warmup(attempt == 0))
                 for path in live:
                     try:
                         rounds[path].append(runner.run(interpreters[path], runner.round_runs(attempt),
                                                        runner.round_warmup(attempt == 0)))
                     except Exception as exc:
                         failed[path] = _failed_timing(exc)
+                if anchor:
+                    factors.append(anchor["ref_ms"] / ((before + _anchor_ms(runner, anchor_interpreter, warmup=0)) / 2))
             seconds += time.monotonic() - start
         disturbed.append(probe.disturbed)
         others.append(probe.others_cpu)
@@ -235,14 +277,50 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
     return results(True)
 
 
-def _time_models_task(paths: list[str], lock_path: str, pin_cpu: bool) -> list[dict]:
+ANCHOR_RUNS = 10  # runs of the drift anchor at each end of a round (median taken)
+ANCHOR_REF_ROUNDS = 12  # rounds, ROUND_GAP_S apart, that fix an anchor's reference latency (once per cache)
+
+
+def _anchor_ms(runner, interpreter, *, warmup: int) -> float:
+    import numpy as np
+
+    return float(np.median(runner.run(interpreter, ANCHOR_RUNS, warmup)))
+
+
+def _anchor_ref_task(path: str, lock_path: str, pin_cpu: bool, rounds: int) -> dict:
+    """The drift anchor's reference latency: the median of its medians over ``rounds`` quiet rounds ROUND_GAP_S
+    apart (so one slow phase of the machine does not set the scale of every later measurement)."""
+    import numpy as np
+
+    runner = _WORKER["runner"]
+    interpreter = runner.prepare(path)
+    medians, disturbed = [], 0
+    attempt = 0
+    while len(medians) < rounds and attempt < rounds + DISTURBED_RETRIES:
+        if attempt:
+            time.sleep(ROUND_GAP_S)
+        with timing_window(lock_path, pin_cpu), LoadProbe() as probe:
+            value = _anchor_ms(runner, interpreter, warmup=runner.round_warmup(attempt == 0))
+        attempt += 1
+        if probe.disturbed:
+            disturbed += 1
+            continue
+        medians.append(value)
+    if not medians:
+        raise RuntimeError("every round fixing the drift anchor's reference was disturbed by other processes")
+    return {"ref_ms": float(np.median(medians)), "round_medians_ms": [round(m, 5) for m in medians],
+            "disturbed_rounds": disturbed, "at": time.time()}
+
+
+def _time_models_task(paths: list[str], lock_path: str, pin_cpu: bool, anchor: dict | None = None) -> list[dict]:
     try:
-        return _timing_session(paths, lock_path, pin_cpu)
+        return _timing_session(paths, lock_path, pin_cpu, anchor=anchor)
     except Exception as exc:  # the lock directory itself failed
         return [_failed_timing(exc)] * len(paths)
 
 
-def _time_layers_task(items: list[dict], lock_path: str, pin_cpu: bool, cache_path: str, table_key: str) -> list:
+def _time_layers_task(items: list[dict], lock_path: str, pin_cpu: bool, cache_path: str, table_key: str,
+                      anchor: dict | None = None) -> list:
     """Time converted layers (rounds as whole models, all layers of the batch in each round), committing every
     layer's row to the cache after each round, so an interrupted build loses at most one round. A row is marked
     ``complete`` after the last round; the builder times incomplete rows again. Each item: {layer, spec, conversion}."""
@@ -260,7 +338,7 @@ def _time_layers_task(items: list[dict], lock_path: str, pin_cpu: bool, cache_pa
             cache.put_layer(table_key, item["layer"], item["spec"], row)
 
     paths = [item["conversion"]["tflite_path"] for item in items]
-    timings = _timing_session(paths, lock_path, pin_cpu, on_round=commit)
+    timings = _timing_session(paths, lock_path, pin_cpu, on_round=commit, anchor=anchor)
     commit(timings, True)
     for path in paths:
         shutil.rmtree(Path(path).parent, ignore_errors=True)
@@ -286,6 +364,9 @@ class LatencyService:
 
     ``quiet`` (host runner): time under the host gate, so the search's own work waits during a timing.
     ``pin_cpu`` (host runner): pin the timing thread to one core for the duration of each timing.
+    ``anchor`` (host runner): the drift anchor, a reference name or architecture string timed in every round at
+    ANCHOR_INPUT, whose reference latency (fixed once per cache, device and settings) sets the scale of every host
+    timing; None: no correction (see ``_timing_session``).
     """
 
     def __init__(
@@ -301,6 +382,7 @@ class LatencyService:
         task_timeout_s: float = 900.0,
         quiet: bool = True,
         pin_cpu: bool = PIN_CPU_DEFAULT,
+        anchor: str | None = None,
         **runner_fields,
     ):
         positive_int("latency.workers", workers)
@@ -321,6 +403,9 @@ class LatencyService:
         self.tolerance_abs, self.tolerance_rel = float(tolerance_abs), float(tolerance_rel)
         self.fast_convert = fast_convert
         self.pin_cpu = pin_cpu
+        self.anchor = _checked_anchor(anchor, runner)
+        self._anchor_info: dict | None = None
+        self._anchor_lock = threading.Lock()
         self.gate = HostGate.for_runner(self.runner, self.locks_dir, quiet=quiet)
         self.cache = LatencyCache(self.cache_path)
         self._pool: ProcessPoolExecutor | None = None
@@ -362,7 +447,32 @@ class LatencyService:
         settings = dict(self.runner.settings)
         if self.gate.mode != "device":
             settings.update(timing=self.gate.mode, pin_cpu=self.pin_cpu)
+            if self.anchor:
+                settings["anchor"] = self.anchor
         return settings
+
+    def anchor_info(self) -> dict | None:
+        """The drift anchor as timings need it, ``{arch, path, ref_ms}`` (None without one): converted once (cached
+        like any model) and its reference latency fixed on first use, then kept in the cache for every later run."""
+        if not self.anchor:
+            return None
+        with self._anchor_lock:
+            return self._fix_anchor()
+
+    def _fix_anchor(self) -> dict:
+        if self._anchor_info is not None and Path(self._anchor_info["path"]).is_file():
+            return self._anchor_info
+        conversion = self.convert(self.anchor, **ANCHOR_INPUT)
+        if conversion.get("status") != "ok":
+            raise RuntimeError(f"the drift anchor {self.anchor} (latency.anchor) did not convert: {conversion.get('error')}")
+        key = anchor_key(self.device_id, self.measurement_settings)
+        stored = self.cache.anchor(key)
+        if stored is None:
+            fixed = self._run_in_worker(_anchor_ref_task, conversion["tflite_path"], self._device_lock_path,
+                                        self.pin_cpu, ANCHOR_REF_ROUNDS)
+            stored = self.cache.put_anchor(key, conversion["arch"], self.device_id, self.measurement_settings, fixed)
+        self._anchor_info = {"arch": self.anchor, "path": conversion["tflite_path"], "ref_ms": stored["ref_ms"]}
+        return self._anchor_info
 
     def _conversion_key(self, arch: str, resolution: int, channels: int, num_classes: int) -> str:
         return cache_key(arch=arch, resolution=resolution, channels=channels, num_classes=num_classes,
@@ -477,7 +587,8 @@ class LatencyService:
             chunk = pending[start:start + batch]
             paths = [c[1]["tflite_path"] for c in chunk]
             try:
-                timings = self._run_in_worker(_time_models_task, paths, self._device_lock_path, self.pin_cpu)
+                timings = self._run_in_worker(_time_models_task, paths, self._device_lock_path, self.pin_cpu,
+                                              self.anchor_info())
             except Exception as exc:  # a broken pool: every model of the batch is a failed result
                 timings = [{"status": "failed", "error": first_line(exc, with_type=True, limit=300)}] * len(chunk)
             for (i, conversion, key, base, fields, device), timing in zip(chunk, timings):
@@ -530,7 +641,7 @@ class LatencyService:
     def time_layers(self, items: list[dict], table_key: str) -> list[dict]:
         """Time converted layers in one quiet window; each row is committed to the table as it is timed."""
         return self._run_in_worker(_time_layers_task, items, self._device_lock_path, self.pin_cpu,
-                                   str(self.cache_path), table_key)
+                                   str(self.cache_path), table_key, self.anchor_info())
 
     # -- measure = convert + time
     def _measure_uncached(self, arch: str, resolution: int, channels: int, num_classes: int) -> LatencyResult:

@@ -168,9 +168,10 @@ def predictor_figures(args) -> dict:
     """Section 4: the same code as ``python -m latency table build`` and ``table validate``."""
     from latency import build_service
     from latency.predictor import validate
+    from latency.service import DEFAULT_ANCHOR
     from latency.table import build_table
 
-    with build_service("host", workers=2, cache_path=args.cache) as service:
+    with build_service("host", workers=2, cache_path=args.cache, anchor=DEFAULT_ANCHOR) as service:
         summary = build_table(service, space_name="mnasnet", resolution=args.resolution)
         figures = validate(service, n=args.validate, space="mnasnet", resolution=args.resolution)
     print(f"\n== predictor, host runner, default space, {args.resolution} px, 1,000 classes")
@@ -193,7 +194,10 @@ def stored_figures(args) -> dict:
 
     if not args.cache:
         raise SystemExit("error: --figures needs --cache, the latency cache holding the table")
-    predictor = load_predictor({"runner": "host", "rounds": 3}, resolution=args.resolution, cache_path=args.cache)
+    from latency.service import DEFAULT_ANCHOR
+
+    predictor = load_predictor({"runner": "host", "rounds": 3, "anchor": DEFAULT_ANCHOR}, resolution=args.resolution,
+                               cache_path=args.cache)
     e = predictor.stated_error
     print(f"\n== predictor validation stored with table {predictor.table_key} ({predictor.device}, {args.resolution} px)")
     if not e.get("n"):

@@ -103,3 +103,43 @@ def test_hydra_configs_instantiate(name, tmp_path):
         assert isinstance(service, LatencyService) and service.runner_config["runner"] == name
     finally:
         service.close()
+
+
+def test_drift_anchor_scales_every_round_and_its_reference_is_fixed_once(latency_root, monkeypatch):
+    """A tiny anchor (the service converts it at 224 px like any model) timed at both ends of every round: each
+    result records the reference and one factor per round, and latency_ms is the median of the corrected rounds.
+    The reference is fixed once per cache: a second service on the same cache reuses it, a cache of its own is
+    keyed apart from timings without an anchor."""
+    import latency.service as service_module
+    from latency.service import anchor_key
+
+    monkeypatch.setattr(service_module, "ANCHOR_REF_ROUNDS", 3)
+    cache = latency_root / "anchor" / "latency.sqlite"
+    fields = {"warmup_runs": 2, "num_runs": 6, "workers": 1, "cache_path": cache}
+    with build_service("host", anchor=SMALL, **fields) as service:
+        result = service.measure(OTHER, resolution=32, num_classes=10)
+        assert result.ok, result.error
+        anchor = result.extra["timing"]["anchor"]
+        assert anchor["arch"] == SMALL and anchor["ref_ms"] > 0
+        assert len(anchor["factors"]) == result.extra["timing"]["rounds"] >= 3
+        assert service.measurement_settings["anchor"] == SMALL
+        used = [result.extra["round_medians_ms"][i] for i in result.extra["rounds_used"]]
+        assert result.latency_ms == pytest.approx(float(np.median(used)), rel=1e-4)
+        stored = service.cache.anchor(anchor_key(service.device_id, service.measurement_settings))
+        assert stored["ref_ms"] == anchor["ref_ms"] and len(stored["round_medians_ms"]) == 3
+    monkeypatch.setattr(service_module, "_anchor_ref_task", None)  # a second fix would fail: it must not happen
+    with build_service("host", anchor=SMALL, **fields) as again:
+        other = again.measure(SMALL, resolution=32, num_classes=10)
+        assert other.ok and other.extra["timing"]["anchor"]["ref_ms"] == anchor["ref_ms"]
+    with build_service("host", **fields) as plain:
+        assert "anchor" not in plain.measurement_settings
+        assert plain.measure(OTHER, resolution=32, num_classes=10).cached is False  # never answered by the anchored
+
+
+def test_bad_anchor_is_one_clear_error():
+    with pytest.raises(ValueError, match="latency.anchor: .*not_an_arch") as info:
+        build_service("host", anchor="not_an_arch")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="host runner only"):
+        build_service("adb", anchor="mnasnet_b1", serial="x")
+    assert build_service("host", anchor="none").anchor is None

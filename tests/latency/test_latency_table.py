@@ -22,7 +22,8 @@ ROOT = Path(__file__).parents[2]
 SMALL = "ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c16"  # in the micro space
 EXTRA = "ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c24"  # outside it: two more layers (ir 8->24, head from 24)
 SHAPE = {"resolution": 16, "channels": 3, "num_classes": 10}
-RUNS = {"warmup_runs": 1, "num_runs": 5}
+ANCHOR = SMALL  # the drift anchor (converted at 224 px): a tiny one keeps the tests quick
+RUNS = {"warmup_runs": 1, "num_runs": 5, "anchor": ANCHOR}
 MICRO = """\
 blocks:
   - {channels: 8, layers: 1, stride: 1}
@@ -99,7 +100,7 @@ def test_missing_table_is_one_clear_error(built, micro):
 
 def test_validate_export_import_round_trip(built, micro, tmp_path):
     common = ["--space", micro, "--resolution", "16", "--classes", "10", "--warmup", "1", "--runs", "5",
-              "--cache", str(built["cache"])]
+              "--anchor", ANCHOR, "--cache", str(built["cache"])]
     out = _cli("table", "validate", "--n", "4", *common, "--json")
     assert out.returncode == 0, out.stderr
     figures = json.loads(out.stdout)
@@ -120,6 +121,9 @@ def test_validate_export_import_round_trip(built, micro, tmp_path):
         assert counts["layer"] == 16 and counts["calibration"] == 10 and counts["validation"] == 4
         again = json.loads(_cli("predict", SMALL, *common[:-1], str(fresh), "--json").stdout)
         assert again["latency_ms"] == pytest.approx(predicted["latency_ms"], rel=1e-12)
+        anchors = [sqlite3.connect(c).execute("SELECT key, ref_ms FROM anchors").fetchall()
+                   for c in (built["cache"], fresh)]
+        assert anchors[0] and anchors[1] == anchors[0]  # host timings' scale travels with the table
         assert again["extra"]["stated_error"] == predicted["extra"]["stated_error"]
     garbage = tmp_path / "garbage.csv"
     garbage.write_text("a,b\n1,2\n")
@@ -130,7 +134,7 @@ def test_validate_export_import_round_trip(built, micro, tmp_path):
 def test_an_interrupted_build_resumes(micro, tmp_path):
     cache = tmp_path / "latency.sqlite"
     args = ["table", "build", "--space", micro, "--resolution", "16", "--classes", "10", "--warmup", "1", "--runs",
-            "5", "--calibration", "0", "--arch", EXTRA, "--batch", "2", "--cache", str(cache)]
+            "5", "--calibration", "0", "--arch", EXTRA, "--batch", "2", "--anchor", ANCHOR, "--cache", str(cache)]
     proc = subprocess.Popen([sys.executable, "-m", "latency", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 

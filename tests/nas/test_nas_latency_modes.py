@@ -206,7 +206,7 @@ def test_a_missing_table_is_one_problem_naming_the_build_command(tmp_path):
         assert len(problems) == 1, problems
         assert problems[0].startswith(f"latency.mode={mode}: no latency table for host:")
         assert problems[0].endswith("build it with: python -m latency table build --runner host --warmup 1 --runs 3 "
-                                    "--space mnasnet --resolution 32 --channels 1 --classes 10 "
+                                    "--anchor none --space mnasnet --resolution 32 --channels 1 --classes 10 "
                                     f"--cache {tmp_path / 'latency.sqlite'}")
 
 
@@ -219,7 +219,7 @@ def test_a_search_in_predict_mode_without_a_table_exits_2_and_writes_nothing(tmp
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: latency.mode=predict: no latency table for host:")
     assert lines[0].endswith("build it with: python -m latency table build --runner host --warmup 2 --runs 5 "
-                             "--space mnasnet --resolution 32 --channels 1 --classes 10")
+                             "--anchor none --space mnasnet --resolution 32 --channels 1 --classes 10")
     written = {p.name for p in (tmp_path / "r").iterdir()} if (tmp_path / "r").exists() else set()
     assert written <= {".hydra", "search.log"}  # Hydra's own record of the command; no store, no events, no models
 

@@ -212,7 +212,8 @@ def stored_figures(args) -> dict:
 
 
 def _fresh_copy(cache: str, tmp: Path) -> Path:
-    """The table cache without its cached conversions and timings: searches on it convert and time for real."""
+    """The table cache without its cached conversions and timings: searches on it convert and time for real (its
+    drift-anchor reference stays, so they time on the table's scale)."""
     import shutil
     import sqlite3
 
@@ -238,6 +239,27 @@ def _front(points: list[tuple[float, float, str]]) -> set[str]:
         return set()
     mask = front_mask([p[0] for p in points], [p[1] for p in points])
     return {p[2] for p, keep in zip(points, mask) if keep}
+
+
+def _share_anchors(source: Path, target: Path) -> int:
+    """Copy the drift-anchor references of cache ``source`` into cache ``target`` (kept where it has its own)."""
+    import json
+    import sqlite3
+
+    from latency.cache import LatencyCache
+
+    con = sqlite3.connect(source)
+    try:
+        rows = con.execute("SELECT key, arch, device, settings, result FROM anchors").fetchall()
+    except sqlite3.OperationalError:  # a cache from before the anchor: nothing to share
+        rows = []
+    finally:
+        con.close()
+    into = LatencyCache(target)
+    for key, arch, device, settings, result in rows:
+        into.put_anchor(key, arch, device, json.loads(settings), json.loads(result))
+    into.close()
+    return len(rows)
 
 
 def mode_searches(args) -> dict:
@@ -308,9 +330,12 @@ def mode_searches(args) -> dict:
           f"{100 * agreement['predict_recovered']:.0f}% ({len(by_prediction)} points), by the hybrid rule "
           f"{100 * agreement['hybrid_recovered']:.0f}% ({len(by_hybrid)} points)")
 
-    # the references: in-search (measure run) against each timed alone afterwards, in a cache of its own
+    # the references: in-search (measure run) against each timed alone afterwards, in a cache of its own (so nothing
+    # cached answers) on the search's scale (its drift-anchor reference; a fresh one would differ by a few percent)
     quiet = {}
-    with build_service(**{**host, "workers": 1}, cache_path=tmp / "quiet" / "latency.sqlite") as service:
+    quiet_cache = tmp / "quiet" / "latency.sqlite"
+    _share_anchors(cache, quiet_cache)
+    with build_service(**{**host, "workers": 1}, cache_path=quiet_cache) as service:
         for name, ref in sorted(runs["measure"]["references"].items()):
             quiet[name] = service.measure(ref["arch"], resolution=args.resolution).latency_ms
     ratios = {}

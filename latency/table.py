@@ -153,23 +153,35 @@ def build_table(service, *, space_name: str = "mnasnet", resolution: int = 224, 
     done = {k for k, row in cache.layers(key).items() if row["status"] == "ok" and row["result"].get("complete", True)}
     todo = [s for s in specs if s.key not in done]
     start = time.monotonic()
+    layer_seconds = None
     failures: list[dict] = []
-    with tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"layers ({identity['device']})", unit="layer",
-              disable=not progress, dynamic_ncols=True) as bar:
-        failures += _time_layers(service, key, todo, batch, bar)
-    layer_seconds = time.monotonic() - start
-    models = measure_models(service, key, space, space_name, "calibration", calibration, resolution=resolution,
-                            channels=channels, num_classes=num_classes, progress=progress)
-    seconds = time.monotonic() - start
+    try:
+        with tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"layers ({identity['device']})",
+                  unit="layer", disable=not progress, dynamic_ncols=True) as bar:
+            failures += _time_layers(service, key, todo, batch, bar)
+        layer_seconds = time.monotonic() - start
+        models = measure_models(service, key, space, space_name, "calibration", calibration, resolution=resolution,
+                                channels=channels, num_classes=num_classes, progress=progress)
+    finally:  # an interrupted sitting (Ctrl-C, an error) counts in the build time too
+        seconds = time.monotonic() - start
+        entry = _add_build_time(cache, key, identity, space_name, specs, archs, seconds,
+                                seconds if layer_seconds is None else layer_seconds)
+    return {"table_key": key, "device": identity["device"], "layers": len(specs), "timed_now": len(todo) - len(failures),
+            "failed": failures, "calibration": len(models), "seconds": seconds, "layer_seconds": layer_seconds,
+            "build_seconds_total": entry["build_seconds"]}
+
+
+def _add_build_time(cache, key: str, identity: dict, space_name: str, specs: list, archs: tuple, seconds: float,
+                    layer_seconds: float) -> dict:
+    """Add one sitting's seconds to the table's per-space build record (meta ``spaces``); returns that record."""
+    meta = (cache.tables(key) or [{"meta": {}}])[0]["meta"]
     spaces = dict(meta.get("spaces", {}))
     entry = dict(spaces.get(space_name, {}))
     entry.update(layers=len(specs), archs=list(archs), build_seconds=entry.get("build_seconds", 0.0) + seconds,
                  layer_seconds=entry.get("layer_seconds", 0.0) + layer_seconds)
     spaces[space_name] = entry
     cache.put_table(key, identity, {**meta, "spaces": spaces})
-    return {"table_key": key, "device": identity["device"], "layers": len(specs), "timed_now": len(todo) - len(failures),
-            "failed": failures, "calibration": len(models), "seconds": seconds, "layer_seconds": layer_seconds,
-            "build_seconds_total": entry["build_seconds"]}
+    return entry
 
 
 def _time_layers(service, key: str, todo: list[LayerSpec], batch: int, bar) -> list[dict]:

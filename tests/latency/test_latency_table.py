@@ -73,6 +73,28 @@ def test_build_times_every_layer_of_the_space_once(built, micro):
     with build_service("host", workers=1, cache_path=built["cache"], **RUNS) as service:
         again = build_table(service, space_name=micro, **SHAPE, archs=(EXTRA,), calibration=10, progress=False)
     assert again["timed_now"] == 0 and again["calibration"] == 10  # nothing is done twice
+    assert all(json.loads(r[3])["extra"]["timing"]["anchor"]["arch"] == ANCHOR for r in rows)
+
+
+def test_an_interrupted_sitting_still_counts_in_the_build_time(built, micro, monkeypatch):
+    import latency.table as table
+
+    def seconds() -> float:
+        meta = json.loads(sqlite3.connect(built["cache"]).execute(
+            "SELECT meta FROM latency_tables WHERE table_key = ?", (built["summary"]["table_key"],)).fetchone()[0])
+        return meta["spaces"]["micro"]["build_seconds"]
+
+    before = seconds()
+
+    def interrupted(*args, **kwargs):
+        time.sleep(0.3)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(table, "measure_models", interrupted)
+    with build_service("host", workers=1, cache_path=built["cache"], **RUNS) as service:
+        with pytest.raises(KeyboardInterrupt):
+            build_table(service, space_name=micro, **SHAPE, archs=(EXTRA,), calibration=10, progress=False)
+    assert seconds() >= before + 0.3
 
 
 def test_predict_carries_source_and_stated_error(built, micro):

@@ -255,6 +255,12 @@ class LatencyCache:
         row = self._read("SELECT ref_ms, result FROM anchors WHERE key = ?", (key,))
         return None if row is None else {**json.loads(row[1]), "ref_ms": row[0]}
 
+    def anchors(self) -> list[dict]:
+        """Every drift-anchor reference of this cache: ``{key, arch, device, settings, result}``."""
+        rows = self._read_all("SELECT key, arch, device, settings, result FROM anchors")
+        return [{"key": k, "arch": a, "device": d, "settings": json.loads(s), "result": json.loads(r)}
+                for k, a, d, s, r in rows]
+
     def put_anchor(self, key: str, arch: str, device: str, settings: dict, result: dict) -> dict:
         """Store an anchor reference unless one is there already (the first writer wins, so every measurement of a
         cache shares one scale); returns the stored one."""

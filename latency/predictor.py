@@ -9,8 +9,9 @@ real (``table build --calibration N``, 150 by default): a ridge regression (weig
 measured latency on the table sum split by layer type (stem, head, conv, depthwise-separable, MBConv 3/6, each with
 and without SE) and by input size, the downsampling layers' sum, the number of layers (each table entry carries one
 invoke's overhead, the whole model only one) and of skips, and what the layers move through memory (weights,
-activations, SE activations). Chosen by cross-validation on 259 anchor-corrected whole models of the 224 px host
-table against smaller feature sets, penalties and calibration sizes (README: "Latency lookup tables").
+activations, SE activations). The type sums, layer count and memory terms were chosen by leave-one-out on 60
+calibration models; the size, downsampling and skip terms by 10-fold cross-validation on the 150 calibration models of
+the 224 px host table (README: "Latency lookup tables").
 
 ``table validate --n N`` measures N further random architectures (never used for calibration) and stores them with
 the table; every prediction carries the error on that held-out set (``extra["stated_error"]``).
@@ -113,8 +114,8 @@ def features(layers: Sequence[LayerSpec], times: Sequence[float]) -> dict[str, f
 
 
 # Beside the table sums by layer type: the sums by input size and of the downsampling layers, and the number of
-# skips. Measured on 259 anchor-corrected models (README "Latency lookup tables"), 10-fold: 77% within +-5% without
-# them, 87% with them.
+# skips. 10-fold on the 150 calibration models of the 224 px host table (README "Latency lookup tables"): 62.0% within
+# +-5% without them, 69.7% with them.
 FEATURES = (tuple(f"sum_{g}" for g in GROUPS) + tuple(f"sum_level{i}" for i in range(1, LEVELS + 1))
             + ("layers", "weights_mb", "acts_mb", "se_acts_mb", "skips", "sum_stride2"))
 

@@ -197,9 +197,9 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
     ``anchor`` ({arch, path, ref_ms}, host only) is the drift anchor: a fixed network timed at the start and the end of
     every round; each round's samples are scaled by ``ref_ms`` over the anchor's time in that round (its factor), and
     ``latency_ms`` is the median of the corrected round medians (:func:`~latency.runners.summarize_rounds`). Measured
-    here, why: the same 32 networks timed twice minutes apart, each time in batches of 8 (rounds as above), differed by
-    5.7% on average (49% within 5%), most of it a factor common to a batch (the VM's speed phases); anchor-corrected,
-    3.1% (80% within 5%).
+    here, why: 258 networks timed twice minutes apart, each time in batches of 8 (rounds as above), differed by 5.7% on
+    average (49% within 5%), most of it a factor common to a batch (the VM's speed phases); anchor-corrected, 3.1% (80%
+    within 5%).
     """
     runner = _WORKER["runner"]
     if runner.name != "host":

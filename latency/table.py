@@ -23,6 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from latency.cache import cache_key
+from latency.service import DEFAULT_ANCHOR, anchor_key
 from mnas_common.errors import first_line
 from mnas_common.paths import config_dir
 from search_spaces import SearchSpace, list_references, resolve_arch
@@ -105,7 +106,7 @@ def identity_key(identity: dict) -> str:
 
 RUNNER_FLAGS = (("serial", "--serial", None), ("benchmark_binary", "--binary", None), ("cpu_mask", "--cpu-mask", None),
                 ("threads", "--threads", 1), ("warmup_runs", "--warmup", 10), ("num_runs", "--runs", 50),
-                ("anchor", "--anchor", "mnasnet_b1"))
+                ("anchor", "--anchor", DEFAULT_ANCHOR))
 
 
 def build_command(runner_config: dict, *, space: str, resolution: int, channels: int, num_classes: int) -> str:
@@ -300,8 +301,6 @@ def export_table(cache, table_key: str, out: str | Path, fmt: str) -> dict:
               **{k: info[k] for k in ("device", "settings", "versions", "resolution", "channels", "num_classes")},
               "meta": info["meta"]}
     if info["settings"].get("anchor"):  # host timings are on the scale of this cache's drift anchor: it travels along
-        from latency.service import anchor_key
-
         header["anchor"] = cache.anchor(anchor_key(info["device"], info["settings"]))
     rows = [{"record": "layer", "key": layer, "latency_ms": r["latency_ms"], "status": r["status"], "space": "",
              "spec": r["spec"], "result": r["result"]} for layer, r in sorted(cache.layers(table_key).items())]
@@ -355,8 +354,6 @@ def import_table(cache, path: str | Path) -> dict:
         key = identity_key(identity)
         cache.put_table(key, identity, header.get("meta") or {})
         if header.get("anchor"):  # kept if this cache has its own already (its measurements are on that scale)
-            from latency.service import anchor_key
-
             cache.put_anchor(anchor_key(identity["device"], identity["settings"]), identity["settings"]["anchor"],
                              identity["device"], identity["settings"], header["anchor"])
         counts = {"layer": 0, "calibration": 0, "validation": 0}

@@ -243,21 +243,13 @@ def _front(points: list[tuple[float, float, str]]) -> set[str]:
 
 def _share_anchors(source: Path, target: Path) -> int:
     """Copy the drift-anchor references of cache ``source`` into cache ``target`` (kept where it has its own)."""
-    import json
-    import sqlite3
-
     from latency.cache import LatencyCache
 
-    con = sqlite3.connect(source)
-    try:
-        rows = con.execute("SELECT key, arch, device, settings, result FROM anchors").fetchall()
-    except sqlite3.OperationalError:  # a cache from before the anchor: nothing to share
-        rows = []
-    finally:
-        con.close()
-    into = LatencyCache(target)
-    for key, arch, device, settings, result in rows:
-        into.put_anchor(key, arch, device, json.loads(settings), json.loads(result))
+    src, into = LatencyCache(source), LatencyCache(target)
+    rows = src.anchors()
+    for row in rows:
+        into.put_anchor(row["key"], row["arch"], row["device"], row["settings"], row["result"])
+    src.close()
     into.close()
     return len(rows)
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from nas import rank_stats
 
-__all__ = ["Job", "ResultStore", "analyse", "run_jobs", "setting_label"]
+__all__ = ["Job", "ResultStore", "analyse", "cost_against", "run_jobs", "setting_label"]
 
 STORE_NAME = "results.jsonl"
 # identity of a trainer config: every field but the loader's prefetch depth (it changes speed, not results)
@@ -65,7 +65,7 @@ def setting_key(trainer: dict, dataset: dict) -> str:
 class Job:
     """One training or one training-free score of one architecture under one seed."""
 
-    role: str                       # proxy | reference | zero_cost (for display; not part of the key)
+    role: str                       # proxy | reference | baseline | zero_cost (for display; not part of the key)
     arch: str                       # reference name or architecture string
     seed: int
     dataset: dict
@@ -406,6 +406,25 @@ def _cost(records: Iterable[dict]) -> dict:
         out["train_seconds"] = float(np.mean([r["result"]["train_seconds"] for r in recs]))
         out["eval_seconds"] = float(np.mean([r["result"]["eval_seconds"] for r in recs]))
     return out
+
+
+def cost_against(records: dict[str, dict], proxy: Sequence[Job], baseline: Sequence[Job]) -> dict:
+    """The proxy's cost per child against a baseline proxy's, on the children both have run (same arch and seed).
+
+    Failed children count: their time was spent. ``ratio`` is proxy / baseline of the mean wall seconds over those
+    pairs; ``{}`` when there is no pair yet.
+    """
+    proxy_keys = {(j.arch, j.seed): j.key() for j in proxy}
+    pairs = []
+    for job in baseline:
+        p = records.get(proxy_keys.get((job.arch, job.seed), ""))
+        b = records.get(job.key())
+        if p is not None and b is not None:
+            pairs.append((p, b))
+    if not pairs:
+        return {}
+    p_cost, b_cost = _cost(p for p, _ in pairs), _cost(b for _, b in pairs)
+    return {"pairs": len(pairs), "proxy": p_cost, "baseline": b_cost, "ratio": p_cost["seconds"] / b_cost["seconds"]}
 
 
 def analyse(records: dict[str, dict], archs: Sequence[str], *, proxy: Sequence[Job], reference: Sequence[Job],

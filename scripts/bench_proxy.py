@@ -11,11 +11,14 @@ same statistics for training-free scores (``nas.zero_cost``).
 
 Every finished job is stored at once (``--results``, JSON lines keyed by architecture, seed and every training and
 dataset setting): run it again and it continues where it stopped; runs with other proxies reuse the reference.
+``--baseline`` trains a second proxy (the experiment with other overrides) beside the proxy's first seed, job for
+job, and prints the cost ratio of the two measured in the same sitting; the baseline is not ranked.
 
     python scripts/bench_proxy.py --workers 2                                 # quickstart's proxy, 24 + 3 archs
     python scripts/bench_proxy.py --workers 2 dataset.images_per_class=1000 trainer.epochs=1   # another proxy
     python scripts/bench_proxy.py --max-minutes 25 ...                        # stop starting jobs after 25 min
     python scripts/bench_proxy.py --summary                                   # every proxy in the store, one table
+    python scripts/bench_proxy.py ... --baseline dataset.val_per_class=100    # cost side by side with another proxy
     python scripts/bench_proxy.py --archs 24 --json                           # last line: JSON
 
 Exit status: 0 when every job is done, 3 when it stopped early (deadline, --max-jobs; rerun to continue),
@@ -72,6 +75,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--reference", action="append", default=[], metavar="KEY=VALUE",
                     help="override of the reference: trainer.FIELD=V or dataset.FIELD=V (repeatable); "
                          "dataset fields that choose the held-out images cannot differ from the proxy's")
+    ap.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
+                    help="a baseline proxy to compare costs with: the experiment with this override (repeatable; "
+                         "trainer.FIELD=V or dataset.FIELD=V) instead of the proxy's; trained on the same "
+                         "architectures and first seed, each job beside the proxy's, and not ranked")
     ap.add_argument("--zero-cost", default="synflow,naswot", help="training-free scores ('none' to skip)")
     ap.add_argument("--zero-cost-batch", type=int, default=64, help="minibatch size of the training-free scores")
     ap.add_argument("--no-reference", action="store_true",
@@ -105,9 +112,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [s for s in args.score_list if s not in SCORES]
     if unknown:
         raise BadInput(f"unknown training-free score(s) {', '.join(unknown)}; known: {', '.join(SCORES)}, none")
-    for item in args.reference:
-        if "=" not in item or not item.split("=", 1)[0].startswith(("trainer.", "dataset.")):
-            raise BadInput(f"--reference takes trainer.FIELD=VALUE or dataset.FIELD=VALUE, got {item!r}")
+    for flag, items in (("--reference", args.reference), ("--baseline", args.baseline)):
+        for item in items:
+            if "=" not in item or not item.split("=", 1)[0].startswith(("trainer.", "dataset.")):
+                raise BadInput(f"{flag} takes trainer.FIELD=VALUE or dataset.FIELD=VALUE, got {item!r}")
     return args
 
 
@@ -148,6 +156,17 @@ def settings(args: argparse.Namespace) -> dict:
                        "cannot differ from the proxy's")
     TrainerConfig(**reference_trainer)
     DatasetConfig.from_config(reference_dataset)
+    baseline_trainer = baseline_dataset = None
+    if args.baseline:
+        base_cfg = _compose("search", [f"+experiment={args.experiment}", *args.baseline])
+        baseline_trainer = dict(strip_targets(base_cfg.trainer), device=args.device)
+        baseline_dataset = strip_targets(base_cfg.dataset)
+        TrainerConfig(**baseline_trainer)
+        DatasetConfig.from_config(baseline_dataset)
+        from nas.fidelity import setting_key
+
+        if setting_key(baseline_trainer, baseline_dataset) == setting_key(proxy_trainer, proxy_dataset):
+            raise BadInput(f"--baseline {' '.join(args.baseline)} gives the proxy's own setting: nothing to compare")
 
     space = instantiate(cfg.search_space)
     archs = list(dict.fromkeys(space.sample(args.archs, seed=args.arch_seed) +
@@ -157,8 +176,9 @@ def settings(args: argparse.Namespace) -> dict:
     for arch in archs:
         resolve_arch(arch)
     return {"proxy_trainer": proxy_trainer, "proxy_dataset": proxy_dataset, "reference_trainer": reference_trainer,
-            "reference_dataset": reference_dataset, "archs": archs, "experiment": args.experiment,
-            "overrides": list(args.overrides)}
+            "reference_dataset": reference_dataset, "baseline_trainer": baseline_trainer,
+            "baseline_dataset": baseline_dataset, "archs": archs, "experiment": args.experiment,
+            "overrides": list(args.overrides), "baseline": list(args.baseline)}
 
 
 def check_held_out(proxy_data, reference_data) -> None:
@@ -186,6 +206,26 @@ def make_jobs(args, s: dict) -> tuple[list, list, list]:
     zero = [Job("zero_cost", a, seed, s["proxy_dataset"], score=name, batch_size=args.zero_cost_batch, **common)
             for name in args.score_list for seed in args.seed_list for a in s["archs"]]
     return proxy, reference, zero
+
+
+def baseline_jobs(args, s: dict) -> list:
+    """The baseline proxy's jobs: the proxy's first seed on every architecture (cost only)."""
+    from nas.fidelity import Job
+
+    if not s["baseline_trainer"]:
+        return []
+    return [Job("baseline", a, args.seed_list[0], s["baseline_dataset"], trainer=s["baseline_trainer"],
+                threads=args.threads, device=args.device) for a in s["archs"]]
+
+
+def job_order(proxy: list, baseline: list, reference: list, zero: list, first_seed: int) -> list:
+    """Cheap scores, the proxy's first seed with each baseline job right beside its proxy job (the same moment of
+    the machine for both), the proxy's other seeds, then the reference seed by seed (a finished seed is usable
+    early)."""
+    first = [j for j in proxy if j.seed == first_seed]
+    base = {j.arch: j for j in baseline}
+    paired = [j for p in first for j in (p, base.get(p.arch)) if j is not None]
+    return zero + paired + [j for j in proxy if j.seed != first_seed] + reference
 
 
 def _fmt(entry: dict | None) -> str:
@@ -223,6 +263,13 @@ def report(stats: dict, s: dict, args, proxy_info: dict, reference_info: dict | 
          f"median {pc['seconds_median']:.1f})"),
         ("reference cost per child", "n/a" if not rc else f"{rc['seconds']:.0f} s"),
     ]
+    base = stats.get("baseline")
+    if args.baseline:
+        bc = base["baseline"] if base else None
+        rows.append((f"baseline [{' '.join(args.baseline)}] cost per child", "n/a (no child run by both yet)"
+                     if not base else f"{bc['seconds']:.1f} s (train {bc['train_seconds']:.1f} + eval "
+                     f"{bc['eval_seconds']:.1f}); proxy / baseline {base['ratio']:.3f} over the {base['pairs']} "
+                     f"children both ran (proxy {base['proxy']['seconds']:.1f} s on them)"))
     if stats.get("proxy_top1"):
         rows.append(("top-1 proxy / reference (mean)",
                      f"{stats['proxy_top1']['mean']:.4f} / {stats['reference_top1']['mean']:.4f}"))
@@ -251,8 +298,8 @@ def summary(args, s: dict, records: dict) -> list[dict]:
     candidates: list[tuple[str, dict, dict]] = []  # (label, proxy jobs by arch, extra row fields)
     groups: dict[str, dict] = {}
     for r in records.values():
-        if r["kind"] == "train" and r["setting"] != ref_setting and r["threads"] == args.threads \
-                and r["device"] == args.device:
+        if r["kind"] == "train" and r["setting"] != ref_setting and r["role"] != "baseline" \
+                and r["threads"] == args.threads and r["device"] == args.device:
             groups.setdefault(r["setting"], r)
     for setting, rec in groups.items():
         candidates.append(("train", rec, {"proxy": setting_label(rec["trainer"], None, rec["dataset"]),
@@ -314,9 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from nas.data import load_dataset
-    from nas.fidelity import ResultStore, StoreBusy, analyse, dataset_key, run_jobs
+    from nas.fidelity import ResultStore, StoreBusy, analyse, cost_against, dataset_key, run_jobs
 
     proxy, reference, zero = make_jobs(args, s)
+    baseline = baseline_jobs(args, s)
     if args.summary:
         records = ResultStore(args.results, write=False).load()
         rows = summary(args, s, records)
@@ -329,13 +377,16 @@ def main(argv: list[str] | None = None) -> int:
         reference_data = load_dataset(s["reference_dataset"], cache_dir=args.cache_dir,
                                       progress=not args.no_progress)
         check_held_out(proxy_data, reference_data)
+        baseline_data = load_dataset(s["baseline_dataset"], cache_dir=args.cache_dir, progress=not args.no_progress) \
+            if baseline else None
     except (ValueError, FileNotFoundError, StoreBusy) as exc:
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     sizes = {dataset_key(s["proxy_dataset"]): (len(proxy_data.train), len(proxy_data.val)),
              dataset_key(s["reference_dataset"]): (len(reference_data.train), len(reference_data.val))}
-    # order: cheap scores, then the proxy, then the reference seed by seed (a finished seed is usable early)
-    jobs = zero + proxy + ([] if args.no_reference else reference)
+    if baseline_data is not None:
+        sizes[dataset_key(s["baseline_dataset"])] = (len(baseline_data.train), len(baseline_data.val))
+    jobs = job_order(proxy, baseline, [] if args.no_reference else reference, zero, args.seed_list[0])
     deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else None
     print(f"bench_proxy: {len(s['archs'])} archs, {len(jobs)} jobs, results in {args.results}", file=sys.stderr)
     try:
@@ -351,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     records = ResultStore(args.results, write=False).load()
     stats = analyse(records, s["archs"], proxy=proxy, reference=reference, zero_cost=zero, top_k=args.top_k,
                     n_boot=args.bootstrap)
+    stats["baseline"] = cost_against(records, proxy, baseline) if baseline else None
     report(stats, s, args, {"num_train": len(proxy_data.train), "num_val": len(proxy_data.val)},
            {"num_train": len(reference_data.train), "num_val": len(reference_data.val)})
     if args.json:
@@ -359,7 +411,10 @@ def main(argv: list[str] | None = None) -> int:
 
         line = {"spearman": value(stats["spearman"]), "kendall": value(stats["kendall"]),
                 "noise_spearman": value(stats["noise_spearman"]), "archs": stats["archs"],
-                "proxy_seconds": stats["proxy_seconds"], "complete": stats["complete"] and not run.pending,
+                "proxy_seconds": stats["proxy_seconds"],
+                "baseline_seconds": stats["baseline"]["baseline"]["seconds"] if stats["baseline"] else None,
+                "cost_ratio": stats["baseline"]["ratio"] if stats["baseline"] else None,
+                "complete": stats["complete"] and not run.pending,
                 "interrupted": run.interrupted, "settings": s, "stats": stats}
         print(json.dumps(line))
     if run.interrupted:

@@ -17,7 +17,7 @@ import pytest
 
 from mnas_common.sources import FASHION_MNIST_ROOT
 from nas.data import load_dataset
-from nas.fidelity import Job, ResultStore, StoreBusy, analyse
+from nas.fidelity import Job, ResultStore, StoreBusy, analyse, cost_against
 from search_spaces import resolve_arch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,6 +126,39 @@ def test_analyse_on_known_records():
     assert not stats["complete"]
 
 
+def test_cost_against_a_baseline_pairs_the_children_both_ran():
+    archs = ["mobilenet_v2", "mnasnet_a1", "mnasnet_b1"]
+    proxy = [Job("proxy", a, s, DATA, trainer=TRAINER) for s in (0, 1) for a in archs]
+    baseline = [Job("baseline", a, 0, dict(DATA, val_per_class=5), trainer=TRAINER) for a in archs]
+    walls = {"mobilenet_v2": 2.0, "mnasnet_a1": 4.0, "mnasnet_b1": 30.0}
+    records = {j.key(): record(j, 0.5, wall=walls[j.arch] if j.seed == 0 else 99.0) for j in proxy}
+    assert cost_against(records, proxy, baseline) == {}  # nothing run by both yet
+    records[baseline[0].key()] = record(baseline[0], 0.5, wall=1.0)
+    records[baseline[1].key()] = record(baseline[1], None, wall=5.0)  # a failed child's time was spent too
+    out = cost_against(records, proxy, baseline)
+    # only the two children both ran, on the baseline's seed: (2 + 4) / 2 against (1 + 5) / 2
+    assert out["pairs"] == 2 and out["ratio"] == pytest.approx(1.0)
+    assert out["proxy"]["seconds"] == pytest.approx(3.0) and out["baseline"]["seconds"] == pytest.approx(3.0)
+    assert out["baseline"]["train_seconds"] == pytest.approx(2.7)
+
+
+def test_baseline_jobs_run_beside_the_proxys_first_seed():
+    bench = load_script()
+    args = bench.parse_args(["--experiment", "smoke", "--archs", "3", "--references", "", "--seeds", "4,5",
+                             "--zero-cost", "naswot", "--baseline", "dataset.val_per_class=10",
+                             "--baseline", "trainer.epochs=2"])
+    s = bench.settings(args)
+    proxy, reference, zero = bench.make_jobs(args, s)
+    baseline = bench.baseline_jobs(args, s)
+    assert [(j.arch, j.seed) for j in baseline] == [(a, 4) for a in s["archs"]]
+    assert s["baseline_dataset"]["val_per_class"] == 10 and s["baseline_trainer"]["epochs"] == 2
+    assert s["proxy_dataset"]["val_per_class"] == 20 and s["proxy_trainer"]["epochs"] == 1  # the proxy is unchanged
+    order = bench.job_order(proxy, baseline, reference, zero, 4)
+    assert [(j.role, j.seed) for j in order] == [("zero_cost", 4)] * 3 + [("zero_cost", 5)] * 3 + \
+        [("proxy", 4), ("baseline", 4)] * 3 + [("proxy", 5)] * 3 + [("reference", 100)] * 3 + [("reference", 101)] * 3
+    assert [j.arch for j in order[6:12]] == [a for a in s["archs"] for _ in (0, 1)]  # each beside its own arch
+
+
 @needs_fmnist
 def test_reference_holds_out_the_proxys_images_and_trains_on_none_of_them(tmp_path):
     bench = load_script()
@@ -155,6 +188,9 @@ def test_reference_holds_out_the_proxys_images_and_trains_on_none_of_them(tmp_pa
     (["--reference", "epochs=3"], "--reference"),
     (["--reference", "dataset.val_per_class=7"], "val_per_class"),
     (["--reference", "dataset.seed=3"], "dataset.seed"),
+    (["--baseline", "epochs=3"], "--baseline"),
+    (["--baseline", "trainer.lr=-1"], "trainer.lr"),
+    (["--experiment", "smoke", "--baseline", "trainer.epochs=1"], "the proxy's own setting"),
     (["--experiment", "no_such_experiment"], "no_such_experiment"),
     (["trainer.no_such_field=1"], "no_such_field"),
     (["trainer.lr=-1"], "trainer.lr"),
@@ -252,6 +288,8 @@ def test_summary_judges_every_proxy_on_the_same_architectures(tmp_path, capsys):
             put(Job("proxy", arch, seed, s["proxy_dataset"], trainer=fast), 0.4 + 0.1 * i, fast, 2.0)
         for i, arch in enumerate(archs[:3]):  # `slow` reverses it, and has not finished the fourth arch yet
             put(Job("proxy", arch, seed, s["proxy_dataset"], trainer=slow), 0.9 - 0.1 * i, slow, 3.0)
+        for arch in archs:  # a baseline measured for its cost only: not a row of the table
+            put(Job("baseline", arch, seed, dict(s["proxy_dataset"], val_per_class=3), trainer=fast), 0.5, fast, 1.0)
     store.close()
     capsys.readouterr()
     assert bench.main(argv + ["--json"]) == 0
@@ -261,3 +299,24 @@ def test_summary_judges_every_proxy_on_the_same_architectures(tmp_path, capsys):
     assert [r["archs"] for r in rows] == [3, 3]  # not 4 for the finished proxy: the same three for both
     assert [r["spearman"]["value"] for r in rows] == pytest.approx([1.0, -1.0])  # sorted by cost: fast first
     assert [r["proxy_cost"]["seconds"] for r in rows] == pytest.approx([2.0, 3.0])
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_a_baseline_is_trained_beside_the_proxy_and_its_cost_ratio_reported(tmp_path):
+    env = dict(os.environ, MNAS_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    results = tmp_path / "results"
+    args = [*TINY, "--results", str(results), "--json", "--zero-cost", "none", "--no-reference", "--seeds", "0",
+            "--baseline", "dataset.val_per_class=5"]
+    run = run_script(args, env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["role"] for r in records) == ["baseline"] * 3 + ["proxy"] * 3
+    base = [r for r in records if r["role"] == "baseline"]
+    assert {r["result"]["num_val"] for r in base} == {50} and {r["seed"] for r in base} == {0}  # 5 per class
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    proxy_mean = np.mean([r["wall_seconds"] for r in records if r["role"] == "proxy"])
+    base_mean = np.mean([r["wall_seconds"] for r in base])
+    assert out["baseline_seconds"] == pytest.approx(base_mean)
+    assert out["cost_ratio"] == pytest.approx(proxy_mean / base_mean)
+    assert "proxy / baseline" in run.stdout and "over the 3 children both ran" in run.stdout

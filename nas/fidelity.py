@@ -35,7 +35,7 @@ import numpy as np
 
 from nas import rank_stats
 
-__all__ = ["Job", "ResultStore", "analyse", "cost_against", "run_jobs", "setting_label"]
+__all__ = ["Job", "ResultStore", "analyse", "cost_against", "fidelity_figure", "run_jobs", "setting_label"]
 
 STORE_NAME = "results.jsonl"
 # identity of a trainer config: every field but the loader's prefetch depth (it changes speed, not results)
@@ -494,3 +494,49 @@ def analyse(records: dict[str, dict], archs: Sequence[str], *, proxy: Sequence[J
                                                     for s in range(Z.shape[1])]))
         out["zero_cost"][name] = entry
     return out
+
+
+def fidelity_figure(stats: dict, *, references: Sequence[str] = (), title: str = ""):
+    """Matplotlib figure of an ``analyse`` result: proxy top-1 against reference top-1 per architecture (mean of
+    seeds, bars from the lowest to the highest seed), then one panel per training-free score, its rank against the
+    reference's (scores span many decades; Spearman is a statement about ranks). Named references are labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per = stats["per_arch"]
+    names = ["proxy", *stats.get("zero_cost", {})]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 4.2), dpi=110, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        archs = [a for a, v in per.items() if v.get("reference") and v.get(name)]
+        if not archs:
+            ax.set_axis_off()
+            continue
+        truth = np.array([np.mean(per[a]["reference"]) for a in archs])
+        values = [np.asarray(per[a][name], dtype=float) for a in archs]
+        if name == "proxy":
+            x, y = truth, np.array([v.mean() for v in values])
+            err = np.array([[y[i] - v.min(), v.max() - y[i]] for i, v in enumerate(values)]).T
+            ax.errorbar(x, y, yerr=err, fmt="o", ms=4, capsize=2, alpha=0.8)
+            ax.set_xlabel("reference top-1 (mean of seeds)")
+            ax.set_ylabel("proxy top-1 (mean of seeds; bar: seed range)")
+            stat = stats.get("spearman", {})
+        else:
+            x = rank_stats.rankdata(truth)
+            y = rank_stats.rankdata(np.array([v.mean() for v in values]))
+            ax.plot(x, y, "o", ms=4, alpha=0.8)
+            ax.set_xlabel("reference rank (1 = worst)")
+            ax.set_ylabel(f"{name} rank (mean of seeds)")
+            stat = stats["zero_cost"][name].get("spearman", {})
+        for i, arch in enumerate(archs):
+            if arch in references:
+                ax.annotate(arch, (x[i], y[i]), fontsize=7, xytext=(4, -8), textcoords="offset points")
+        value = (stat or {}).get("value")
+        ax.set_title(f"{name}: Spearman {'n/a' if value is None else f'{value:.2f}'} ({len(archs)} archs)",
+                     fontsize=10)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -93,6 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--top-k", type=int, default=5, help="k of the top-k overlap")
     ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the intervals")
     ap.add_argument("--summary", action="store_true", help="train nothing: one table of every proxy in --results")
+    ap.add_argument("--plot", default=None, metavar="PNG",
+                    help="also draw proxy (and training-free scores) against the reference, one point per arch")
     ap.add_argument("--json", action="store_true", help="end with one JSON line")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
@@ -405,6 +407,14 @@ def main(argv: list[str] | None = None) -> int:
     stats["baseline"] = cost_against(records, proxy, baseline) if baseline else None
     report(stats, s, args, {"num_train": len(proxy_data.train), "num_val": len(proxy_data.val)},
            {"num_train": len(reference_data.train), "num_val": len(reference_data.val)})
+    if args.plot:
+        from nas.fidelity import fidelity_figure, setting_label
+
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        title = f"proxy: {setting_label(s['proxy_trainer'], None, s['proxy_dataset'])}"
+        references = [r.strip() for r in args.references.split(",") if r.strip()]
+        fidelity_figure(stats, references=references, title=title).savefig(args.plot)
+        print(f"plot: {args.plot}")
     if args.json:
         def value(entry):
             return entry["value"] if entry else None

@@ -17,7 +17,7 @@ import pytest
 
 from mnas_common.sources import FASHION_MNIST_ROOT
 from nas.data import load_dataset
-from nas.fidelity import Job, ResultStore, StoreBusy, analyse, cost_against
+from nas.fidelity import Job, ResultStore, StoreBusy, analyse, cost_against, fidelity_figure
 from search_spaces import resolve_arch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +87,7 @@ def test_job_key_covers_every_setting_that_changes_a_result():
     assert len(keys) == len(different) + 1
 
 
-def test_analyse_on_known_records():
+def test_analyse_on_known_records(tmp_path):
     archs = ["mobilenet_v2", "mnasnet_a1", "mnasnet_b1", "ds_r1_k3_s1_c16", "ds_r1_k5_s1_c16", "ds_r1_k3_s1_c24"]
     truth = [0.90, 0.91, 0.92, 0.80, 0.85, 0.88]
     proxy = [Job("proxy", a, s, DATA, trainer=TRAINER) for s in (0, 1) for a in archs]
@@ -116,6 +116,13 @@ def test_analyse_on_known_records():
     assert lo <= stats["spearman"]["value"] <= hi
     assert stats["proxy_seconds"] == pytest.approx(3.0) and stats["reference_cost"]["seconds"] == 100.0
     assert stats["zero_cost"]["naswot"]["spearman"]["value"] == pytest.approx(-1.0)
+    fig = fidelity_figure(stats, references=["mnasnet_a1"], title="known records")
+    proxy_ax, score_ax = fig.axes
+    assert proxy_ax.get_title() == "proxy: Spearman 0.97 (6 archs)"
+    assert score_ax.get_title() == "naswot: Spearman -1.00 (6 archs)"
+    assert [t.get_text() for t in proxy_ax.texts] == ["mnasnet_a1"]
+    fig.savefig(tmp_path / "fidelity.png")
+    assert (tmp_path / "fidelity.png").stat().st_size > 10_000
 
     # a failed proxy training drops its architecture; a missing one makes the run incomplete
     failed = proxy[0]

@@ -17,11 +17,17 @@
    predicted latency, and by the hybrid rule replayed child by child, recover). ``--cache`` must hold the host
    table at the deploy input; it is copied, and its cached conversions and timings are dropped from the copy so every
    search converts and times for real.
+7. With ``--run DIR``: a finished host-latency search (``make search`` leaves ``runs/quickstart/seed0``): each
+   reference's in-search latency against the median of ``--alone`` timings of it alone afterwards, each in a fresh
+   cache on the run cache's drift-anchor reference (ratio; goal within 5%), and every measured child's timing spread
+   (std of its timed runs over its latency; goal below 5% for every child). Use a run whose latency cache was fresh
+   (``latency.cache_path=...``): a reference answered from an older cache was not timed in the search.
 
 Usage: .venv/bin/python scripts/bench_latency.py [--resolution 224] [--repeats 5] [--runs 30]
        .venv/bin/python scripts/bench_latency.py --predictor [--validate 200] [--cache DIR/latency.sqlite] [--only-predictor]
        .venv/bin/python scripts/bench_latency.py --figures --modes --cache DIR/latency.sqlite [--budget 16 --batch 4]
            --only-modes [--json]      (--json: one JSON line of every figure at the end)
+       .venv/bin/python scripts/bench_latency.py --run runs/quickstart/seed0 [--alone 3] [--json]
 """
 
 from __future__ import annotations
@@ -75,10 +81,16 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=16, help="children per --modes search")
     parser.add_argument("--batch", type=int, default=4, help="children per controller step in --modes")
     parser.add_argument("--top-k", type=int, default=5, help="latency.hybrid_top_k of the hybrid search")
+    parser.add_argument("--run", default=None, metavar="DIR",
+                        help="only: a finished search's references against alone timings, and its children's spread")
+    parser.add_argument("--alone", type=int, default=3, help="alone timings per reference for --run (median)")
     parser.add_argument("--json", action="store_true", help="print one JSON line of all figures at the end")
     args = parser.parse_args()
     out: dict = {}
     try:
+        if args.run:
+            out["run"] = run_figures(args)
+            return
         if args.figures:
             out["validation"] = stored_figures(args)
         if args.modes:
@@ -324,21 +336,73 @@ def mode_searches(args) -> dict:
 
     # the references: in-search (measure run) against each timed alone afterwards, in a cache of its own (so nothing
     # cached answers) on the search's scale (its drift-anchor reference; a fresh one would differ by a few percent)
-    quiet = {}
-    quiet_cache = tmp / "quiet" / "latency.sqlite"
-    _share_anchors(cache, quiet_cache)
-    with build_service(**{**host, "workers": 1}, cache_path=quiet_cache) as service:
-        for name, ref in sorted(runs["measure"]["references"].items()):
-            quiet[name] = service.measure(ref["arch"], resolution=args.resolution).latency_ms
-    ratios = {}
-    print("reference      in-search ms   alone ms   ratio (goal within 5%)")
-    for name, ref in sorted(runs["measure"]["references"].items()):
-        ratios[name] = ref["latency_ms"] / quiet[name]
-        print(f"{name:<14}{ref['latency_ms']:>12.2f}{quiet[name]:>11.2f}{ratios[name]:>8.3f}  "
+    alone = references_alone(runs["measure"]["references"], host, cache, tmp / "quiet", repeats=1,
+                             deploy={"resolution": args.resolution})
+    return {**results, "agreement": agreement, **alone, "budget": args.budget, "batch": args.batch,
+            "resolution": args.resolution}
+
+
+def references_alone(references: dict, host: dict, cache: Path, tmp: Path, *, repeats: int, deploy: dict) -> dict:
+    """Each reference's in-search latency against the median of ``repeats`` timings of it alone, each in a cache of
+    its own (so nothing cached answers) on the search cache's scale (its drift-anchor reference; a fresh one would
+    differ by a few percent); prints one line per reference."""
+    from latency import build_service
+
+    quiet: dict[str, list[float]] = {name: [] for name in references}
+    for i in range(repeats):
+        quiet_cache = tmp / f"alone{i}" / "latency.sqlite"
+        _share_anchors(cache, quiet_cache)
+        with build_service(**{**host, "workers": 1}, cache_path=quiet_cache) as service:
+            for name, ref in sorted(references.items()):
+                quiet[name].append(service.measure(ref["arch"], **deploy).latency_ms)
+    ratios, medians = {}, {name: statistics.median(v) for name, v in quiet.items()}
+    print(f"reference      in-search ms   alone ms{' (median)' if repeats > 1 else ''}   ratio (goal within 5%)")
+    for name, ref in sorted(references.items()):
+        ratios[name] = ref["latency_ms"] / medians[name]
+        spread = f" [{min(quiet[name]):.2f}-{max(quiet[name]):.2f}]" if repeats > 1 else ""
+        print(f"{name:<14}{ref['latency_ms']:>12.2f}{medians[name]:>11.2f}{spread}{ratios[name]:>8.3f}  "
               f"{'PASS' if abs(ratios[name] - 1) <= 0.05 else 'FAIL'}")
-    return {**results, "agreement": agreement, "reference_ratio": ratios,
-            "reference_in_search_ms": {n: r["latency_ms"] for n, r in runs["measure"]["references"].items()},
-            "reference_alone_ms": quiet, "budget": args.budget, "batch": args.batch, "resolution": args.resolution}
+    return {"reference_ratio": ratios, "reference_in_search_ms": {n: r["latency_ms"] for n, r in references.items()},
+            "reference_alone_ms": medians, "reference_alone_runs_ms": quiet}
+
+
+def run_figures(args) -> dict:
+    """Section 7: a finished search's references against alone timings, and every measured child's timing spread."""
+    from latency.service import default_cache_dir
+    from nas.store import RunStore
+
+    run = Path(args.run)
+    if not (run / "run.sqlite").exists():
+        raise SystemExit(f"error: --run {run}: no run store (run.sqlite) there")
+    with RunStore(run, readonly=True) as store:
+        config = store.get_meta("config") or {}
+        children = store.children(committed_only=True)
+        references = store.references()
+    host = {k: v for k, v in (config.get("latency") or {}).items() if k not in ("_target_", "cache_path")}
+    if host.get("runner") != "host":
+        raise SystemExit(f"error: --run {run}: its latency runner is {host.get('runner')!r}, not host")
+    from nas.evaluator import MODE_KEYS
+
+    host = {k: v for k, v in host.items() if k not in MODE_KEYS}
+    cache = Path((config.get("latency") or {}).get("cache_path") or default_cache_dir() / "latency.sqlite")
+    deploy = config.get("deploy") or {}
+    measured = [c for c in children if c.measured and not c.reused and str(c.latency_source) != "predicted"
+                and c.latency_std_ms is not None]
+    spreads = sorted(c.latency_std_ms / c.latency_ms for c in measured)
+    out: dict = {"run": str(run), "children_measured": len(measured)}
+    if spreads:
+        below = sum(s < 0.05 for s in spreads)
+        out.update(spread_median=statistics.median(spreads), spread_max=spreads[-1], spread_below_5pct=below)
+        print(f"{len(measured)} children timed in the search: timing spread (std / latency) median "
+              f"{100 * out['spread_median']:.1f}%, {below} of {len(spreads)} ({100 * below / len(spreads):.0f}%) "
+              f"below 5%, the largest {100 * spreads[-1]:.1f}%")
+    cached = sorted(n for n, r in references.items() if r.get("cached"))
+    if cached:
+        print(f"warning: {', '.join(cached)} came from the latency cache, not timed in this search")
+    if references:
+        tmp = Path(tempfile.mkdtemp(prefix="bench_run_"))
+        out.update(references_alone(references, host, cache, tmp, repeats=args.alone, deploy=deploy))
+    return out
 
 
 if __name__ == "__main__":

@@ -184,7 +184,9 @@ def _table_import(args: argparse.Namespace) -> int:
         cache.close()
     print(json.dumps(summary) if args.json else
           f"imported table {summary['table_key']} for {summary['device']}: {summary['layer']} layers, "
-          f"{summary['calibration']} calibration and {summary['validation']} validation models")
+          f"{summary['calibration']} calibration and {summary['validation']} validation models"
+          + (f"; timings scaled by {summary['anchor_scale']:.4f} to this cache's drift-anchor reference"
+             if summary["anchor_scale"] != 1.0 else ""))
     return 0
 
 

@@ -353,18 +353,24 @@ def import_table(cache, path: str | Path) -> dict:
         identity = {k: header[k] for k in ("device", "settings", "versions", "resolution", "channels", "num_classes")}
         key = identity_key(identity)
         cache.put_table(key, identity, header.get("meta") or {})
-        if header.get("anchor"):  # kept if this cache has its own already (its measurements are on that scale)
-            cache.put_anchor(anchor_key(identity["device"], identity["settings"]), identity["settings"]["anchor"],
-                             identity["device"], identity["settings"], header["anchor"])
+        scale = 1.0
+        if header.get("anchor"):
+            # This cache's own reference is kept where it has one (its measurements are on that scale); the table's
+            # timings move to it: ref_here / ref_table, the anchor's own latency ratio between the two scales.
+            kept = cache.put_anchor(anchor_key(identity["device"], identity["settings"]),
+                                    identity["settings"]["anchor"], identity["device"], identity["settings"],
+                                    header["anchor"])
+            scale = float(kept["ref_ms"]) / float(header["anchor"]["ref_ms"])
         counts = {"layer": 0, "calibration": 0, "validation": 0}
         for row in rows:
             kind = row["record"]
             if kind == "layer":
                 LayerSpec.from_dict(row["spec"])  # refuse rows that are not layers
-                cache.put_layer(key, row["key"], row["spec"], {**row["result"], "status": row["status"]})
+                cache.put_layer(key, row["key"], row["spec"],
+                                _rescaled({**row["result"], "status": row["status"]}, scale))
             elif kind in ("calibration", "validation"):
-                cache.put_model(key, kind, row["space"], resolve_arch(row["key"]), float(row["latency_ms"]),
-                                row["result"])
+                cache.put_model(key, kind, row["space"], resolve_arch(row["key"]), float(row["latency_ms"]) * scale,
+                                _rescaled(row["result"], scale))
             else:
                 raise ValueError(f"unknown record kind {kind!r}")
             counts[kind] += 1
@@ -372,4 +378,18 @@ def import_table(cache, path: str | Path) -> dict:
         raise ValueError(f"{path} is not a latency table export ({first_line(exc, with_type=True)})") from None
     except ValueError as exc:
         raise ValueError(f"{path}: {first_line(exc)}") from None
-    return {"table_key": key, "device": identity["device"], **counts}
+    return {"table_key": key, "device": identity["device"], **counts, "anchor_scale": scale}
+
+
+_MS_FIELDS = ("latency_ms", "mean_ms", "std_ms", "min_ms", "p95_ms")
+
+
+def _rescaled(result: dict, scale: float) -> dict:
+    """A timing moved to another drift-anchor scale (every millisecond figure times ``scale``), marked as such."""
+    if scale == 1.0:
+        return result
+    out = {k: v * scale if k in _MS_FIELDS and isinstance(v, (int, float)) else v for k, v in result.items()}
+    if isinstance(out.get("samples_ms"), list):
+        out["samples_ms"] = [v * scale for v in out["samples_ms"]]
+    out["extra"] = {**(out.get("extra") or {}), "anchor_rescaled": scale}
+    return out

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from latency import build_service
+from latency.cache import LatencyCache
 from latency.predictor import LatencyTableMissing, Predictor, error_figures, kendall_tau, load_predictor
 from latency.table import build_table, load_space
 
@@ -147,6 +148,31 @@ def test_validate_export_import_round_trip(built, micro, tmp_path):
                    for c in (built["cache"], fresh)]
         assert anchors[0] and anchors[1] == anchors[0]  # host timings' scale travels with the table
         assert again["extra"]["stated_error"] == predicted["extra"]["stated_error"]
+    # into a cache with a drift-anchor reference of its own (timed when this machine ran at another speed): the
+    # table's timings move to that cache's scale, the reference stays
+    (key, ref_ms), = anchors[0]
+    own = tmp_path / "own" / "latency.sqlite"
+    receiver = LatencyCache(own)
+    stored = sqlite3.connect(built["cache"]).execute("SELECT arch, device, settings, result FROM anchors").fetchone()
+    receiver.put_anchor(key, stored[0], stored[1], json.loads(stored[2]), {**json.loads(stored[3]),
+                                                                           "ref_ms": 2 * ref_ms})
+    receiver.close()
+    out = _cli("table", "import", str(tmp_path / "table.json"), "--cache", str(own))
+    assert out.returncode == 0 and "timings scaled by 2.0000" in out.stdout, out.stderr
+    cache = LatencyCache(own)
+    source = LatencyCache(built["cache"])
+    table_key = cache.tables()[0]["table_key"]
+    assert cache.anchor(key)["ref_ms"] == 2 * ref_ms
+    for layer, row in cache.layers(table_key).items():
+        assert row["latency_ms"] == pytest.approx(2 * source.layers(table_key)[layer]["latency_ms"], rel=1e-12)
+        assert row["result"]["extra"]["anchor_rescaled"] == 2.0
+    here = cache.models(table_key, "validation", micro)
+    assert [m["latency_ms"] for m in here] == \
+        pytest.approx([2 * m["latency_ms"] for m in source.models(table_key, "validation", micro)], rel=1e-12)
+    cache.close()
+    source.close()
+    doubled = json.loads(_cli("predict", SMALL, *common[:-1], str(own), "--json").stdout)
+    assert doubled["latency_ms"] == pytest.approx(2 * predicted["latency_ms"], rel=0.02)
     garbage = tmp_path / "garbage.csv"
     garbage.write_text("a,b\n1,2\n")
     out = _cli("table", "import", str(garbage), "--cache", str(tmp_path / "g" / "latency.sqlite"))

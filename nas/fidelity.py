@@ -336,6 +336,8 @@ def setting_label(trainer: dict, data_info: dict | None, dataset: dict) -> str:
               f"{trainer.get('optimizer')} lr {trainer.get('lr')} {trainer.get('schedule')}"]
     if trainer.get("warmup_steps"):
         parts[-1] += f" wu {trainer['warmup_steps']}"
+    if trainer.get("dropout") is not None:
+        parts.append(f"dropout {trainer['dropout']}")
     if trainer.get("augment"):
         parts.append("augment")
     return ", ".join(parts)

@@ -369,6 +369,7 @@ def references_alone(references: dict, host: dict, cache: Path, tmp: Path, *, re
 def run_figures(args) -> dict:
     """Section 7: a finished search's references against alone timings, and every measured child's timing spread."""
     from latency.service import default_cache_dir
+    from nas.evaluator import MODE_KEYS
     from nas.store import RunStore
 
     run = Path(args.run)
@@ -378,12 +379,10 @@ def run_figures(args) -> dict:
         config = store.get_meta("config") or {}
         children = store.children(committed_only=True)
         references = store.references()
-    host = {k: v for k, v in (config.get("latency") or {}).items() if k not in ("_target_", "cache_path")}
+    host = {k: v for k, v in (config.get("latency") or {}).items()
+            if k not in ("_target_", "cache_path", *MODE_KEYS)}
     if host.get("runner") != "host":
         raise SystemExit(f"error: --run {run}: its latency runner is {host.get('runner')!r}, not host")
-    from nas.evaluator import MODE_KEYS
-
-    host = {k: v for k, v in host.items() if k not in MODE_KEYS}
     cache = Path((config.get("latency") or {}).get("cache_path") or default_cache_dir() / "latency.sqlite")
     deploy = config.get("deploy") or {}
     measured = [c for c in children if c.measured and not c.reused and str(c.latency_source) != "predicted"

@@ -345,9 +345,10 @@ def summary(args, s: dict, records: dict) -> list[dict]:
           f"{'seed-seed':>9} {'top-k':>6}")
     for r in rows:
         noise = r["noise_spearman"]["value"]
+        overlap = math.nan if r["top_k_overlap"] is None else r["top_k_overlap"]  # 0.0 is a value, not a gap
         print(f"{r['proxy'][:72]:<72} {r['archs']:>5} {r['proxy_cost'].get('seconds', math.nan):8.1f} "
               f"{_fmt(r['spearman']):>20} {_fmt(r['kendall']):>20} "
-              f"{'n/a' if noise is None else f'{noise:.3f}':>9} {r['top_k_overlap'] or math.nan:6.2f}")
+              f"{'n/a' if noise is None else f'{noise:.3f}':>9} {overlap:6.2f}")
     return rows
 
 

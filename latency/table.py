@@ -104,6 +104,9 @@ def identity_key(identity: dict) -> str:
                                                  "num_classes")})
 
 
+# the millisecond figures of a timing that a table keeps for each model (and that move with a drift-anchor scale)
+MS_FIELDS = ("latency_ms", "mean_ms", "std_ms", "min_ms", "p95_ms")
+
 RUNNER_FLAGS = (("serial", "--serial", None), ("benchmark_binary", "--binary", None), ("cpu_mask", "--cpu-mask", None),
                 ("threads", "--threads", 1), ("warmup_runs", "--warmup", 10), ("num_runs", "--runs", 50),
                 ("anchor", "--anchor", DEFAULT_ANCHOR))
@@ -263,7 +266,7 @@ def measure_models(service, key: str, space: SearchSpace, space_name: str, purpo
                 bar.update(1)
                 if not result.ok:
                     continue  # a child that cannot be measured cannot calibrate or validate anything
-                row = {k: getattr(result, k) for k in ("latency_ms", "mean_ms", "std_ms", "min_ms", "p95_ms", "runs")}
+                row = {k: getattr(result, k) for k in (*MS_FIELDS, "runs")}
                 row["timing"] = result.extra.get("timing")
                 cache.put_model(key, purpose, space_name, arch, result.latency_ms, row)
                 have[arch] = {"arch": arch, "latency_ms": result.latency_ms, "result": row}
@@ -381,14 +384,11 @@ def import_table(cache, path: str | Path) -> dict:
     return {"table_key": key, "device": identity["device"], **counts, "anchor_scale": scale}
 
 
-_MS_FIELDS = ("latency_ms", "mean_ms", "std_ms", "min_ms", "p95_ms")
-
-
 def _rescaled(result: dict, scale: float) -> dict:
     """A timing moved to another drift-anchor scale (every millisecond figure times ``scale``), marked as such."""
     if scale == 1.0:
         return result
-    out = {k: v * scale if k in _MS_FIELDS and isinstance(v, (int, float)) else v for k, v in result.items()}
+    out = {k: v * scale if k in MS_FIELDS and isinstance(v, (int, float)) else v for k, v in result.items()}
     if isinstance(out.get("samples_ms"), list):
         out["samples_ms"] = [v * scale for v in out["samples_ms"]]
     out["extra"] = {**(out.get("extra") or {}), "anchor_rescaled": scale}

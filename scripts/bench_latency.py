@@ -274,7 +274,6 @@ def mode_searches(args) -> dict:
     from latency.predictor import load_predictor
     from mnas_common.config import to_plain
     from mnas_common.paths import config_dir
-    from nas.evaluator import MODE_KEYS
     from nas.front import ParetoFront
     from nas.run import run_search
     from nas.store import RunStore
@@ -302,8 +301,7 @@ def mode_searches(args) -> dict:
         measured = sum(str(c.latency_source) == "measured" for c in children if not c.reused)
         errors = [abs(c.latency_prediction_error) for c in children if c.latency_prediction_error is not None]
         runs[mode] = {"children": children, "references": references, "target": cfg.target_ms,
-                      "latency": {k: v for k, v in to_plain(cfg.latency).items()
-                                  if k not in ("cache_path", "_target_", *MODE_KEYS)}}
+                      "latency": _service_config(to_plain(cfg.latency))}
         results[mode] = {"seconds": seconds, "evaluations": evaluated, "per_hour": 3600 * evaluated / seconds,
                          "measured": measured, "live_abs_error_mean": sum(errors) / len(errors) if errors else None}
         print(f"{mode:<8} {evaluated} evaluations ({args.budget} children, {len(references)} references) in "
@@ -342,6 +340,15 @@ def mode_searches(args) -> dict:
             "resolution": args.resolution}
 
 
+def _service_config(latency: dict) -> dict:
+    """A search's ``latency`` config as ``build_service`` keywords for a service of our own: without the search-mode
+    keys (``LatencyModes.split``), the Hydra target and the cache path (the caller chooses the cache)."""
+    from nas.evaluator import LatencyModes
+
+    _, service = LatencyModes.split(latency)
+    return {k: v for k, v in service.items() if k not in ("_target_", "cache_path")}
+
+
 def references_alone(references: dict, host: dict, cache: Path, tmp: Path, *, repeats: int, deploy: dict) -> dict:
     """Each reference's in-search latency against the median of ``repeats`` timings of it alone, each in a cache of
     its own (so nothing cached answers) on the search cache's scale (its drift-anchor reference; a fresh one would
@@ -369,7 +376,6 @@ def references_alone(references: dict, host: dict, cache: Path, tmp: Path, *, re
 def run_figures(args) -> dict:
     """Section 7: a finished search's references against alone timings, and every measured child's timing spread."""
     from latency.service import default_cache_dir
-    from nas.evaluator import MODE_KEYS
     from nas.store import RunStore
 
     run = Path(args.run)
@@ -379,8 +385,7 @@ def run_figures(args) -> dict:
         config = store.get_meta("config") or {}
         children = store.children(committed_only=True)
         references = store.references()
-    host = {k: v for k, v in (config.get("latency") or {}).items()
-            if k not in ("_target_", "cache_path", *MODE_KEYS)}
+    host = _service_config(config.get("latency") or {})
     if host.get("runner") != "host":
         raise SystemExit(f"error: --run {run}: its latency runner is {host.get('runner')!r}, not host")
     cache = Path((config.get("latency") or {}).get("cache_path") or default_cache_dir() / "latency.sqlite")

@@ -137,13 +137,17 @@ def settings(args: argparse.Namespace) -> dict:
     from nas.data import DatasetConfig
     from nas.trainer import TrainerConfig
 
+    def trained(cfg) -> tuple[dict, dict]:
+        """An experiment's trainer and dataset as plain fields, no _target_ (what defines a result, the store's
+        keys, not which class computes it), checked."""
+        trainer, dataset = dict(strip_targets(cfg.trainer), device=args.device), strip_targets(cfg.dataset)
+        TrainerConfig(**trainer)
+        DatasetConfig.from_config(dataset)
+        return trainer, dataset
+
     cfg = _compose("search", [f"+experiment={args.experiment}", *args.overrides], hydra_config=True)
     choice = cfg.hydra.runtime.choices.get("dataset")
-    # plain fields, no _target_: what defines a result (the store's keys), not which class computes it
-    proxy_trainer = dict(strip_targets(cfg.trainer), device=args.device)
-    proxy_dataset = strip_targets(cfg.dataset)
-    TrainerConfig(**proxy_trainer)
-    DatasetConfig.from_config(proxy_dataset)
+    proxy_trainer, proxy_dataset = trained(cfg)
 
     trainer_over = [o for o in args.reference if o.startswith("trainer.")]
     dataset_over = [o.split(".", 1)[1] for o in args.reference if o.startswith("dataset.")]
@@ -160,11 +164,8 @@ def settings(args: argparse.Namespace) -> dict:
     DatasetConfig.from_config(reference_dataset)
     baseline_trainer = baseline_dataset = None
     if args.baseline:
-        base_cfg = _compose("search", [f"+experiment={args.experiment}", *args.baseline])
-        baseline_trainer = dict(strip_targets(base_cfg.trainer), device=args.device)
-        baseline_dataset = strip_targets(base_cfg.dataset)
-        TrainerConfig(**baseline_trainer)
-        DatasetConfig.from_config(baseline_dataset)
+        baseline_trainer, baseline_dataset = trained(_compose("search", [f"+experiment={args.experiment}",
+                                                                          *args.baseline]))
         from nas.fidelity import setting_key
 
         if setting_key(baseline_trainer, baseline_dataset) == setting_key(proxy_trainer, proxy_dataset):

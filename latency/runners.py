@@ -145,22 +145,19 @@ class HostRunner:
         return summarize_rounds(rounds, [False] * len(rounds))
 
 
-def summarize_rounds(rounds: list[list[float]], disturbed: list[bool], factors: list[float] | None = None) -> dict:
+def summarize_rounds(rounds: list[list[float]], disturbed: list[bool], anchored: bool = False) -> dict:
     """Timing fields from rounds of samples.
 
-    Without ``factors``: ``latency_ms`` is the median of the least disturbed round (the lowest median among the
-    rounds no other process disturbed, or among all if every one was). With ``factors`` (the drift anchor's
-    correction of each round, ``latency.service``): every round's samples are multiplied by its factor and
-    ``latency_ms`` is the median of the corrected medians of the undisturbed rounds (the lowest of a few noisy
-    values would be biased low; the anchor has already taken out what the lowest round was guarding against).
-    The spread fields (mean, std, min, p95) and ``samples_ms`` cover every run (corrected, with factors).
+    Not ``anchored``: ``latency_ms`` is the median of the least disturbed round (the lowest median among the rounds
+    no other process disturbed, or among all if every one was). ``anchored`` (every sample already corrected by the
+    drift anchor, ``latency.service``): ``latency_ms`` is the median of the round medians of the undisturbed rounds
+    (the lowest of a few noisy values would be biased low; the anchor has already taken out what the lowest round
+    was guarding against). The spread fields (mean, std, min, p95) and ``samples_ms`` cover every run.
     """
-    if factors is not None:
-        rounds = [[x * f for x in r] for r, f in zip(rounds, factors)]
     medians = [float(np.median(r)) for r in rounds]
     candidates = [i for i, d in enumerate(disturbed) if not d] or list(range(len(rounds)))
     out = summarize([x for r in rounds for x in r])
-    if factors is None:
+    if not anchored:
         chosen = min(candidates, key=lambda i: medians[i])
         out["latency_ms"] = medians[chosen]
         out["extra"] = {"round_medians_ms": [round(m, 5) for m in medians], "round_chosen": chosen}

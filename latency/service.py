@@ -46,6 +46,7 @@ PIN_CPU_DEFAULT = False
 CONVERSION_FIELDS = ("onnx_path", "tflite_path", "max_abs_err", "max_rel_err", "convert_seconds")
 DEFAULT_ANCHOR = "mnasnet_b1"  # configs/latency/host.yaml and the latency CLI's default
 ANCHOR_INPUT = {"resolution": 224, "channels": 3, "num_classes": 1000}  # the drift anchor's input, whatever is timed
+ANCHOR_SCHEME = "around-groups"  # how the anchor is timed (``_anchored_round``): part of the cache key
 
 
 def anchor_key(device: str, settings: dict) -> str:
@@ -194,12 +195,10 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
     with nothing else running in the VM, in slow phases of about 1.5 s, while the lowest of three round medians a
     second apart varied by 1-3%. ``on_round(results)`` is called after each round with the results so far.
 
-    ``anchor`` ({arch, path, ref_ms}, host only) is the drift anchor: a fixed network timed at the start and the end of
-    every round; each round's samples are scaled by ``ref_ms`` over the anchor's time in that round (its factor), and
-    ``latency_ms`` is the median of the corrected round medians (:func:`~latency.runners.summarize_rounds`). Measured
-    here, why: 258 networks timed twice minutes apart, each time in batches of 8 (rounds as above), differed by 5.7% on
-    average (49% within 5%), most of it a factor common to a batch (the VM's speed phases); anchor-corrected, 3.1% (80%
-    within 5%).
+    ``anchor`` ({arch, path, ref_ms}, host only) is the drift anchor, a fixed network timed in every round between
+    the models (:func:`_anchored_round`); each model's runs are scaled by ``ref_ms`` over the anchor's time around
+    them (its factor), and ``latency_ms`` is the median of the corrected round medians
+    (:func:`~latency.runners.summarize_rounds`).
     """
     runner = _WORKER["runner"]
     if runner.name != "host":
@@ -226,7 +225,8 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
         except Exception as exc:
             failed[path] = _failed_timing(exc)
     anchor_interpreter = runner.prepare(anchor["path"]) if anchor else None
-    disturbed, others, waited, seconds, cpu, factors = [], [], 0.0, 0.0, None, []
+    factors: dict[str, list[float]] = {p: [] for p in paths}  # per model and round: ref_ms / its anchor's median
+    disturbed, others, waited, seconds, cpu = [], [], 0.0, 0.0, None
 
     def results(final: bool) -> list[dict]:
         out = []
@@ -235,14 +235,14 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
                 out.append(failed.get(path) or {"status": "failed", "error": "timing failed: no round was timed"})
                 continue
             n = len(rounds[path])
-            timing = {"status": "ok", **summarize_rounds(rounds[path], disturbed[:n], factors[:n] if anchor else None)}
+            timing = {"status": "ok", **summarize_rounds(rounds[path], disturbed[:n], anchored=bool(anchor))}
             timing["extra"]["timing"] = {
                 "mode": _WORKER["gate"].mode, "waited_s": round(waited, 6), "cpu": cpu, "seconds": round(seconds, 4),
                 "rounds": n, "disturbed_rounds": sum(disturbed),
                 "others_cpu": [None if o is None else round(o, 3) for o in others], "complete": final}
             if anchor:
                 timing["extra"]["timing"]["anchor"] = {"arch": anchor["arch"], "ref_ms": anchor["ref_ms"],
-                                                      "factors": [round(f, 5) for f in factors[:n]]}
+                                                      "factors": [round(f, 5) for f in factors[path][:n]]}
             out.append(timing)
         return out
 
@@ -259,15 +259,19 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
             start = time.monotonic()
             with LoadProbe() as probe:
                 if anchor:
-                    before = _anchor_ms(runner, anchor_interpreter, warmup=runner.round_warmup(attempt == 0))
-                for path in live:
-                    try:
-                        rounds[path].append(runner.run(interpreters[path], runner.round_runs(attempt),
-                                                       runner.round_warmup(attempt == 0)))
-                    except Exception as exc:
-                        failed[path] = _failed_timing(exc)
-                if anchor:
-                    factors.append(anchor["ref_ms"] / ((before + _anchor_ms(runner, anchor_interpreter, warmup=0)) / 2))
+                    timed, errors = _anchored_round(runner, {p: interpreters[p] for p in live}, anchor_interpreter,
+                                                    anchor["ref_ms"], attempt)
+                    failed.update({p: _failed_timing(exc) for p, exc in errors.items()})
+                    for path, (samples, factor) in timed.items():
+                        rounds[path].append(samples)
+                        factors[path].append(factor)
+                else:
+                    for path in live:
+                        try:
+                            rounds[path].append(runner.run(interpreters[path], runner.round_runs(attempt),
+                                                           runner.round_warmup(attempt == 0)))
+                        except Exception as exc:
+                            failed[path] = _failed_timing(exc)
             seconds += time.monotonic() - start
         disturbed.append(probe.disturbed)
         others.append(probe.others_cpu)
@@ -277,8 +281,39 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
     return results(True)
 
 
-ANCHOR_RUNS = 10  # runs of the drift anchor at each end of a round (median taken)
+ANCHOR_RUNS = 10  # runs of the drift anchor per timing of it (median taken)
+ANCHOR_EVERY_S = 0.1  # the drift anchor is timed again once the models timed since it last ran took this long
 ANCHOR_REF_ROUNDS = 12  # rounds, ROUND_GAP_S apart, that fix an anchor's reference latency (once per cache)
+
+
+def _anchored_round(runner, interpreters: dict, anchor_interpreter, ref_ms: float, attempt: int,
+                    clock=time.monotonic) -> tuple[dict, dict]:
+    """One round of a session with the drift anchor: the models in turn (each one's runs back to back, as always),
+    the anchor timed before the first, and again after each group of models that took ANCHOR_EVERY_S or more (after
+    every whole network; after a few dozen small layers), and after the last. A group's factor is ``ref_ms`` over the
+    mean of the anchor's two times around it. Returns ``({path: (corrected samples, factor)}, {path: exception})``.
+
+    Why around groups this short: the VM's speed changes in phases of about 1.5 s, shorter than a round of 8 networks
+    (about 2 s). 24 networks timed three times in sessions of 8 (``scripts/bench_latency.py --anchor``) moved between
+    repeats by 2.9% on average with the anchor timed only at each round's two ends (88% within 5%), by 2.1% with it
+    timed around every network (93%), by 9.5% uncorrected (31%); two trial sittings gave the same order. Pairing single
+    anchor and model runs was steadier still (1.5%), but a model run right after the anchor ran 6-14% slower than
+    back to back, by an amount that depends on the model: a bias, not noise, so the runs of one model stay together."""
+    timed, errors, group = {}, {}, []
+    before, since = _anchor_ms(runner, anchor_interpreter, warmup=runner.round_warmup(attempt == 0)), clock()
+    paths = list(interpreters)
+    for i, path in enumerate(paths):
+        try:
+            group.append((path, runner.run(interpreters[path], runner.round_runs(attempt),
+                                           runner.round_warmup(attempt == 0))))
+        except Exception as exc:
+            errors[path] = exc
+        if group and (clock() - since >= ANCHOR_EVERY_S or i == len(paths) - 1):
+            after = _anchor_ms(runner, anchor_interpreter, warmup=0)
+            factor = ref_ms / ((before + after) / 2)
+            timed.update({p: ([x * factor for x in samples], factor) for p, samples in group})
+            group, before, since = [], after, clock()
+    return timed, errors
 
 
 def _anchor_ms(runner, interpreter, *, warmup: int) -> float:
@@ -448,7 +483,7 @@ class LatencyService:
         if self.gate.mode != "device":
             settings.update(timing=self.gate.mode, pin_cpu=self.pin_cpu)
             if self.anchor:
-                settings["anchor"] = self.anchor
+                settings.update(anchor=self.anchor, anchor_scheme=ANCHOR_SCHEME)
         return settings
 
     def anchor_info(self) -> dict | None:

@@ -79,14 +79,14 @@ def test_rounds_pick_the_least_disturbed_round():
     assert summarize_rounds([slow, fast_but_disturbed], [True, True])["latency_ms"] == pytest.approx(4.1)
 
 
-def test_anchor_factors_scale_rounds_and_take_the_median_of_the_undisturbed():
+def test_anchored_rounds_take_the_median_of_the_undisturbed():
     from latency.runners import summarize_rounds
 
-    # A slow phase doubles round 1: its anchor factor (0.5) takes it back; the disturbed round 2 does not count.
-    rounds, factors = [[5.0, 5.2, 5.1], [10.0, 10.4, 10.2], [3.0, 3.0, 3.0]], [1.0, 0.5, 1.0]
-    out = summarize_rounds(rounds, [False, False, True], factors)
+    # Rounds already corrected by the drift anchor: the disturbed round 2 does not count, the rest give their median.
+    rounds = [[5.0, 5.2, 5.1], [5.1, 5.0, 5.2], [3.0, 3.0, 3.0]]
+    out = summarize_rounds(rounds, [False, False, True], anchored=True)
     assert out["latency_ms"] == pytest.approx(5.1) and out["extra"]["rounds_used"] == [0, 1]
     assert out["extra"]["round_medians_ms"] == pytest.approx([5.1, 5.1, 3.0])
-    assert max(out["samples_ms"]) == pytest.approx(5.2)  # the samples are corrected too
-    three = summarize_rounds([[4.0], [5.0], [9.0]], [False] * 3, [1.0, 1.0, 1.0])
+    assert out["runs"] == 9 and out["min_ms"] == 3.0  # the spread covers every run
+    three = summarize_rounds([[4.0], [5.0], [9.0]], [False] * 3, anchored=True)
     assert three["latency_ms"] == 5.0  # the median of three, not the lowest

@@ -22,12 +22,19 @@
    cache on the run cache's drift-anchor reference (ratio; goal within 5%), and every measured child's timing spread
    (std of its timed runs over its latency; goal below 5% for every child). Use a run whose latency cache was fresh
    (``latency.cache_path=...``): a reference answered from an older cache was not timed in the search.
+8. With ``--anchor``: the drift anchor's schemes side by side. ``--anchor-models`` random networks of the default
+   space (224x224x3, 1,000 classes) are timed as a table build times its calibration and validation models (sessions
+   of 8, three rounds a second apart) with no correction, with the anchor timed at each round's two ends (the
+   scheme before) and around every network (``latency.service._anchored_round``, the scheme in use), each three
+   times, the schemes interleaved; for each: how much a network's latency moved between repeats (mean, share within
+   5% and 2%). Needs an otherwise idle machine (it takes no gate).
 
 Usage: .venv/bin/python scripts/bench_latency.py [--resolution 224] [--repeats 5] [--runs 30]
        .venv/bin/python scripts/bench_latency.py --predictor [--validate 200] [--cache DIR/latency.sqlite] [--only-predictor]
        .venv/bin/python scripts/bench_latency.py --figures --modes --cache DIR/latency.sqlite [--budget 16 --batch 4]
            --only-modes [--json]      (--json: one JSON line of every figure at the end)
        .venv/bin/python scripts/bench_latency.py --run runs/quickstart/seed0 [--alone 3] [--json]
+       .venv/bin/python scripts/bench_latency.py --anchor [--anchor-models 16] [--json]
 """
 
 from __future__ import annotations
@@ -84,12 +91,17 @@ def main() -> None:
     parser.add_argument("--run", default=None, metavar="DIR",
                         help="only: a finished search's references against alone timings, and its children's spread")
     parser.add_argument("--alone", type=int, default=3, help="alone timings per reference for --run (median)")
+    parser.add_argument("--anchor", action="store_true", help="only: repeat noise under the drift-anchor schemes")
+    parser.add_argument("--anchor-models", type=int, default=16, help="random networks for --anchor (sessions of 8)")
     parser.add_argument("--json", action="store_true", help="print one JSON line of all figures at the end")
     args = parser.parse_args()
     out: dict = {}
     try:
         if args.run:
             out["run"] = run_figures(args)
+            return
+        if args.anchor:
+            out["anchor"] = anchor_schemes(args)
             return
         if args.figures:
             out["validation"] = stored_figures(args)
@@ -407,6 +419,71 @@ def run_figures(args) -> dict:
         tmp = Path(tempfile.mkdtemp(prefix="bench_run_"))
         out.update(references_alone(references, host, cache, tmp, repeats=args.alone, deploy=deploy))
     return out
+
+
+def anchor_schemes(args) -> dict:
+    """Section 8: the same networks timed under three drift corrections, interleaved, each three times."""
+    import itertools
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from latency import build_service
+    from latency.quiet import ROUND_GAP_S
+    from latency.runners import summarize_rounds
+    from latency.service import ANCHOR_INPUT, DEFAULT_ANCHOR, _anchor_ms, _anchored_round
+    from search_spaces.space import SearchSpace
+
+    if args.anchor_models < 2:
+        raise SystemExit("error: --anchor-models must be at least 2")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_anchor_"))
+    archs = SearchSpace.default().sample(args.anchor_models, seed=2026)
+    with build_service("host", workers=1, cache_path=tmp / "latency.sqlite") as service:
+        runner = service.runner
+        paths = [service.convert(a, **ANCHOR_INPUT)["tflite_path"] for a in tqdm(archs, desc="convert")]
+        anchor_path = service.convert(DEFAULT_ANCHOR, **ANCHOR_INPUT)["tflite_path"]
+    interpreters = {p: runner.prepare(p) for p in paths}
+    anchor = runner.prepare(anchor_path)
+    ref_ms = _anchor_ms(runner, anchor, warmup=runner.warmup_runs)  # the scale only: every scheme shares it
+
+    def session(group: list[str], scheme: str) -> dict[str, float]:
+        rounds: dict[str, list[list[float]]] = {p: [] for p in group}
+        for attempt in range(runner.effective_rounds):
+            if attempt:
+                time.sleep(ROUND_GAP_S)
+            if scheme == "around":
+                timed, errors = _anchored_round(runner, {p: interpreters[p] for p in group}, anchor, ref_ms, attempt)
+                if errors:
+                    raise SystemExit(f"error: timing failed: {next(iter(errors.values()))}")
+                for p in group:
+                    rounds[p].append(timed[p][0])
+                continue
+            before = _anchor_ms(runner, anchor, warmup=runner.round_warmup(attempt == 0)) if scheme == "ends" else 0
+            raw = {p: runner.run(interpreters[p], runner.round_runs(attempt), runner.round_warmup(attempt == 0))
+                   for p in group}
+            factor = ref_ms / ((before + _anchor_ms(runner, anchor, warmup=0)) / 2) if scheme == "ends" else 1.0
+            for p in group:
+                rounds[p].append([x * factor for x in raw[p]])
+        return {p: summarize_rounds(r, [False] * len(r), anchored=scheme != "none")["latency_ms"]
+                for p, r in rounds.items()}
+
+    schemes = ["none", "ends", "around"]
+    repeats: dict[str, list[dict[str, float]]] = {s: [] for s in schemes}
+    groups = [paths[i:i + 8] for i in range(0, len(paths), 8)]
+    for rep in tqdm(range(3), desc="repeats"):
+        for scheme in schemes if rep % 2 == 0 else schemes[::-1]:
+            repeats[scheme].append({p: v for g in groups for p, v in session(g, scheme).items()})
+    out = {}
+    print(f"\n== drift anchor ({DEFAULT_ANCHOR}): {len(paths)} networks timed 3 times in sessions of 8, by scheme")
+    print(f"{'scheme':<8}{'mean move':>10}{'within 5%':>11}{'within 2%':>11}")
+    for scheme, reps in repeats.items():
+        moves = np.array([abs(a[p] - b[p]) / ((a[p] + b[p]) / 2) for a, b in itertools.combinations(reps, 2)
+                          for p in paths])
+        out[scheme] = {"mean_move": float(moves.mean()), "within_5": float(np.mean(moves < 0.05)),
+                       "within_2": float(np.mean(moves < 0.02))}
+        print(f"{scheme:<8}{100 * out[scheme]['mean_move']:>9.2f}%{100 * out[scheme]['within_5']:>10.0f}%"
+              f"{100 * out[scheme]['within_2']:>10.0f}%")
+    return {**out, "models": len(paths)}
 
 
 if __name__ == "__main__":

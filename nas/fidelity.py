@@ -1,7 +1,8 @@
 """Proxy fidelity: how well a cheap proxy training ranks architectures against a longer reference training.
 
 The engine behind ``scripts/bench_proxy.py``. Three kinds of job, each keyed by everything that changes its result
-(architecture, seed, every trainer field, the prepared dataset's identity, thread count, device):
+(architecture, seed, every trainer field, the trainer's revision, the prepared dataset's identity, thread count,
+device):
 ``train`` (``nas.trainer.train_child`` on ``nas.data.load_dataset``: the same code path as a search's children) for
 the proxy and for the reference, and ``zero_cost`` (``nas.zero_cost.compute_scores``).
 
@@ -86,7 +87,11 @@ class Job:
                                    "dataset": dataset_key(self.dataset), "threads": self.threads,
                                    "device": self.device}
         if self.kind == "train":
+            from nas.trainer import TRAINING_REVISION
+
             payload["trainer"] = trainer_identity(self.trainer or {})
+            if TRAINING_REVISION != 1:  # absent at revision 1, so the keys stored before it existed stay valid
+                payload["training_revision"] = TRAINING_REVISION
         else:
             payload.update(score=self.score, batch_size=self.batch_size)
         return _digest(payload)

@@ -29,6 +29,10 @@ from mnas_common.checks import (is_number, non_negative_int, non_negative_number
                                  positive_number)
 from mnas_common.serial import Serializable
 
+# What a training computes, as a number: raise it with any change to this module that changes a trained child's
+# result for the same config (loss, schedule, data order, evaluation). Stored proxy-fidelity results
+# (scripts/bench_proxy.py) are keyed by it, so results of an older trainer are never mixed with a newer one's.
+TRAINING_REVISION = 1
 OPTIMIZERS = ("sgd", "rmsprop")
 SCHEDULES = ("cosine", "constant")
 

@@ -26,6 +26,9 @@ needs_fmnist = pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).exists(), reason=
 DATA = dict(name="fm", source="fashion_mnist", root=FASHION_MNIST_ROOT, resolution=16, classes=None,
             images_per_class=30, val_per_class=20, seed=0)
 TRAINER = dict(epochs=1, batch_size=32, lr=0.05, max_steps=4, augment=False, device="cpu")
+# the key of Job("proxy", "mobilenet_v2", 0, DATA with root /data/fm, TRAINER) as stores written before the
+# training revision existed hold it
+STORED_KEY = "2dcdc569fccf900f6d8a"
 # a tiny run of the script: smoke's tiny space and data, a few steps per training
 TINY = ["--experiment", "smoke", "--archs", "3", "--references", "", "--zero-cost-batch", "16",
         "--reference", "dataset.images_per_class=50", "--reference", "trainer.max_steps=6",
@@ -85,6 +88,19 @@ def test_job_key_covers_every_setting_that_changes_a_result():
                  Job("zero_cost", "mobilenet_v2", 0, DATA, score="synflow", batch_size=64)]
     keys = {job.key() for job in different} | {base.key()}
     assert len(keys) == len(different) + 1
+
+
+def test_job_key_follows_the_training_revision_and_keeps_stored_keys(monkeypatch):
+    """A key stored before the revision existed still names the same job (so results.jsonl files stay valid), and a
+    raised TRAINING_REVISION retrains every training job while a training-free score keeps its key."""
+    import nas.trainer
+
+    job = Job("proxy", "mobilenet_v2", 0, dict(DATA, root="/data/fm"), trainer=TRAINER)
+    score = Job("zero_cost", "mobilenet_v2", 0, dict(DATA, root="/data/fm"), score="synflow", batch_size=64)
+    assert nas.trainer.TRAINING_REVISION == 1 and job.key() == STORED_KEY
+    before = score.key()
+    monkeypatch.setattr(nas.trainer, "TRAINING_REVISION", 2)
+    assert job.key() != STORED_KEY and score.key() == before
 
 
 def test_analyse_on_known_records(tmp_path):

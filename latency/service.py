@@ -46,7 +46,7 @@ PIN_CPU_DEFAULT = False
 CONVERSION_FIELDS = ("onnx_path", "tflite_path", "max_abs_err", "max_rel_err", "convert_seconds")
 DEFAULT_ANCHOR = "mnasnet_b1"  # configs/latency/host.yaml and the latency CLI's default
 ANCHOR_INPUT = {"resolution": 224, "channels": 3, "num_classes": 1000}  # the drift anchor's input, whatever is timed
-ANCHOR_SCHEME = "around-groups"  # how the anchor is timed (``_anchored_round``): part of the cache key
+ANCHOR_SCHEME = "around-groups"  # how the anchor is timed (``_time_round``): part of the cache key
 
 
 def anchor_key(device: str, settings: dict) -> str:
@@ -196,7 +196,7 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
     second apart varied by 1-3%. ``on_round(results)`` is called after each round with the results so far.
 
     ``anchor`` ({arch, path, ref_ms}, host only) is the drift anchor, a fixed network timed in every round between
-    the models (:func:`_anchored_round`); each model's runs are scaled by ``ref_ms`` over the anchor's time around
+    the models (:func:`_time_round`); each model's runs are scaled by ``ref_ms`` over the anchor's time around
     them (its factor), and ``latency_ms`` is the median of the corrected round medians
     (:func:`~latency.runners.summarize_rounds`).
     """
@@ -225,7 +225,7 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
         except Exception as exc:
             failed[path] = _failed_timing(exc)
     anchor_interpreter = runner.prepare(anchor["path"]) if anchor else None
-    factors: dict[str, list[float]] = {p: [] for p in paths}  # per model and round: ref_ms / its anchor's median
+    factors: dict[str, list] = {p: [] for p in paths}  # per model and round: its group's anchor factor (or None)
     disturbed, others, waited, seconds, cpu = [], [], 0.0, 0.0, None
 
     def results(final: bool) -> list[dict]:
@@ -258,20 +258,12 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
             cpu = window.cpu
             start = time.monotonic()
             with LoadProbe() as probe:
-                if anchor:
-                    timed, errors = _anchored_round(runner, {p: interpreters[p] for p in live}, anchor_interpreter,
-                                                    anchor["ref_ms"], attempt)
-                    failed.update({p: _failed_timing(exc) for p, exc in errors.items()})
-                    for path, (samples, factor) in timed.items():
-                        rounds[path].append(samples)
-                        factors[path].append(factor)
-                else:
-                    for path in live:
-                        try:
-                            rounds[path].append(runner.run(interpreters[path], runner.round_runs(attempt),
-                                                           runner.round_warmup(attempt == 0)))
-                        except Exception as exc:
-                            failed[path] = _failed_timing(exc)
+                timed, errors = _time_round(runner, {p: interpreters[p] for p in live}, anchor_interpreter,
+                                            anchor["ref_ms"] if anchor else None, attempt)
+                failed.update({p: _failed_timing(exc) for p, exc in errors.items()})
+                for path, (samples, factor) in timed.items():
+                    rounds[path].append(samples)
+                    factors[path].append(factor)
             seconds += time.monotonic() - start
         disturbed.append(probe.disturbed)
         others.append(probe.others_cpu)
@@ -286,12 +278,15 @@ ANCHOR_EVERY_S = 0.1  # the drift anchor is timed again once the models timed si
 ANCHOR_REF_ROUNDS = 12  # rounds, ROUND_GAP_S apart, that fix an anchor's reference latency (once per cache)
 
 
-def _anchored_round(runner, interpreters: dict, anchor_interpreter, ref_ms: float, attempt: int,
-                    clock=time.monotonic) -> tuple[dict, dict]:
-    """One round of a session with the drift anchor: the models in turn (each one's runs back to back, as always),
-    the anchor timed before the first, and again after each group of models that took ANCHOR_EVERY_S or more (after
-    every whole network; after a few dozen small layers), and after the last. A group's factor is ``ref_ms`` over the
-    mean of the anchor's two times around it. Returns ``({path: (corrected samples, factor)}, {path: exception})``.
+def _time_round(runner, interpreters: dict, anchor_interpreter, ref_ms: float | None, attempt: int,
+                clock=time.monotonic) -> tuple[dict, dict]:
+    """One round of a session: the models in turn, each one's runs back to back. Returns
+    ``({path: (samples, factor)}, {path: exception})``; without an anchor (``anchor_interpreter`` None) the samples
+    are as timed and the factor is None.
+
+    With the drift anchor: it is timed before the first model, and again after each group of models that took
+    ANCHOR_EVERY_S or more (after every whole network; after a few dozen small layers) and after the last; a group's
+    samples are scaled by its factor, ``ref_ms`` over the mean of the anchor's two times around it.
 
     Why around groups this short: the VM's speed changes in phases of about 1.5 s, shorter than a round of 8 networks
     (about 2 s). 24 networks timed three times in sessions of 8 (``scripts/bench_latency.py --anchor``) moved between
@@ -299,8 +294,10 @@ def _anchored_round(runner, interpreters: dict, anchor_interpreter, ref_ms: floa
     timed around every network (93%), by 9.5% uncorrected (31%); two trial sittings gave the same order. Pairing single
     anchor and model runs was steadier still (1.5%), but a model run right after the anchor ran 6-14% slower than
     back to back, by an amount that depends on the model: a bias, not noise, so the runs of one model stay together."""
+    anchored = anchor_interpreter is not None
     timed, errors, group = {}, {}, []
-    before, since = _anchor_ms(runner, anchor_interpreter, warmup=runner.round_warmup(attempt == 0)), clock()
+    before = _anchor_ms(runner, anchor_interpreter, warmup=runner.round_warmup(attempt == 0)) if anchored else None
+    since = clock()
     paths = list(interpreters)
     for i, path in enumerate(paths):
         try:
@@ -308,7 +305,10 @@ def _anchored_round(runner, interpreters: dict, anchor_interpreter, ref_ms: floa
                                            runner.round_warmup(attempt == 0))))
         except Exception as exc:
             errors[path] = exc
-        if group and (clock() - since >= ANCHOR_EVERY_S or i == len(paths) - 1):
+        if not anchored:
+            timed.update({p: (samples, None) for p, samples in group})
+            group = []
+        elif group and (clock() - since >= ANCHOR_EVERY_S or i == len(paths) - 1):
             after = _anchor_ms(runner, anchor_interpreter, warmup=0)
             factor = ref_ms / ((before + after) / 2)
             timed.update({p: ([x * factor for x in samples], factor) for p, samples in group})

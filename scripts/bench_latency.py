@@ -25,7 +25,7 @@
 8. With ``--anchor``: the drift anchor's schemes side by side. ``--anchor-models`` random networks of the default
    space (224x224x3, 1,000 classes) are timed as a table build times its calibration and validation models (sessions
    of 8, three rounds a second apart) with no correction, with the anchor timed at each round's two ends (the
-   scheme before) and around every network (``latency.service._anchored_round``, the scheme in use), each three
+   scheme before) and around every network (``latency.service._time_round``, the scheme in use), each three
    times, the schemes interleaved; for each: how much a network's latency moved between repeats (mean, share within
    5% and 2%). Needs an otherwise idle machine (it takes no gate).
 
@@ -431,7 +431,7 @@ def anchor_schemes(args) -> dict:
     from latency import build_service
     from latency.quiet import ROUND_GAP_S
     from latency.runners import summarize_rounds
-    from latency.service import ANCHOR_INPUT, DEFAULT_ANCHOR, _anchor_ms, _anchored_round
+    from latency.service import ANCHOR_INPUT, DEFAULT_ANCHOR, _anchor_ms, _time_round
     from search_spaces.space import SearchSpace
 
     if args.anchor_models < 2:
@@ -451,19 +451,15 @@ def anchor_schemes(args) -> dict:
         for attempt in range(runner.effective_rounds):
             if attempt:
                 time.sleep(ROUND_GAP_S)
-            if scheme == "around":
-                timed, errors = _anchored_round(runner, {p: interpreters[p] for p in group}, anchor, ref_ms, attempt)
-                if errors:
-                    raise SystemExit(f"error: timing failed: {next(iter(errors.values()))}")
-                for p in group:
-                    rounds[p].append(timed[p][0])
-                continue
-            before = _anchor_ms(runner, anchor, warmup=runner.round_warmup(attempt == 0)) if scheme == "ends" else 0
-            raw = {p: runner.run(interpreters[p], runner.round_runs(attempt), runner.round_warmup(attempt == 0))
-                   for p in group}
+            # "ends", the scheme before: the anchor only around the whole round, timed without it in between
+            before = _anchor_ms(runner, anchor, warmup=runner.round_warmup(attempt == 0)) if scheme == "ends" else None
+            timed, errors = _time_round(runner, {p: interpreters[p] for p in group},
+                                        anchor if scheme == "around" else None, ref_ms, attempt)
+            if errors:
+                raise SystemExit(f"error: timing failed: {next(iter(errors.values()))}")
             factor = ref_ms / ((before + _anchor_ms(runner, anchor, warmup=0)) / 2) if scheme == "ends" else 1.0
             for p in group:
-                rounds[p].append([x * factor for x in raw[p]])
+                rounds[p].append([x * factor for x in timed[p][0]])
         return {p: summarize_rounds(r, [False] * len(r), anchored=scheme != "none")["latency_ms"]
                 for p, r in rounds.items()}
 

@@ -134,13 +134,13 @@ class _PhasedRunner:
 def test_anchor_is_timed_around_every_network_and_every_group_of_small_layers():
     """The drift anchor brackets each network (its runs take over ANCHOR_EVERY_S) and each group of small layers that
     together do; a slow phase covering a network and the anchor's times around it is taken out exactly."""
-    from latency.service import ANCHOR_EVERY_S, _anchored_round
+    from latency.service import ANCHOR_EVERY_S, _time_round
 
     anchor = _Model("anchor", 7.0)
     nets = {f"net{i}": _Model(f"net{i}", ms) for i, ms in enumerate([50.0, 60.0, 80.0, 90.0])}
     assert 3 * 50.0 / 1000 >= ANCHOR_EVERY_S
     runner = _PhasedRunner(slow=range(2, 7))  # anchor, net1, anchor, net2, anchor: half speed
-    timed, errors = _anchored_round(runner, nets, anchor, 7.0, 0, clock=lambda: runner.now)
+    timed, errors = _time_round(runner, nets, anchor, 7.0, 0, clock=lambda: runner.now)
     assert not errors
     assert runner.calls == ["anchor", "net0", "anchor", "net1", "anchor", "net2", "anchor", "net3", "anchor"]
     assert timed["net1"] == ([60.0] * 3, 0.5) and timed["net2"] == ([80.0] * 3, 0.5)
@@ -148,7 +148,7 @@ def test_anchor_is_timed_around_every_network_and_every_group_of_small_layers():
 
     layers = {f"l{i}": _Model(f"l{i}", 10.0, fails=i == 5) for i in range(10)}
     runner = _PhasedRunner()
-    timed, errors = _anchored_round(runner, layers, anchor, 7.0, 0, clock=lambda: runner.now)
+    timed, errors = _time_round(runner, layers, anchor, 7.0, 0, clock=lambda: runner.now)
     assert list(errors) == ["l5"] and "invoke failed" in str(errors["l5"])
     assert runner.calls.count("anchor") == 4  # before l0, after l3, after l8 (l5 failed, no time), after l9
     assert [runner.calls.index(f"l{i}") for i in (4, 9)] == [6, 12]
@@ -156,7 +156,7 @@ def test_anchor_is_timed_around_every_network_and_every_group_of_small_layers():
 
 
 def test_drift_anchor_scales_every_round_and_its_reference_is_fixed_once(latency_root, monkeypatch):
-    """A tiny anchor (the service converts it at 224 px like any model) timed at both ends of every round: each
+    """A tiny anchor (the service converts it at 224 px like any model) timed around the model in every round: each
     result records the reference and one factor per round, and latency_ms is the median of the corrected rounds.
     The reference is fixed once per cache: a second service on the same cache reuses it, a cache of its own is
     keyed apart from timings without an anchor."""

@@ -31,7 +31,8 @@ TRAINER = dict(epochs=1, batch_size=32, lr=0.05, max_steps=4, augment=False, dev
 STORED_KEY = "2dcdc569fccf900f6d8a"
 # a tiny run of the script: smoke's tiny space and data, a few steps per training
 TINY = ["--experiment", "smoke", "--archs", "3", "--references", "", "--zero-cost-batch", "16",
-        "--reference-seeds", "100,101", "--reference", "dataset.images_per_class=50", "--reference", "trainer.max_steps=6",
+        "--reference-seeds", "100,101", "--reference", "dataset.images_per_class=50",
+        "--reference", "trainer.max_steps=6",
         "--reference", "trainer.warmup_steps=0", "trainer.max_steps=4", "--no-progress", "--bootstrap", "200"]
 
 
@@ -178,8 +179,8 @@ def test_baseline_jobs_run_beside_the_proxys_first_seed():
     assert s["proxy_dataset"]["val_per_class"] == 20 and s["proxy_trainer"]["epochs"] == 1  # the proxy is unchanged
     order = bench.job_order(proxy, baseline, reference, zero, 4)
     assert [(j.role, j.seed) for j in order] == [("zero_cost", 4)] * 3 + [("zero_cost", 5)] * 3 + \
-        [("proxy", 4), ("baseline", 4)] * 3 + [("proxy", 5)] * 3 + [("reference", 100)] * 3 + [("reference", 101)] * 3 + \
-        [("reference", 102)] * 3  # the default reference seeds
+        [("proxy", 4), ("baseline", 4)] * 3 + [("proxy", 5)] * 3 + \
+        [("reference", 100)] * 3 + [("reference", 101)] * 3 + [("reference", 102)] * 3  # the default reference seeds
     assert [j.arch for j in order[6:12]] == [a for a in s["archs"] for _ in (0, 1)]  # each beside its own arch
 
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from nas import rank_stats
 
-__all__ = ["Job", "ResultStore", "analyse", "cost_against", "fidelity_figure", "run_jobs", "setting_label"]
+__all__ = ["Job", "ResultStore", "analyse", "cost_against", "fidelity_figure", "run_jobs", "setting_label", "succeeded"]
 
 STORE_NAME = "results.jsonl"
 # identity of a trainer config: every field but the loader's prefetch depth (it changes speed, not results)
@@ -348,7 +348,8 @@ def setting_label(trainer: dict, data_info: dict | None, dataset: dict) -> str:
     return ", ".join(parts)
 
 
-def _ok(record: dict | None) -> bool:
+def succeeded(record: dict | None) -> bool:
+    """A stored job that finished with a value (a failed child or a missing score is not one)."""
     if record is None:
         return False
     result = record["result"]
@@ -396,7 +397,7 @@ def _matrix(records: dict[str, dict], keys: dict[tuple[str, int], str], archs: S
         recs = [records.get(keys[(arch, s)]) for s in seeds]
         if any(r is None for r in recs):
             missing.append(arch)
-        elif not all(_ok(r) for r in recs):
+        elif not all(succeeded(r) for r in recs):
             failed.append(arch)
         else:
             rows[arch] = [_value(r) for r in recs]

@@ -294,10 +294,11 @@ def summary(args, s: dict, records: dict) -> list[dict]:
     Every row is computed on the same architectures: those that every proxy in the table has finished on every
     seed (a proxy still running would otherwise be judged on an easier or harder subset than the others).
     """
-    from nas.fidelity import Job, analyse, setting_key, setting_label
+    from nas.fidelity import Job, analyse, setting_key, setting_label, succeeded
 
     _, reference, _ = make_jobs(args, s)
     ref_setting = setting_key(s["reference_trainer"], s["reference_dataset"])
+    ref_label = setting_label(s["reference_trainer"], None, s["reference_dataset"])
     common = dict(threads=args.threads, device=args.device)
     candidates: list[tuple[str, dict, dict]] = []  # (label, proxy jobs by arch, extra row fields)
     groups: dict[str, dict] = {}
@@ -339,10 +340,24 @@ def summary(args, s: dict, records: dict) -> list[dict]:
             k: stats[k] for k in ("spearman", "kendall", "spearman_seed_mean", "noise_spearman",
                                   "reference_noise_spearman", "top_k_overlap", "proxy_cost")}})
     rows.sort(key=lambda r: r["proxy_cost"].get("seconds", math.inf))
-    if rows:
-        noise = rows[0]["reference_noise_spearman"]["value"]
-        print(f"{len(shared)} of {len(s['archs'])} architectures (those every proxy below has finished); reference "
-              f"seed-to-seed Spearman {'n/a' if noise is None else f'{noise:.3f}'}")
+    if not rows:  # say why the table is empty: most often a reference still being trained
+        some = {j.arch for j in reference if succeeded(records.get(j.key()))}
+        every = [a for a in s["archs"] if all(succeeded(records.get(j.key())) for j in reference if j.arch == a)]
+        seeds = ",".join(map(str, args.reference_seed_list))
+        if not records:
+            print(f"no proxy ranked yet: nothing is stored in {args.results} (run the benchmark without --summary)")
+        elif len(every) < 3:
+            print(f"no proxy ranked yet: the reference ({ref_label}) has every seed ({seeds}) on {len(every)} of "
+                  f"{len(s['archs'])} architectures and at least one on {len(some)}; a row needs 3 "
+                  f"(--reference-seeds with the finished seeds ranks against those)")
+        else:
+            print(f"no proxy ranked yet: no proxy in {args.results} has finished 3 of these architectures on every "
+                  f"seed ({','.join(map(str, args.seed_list))}) with --threads {args.threads} on {args.device} "
+                  f"with scores that differ")
+        return rows
+    noise = rows[0]["reference_noise_spearman"]["value"]
+    print(f"{len(shared)} of {len(s['archs'])} architectures (those every proxy below has finished); reference "
+          f"seed-to-seed Spearman {'n/a' if noise is None else f'{noise:.3f}'}")
     print(f"{'proxy':<72} {'archs':>5} {'s/child':>8} {'Spearman [95% CI]':>20} {'Kendall [95% CI]':>20} "
           f"{'seed-seed':>9} {'top-k':>6}")
     for r in rows:

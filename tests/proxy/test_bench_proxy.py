@@ -345,3 +345,46 @@ def test_a_baseline_is_trained_beside_the_proxy_and_its_cost_ratio_reported(tmp_
     assert out["baseline_seconds"] == pytest.approx(base_mean)
     assert out["cost_ratio"] == pytest.approx(proxy_mean / base_mean)
     assert "proxy / baseline" in run.stdout and "over the 3 children both ran" in run.stdout
+
+
+def test_an_empty_summary_says_why(tmp_path, capsys):
+    """No row: an empty store, a reference still being trained, or no proxy finished: each said in one line."""
+    from nas.fidelity import setting_key
+
+    bench = load_script()
+    argv = ["--experiment", "smoke", "--archs", "4", "--references", "", "--zero-cost", "none", "--summary",
+            "--results", str(tmp_path), "--bootstrap", "50"]
+    args = bench.parse_args(argv)
+    s = bench.settings(args)
+    _, reference, _ = bench.make_jobs(args, s)
+    capsys.readouterr()
+    assert bench.main(argv) == 0
+    assert "nothing is stored in" in capsys.readouterr().out
+    store = ResultStore(tmp_path)
+
+    def put(job, trainer):
+        store.append({**record(job, 0.5 + 0.1 * s["archs"].index(job.arch)), "trainer": trainer, "dataset": job.dataset, "threads": 1, "device": "cpu",
+                      "setting": setting_key(trainer, job.dataset)})
+
+    first_seed = [j for j in reference if j.seed == args.reference_seed_list[0]]
+    for job in first_seed:  # one reference seed of two finished
+        put(job, s["reference_trainer"])
+    for seed in (0, 1):
+        for arch in s["archs"]:
+            put(Job("proxy", arch, seed, s["proxy_dataset"], trainer=s["proxy_trainer"]), s["proxy_trainer"])
+    store.close()
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "has every seed (100,101,102) on 0 of 4 architectures and at least one on 4" in out
+    assert "Spearman [95% CI]" not in out  # no empty table under the line
+    seeds = ",".join(map(str, args.reference_seed_list[:1]))
+    assert bench.main([*argv, "--reference-seeds", seeds]) == 0  # ranked against the finished seed
+    assert "4 of 4 architectures" in capsys.readouterr().out
+    lone = tmp_path / "reference-only"  # the reference finished, no proxy trained yet
+    store = ResultStore(lone)
+    for job in first_seed:
+        put(job, s["reference_trainer"])
+    store.close()
+    argv[argv.index("--results") + 1] = str(lone)
+    assert bench.main([*argv, "--reference-seeds", seeds]) == 0
+    assert f"no proxy in {lone} has finished 3" in capsys.readouterr().out

@@ -288,14 +288,19 @@ def test_interrupted_runs_continue_and_train_nothing_twice(tmp_path):
     assert json.loads(again.stdout.strip().splitlines()[-1])["spearman"] == out["spearman"]
 
 
+def summary_setup(results: Path):
+    """The script, its --summary argv on smoke's tiny space (4 archs) with ``results``, parsed args, settings."""
+    bench = load_script()
+    argv = ["--experiment", "smoke", "--archs", "4", "--references", "", "--zero-cost", "none", "--summary",
+            "--results", str(results), "--bootstrap", "50"]
+    args = bench.parse_args(argv)
+    return bench, argv, args, bench.settings(args)
+
+
 def test_summary_judges_every_proxy_on_the_same_architectures(tmp_path, capsys):
     from nas.fidelity import setting_key
 
-    bench = load_script()
-    argv = ["--experiment", "smoke", "--archs", "4", "--references", "", "--zero-cost", "none", "--summary",
-            "--results", str(tmp_path), "--bootstrap", "50"]
-    args = bench.parse_args(argv)
-    s = bench.settings(args)
+    bench, argv, args, s = summary_setup(tmp_path)
     archs = s["archs"]
     _, reference, _ = bench.make_jobs(args, s)
     fast = s["proxy_trainer"]
@@ -351,11 +356,7 @@ def test_an_empty_summary_says_why(tmp_path, capsys):
     """No row: an empty store, a reference still being trained, or no proxy finished: each said in one line."""
     from nas.fidelity import setting_key
 
-    bench = load_script()
-    argv = ["--experiment", "smoke", "--archs", "4", "--references", "", "--zero-cost", "none", "--summary",
-            "--results", str(tmp_path), "--bootstrap", "50"]
-    args = bench.parse_args(argv)
-    s = bench.settings(args)
+    bench, argv, args, s = summary_setup(tmp_path)
     _, reference, _ = bench.make_jobs(args, s)
     capsys.readouterr()
     assert bench.main(argv) == 0

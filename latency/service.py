@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import tempfile
 import threading
 import time
 import traceback
@@ -96,6 +97,24 @@ def _exit_with_parent(parent: int, poll_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def _worker_tmp(work_dir: str | Path, pid: int) -> Path:
+    """The private temp directory of the conversion worker ``pid`` (its ``tempfile.tempdir``)."""
+    return Path(work_dir) / f"tmp-{pid}"
+
+
+def _remove_stale_worker_tmp(work_dir: Path) -> None:
+    """Temp directories of workers that died with their search (``kill -9``): those whose process is gone."""
+    for path in work_dir.glob("tmp-*"):
+        try:
+            os.kill(int(path.name[4:]), 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            continue
+
+
 def _worker_init(work_dir: str, runner_config: dict, parent: int, gate) -> None:
     """Runs once per worker process: heavy imports, calibration file, the runner, the host gate."""
     _exit_with_parent(parent)
@@ -104,6 +123,11 @@ def _worker_init(work_dir: str, runner_config: dict, parent: int, gate) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # TensorFlow, absl and LiteRT print from C++ straight to fd 2; keep that out of the user's progress bar.
     Path(work_dir).mkdir(parents=True, exist_ok=True)
+    # TensorFlow's autograph writes a module file per traced function to the temp directory and removes it at exit,
+    # which a pool worker never reaches (multiprocessing ends it with os._exit): two files per worker were left in
+    # /tmp for good. Here they go to a directory of this worker that the service removes once the worker is gone.
+    tempfile.tempdir = str(_worker_tmp(work_dir, os.getpid()))
+    Path(tempfile.tempdir).mkdir(exist_ok=True)
     log_fd = os.open(Path(work_dir) / f"worker-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log_fd, 2)
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -381,8 +405,9 @@ def _time_layers_task(items: list[dict], lock_path: str, pin_cpu: bool, cache_pa
             for item, t in zip(items, timings)]
 
 
-def _stop_pool(pool: ProcessPoolExecutor, grace_s: float) -> None:
-    """Shut a worker pool down without ever waiting forever: workers still alive after ``grace_s`` are killed."""
+def _stop_pool(pool: ProcessPoolExecutor, grace_s: float, work_dir: Path) -> None:
+    """Shut a worker pool down without ever waiting forever: workers still alive after ``grace_s`` are killed; then
+    the temp directory of each worker that has ended is removed."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     deadline = time.monotonic() + grace_s
@@ -391,6 +416,8 @@ def _stop_pool(pool: ProcessPoolExecutor, grace_s: float) -> None:
         if proc.is_alive():
             proc.kill()
             proc.join(timeout=5.0)
+        if not proc.is_alive():
+            shutil.rmtree(_worker_tmp(work_dir, proc.pid), ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------- service
@@ -525,6 +552,7 @@ class LatencyService:
                 raise RuntimeError("the latency service was closed")
             if self._pool is None:
                 self.work_dir.mkdir(parents=True, exist_ok=True)
+                _remove_stale_worker_tmp(self.work_dir)
                 self._pool = ProcessPoolExecutor(
                     max_workers=self.workers,
                     mp_context=multiprocessing.get_context("spawn"),
@@ -552,7 +580,7 @@ class LatencyService:
         with self._lock:
             if self._pool is pool:
                 self._pool = None
-        _stop_pool(pool, grace_s=0.0)
+        _stop_pool(pool, grace_s=0.0, work_dir=self.work_dir)
 
     # -- the two halves of a measurement
     def _checked_input(self, arch: str, resolution: int, channels: int, num_classes: int) -> str:
@@ -756,7 +784,7 @@ class LatencyService:
             self._closed = True
             pool, self._pool = self._pool, None
         if pool is not None:
-            _stop_pool(pool, grace_s=5.0)
+            _stop_pool(pool, grace_s=5.0, work_dir=self.work_dir)
         self._threads.shutdown(wait=True, cancel_futures=True)
         self.cache.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +39,18 @@ def test_export_writes_onnx_and_tflite(host_service, tmp_path):
 
 
 def test_conversion_beyond_tolerance_is_a_failed_result(latency_root):
+    """... and a conversion worker keeps its temp files (TensorFlow's autograph modules) in a directory of its own
+    under the work directory, removed when it ends: none are left in the system's temp directory."""
+    system_tmp = Path(tempfile.gettempdir())
+    before = set(system_tmp.glob("__autograph_generated_file*"))
     with build_service("host", workers=1, num_runs=2, tolerance_abs=1e-12, tolerance_rel=1e-12,
                        cache_path=latency_root / "strict" / "latency.sqlite") as service:
         result = service.measure(SMALL, resolution=32, num_classes=10)
+        worker_tmp = Path(service._run_in_worker(tempfile.gettempdir))
+        assert worker_tmp.parent == service.work_dir and worker_tmp.name.startswith("tmp-")
+        assert list(worker_tmp.glob("__autograph_generated_file*"))
+    assert not worker_tmp.exists() and not list(service.work_dir.glob("tmp-*"))
+    assert set(system_tmp.glob("__autograph_generated_file*")) <= before
     assert result.status == "failed" and "conversion mismatch" in result.error
     assert result.max_abs_err is not None and result.max_abs_err > 1e-12 and result.latency_ms is None
     assert "\n" not in result.error

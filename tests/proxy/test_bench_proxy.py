@@ -180,7 +180,7 @@ def test_baseline_jobs_run_beside_the_proxys_first_seed():
     order = bench.job_order(proxy, baseline, reference, zero, 4)
     assert [(j.role, j.seed) for j in order] == [("zero_cost", 4)] * 3 + [("zero_cost", 5)] * 3 + \
         [("proxy", 4), ("baseline", 4)] * 3 + [("proxy", 5)] * 3 + \
-        [("reference", 100)] * 3 + [("reference", 101)] * 3 + [("reference", 102)] * 3  # the default reference seeds
+        [("reference", 100)] * 3 + [("reference", 101)] * 3  # the default reference seeds
     assert [j.arch for j in order[6:12]] == [a for a in s["archs"] for _ in (0, 1)]  # each beside its own arch
 
 
@@ -364,7 +364,8 @@ def test_an_empty_summary_says_why(tmp_path, capsys):
     store = ResultStore(tmp_path)
 
     def put(job, trainer):
-        store.append({**record(job, 0.5 + 0.1 * s["archs"].index(job.arch)), "trainer": trainer, "dataset": job.dataset, "threads": 1, "device": "cpu",
+        top1 = 0.5 + 0.1 * s["archs"].index(job.arch)
+        store.append({**record(job, top1), "trainer": trainer, "dataset": job.dataset, "threads": 1, "device": "cpu",
                       "setting": setting_key(trainer, job.dataset)})
 
     first_seed = [j for j in reference if j.seed == args.reference_seed_list[0]]
@@ -376,7 +377,7 @@ def test_an_empty_summary_says_why(tmp_path, capsys):
     store.close()
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
-    assert "has every seed (100,101,102) on 0 of 4 architectures and at least one on 4" in out
+    assert "has every seed (100,101) on 0 of 4 architectures and at least one on 4" in out
     assert "Spearman [95% CI]" not in out  # no empty table under the line
     seeds = ",".join(map(str, args.reference_seed_list[:1]))
     assert bench.main([*argv, "--reference-seeds", seeds]) == 0  # ranked against the finished seed

@@ -124,7 +124,7 @@ def _worker_init(work_dir: str, runner_config: dict, parent: int, gate) -> None:
     # TensorFlow, absl and LiteRT print from C++ straight to fd 2; keep that out of the user's progress bar.
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     # TensorFlow's autograph writes a module file per traced function to the temp directory and removes it at exit,
-    # which a pool worker never reaches (multiprocessing ends it with os._exit): two files per worker were left in
+    # which a pool worker never reaches (multiprocessing ends it with os._exit): a few files per worker were left in
     # /tmp for good. Here they go to a directory of this worker that the service removes once the worker is gone.
     tempfile.tempdir = str(_worker_tmp(work_dir, os.getpid()))
     Path(tempfile.tempdir).mkdir(exist_ok=True)

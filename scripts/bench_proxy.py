@@ -343,8 +343,9 @@ def summary(args, s: dict, records: dict) -> list[dict]:
                                   "reference_noise_spearman", "top_k_overlap", "proxy_cost")}})
     rows.sort(key=lambda r: r["proxy_cost"].get("seconds", math.inf))
     if not rows:  # say why the table is empty: most often a reference still being trained
-        some = {j.arch for j in reference if succeeded(records.get(j.key()))}
-        every = [a for a in s["archs"] if all(succeeded(records.get(j.key())) for j in reference if j.arch == a)]
+        done = [(j.arch, succeeded(records.get(j.key()))) for j in reference]
+        some = {arch for arch, ok in done if ok}
+        every = set(s["archs"]) - {arch for arch, ok in done if not ok}
         if not records:
             print(f"no proxy ranked yet: nothing is stored in {args.results} (run the benchmark without --summary)")
         elif len(every) < 3:

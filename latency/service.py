@@ -102,8 +102,9 @@ def _worker_tmp(work_dir: str | Path, pid: int) -> Path:
     return Path(work_dir) / f"tmp-{pid}"
 
 
-def _remove_stale_worker_tmp(work_dir: Path) -> None:
-    """Temp directories of workers that died with their search (``kill -9``): those whose process is gone."""
+def _remove_ended_worker_tmp(work_dir: Path) -> None:
+    """Remove the temp directories of workers whose process is gone: a pool's workers once it is stopped, and those
+    that died with their search (``kill -9``) when the next pool starts."""
     for path in work_dir.glob("tmp-*"):
         try:
             os.kill(int(path.name[4:]), 0)
@@ -407,7 +408,7 @@ def _time_layers_task(items: list[dict], lock_path: str, pin_cpu: bool, cache_pa
 
 def _stop_pool(pool: ProcessPoolExecutor, grace_s: float, work_dir: Path) -> None:
     """Shut a worker pool down without ever waiting forever: workers still alive after ``grace_s`` are killed; then
-    the temp directory of each worker that has ended is removed."""
+    the temp directories of the workers that have ended are removed."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     deadline = time.monotonic() + grace_s
@@ -416,8 +417,7 @@ def _stop_pool(pool: ProcessPoolExecutor, grace_s: float, work_dir: Path) -> Non
         if proc.is_alive():
             proc.kill()
             proc.join(timeout=5.0)
-        if not proc.is_alive():
-            shutil.rmtree(_worker_tmp(work_dir, proc.pid), ignore_errors=True)
+    _remove_ended_worker_tmp(work_dir)
 
 
 # ---------------------------------------------------------------------------------------------------- service
@@ -552,7 +552,7 @@ class LatencyService:
                 raise RuntimeError("the latency service was closed")
             if self._pool is None:
                 self.work_dir.mkdir(parents=True, exist_ok=True)
-                _remove_stale_worker_tmp(self.work_dir)
+                _remove_ended_worker_tmp(self.work_dir)
                 self._pool = ProcessPoolExecutor(
                     max_workers=self.workers,
                     mp_context=multiprocessing.get_context("spawn"),

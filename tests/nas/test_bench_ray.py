@@ -1,0 +1,92 @@
+"""scripts/bench_ray.py without Ray: the ideal schedule, the projection, the steady-state rate and the CLI's plumbing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "bench_ray.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_ray", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ideal_makespan_overlaps_training_with_conversion_and_timing(bench):
+    # conversion and timing (1 + 1 s) hide behind training (10 s): two trainers, two rounds of two children
+    costs = bench.Fixed(train=10.0, convert=1.0, timing=1.0)
+    assert bench.ideal_makespan(list("abcd"), costs, trainers=2, converters=1, devices=1) == pytest.approx(20.0)
+
+
+def test_ideal_makespan_waits_for_the_bottleneck_converter(bench):
+    # one converter at 15 s per child: a child holds its place until it is timed, so the converter sets the pace
+    # (worked by hand: a 0-16, b 0-31, c 16-46, d 31-61)
+    costs = bench.Fixed(train=10.0, convert=15.0, timing=1.0)
+    assert bench.ideal_makespan(list("abcd"), costs, trainers=2, converters=1, devices=1) == pytest.approx(61.0)
+
+
+def test_projection_of_one_batch_with_an_actor_per_child(bench):
+    # 64 children, 64 of every kind of actor: one batch lasts one child's training (longer than conversion + timing)
+    hours = bench.projection(1.0, children=64, batch=64, gpus=64, phones=64, converters=64)
+    assert hours == pytest.approx(bench.ASSUMED["gpu_train_seconds"] / 3600)
+    # two phones time the 64 children one after another: the phones are the bound, whatever the GPUs
+    two_phones = bench.projection(1.0, children=64, batch=64, gpus=64, phones=2, converters=64)
+    assert two_phones * 3600 >= 32 * bench.ASSUMED["phone_seconds"]
+
+
+def test_steady_rate_leaves_out_the_start_up_and_reused_children(bench, tmp_path):
+    events = [{"event": "start", "time": 0.0}]
+    events += [{"event": "child", "time": t, "origin": "evaluated"} for t in (50.0, 60.0, 70.0, 80.0)]
+    events += [{"event": "child", "time": 85.0, "origin": "reused"}, {"event": "step", "time": 86.0}]
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert bench.steady_per_hour(path) == pytest.approx(3600 * 3 / 30)  # 3 children in the 30 s after the first
+    path.write_text(json.dumps({"event": "child", "time": 5.0, "origin": "evaluated"}) + "\n")
+    assert bench.steady_per_hour(path) is None  # one child: no rate
+
+
+def test_cpu_seconds_counts_this_process_work(bench):
+    before = bench.cpu_seconds()
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+    assert bench.cpu_seconds() - before >= 0.25  # whole-machine counter: at least this process's 0.3 s
+
+
+def test_main_passes_overrides_to_both_searches_and_prints_the_json_keys(bench, tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_run(tmp, name, budget, extra):
+        calls.append((name, budget, list(extra)))
+        per_hour = 100.0 if name == "local" else 150.0
+        events = tmp_path / f"{name}.jsonl"
+        events.write_text("".join(json.dumps({"event": "child", "time": t, "origin": "evaluated"}) + "\n"
+                                  for t in (0.0, 36.0 if name == "local" else 24.0)))
+        return {"wall_seconds": 60.0, "children": 2, "per_hour": per_hour, "cores_busy": 1.5,
+                "costs": [{"train": 10.0, "convert": 2.0, "time": 1.0}],
+                "steady_per_hour": bench.steady_per_hour(events)}
+
+    monkeypatch.setattr(bench, "real_run", fake_run)
+    monkeypatch.setattr(bench, "reexec_in_netns", lambda: None)
+    monkeypatch.setattr(sys, "argv", ["bench_ray.py", "--budget", "2", "--skip-sim", "--json",
+                                      "--costs", str(tmp_path / "costs.json"),
+                                      "--override", "controller=evolution", "--override", "steady_state=true"])
+    assert bench.main() == 0
+    assert calls == [("local", 2, ["controller=evolution", "steady_state=true"]),
+                     ("ray", 2, ["controller=evolution", "steady_state=true", *bench.RAY])]
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["speedup"] == pytest.approx(1.5) and out["steady_speedup"] == pytest.approx(1.5)
+    assert {"local_children_per_hour", "ray_children_per_hour", "local_cores_busy", "ray_cores_busy",
+            "projected_hours"} <= set(out)
+    assert "simulated_efficiency_128" not in out  # --skip-sim
+    assert json.loads((tmp_path / "costs.json").read_text()) == [{"train": 10.0, "convert": 2.0, "time": 1.0}] * 2

@@ -431,7 +431,7 @@ def anchor_schemes(args) -> dict:
     from latency import build_service
     from latency.quiet import ROUND_GAP_S
     from latency.runners import summarize_rounds
-    from latency.service import ANCHOR_INPUT, DEFAULT_ANCHOR, _anchor_ms, _time_round
+    from latency.service import ANCHOR_AGREE, ANCHOR_INPUT, DEFAULT_ANCHOR, _anchor_ms, _time_round
     from search_spaces.space import SearchSpace
 
     if args.anchor_models < 2:
@@ -446,7 +446,9 @@ def anchor_schemes(args) -> dict:
     anchor = runner.prepare(anchor_path)
     ref_ms = _anchor_ms(runner, anchor, warmup=runner.warmup_runs)  # the scale only: every scheme shares it
 
-    def session(group: list[str], scheme: str) -> dict[str, float]:
+    retimed: dict[str, list] = {}
+
+    def session(group: list[str], scheme: str) -> dict[str, dict]:
         rounds: dict[str, list[list[float]]] = {p: [] for p in group}
         for attempt in range(runner.effective_rounds):
             if attempt:
@@ -454,16 +456,17 @@ def anchor_schemes(args) -> dict:
             # "ends", the scheme before: the anchor only around the whole round, timed without it in between
             before = _anchor_ms(runner, anchor, warmup=runner.round_warmup(attempt == 0)) if scheme == "ends" else None
             timed, errors = _time_round(runner, {p: interpreters[p] for p in group},
-                                        anchor if scheme == "around" else None, ref_ms, attempt)
+                                        anchor if scheme in ("around", "agree") else None, ref_ms, attempt,
+                                        agree=ANCHOR_AGREE if scheme == "agree" else None,
+                                        retimed=retimed.setdefault(scheme, []))
             if errors:
                 raise SystemExit(f"error: timing failed: {next(iter(errors.values()))}")
             factor = ref_ms / ((before + _anchor_ms(runner, anchor, warmup=0)) / 2) if scheme == "ends" else 1.0
             for p in group:
                 rounds[p].append([x * factor for x in timed[p][0]])
-        return {p: summarize_rounds(r, [False] * len(r), anchored=scheme != "none")["latency_ms"]
-                for p, r in rounds.items()}
+        return {p: summarize_rounds(r, [False] * len(r), anchored=scheme != "none") for p, r in rounds.items()}
 
-    schemes = ["none", "ends", "around"]
+    schemes = ["none", "ends", "around", "agree"]
     repeats: dict[str, list[dict[str, float]]] = {s: [] for s in schemes}
     groups = [paths[i:i + 8] for i in range(0, len(paths), 8)]
     for rep in tqdm(range(3), desc="repeats"):
@@ -471,14 +474,20 @@ def anchor_schemes(args) -> dict:
             repeats[scheme].append({p: v for g in groups for p, v in session(g, scheme).items()})
     out = {}
     print(f"\n== drift anchor ({DEFAULT_ANCHOR}): {len(paths)} networks timed 3 times in sessions of 8, by scheme")
-    print(f"{'scheme':<8}{'mean move':>10}{'within 5%':>11}{'within 2%':>11}")
+    print("   (agree: as around, and a network whose two anchor times differ by more than "
+          f"{100 * ANCHOR_AGREE:.0f}% is timed again; std < 5%: the share of timings whose runs' std is under 5% of "
+          "their median)")
+    print(f"{'scheme':<8}{'mean move':>10}{'within 5%':>11}{'within 2%':>11}{'std < 5%':>10}{'retimed':>9}")
     for scheme, reps in repeats.items():
-        moves = np.array([abs(a[p] - b[p]) / ((a[p] + b[p]) / 2) for a, b in itertools.combinations(reps, 2)
-                          for p in paths])
+        moves = np.array([abs(a[p]["latency_ms"] - b[p]["latency_ms"]) / ((a[p]["latency_ms"] + b[p]["latency_ms"]) / 2)
+                          for a, b in itertools.combinations(reps, 2) for p in paths])
+        steady = np.array([r[p]["std_ms"] / r[p]["latency_ms"] < 0.05 for r in reps for p in paths])
         out[scheme] = {"mean_move": float(moves.mean()), "within_5": float(np.mean(moves < 0.05)),
-                       "within_2": float(np.mean(moves < 0.02))}
+                       "within_2": float(np.mean(moves < 0.02)), "std_below_5": float(steady.mean()),
+                       "retimed": len(retimed.get(scheme, []))}
         print(f"{scheme:<8}{100 * out[scheme]['mean_move']:>9.2f}%{100 * out[scheme]['within_5']:>10.0f}%"
-              f"{100 * out[scheme]['within_2']:>10.0f}%")
+              f"{100 * out[scheme]['within_2']:>10.0f}%{100 * out[scheme]['std_below_5']:>9.0f}%"
+              f"{out[scheme]['retimed']:>9}")
     return {**out, "models": len(paths)}
 
 

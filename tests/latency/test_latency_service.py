@@ -165,6 +165,34 @@ def test_anchor_is_timed_around_every_network_and_every_group_of_small_layers():
     assert all(timed[f"l{i}"] == ([10.0] * 3, 1.0) for i in range(10) if i != 5)
 
 
+def test_a_network_whose_anchor_times_disagree_is_timed_again():
+    """A phase change inside a bracket (the anchor slow before a network, not after it) leaves no one factor that fits
+    the network's runs: with ``agree`` the network is timed again between two agreeing anchor times; a bracket that
+    never agrees is kept from its best attempt after ANCHOR_RETRIES retries."""
+    from latency.service import ANCHOR_RETRIES, _time_round
+
+    anchor = _Model("anchor", 7.0)
+    nets = {"net0": _Model("net0", 50.0), "net1": _Model("net1", 80.0)}
+    runner = _PhasedRunner(slow=range(2, 3))  # anchor, net0, [anchor slow], net1, anchor ...
+    retimed = []
+    timed, errors = _time_round(runner, nets, anchor, 7.0, 0, clock=lambda: runner.now, agree=0.04, retimed=retimed)
+    assert not errors
+    # net0's bracket (7 before, 14 after) disagrees: net0 again, then the anchor (14 -> 7: still apart), net0 again
+    # and the anchor (7, 7: agree); net1's bracket starts from the latest anchor time
+    assert runner.calls == ["anchor", "net0", "anchor", "net0", "anchor", "net0", "anchor", "net1", "anchor"]
+    assert timed["net0"] == ([50.0] * 3, 1.0) and timed["net1"] == ([80.0] * 3, 1.0)
+    assert retimed == [1.0, 0.0]
+
+    runner = _PhasedRunner(slow=range(2, 100, 4))  # every other anchor time slow: no bracket ever agrees
+    timed, _ = _time_round(runner, {"net0": nets["net0"]}, anchor, 7.0, 0, clock=lambda: runner.now, agree=0.04)
+    assert runner.calls.count("net0") == 1 + ANCHOR_RETRIES and timed["net0"][1] == pytest.approx(7.0 / 10.5)
+    # without agree (as before): one bracket, one factor, whatever it is
+    runner = _PhasedRunner(slow=range(2, 3))
+    timed, _ = _time_round(runner, nets, anchor, 7.0, 0, clock=lambda: runner.now)
+    assert runner.calls == ["anchor", "net0", "anchor", "net1", "anchor"]
+    assert timed["net0"][1] == pytest.approx(7.0 / 10.5)
+
+
 def test_drift_anchor_scales_every_round_and_its_reference_is_fixed_once(latency_root, monkeypatch):
     """A tiny anchor (the service converts it at 224 px like any model) timed around the model in every round: each
     result records the reference and one factor per round, and latency_ms is the median of the corrected rounds.

@@ -292,7 +292,8 @@ def simulate_all(args, costs: list[dict], tmp: Path, out: dict) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=int, default=16, help="children of each real search in part 1")
+    parser.add_argument("--budget", type=int, default=56,
+                        help="children of each real search in part 1 (56: the quickstart's own, what make search runs)")
     parser.add_argument("--children", type=int, default=8000, help="children of each simulated search")
     parser.add_argument("--actors", default="8,32,128", help="simulated trainer actors, comma-separated")
     parser.add_argument("--sim-seconds", type=float, default=600.0, help="ideal makespan of a simulated run")
@@ -301,6 +302,7 @@ def main() -> int:
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="a Hydra override for both real searches of part 1 (repeatable)")
     parser.add_argument("--skip-sim", action="store_true", help="part 1 only: no simulated search")
+    parser.add_argument("--keep", metavar="DIR", help="keep part 1's run directories (local/, ray/) under DIR")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     reexec_in_netns()
@@ -310,10 +312,13 @@ def main() -> int:
         if args.skip_real:
             costs = json.loads(Path(args.costs).read_text())
         else:
-            local = real_run(tmp, "local", args.budget, args.override)
+            runs = Path(args.keep) if args.keep else tmp
+            if args.keep and any((runs / name).exists() for name in ("local", "ray")):
+                raise SystemExit(f"error: --keep {runs} already holds a local/ or ray/ run; give an empty directory")
+            local = real_run(runs, "local", args.budget, args.override)
             print(f"local: {local['children']} children in {local['wall_seconds']:.0f} s, "
                   f"{local['per_hour']:.0f} children/hour, {local['cores_busy']:.2f} cores busy", flush=True)
-            remote = real_run(tmp, "ray", args.budget, [*args.override, *RAY])
+            remote = real_run(runs, "ray", args.budget, [*args.override, *RAY])
             print(f"ray (2 trainer and 2 converter actors): {remote['children']} children in "
                   f"{remote['wall_seconds']:.0f} s, {remote['per_hour']:.0f} children/hour, "
                   f"{remote['cores_busy']:.2f} cores busy", flush=True)

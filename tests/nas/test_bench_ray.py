@@ -67,7 +67,7 @@ def test_main_passes_overrides_to_both_searches_and_prints_the_json_keys(bench, 
     calls = []
 
     def fake_run(tmp, name, budget, extra):
-        calls.append((name, budget, list(extra)))
+        calls.append((tmp, name, budget, list(extra)))
         per_hour = 100.0 if name == "local" else 150.0
         events = tmp_path / f"{name}.jsonl"
         events.write_text("".join(json.dumps({"event": "child", "time": t, "origin": "evaluated"}) + "\n"
@@ -79,14 +79,24 @@ def test_main_passes_overrides_to_both_searches_and_prints_the_json_keys(bench, 
     monkeypatch.setattr(bench, "real_run", fake_run)
     monkeypatch.setattr(bench, "reexec_in_netns", lambda: None)
     monkeypatch.setattr(sys, "argv", ["bench_ray.py", "--budget", "2", "--skip-sim", "--json",
-                                      "--costs", str(tmp_path / "costs.json"),
+                                      "--costs", str(tmp_path / "costs.json"), "--keep", str(tmp_path / "kept"),
                                       "--override", "controller=evolution", "--override", "steady_state=true"])
     assert bench.main() == 0
-    assert calls == [("local", 2, ["controller=evolution", "steady_state=true"]),
-                     ("ray", 2, ["controller=evolution", "steady_state=true", *bench.RAY])]
+    kept = tmp_path / "kept"  # --keep: the searches' run directories go there
+    assert calls == [(kept, "local", 2, ["controller=evolution", "steady_state=true"]),
+                     (kept, "ray", 2, ["controller=evolution", "steady_state=true", *bench.RAY])]
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["speedup"] == pytest.approx(1.5) and out["steady_speedup"] == pytest.approx(1.5)
     assert {"local_children_per_hour", "ray_children_per_hour", "local_cores_busy", "ray_cores_busy",
             "projected_hours"} <= set(out)
     assert "simulated_efficiency_128" not in out  # --skip-sim
     assert json.loads((tmp_path / "costs.json").read_text()) == [{"train": 10.0, "convert": 2.0, "time": 1.0}] * 2
+
+
+def test_keep_refuses_a_directory_that_holds_a_run(bench, tmp_path, monkeypatch):
+    (tmp_path / "ray").mkdir()  # a search there would resume, not start afresh
+    monkeypatch.setattr(bench, "real_run", lambda *a: pytest.fail("no search may start"))
+    monkeypatch.setattr(bench, "reexec_in_netns", lambda: None)
+    monkeypatch.setattr(sys, "argv", ["bench_ray.py", "--skip-sim", "--keep", str(tmp_path)])
+    with pytest.raises(SystemExit, match="already holds a local/ or ray/ run"):
+        bench.main()

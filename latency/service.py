@@ -364,22 +364,22 @@ def _agreeing_group(runner, interpreters: dict, anchor_interpreter, group: list,
     while those two times differ by more than ``agree`` (relative): the machine changed speed inside the bracket, so
     no one factor fits its runs. Returns the attempt whose anchor times agree best (its runs and its pair) and the
     anchor's latest time (the next group's "before"); ``retimed`` gets each retry's gap."""
-    best = (_gap(*pair), group, pair)
-    latest, tries = pair[1], 0
-    while agree is not None and best[0] > agree and tries < ANCHOR_RETRIES:
+    best_gap, best = _gap(*pair), (group, pair)
+    tries = 0
+    while agree is not None and best_gap > agree and tries < ANCHOR_RETRIES:
         tries += 1
         try:
             again = [(p, runner.run(interpreters[p], runner.round_runs(attempt), runner.round_warmup(False)))
                      for p, _ in group]
         except Exception:  # a model that timed once and fails now: keep what was timed
             break
-        pair = (latest, _anchor_ms(runner, anchor_interpreter, warmup=0))
-        latest = pair[1]
+        pair = (pair[1], _anchor_ms(runner, anchor_interpreter, warmup=0))
+        gap = _gap(*pair)
         if retimed is not None:
-            retimed.append(round(_gap(*pair), 5))
-        if _gap(*pair) < best[0]:
-            best = (_gap(*pair), again, pair)
-    return best[1], best[2], latest
+            retimed.append(round(gap, 5))
+        if gap < best_gap:
+            best_gap, best = gap, (again, pair)
+    return (*best, pair[1])
 
 
 def _anchor_ms(runner, interpreter, *, warmup: int) -> float:

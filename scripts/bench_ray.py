@@ -75,7 +75,8 @@ def real_run(tmp: Path, name: str, budget: int, extra: list[str]) -> dict:
     wall = time.perf_counter() - start
     cores_busy = (cpu_seconds() - busy) / wall
     if result.returncode != 0:
-        raise SystemExit(f"error: the {name} search failed: {result.stderr.strip().splitlines()[-1:]}")
+        lines = result.stderr.strip().splitlines()
+        raise SystemExit(f"error: the {name} search failed: {lines[-1] if lines else f'exit code {result.returncode}'}")
     from nas.store import RunStore
 
     with RunStore(run_dir, readonly=True) as store:
@@ -305,6 +306,16 @@ def main() -> int:
     parser.add_argument("--keep", metavar="DIR", help="keep part 1's run directories (local/, ray/) under DIR")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.skip_real:
+        unused = [flag for flag, given in (("--keep", args.keep), ("--override", args.override)) if given]
+        if unused:
+            parser.error(f"{' and '.join(unused)}: only for part 1's real searches, which --skip-real skips")
+        if not args.costs:
+            parser.error("--skip-real needs --costs, the per-child costs a previous part 1 wrote")
+        if not Path(args.costs).is_file():
+            parser.error(f"--costs {args.costs}: no such file")
+        if args.skip_sim:
+            parser.error("--skip-real with --skip-sim leaves nothing to run")
     reexec_in_netns()
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp_name:

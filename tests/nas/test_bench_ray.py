@@ -100,3 +100,32 @@ def test_keep_refuses_a_directory_that_holds_a_run(bench, tmp_path, monkeypatch)
     monkeypatch.setattr(sys, "argv", ["bench_ray.py", "--skip-sim", "--keep", str(tmp_path)])
     with pytest.raises(SystemExit, match="already holds a local/ or ray/ run"):
         bench.main()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--skip-real", "--costs", "COSTS", "--keep", "KEEP"], "--keep: only for part 1"),
+    (["--skip-real", "--costs", "COSTS", "--override", "seed=1"], "--override: only for part 1"),
+    (["--skip-real"], "--skip-real needs --costs"),
+    (["--skip-real", "--costs", "MISSING"], "no such file"),
+    (["--skip-real", "--skip-sim", "--costs", "COSTS"], "leaves nothing to run"),
+])
+def test_flags_that_skip_real_would_ignore_are_refused(bench, tmp_path, monkeypatch, capsys, argv, message):
+    (tmp_path / "costs.json").write_text("[]")
+    paths = {"COSTS": str(tmp_path / "costs.json"), "KEEP": str(tmp_path / "kept"), "MISSING": str(tmp_path / "no")}
+    monkeypatch.setattr(bench, "reexec_in_netns", lambda: pytest.fail("nothing may start"))
+    monkeypatch.setattr(sys, "argv", ["bench_ray.py", *[paths.get(a, a) for a in argv]])
+    with pytest.raises(SystemExit) as exc:
+        bench.main()
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_failed_search_names_its_last_error_line(bench, tmp_path, monkeypatch):
+    import subprocess
+
+    failed = subprocess.CompletedProcess([], 1, stdout="", stderr="progress\nerror: budget must be positive\n")
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: failed)
+    with pytest.raises(SystemExit, match=r"^error: the local search failed: error: budget must be positive$"):
+        bench.real_run(tmp_path, "local", 2, [])
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess([], -9, "", ""))
+    with pytest.raises(SystemExit, match="failed: exit code -9$"):
+        bench.real_run(tmp_path, "local", 2, [])

@@ -28,6 +28,12 @@
    scheme before) and around every network (``latency.service._time_round``, the scheme in use), each three
    times, the schemes interleaved; for each: how much a network's latency moved between repeats (mean, share within
    5% and 2%). Needs an otherwise idle machine (it takes no gate).
+9. With ``--retime N``: how well the held-out truth repeats. The first N validation models stored with the table in
+   ``--cache`` are converted and timed again now, as ``table validate`` timed them (sessions of 8, same settings, on
+   the cache's drift-anchor reference, in a fresh copy of the cache): how far each moved from its stored latency
+   (mean, share within 5% and 2%, bias, RMS), the predictor's error against the stored timings, the new ones and
+   their mean (a truth with half the repeat noise's variance, if the two sittings' errors are independent), and the
+   share of the new timings whose runs' std is under 5% of their median (the quiet floor of the spread goal).
 
 Usage: .venv/bin/python scripts/bench_latency.py [--resolution 224] [--repeats 5] [--runs 30]
        .venv/bin/python scripts/bench_latency.py --predictor [--validate 200] [--cache DIR/latency.sqlite] [--only-predictor]
@@ -35,6 +41,7 @@ Usage: .venv/bin/python scripts/bench_latency.py [--resolution 224] [--repeats 5
            --only-modes [--json]      (--json: one JSON line of every figure at the end)
        .venv/bin/python scripts/bench_latency.py --run runs/quickstart/seed0 [--alone 3] [--json]
        .venv/bin/python scripts/bench_latency.py --anchor [--anchor-models 16] [--json]
+       .venv/bin/python scripts/bench_latency.py --retime 48 --cache DIR/latency.sqlite [--json]
 """
 
 from __future__ import annotations
@@ -93,10 +100,15 @@ def main() -> None:
     parser.add_argument("--alone", type=int, default=3, help="alone timings per reference for --run (median)")
     parser.add_argument("--anchor", action="store_true", help="only: repeat noise under the drift-anchor schemes")
     parser.add_argument("--anchor-models", type=int, default=16, help="random networks for --anchor (sessions of 8)")
+    parser.add_argument("--retime", type=int, default=0, metavar="N",
+                        help="only: time the table's first N validation models again and compare (needs --cache)")
     parser.add_argument("--json", action="store_true", help="print one JSON line of all figures at the end")
     args = parser.parse_args()
     out: dict = {}
     try:
+        if args.retime:
+            out["retime"] = retime_validation(args)
+            return
         if args.run:
             out["run"] = run_figures(args)
             return
@@ -489,6 +501,82 @@ def anchor_schemes(args) -> dict:
               f"{100 * out[scheme]['within_2']:>10.0f}%{100 * out[scheme]['std_below_5']:>9.0f}%"
               f"{out[scheme]['retimed']:>9}")
     return {**out, "models": len(paths)}
+
+
+def retime_validation(args) -> dict:
+    """Section 9: the table's stored validation models timed again now, against their stored latencies."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from latency import build_service
+    from latency.predictor import LatencyTableMissing, Predictor
+    from latency.service import DEFAULT_ANCHOR
+    from latency.table import MODEL_BATCH, _convert_safely
+
+    if not args.cache:
+        raise SystemExit("error: --retime needs --cache, the latency cache holding the table")
+    if args.retime < 2:
+        raise SystemExit("error: --retime must be at least 2")
+    if not Path(args.cache).is_file():
+        raise SystemExit(f"error: --cache {args.cache}: no such file")
+    copy = _fresh_copy(args.cache, Path(tempfile.mkdtemp(prefix="bench_retime_")))
+    shape = {"resolution": args.resolution, "channels": 3, "num_classes": 1000}
+    with build_service("host", workers=2, cache_path=copy, anchor=DEFAULT_ANCHOR) as service:
+        try:
+            predictor = Predictor.from_service(service, **shape)
+        except LatencyTableMissing as exc:
+            raise SystemExit(f"error: {exc}") from None
+        stored = service.cache.models(predictor.table_key, "validation", predictor.space)[:args.retime]
+        if len(stored) < 2:
+            raise SystemExit(f"error: table {predictor.table_key} has {len(stored)} validation model(s) stored "
+                             "(python -m latency table validate --n 200)")
+        archs = [m["arch"] for m in stored]
+        results = []
+        with ThreadPoolExecutor(max_workers=service.workers) as threads, \
+                tqdm(total=len(archs), desc="timed again", unit="model", dynamic_ncols=True) as bar:
+            conversions = [threads.submit(_convert_safely, service, a, shape) for a in archs]
+            for start in range(0, len(archs), MODEL_BATCH):
+                batch = service.time_many([f.result() for f in conversions[start:start + MODEL_BATCH]],
+                                          batch=MODEL_BATCH)
+                results.extend(batch)
+                bar.update(len(batch))
+    ok = [(m, r) for m, r in zip(stored, results) if r.ok]
+    if len(ok) < 2:
+        raise SystemExit(f"error: only {len(ok)} of {len(stored)} models could be timed again")
+    out = {"table_key": predictor.table_key,
+           **repeat_figures([m["latency_ms"] for m, _ in ok], [r.latency_ms for _, r in ok],
+                            [predictor.predict(m["arch"]).latency_ms for m, _ in ok],
+                            [r.std_ms / r.latency_ms for _, r in ok])}
+    print(f"\n== the held-out truth timed again: {len(ok)} validation models of table {predictor.table_key}")
+    print(f"moved from the stored latency: mean {100 * out['mean_move']:.2f}%, {100 * out['within_5']:.0f}% within 5%, "
+          f"{100 * out['within_2']:.0f}% within 2%, bias {100 * out['bias']:+.2f}%, RMS {100 * out['rms']:.2f}%")
+    print(f"timing spread of the new timings: {100 * out['std_below_5']:.0f}% with runs' std under 5% of the median, "
+          f"the largest {100 * out['spread_max']:.1f}%")
+    print(f"{'predictor against':<20}{'within 5%':>10}{'within 10%':>11}{'RMSE':>8}{'bias':>8}{'tau':>7}")
+    for name in ("stored", "timed again", "mean of both"):
+        e = out[f"predictor_{name.replace(' ', '_')}"]
+        print(f"{name:<20}{100 * e['within_5']:>9.1f}%{100 * e['within_10']:>10.1f}%{100 * e['rmse_rel']:>7.2f}%"
+              f"{100 * e['bias_rel']:>+7.2f}%{e['kendall_tau']:>7.3f}")
+    return out
+
+
+def repeat_figures(stored, timed, predicted, spreads) -> dict:
+    """Section 9's figures: how far each timing moved from its stored latency, the predictor's error against the
+    stored timings, the new ones and their mean, and the share of new timings whose spread (std / median) is < 5%."""
+    import numpy as np
+
+    from latency.predictor import error_figures
+
+    old, new, spreads = np.asarray(stored, float), np.asarray(timed, float), np.asarray(spreads, float)
+    move = new / old - 1
+    out = {"models": len(old), "mean_move": float(np.mean(np.abs(move))),
+           "within_5": float(np.mean(np.abs(move) <= 0.05)), "within_2": float(np.mean(np.abs(move) <= 0.02)),
+           "bias": float(np.mean(move)), "rms": float(np.sqrt(np.mean(move**2))),
+           "std_below_5": float(np.mean(spreads < 0.05)), "spread_max": float(spreads.max())}
+    for name, truth in (("stored", old), ("timed_again", new), ("mean_of_both", (old + new) / 2)):
+        out[f"predictor_{name}"] = error_figures(predicted, truth)
+    return out
 
 
 if __name__ == "__main__":

@@ -1,0 +1,53 @@
+"""scripts/bench_latency.py --retime without timing anything: its figures worked by hand, and its refusals."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_latency", ROOT / "scripts" / "bench_latency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_repeat_figures_compare_each_timing_with_its_stored_latency(bench):
+    stored = [10.0, 20.0, 40.0, 5.0]
+    timed = [10.3, 19.1, 40.0, 5.2]  # moved +3%, -4.5%, 0%, +4%
+    predicted = [10.0, 20.8, 43.6, 5.0]
+    out = bench.repeat_figures(stored, timed, predicted, spreads=[0.01, 0.049, 0.05, 0.2])
+    assert out["models"] == 4
+    assert out["mean_move"] == pytest.approx((0.03 + 0.045 + 0.0 + 0.04) / 4)
+    assert out["within_5"] == 1.0 and out["within_2"] == 0.25
+    assert out["bias"] == pytest.approx((0.03 - 0.045 + 0.0 + 0.04) / 4)
+    assert out["rms"] == pytest.approx(((0.03**2 + 0.045**2 + 0.04**2) / 4) ** 0.5)
+    assert out["std_below_5"] == 0.5 and out["spread_max"] == 0.2  # 0.05 itself is not below 5%
+    # against the stored truth: 0%, +4%, +9%, 0%; against the new: -2.9%, +8.9%, +9%, -3.8%
+    assert out["predictor_stored"]["within_5"] == 0.75 and out["predictor_stored"]["within_10"] == 1.0
+    assert out["predictor_timed_again"]["within_5"] == 0.5
+    assert out["predictor_timed_again"]["max_rel"] == pytest.approx(43.6 / 40 - 1)
+    mean = out["predictor_mean_of_both"]
+    assert mean["bias_rel"] == pytest.approx(sum(p / ((s + t) / 2) - 1 for p, s, t in zip(predicted, stored, timed)) / 4)
+    assert mean["kendall_tau"] == 1.0  # same order in all three
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--retime", "48"], "--retime needs --cache"),
+    (["--retime", "1", "--cache", "CACHE"], "--retime must be at least 2"),
+    (["--retime", "48", "--cache", "MISSING"], "no such file"),
+])
+def test_retime_refuses_what_it_cannot_use(bench, tmp_path, monkeypatch, argv, message):
+    (tmp_path / "latency.sqlite").write_bytes(b"")
+    paths = {"CACHE": str(tmp_path / "latency.sqlite"), "MISSING": str(tmp_path / "none.sqlite")}
+    monkeypatch.setattr(sys, "argv", ["bench_latency.py", *[paths.get(a, a) for a in argv]])
+    with pytest.raises(SystemExit, match=message):
+        bench.main()
+    assert not (tmp_path / "none.sqlite").exists()  # nothing created where nothing was

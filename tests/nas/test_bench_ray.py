@@ -107,7 +107,6 @@ def test_keep_refuses_a_directory_that_holds_a_run(bench, tmp_path, monkeypatch)
     (["--skip-real", "--costs", "COSTS", "--override", "seed=1"], "--override: only for part 1"),
     (["--skip-real"], "--skip-real needs --costs"),
     (["--skip-real", "--costs", "MISSING"], "no such file"),
-    (["--skip-real", "--skip-sim", "--costs", "COSTS"], "leaves nothing to run"),
 ])
 def test_flags_that_skip_real_would_ignore_are_refused(bench, tmp_path, monkeypatch, capsys, argv, message):
     (tmp_path / "costs.json").write_text("[]")
@@ -129,3 +128,14 @@ def test_a_failed_search_names_its_last_error_line(bench, tmp_path, monkeypatch)
     monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess([], -9, "", ""))
     with pytest.raises(SystemExit, match="failed: exit code -9$"):
         bench.real_run(tmp_path, "local", 2, [])
+
+
+def test_skip_real_and_skip_sim_leave_the_projection_from_stored_costs(bench, tmp_path, monkeypatch, capsys):
+    costs = tmp_path / "costs.json"
+    costs.write_text(json.dumps([{"train": 10.0, "convert": c, "time": 1.0} for c in (2.0, 3.0, 4.0)]))
+    monkeypatch.setattr(bench, "reexec_in_netns", lambda: None)
+    monkeypatch.setattr(bench, "simulate_all", lambda *a: pytest.fail("--skip-sim: no simulated search"))
+    monkeypatch.setattr(sys, "argv", ["bench_ray.py", "--skip-real", "--skip-sim", "--costs", str(costs), "--json"])
+    assert bench.main() == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out == {"projected_hours": round(bench.projection(3.0), 1)}  # the median conversion, nothing else

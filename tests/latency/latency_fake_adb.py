@@ -77,17 +77,27 @@ def benchmark(args: list[str], serial: str | None = None) -> int:
     return code
 
 
+def _dropped() -> bool:
+    """Whether this run is one of the FAKE_ADB_DROPS that fail first. Two phones of one test share the storage and
+    time at once: the count is read and written under a lock (unlocked, one run could read the file the other had
+    just truncated, and crash)."""
+    import fcntl
+
+    with open(ROOT / "drops.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        drops = ROOT / "drops"
+        remaining = int(drops.read_text()) if drops.exists() else int(os.environ.get("FAKE_ADB_DROPS", "0"))
+        drops.write_text(str(max(remaining - 1, 0)))
+        return remaining > 0
+
+
 def _benchmark(args: list[str]) -> int:
     flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
     graph = local(flags["graph"])
     if not graph.is_file():
         return fail(f"ERROR: Could not open '{flags['graph']}'.")
-    drops = ROOT / "drops"
-    remaining = int(drops.read_text()) if drops.exists() else int(os.environ.get("FAKE_ADB_DROPS", "0"))
-    if remaining > 0:
-        drops.write_text(str(remaining - 1))
+    if _dropped():
         return fail("error: device offline")
-    drops.write_text("0")
     from ai_edge_litert.interpreter import Interpreter
     import numpy as np
 

@@ -19,10 +19,12 @@ import json
 import shutil
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from latency.cache import cache_key
+from latency.result import LatencyResult
 from latency.service import DEFAULT_ANCHOR, anchor_key
 from mnas_common.errors import first_line
 from mnas_common.paths import config_dir
@@ -254,23 +256,28 @@ def measure_models(service, key: str, space: SearchSpace, space_name: str, purpo
     todo = [a for a in chosen if a not in have]
     shape = {"resolution": resolution, "channels": channels, "num_classes": num_classes}
     with tqdm(total=len(chosen), initial=len(chosen) - len(todo), desc=f"{purpose} models", unit="model",
-              disable=not progress, dynamic_ncols=True) as bar, \
-            ThreadPoolExecutor(max_workers=service.workers, thread_name_prefix="convert") as threads:
-        # Convert ahead in every worker; time in batches (rounds shared by the batch, see LatencyService.time_many).
-        conversions = [threads.submit(_convert_safely, service, a, shape) for a in todo]
-        for start in range(0, len(todo), MODEL_BATCH):
-            archs = todo[start:start + MODEL_BATCH]
+              disable=not progress, dynamic_ncols=True) as bar:
+        for arch, result in time_models(service, todo, shape):
+            bar.update(1)
+            if not result.ok:
+                continue  # a child that cannot be measured cannot calibrate or validate anything
+            row = {k: getattr(result, k) for k in (*MS_FIELDS, "runs")}
+            row["timing"] = result.extra.get("timing")
+            cache.put_model(key, purpose, space_name, arch, result.latency_ms, row)
+            have[arch] = {"arch": arch, "latency_ms": result.latency_ms, "result": row}
+    return [have[a] for a in chosen if a in have]
+
+
+def time_models(service, archs: list[str], shape: dict) -> Iterator[tuple[str, LatencyResult]]:
+    """``(arch, result)`` for whole models as calibration and validation time them: converted ahead in every
+    worker, timed ``MODEL_BATCH`` per session (rounds shared by the batch, see ``LatencyService.time_many``), each
+    yielded as soon as its batch is timed. ``shape``: resolution, channels and num_classes."""
+    with ThreadPoolExecutor(max_workers=service.workers, thread_name_prefix="convert") as threads:
+        conversions = [threads.submit(_convert_safely, service, a, shape) for a in archs]
+        for start in range(0, len(archs), MODEL_BATCH):
             results = service.time_many([f.result() for f in conversions[start:start + MODEL_BATCH]],
                                         batch=MODEL_BATCH)
-            for arch, result in zip(archs, results):
-                bar.update(1)
-                if not result.ok:
-                    continue  # a child that cannot be measured cannot calibrate or validate anything
-                row = {k: getattr(result, k) for k in (*MS_FIELDS, "runs")}
-                row["timing"] = result.extra.get("timing")
-                cache.put_model(key, purpose, space_name, arch, result.latency_ms, row)
-                have[arch] = {"arch": arch, "latency_ms": result.latency_ms, "result": row}
-    return [have[a] for a in chosen if a in have]
+            yield from zip(archs[start:start + MODEL_BATCH], results)
 
 
 def _convert_safely(service, arch: str, shape: dict) -> dict:

@@ -505,14 +505,12 @@ def anchor_schemes(args) -> dict:
 
 def retime_validation(args) -> dict:
     """Section 9: the table's stored validation models timed again now, against their stored latencies."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from tqdm import tqdm
 
     from latency import build_service
     from latency.predictor import LatencyTableMissing, Predictor
     from latency.service import DEFAULT_ANCHOR
-    from latency.table import MODEL_BATCH, _convert_safely
+    from latency.table import time_models
 
     if not args.cache:
         raise SystemExit("error: --retime needs --cache, the latency cache holding the table")
@@ -532,15 +530,8 @@ def retime_validation(args) -> dict:
             raise SystemExit(f"error: table {predictor.table_key} has {len(stored)} validation model(s) stored "
                              "(python -m latency table validate --n 200)")
         archs = [m["arch"] for m in stored]
-        results = []
-        with ThreadPoolExecutor(max_workers=service.workers) as threads, \
-                tqdm(total=len(archs), desc="timed again", unit="model", dynamic_ncols=True) as bar:
-            conversions = [threads.submit(_convert_safely, service, a, shape) for a in archs]
-            for start in range(0, len(archs), MODEL_BATCH):
-                batch = service.time_many([f.result() for f in conversions[start:start + MODEL_BATCH]],
-                                          batch=MODEL_BATCH)
-                results.extend(batch)
-                bar.update(len(batch))
+        results = [result for _, result in tqdm(time_models(service, archs, shape), total=len(archs),
+                                                desc="timed again", unit="model", dynamic_ncols=True)]
     ok = [(m, r) for m, r in zip(stored, results) if r.ok]
     if len(ok) < 2:
         raise SystemExit(f"error: only {len(ok)} of {len(stored)} models could be timed again")

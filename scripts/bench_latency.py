@@ -42,12 +42,15 @@ Usage: .venv/bin/python scripts/bench_latency.py [--resolution 224] [--repeats 5
        .venv/bin/python scripts/bench_latency.py --run runs/quickstart/seed0 [--alone 3] [--json]
        .venv/bin/python scripts/bench_latency.py --anchor [--anchor-models 16] [--json]
        .venv/bin/python scripts/bench_latency.py --retime 48 --cache DIR/latency.sqlite [--json]
+       (any section: --keep-temp keeps its temporary folder, removed at exit otherwise)
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -80,7 +83,22 @@ def default_onnx2tf_seconds(onnx_path: Path, work: Path) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+_KEEP_TEMP = False
+
+
+def _scratch(prefix: str) -> Path:
+    """A temporary folder for one section's conversions, caches and runs, removed when the script exits (a retime or
+    modes copy holds gigabytes of converted models) unless ``--keep-temp`` was given."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    if _KEEP_TEMP:
+        print(f"keeping {path} (--keep-temp)")
+    else:
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def main() -> None:
+    global _KEEP_TEMP
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
@@ -102,8 +120,11 @@ def main() -> None:
     parser.add_argument("--anchor-models", type=int, default=16, help="random networks for --anchor (sessions of 8)")
     parser.add_argument("--retime", type=int, default=0, metavar="N",
                         help="only: time the table's first N validation models again and compare (needs --cache)")
+    parser.add_argument("--keep-temp", action="store_true",
+                        help="keep each section's temporary folder (conversions, caches, runs) instead of removing it")
     parser.add_argument("--json", action="store_true", help="print one JSON line of all figures at the end")
     args = parser.parse_args()
+    _KEEP_TEMP = args.keep_temp
     out: dict = {}
     try:
         if args.retime:
@@ -141,7 +162,7 @@ def bench_conversion(args) -> None:
     from latency.runners import HostRunner
     from search_spaces import resolve_arch
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench_latency_"))
+    tmp = _scratch("bench_latency_")
     r = args.resolution
     print(f"resolution {r}, host runner 1 thread, {args.runs} runs; temp {tmp}")
 
@@ -250,7 +271,6 @@ def stored_figures(args) -> dict:
 def _fresh_copy(cache: str, tmp: Path) -> Path:
     """The table cache without its cached conversions and timings: searches on it convert and time for real (its
     drift-anchor reference stays, so they time on the table's scale)."""
-    import shutil
     import sqlite3
 
     copy = tmp / "cache" / "latency.sqlite"
@@ -305,7 +325,7 @@ def mode_searches(args) -> dict:
 
     if not args.cache:
         raise SystemExit("error: --modes needs --cache, the latency cache holding the host table at the deploy input")
-    tmp = Path(tempfile.mkdtemp(prefix="bench_modes_"))
+    tmp = _scratch("bench_modes_")
     cache = _fresh_copy(args.cache, tmp)
     results: dict = {}
     runs: dict = {}
@@ -428,7 +448,7 @@ def run_figures(args) -> dict:
     if cached:
         print(f"warning: {', '.join(cached)} came from the latency cache, not timed in this search")
     if references:
-        tmp = Path(tempfile.mkdtemp(prefix="bench_run_"))
+        tmp = _scratch("bench_run_")
         out.update(references_alone(references, host, cache, tmp, repeats=args.alone, deploy=deploy))
     return out
 
@@ -448,7 +468,7 @@ def anchor_schemes(args) -> dict:
 
     if args.anchor_models < 2:
         raise SystemExit("error: --anchor-models must be at least 2")
-    tmp = Path(tempfile.mkdtemp(prefix="bench_anchor_"))
+    tmp = _scratch("bench_anchor_")
     archs = SearchSpace.default().sample(args.anchor_models, seed=2026)
     with build_service("host", workers=1, cache_path=tmp / "latency.sqlite") as service:
         runner = service.runner
@@ -518,7 +538,7 @@ def retime_validation(args) -> dict:
         raise SystemExit("error: --retime must be at least 2")
     if not Path(args.cache).is_file():
         raise SystemExit(f"error: --cache {args.cache}: no such file")
-    copy = _fresh_copy(args.cache, Path(tempfile.mkdtemp(prefix="bench_retime_")))
+    copy = _fresh_copy(args.cache, _scratch("bench_retime_"))
     shape = {"resolution": args.resolution, "channels": 3, "num_classes": 1000}
     with build_service("host", workers=2, cache_path=copy, anchor=DEFAULT_ANCHOR) as service:
         try:

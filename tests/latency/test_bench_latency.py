@@ -51,3 +51,24 @@ def test_retime_refuses_what_it_cannot_use(bench, tmp_path, monkeypatch, argv, m
     with pytest.raises(SystemExit, match=message):
         bench.main()
     assert not (tmp_path / "none.sqlite").exists()  # nothing created where nothing was
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_scratch_folders_are_removed_at_exit_unless_kept(tmp_path, keep):
+    """A section's temporary folder (a retime copy holds gigabytes of conversions) is gone once the script exits."""
+    import os
+    import subprocess
+
+    code = ("import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('b', {str(ROOT / 'scripts' / 'bench_latency.py')!r})\n"
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+            f"m._KEEP_TEMP = {keep}\n"
+            "p = m._scratch('bench_retime_'); (p / 'models').mkdir(); (p / 'models' / 'a.tflite').write_bytes(b'x')\n"
+            "print(p)\n"
+            "raise SystemExit('error: a section failed')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert done.returncode == 1 and "a section failed" in done.stderr
+    made = Path(done.stdout.strip().splitlines()[-1])
+    assert made.parent == tmp_path
+    assert made.exists() == keep

@@ -175,7 +175,9 @@ class TensorBoard(Logger):
 class EventLog(Logger):
     """One JSON line per event in ``<run_dir>/events.jsonl``, appended across resumes: when each evaluation was
     handed to the evaluator, each child placed, each step committed. An audit trail (what was evaluated, how often,
-    when) that scripts can follow while the search runs."""
+    when) that scripts can follow while the search runs. The run store is the record: a line is written just after
+    what it reports is stored, so a kill -9 in between loses that one line (a child's ``evaluated`` line; the resumed
+    search then places it from the store, ``stored``), never a result."""
 
     def __init__(self, *, path: str = "events.jsonl"):
         self.path = path

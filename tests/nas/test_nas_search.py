@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -152,9 +153,14 @@ def test_resume_after_kill_9_loses_nothing_and_continues_the_same_sequence(tmp_p
     events = [json.loads(line) for line in audit.read_text().splitlines()]
     unique = {row[2] for row in expected}
     assert {e["arch"] for e in events if e["event"] == "submit"} == unique
-    # a finished child is never evaluated again: each architecture has exactly one evaluation result ...
-    finished = [e["arch"] for e in events if e["event"] == "child" and e["origin"] == "evaluated"]
-    assert sorted(finished) == sorted(unique)
+    # a finished child is never evaluated again: no architecture has two evaluation results ...
+    finished = Counter(e["arch"] for e in events if e["event"] == "child" and e["origin"] == "evaluated")
+    assert set(finished.values()) == {1}
+    # ... and one without an evaluation line was evaluated by a killed search: the kill came in the instant between
+    # its commit to the store and its audit line (this test kills as soon as it sees a commit); the resumed search
+    # placed it from the store ("stored") without evaluating it
+    restored = {e["arch"] for e in events if e["event"] == "child" and e["origin"] == "stored"}
+    assert unique - set(finished) <= restored
     # ... and what was handed out again is at most what was in flight (one batch) at each kill
     submits = [e["arch"] for e in events if e["event"] == "submit"]
     assert len(submits) - len(unique) <= kills * 3

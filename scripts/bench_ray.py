@@ -98,7 +98,9 @@ def steady_per_hour(events_path: Path) -> float | None:
 
 
 def cpu_seconds() -> float:
-    """CPU seconds the whole machine has spent busy since boot (/proc/stat: user, nice, system, irq, softirq)."""
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat: user, nice, system, irq, softirq). Steal
+    time is left out: it is another VM's use of the core, not work of this machine's (``latency.quiet`` counts it,
+    because there it asks whether anyone else disturbed a timing)."""
     with open("/proc/stat") as f:
         fields = f.readline().split()
     return sum(int(v) for v in (fields[1:4] + fields[6:8])) / os.sysconf("SC_CLK_TCK")

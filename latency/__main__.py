@@ -7,6 +7,8 @@
   table validate --n N         measure N fresh random architectures for real; store and print the predictor's error
   table list                   the tables in the cache
   table export --format F --out FILE / table import FILE   share a table (CSV or JSON)
+  cache info                   what the latency cache holds and how much room its converted models take
+  cache prune --max-gb G       remove the least recently used converted models beyond G GB (timings stay)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from latency.runners import AdbRunner, DeviceError, HostRunner
 from latency.table import CALIBRATION_DEFAULT
@@ -190,6 +193,58 @@ def _table_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_cache(args: argparse.Namespace):
+    from latency.cache import LatencyCache
+    from latency.service import default_cache_dir
+
+    path = Path(args.cache) if args.cache else default_cache_dir() / "latency.sqlite"
+    if not path.is_file():
+        raise ValueError(f"no latency cache at {path} (--cache)")
+    return LatencyCache(path)
+
+
+def _cache_info(args: argparse.Namespace) -> int:
+    cache = _open_cache(args)
+    try:
+        usage = cache.models_usage()
+        info = {"cache": str(cache.path), "conversions": cache.conversion_counts(),
+                "measurements": cache.count("measurements"), "tables": cache.count("latency_tables"),
+                "models": usage["models"], "models_gb": usage["bytes"] / 1e9}
+    finally:
+        cache.close()
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    c = info["conversions"]
+    print(f"cache:         {info['cache']}")
+    print(f"conversions:   {c['ok']} with their files, {c['evicted']} evicted by the size cap, {c['failed']} failed")
+    print(f"measurements:  {info['measurements']}")
+    print(f"tables:        {info['tables']}")
+    print(f"models:        {info['models']} converted models, {info['models_gb']:.2f} GB "
+          "(latency.cache_max_gb caps it; python -m latency cache prune --max-gb G)")
+    return 0
+
+
+def _cache_prune(args: argparse.Namespace) -> int:
+    from mnas_common.checks import non_negative_number
+
+    non_negative_number("--max-gb", args.max_gb)
+    non_negative_number("--keep-recent-min", args.keep_recent_min)
+    cache = _open_cache(args)
+    try:
+        out = cache.trim_models(int(args.max_gb * 1e9), keep_recent_s=60 * args.keep_recent_min)
+    finally:
+        cache.close()
+    if out is None:
+        raise ValueError(f"another process is trimming {cache.path} now; try again in a moment")
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"removed {out['removed']} converted models ({out['freed_bytes'] / 1e9:.2f} GB); {out['kept_models']} "
+              f"kept ({out['kept_bytes'] / 1e9:.2f} GB); timings stay cached")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """Bad command lines get one line, ``error: ...``, and exit 2 (as every other bad input)."""
 
@@ -252,11 +307,22 @@ def _parsers() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True)
     i = tsub.add_parser("import", parents=[runner], help="read a table written by 'table export'")
     i.add_argument("file")
+    c = sub.add_parser("cache", help="what the latency cache holds; trim its converted models")
+    csub = c.add_subparsers(dest="cache_command", required=True)
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--cache", default=None, help="SQLite cache path (default ~/.cache/mnasnet-search/latency)")
+    where.add_argument("--json", action="store_true")
+    csub.add_parser("info", parents=[where], help="conversions, timings, tables and the converted models' size")
+    pr = csub.add_parser("prune", parents=[where], help="remove the least recently used converted models")
+    pr.add_argument("--max-gb", type=float, required=True, help="keep at most this many GB of converted models")
+    pr.add_argument("--keep-recent-min", type=float, default=10.0,
+                    help="never remove a model used in the last N minutes (a search may be timing it; 10)")
     return parser
 
 
 TABLE_COMMANDS = {"build": _table_build, "validate": _table_validate, "list": _table_list, "export": _table_export,
                   "import": _table_import}
+CACHE_COMMANDS = {"info": _cache_info, "prune": _cache_prune}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
             non_negative_int("--calibration", args.calibration)
         if args.command == "table":
             return TABLE_COMMANDS[args.table_command](args)
+        if args.command == "cache":
+            return CACHE_COMMANDS[args.cache_command](args)
         return {"measure": _measure, "predict": _predict, "devices": _devices}[args.command](args)
     except (ValueError, DeviceError, LatencyCacheError) as exc:
         print(f"error: {first_line(exc)}", file=sys.stderr)

@@ -13,6 +13,11 @@ and records why). Rows written before these checks existed (absolute paths, no d
 read: the file this cache holds for that conversion is accepted if ONNX and LiteRT load it, and its digests are
 recorded; otherwise it is a miss.
 
+Converted models take room (about 27 MB for a MnasNet at 224x224x3: its .onnx and .tflite), so ``trim_models`` keeps
+``models/`` under a size cap (``latency.cache_max_gb``), removing the least recently used models' files; their rows
+are kept, marked evicted, and such a model is simply converted again if it is ever asked for. Timings are never
+evicted.
+
 Layer tables (``latency table build``) live here too: ``latency_tables`` names one table (device, runner settings,
 converter versions, input), ``table_layers`` holds one timed layer per row (committed as each is timed, so an
 interrupted build resumes), ``table_models`` the whole-model measurements that calibrate and validate the predictor.
@@ -22,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -106,6 +113,33 @@ def _loads(path: Path) -> str | None:
 
         return f"{path.name} does not load ({first_line(exc, with_type=True, limit=160)})"
     return None
+
+
+def _model_folders(models: Path) -> list[tuple[Path, int, float]]:
+    """``(folder, bytes, last use)`` of every converted model under ``models`` (one folder per conversion key)."""
+    out = []
+    try:
+        entries = list(os.scandir(models))
+    except FileNotFoundError:
+        return out
+    for entry in entries:
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            size = sum(f.stat(follow_symlinks=False).st_size for f in os.scandir(entry.path)
+                       if f.is_file(follow_symlinks=False))
+            out.append((Path(entry.path), size, entry.stat(follow_symlinks=False).st_mtime))
+        except FileNotFoundError:  # removed meanwhile (another process trimmed it, or a conversion restarted)
+            continue
+    return out
+
+
+def touch(path: Path) -> None:
+    """Mark a converted model's folder as used now (what :meth:`LatencyCache.trim_models` evicts last)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 class LatencyCache:
@@ -200,6 +234,8 @@ class LatencyCache:
         if row is None:
             return None, None
         stored = json.loads(row[0])
+        if stored.get("evicted_at"):  # its files were removed to keep the cache under its size cap: convert anew
+            return None, None
         record = self._with_absolute_paths(stored, key)
         if record.get("status") != "ok":
             return record, None
@@ -235,6 +271,64 @@ class LatencyCache:
             (key, stored["arch"], stored["resolution"], stored["channels"], stored["num_classes"], stored["status"],
              json.dumps(stored), time.time()),
         )
+
+    # ------------------------------------------------------------------ size of the converted models
+    def models_usage(self) -> dict:
+        """``{"models": folders, "bytes": their size}`` of the converted models under ``models/``."""
+        folders = _model_folders(self.root / "models")
+        return {"models": len(folders), "bytes": sum(size for _, size, _ in folders)}
+
+    def conversion_counts(self) -> dict:
+        """Conversion rows by state: ``ok`` (files kept), ``evicted`` (files removed by the size cap), ``failed``."""
+        rows = self._read_all("SELECT status, json_extract(record, '$.evicted_at') IS NOT NULL, COUNT(*) "
+                              "FROM conversions GROUP BY 1, 2")
+        out = {"ok": 0, "evicted": 0, "failed": 0}
+        for status, evicted, n in rows:
+            out["evicted" if evicted else ("ok" if status == "ok" else "failed")] += n
+        return out
+
+    def count(self, table: str) -> int:
+        if table not in ("conversions", "measurements", "latency_tables", "anchors"):
+            raise ValueError(f"no such cache table: {table}")
+        return self._read(f"SELECT COUNT(*) FROM {table}")[0]
+
+    def trim_models(self, max_bytes: int, *, keep_recent_s: float = 600.0, protect: frozenset | set = frozenset()
+                    ) -> dict | None:
+        """Remove the least recently used converted models until ``models/`` holds at most ``max_bytes``.
+
+        A folder's modification time is its last use (the service touches it whenever it hands the conversion out or
+        times it); folders used in the last ``keep_recent_s`` seconds (a conversion in progress, a model waiting for
+        its timing) and conversion keys in ``protect`` (the drift anchor) are kept, so the cap is soft. An evicted
+        conversion's row is marked (``evicted_at``) before its files go: a later request converts it again, as a
+        miss, and its timings stay cached (they are keyed by the conversion, which converts to the same key). Only
+        one process trims a cache at a time; another one asking meanwhile returns None at once.
+        Returns ``{"removed", "freed_bytes", "kept_models", "kept_bytes"}``."""
+        import fcntl
+
+        lock_dir = self.root / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / "trim.lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            folders = sorted(_model_folders(self.root / "models"), key=lambda f: f[2])  # least recently used first
+            total = sum(size for _, size, _ in folders)
+            removed = freed = 0
+            now = time.time()
+            for path, size, used in folders:
+                if total <= max_bytes:
+                    break
+                if path.name in protect or now - used < keep_recent_s:
+                    continue
+                self._write("UPDATE conversions SET record = json_set(record, '$.evicted_at', ?) "
+                            "WHERE key = ? AND status = 'ok'", (now, path.name))
+                shutil.rmtree(path, ignore_errors=True)
+                total -= size
+                freed += size
+                removed += 1
+            return {"removed": removed, "freed_bytes": freed, "kept_models": len(folders) - removed,
+                    "kept_bytes": total}
 
     # ------------------------------------------------------------------ measurements
     def get_measurement(self, key: str) -> dict | None:

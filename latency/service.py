@@ -33,7 +33,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 
-from latency.cache import LatencyCache, artifact_problem, cache_key, file_digest
+from latency.cache import LatencyCache, artifact_problem, cache_key, file_digest, touch
 from latency.quiet import DISTURBED_RETRIES, ROUND_GAP_S, HostGate, LoadProbe, QuietWindow, pinned_to_one_core
 from latency.result import LatencyResult
 from latency.runners import DeviceError, make_runner, summarize_rounds
@@ -44,6 +44,8 @@ from mnas_common.paths import cache_dir
 DEFAULT_TOLERANCE_ABS = 1e-4
 DEFAULT_TOLERANCE_REL = 1e-4
 PIN_CPU_DEFAULT = False
+CACHE_MAX_GB_DEFAULT = 10.0  # converted models kept in a latency cache (about 27 MB each at 224x224x3): some 370
+TRIM_KEEP_RECENT_S = 600.0  # a converted model used this recently is never removed by the size cap
 CONVERSION_FIELDS = ("onnx_path", "tflite_path", "max_abs_err", "max_rel_err", "convert_seconds")
 DEFAULT_ANCHOR = "mnasnet_b1"  # configs/latency/host.yaml and the latency CLI's default
 ANCHOR_INPUT = {"resolution": 224, "channels": 3, "num_classes": 1000}  # the drift anchor's input, whatever is timed
@@ -486,12 +488,16 @@ class LatencyService:
         quiet: bool = True,
         pin_cpu: bool = PIN_CPU_DEFAULT,
         anchor: str | None = None,
+        cache_max_gb: float | None = CACHE_MAX_GB_DEFAULT,
         **runner_fields,
     ):
         positive_int("latency.workers", workers)
         if not tolerance_abs > 0 or not tolerance_rel > 0:
             raise ValueError("latency.tolerance_abs and latency.tolerance_rel must be > 0")
         positive_number("latency.task_timeout_s", task_timeout_s)
+        cache_max_gb = positive_number("latency.cache_max_gb (GB of converted models; null: no limit)", cache_max_gb,
+                                       allow_none=True)
+        self.max_model_bytes = None if cache_max_gb is None else int(cache_max_gb * 1e9)
         for name, value in (("quiet", quiet), ("pin_cpu", pin_cpu), ("fast_convert", fast_convert)):
             if not isinstance(value, bool):
                 raise ValueError(f"latency.{name} must be true or false, got {value!r}")
@@ -564,6 +570,7 @@ class LatencyService:
 
     def _fix_anchor(self) -> dict:
         if self._anchor_info is not None and Path(self._anchor_info["path"]).is_file():
+            touch(Path(self._anchor_info["path"]).parent)
             return self._anchor_info
         conversion = self.convert(self.anchor, **ANCHOR_INPUT)
         if conversion.get("status") != "ok":
@@ -647,6 +654,7 @@ class LatencyService:
         with key_lock:  # one conversion per key in this process; others wait and read the cache
             record, damage = self.cache.lookup_conversion(key)
             if record is not None:
+                touch(self.models_dir / key)
                 return self._conversion_record(key, record, cached=True)
             out_dir = self.models_dir / key
             if out_dir.exists():
@@ -658,7 +666,22 @@ class LatencyService:
                 record["repaired"] = damage
             if not record.pop("transient", False):  # a mismatch is a property of the architecture; a crash is not
                 self.cache.put_conversion(key, record)
-            return self._conversion_record(key, record, cached=False)
+        if record.get("status") == "ok":
+            self.trim_models()
+        return self._conversion_record(key, record, cached=False)
+
+    def trim_models(self, keep_recent_s: float = TRIM_KEEP_RECENT_S) -> dict | None:
+        """Keep the converted models under ``latency.cache_max_gb`` (least recently used first; see
+        :meth:`LatencyCache.trim_models`); the drift anchor's conversion is never removed. None when there is no cap
+        or another process is trimming this cache."""
+        from search_spaces import resolve_arch
+
+        if self.max_model_bytes is None:
+            return None
+        protect = set()
+        if self.anchor:
+            protect.add(self._conversion_key(resolve_arch(self.anchor), **ANCHOR_INPUT))
+        return self.cache.trim_models(self.max_model_bytes, keep_recent_s=keep_recent_s, protect=protect)
 
     def _conversion_record(self, key: str, record: dict, *, cached: bool) -> dict:
         out = {**record, "key": key, "cached": cached}
@@ -716,6 +739,7 @@ class LatencyService:
         if cached is not None:
             return LatencyResult.from_dict({**cached, "cached": True})
         expected = (conversion.get("artifacts") or {}).get("tflite_path")
+        touch(Path(conversion["tflite_path"]).parent)  # in use: the size cap removes it last
         if expected is None or artifact_problem(Path(conversion["tflite_path"]), expected):
             conversion = self.convert(base["arch"], resolution=base["resolution"], channels=base["channels"],
                                       num_classes=base["num_classes"])

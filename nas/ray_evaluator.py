@@ -133,6 +133,7 @@ class DeviceActor:
                 path = target / Path(record[name]).name
                 path.write_bytes(data)
                 record[name] = str(path)
+            self.service.trim_models()  # this node's cache keeps its size cap too
         started = time.perf_counter()
         result = self.service.time(record).to_dict()
         return {**result, "wall_seconds": time.perf_counter() - started, "node": _node()}

@@ -1,0 +1,131 @@
+"""The latency cache's size cap: least recently used converted models go first, their timings stay."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+
+import pytest
+
+from latency import build_service
+from latency.__main__ import main
+from latency.cache import LatencyCache
+
+MB = 1_000_000
+SMALL = "ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c16"
+SHAPE = {"resolution": 32, "channels": 3, "num_classes": 10}
+
+
+def _model(cache: LatencyCache, key: str, mb: float, used_s_ago: float) -> None:
+    """A converted model of ``mb`` MB under ``models/<key>``, with its conversion row, last used ``used_s_ago``."""
+    folder = cache.root / "models" / key
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(b"o" * int(mb * MB / 2))
+    (folder / "model_float32.tflite").write_bytes(b"t" * int(mb * MB / 2))
+    cache.put_conversion(key, {"arch": f"arch-{key}", "resolution": 224, "channels": 3, "num_classes": 1000,
+                               "status": "ok", "onnx_path": str(folder / "model.onnx"),
+                               "tflite_path": str(folder / "model_float32.tflite")})
+    stamp = time.time() - used_s_ago
+    os.utime(folder, (stamp, stamp))
+
+
+@pytest.fixture
+def cache(tmp_path):
+    cache = LatencyCache(tmp_path / "latency.sqlite")
+    yield cache
+    cache.close()
+
+
+def test_trim_removes_least_recently_used_first_and_keeps_recent_and_protected(cache):
+    _model(cache, "old", 4, used_s_ago=3000)
+    _model(cache, "anchor", 4, used_s_ago=2500)
+    _model(cache, "middle", 4, used_s_ago=2000)
+    _model(cache, "newer", 4, used_s_ago=1000)
+    _model(cache, "in-use", 4, used_s_ago=10)
+    cache.put_measurement("m-old", "old", {"arch": "arch-old", "latency_ms": 7.0}, "host:x", {"threads": 1})
+    assert cache.models_usage() == {"models": 5, "bytes": 20 * MB}
+
+    out = cache.trim_models(9 * MB, keep_recent_s=600, protect={"anchor"})
+
+    # old and middle go (anchor is protected, in-use was used 10 s ago); then 12 MB <= 9 MB is still false, but
+    # newer is the only one left that may go: it goes too, and the cap is reached as far as it can be
+    assert out == {"removed": 3, "freed_bytes": 12 * MB, "kept_models": 2, "kept_bytes": 8 * MB}
+    assert sorted(p.name for p in (cache.root / "models").iterdir()) == ["anchor", "in-use"]
+    assert cache.lookup_conversion("old") == (None, None)  # a miss, not damage: converted again, no "repaired"
+    assert cache.lookup_conversion("anchor")[0]["status"] == "ok"
+    assert cache.conversion_counts() == {"ok": 2, "evicted": 3, "failed": 0}
+    assert cache.get_measurement("m-old")["latency_ms"] == 7.0  # timings are never evicted
+
+
+def test_trim_stops_as_soon_as_the_cap_is_met(cache):
+    for i, key in enumerate(("a", "b", "c")):
+        _model(cache, key, 2, used_s_ago=3000 - i)
+    assert cache.trim_models(5 * MB, keep_recent_s=0)["removed"] == 1
+    assert sorted(p.name for p in (cache.root / "models").iterdir()) == ["b", "c"]
+    assert cache.trim_models(5 * MB, keep_recent_s=0)["removed"] == 0
+
+
+def test_a_second_trimmer_does_not_wait(cache):
+    _model(cache, "a", 2, used_s_ago=3000)
+    (cache.root / "locks").mkdir(exist_ok=True)
+    with open(cache.root / "locks" / "trim.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert cache.trim_models(0, keep_recent_s=0) is None
+    assert cache.trim_models(0, keep_recent_s=0)["removed"] == 1
+
+
+def test_cache_info_and_prune_commands(cache, capsys):
+    for i, key in enumerate(("a", "b", "c")):
+        _model(cache, key, 2, used_s_ago=3000 - 1000 * i)
+    path = str(cache.path)
+    assert main(["cache", "info", "--cache", path, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["models"] == 3 and info["models_gb"] == pytest.approx(0.006)
+    assert info["conversions"] == {"ok": 3, "evicted": 0, "failed": 0}
+
+    assert main(["cache", "prune", "--cache", path, "--max-gb", "0.003", "--keep-recent-min", "0"]) == 0
+    assert "removed 2 converted models (0.00 GB); 1 kept" in capsys.readouterr().out
+    assert [p.name for p in (cache.root / "models").iterdir()] == ["c"]  # the most recently used stays
+    assert main(["cache", "info", "--cache", path]) == 0
+    assert "1 with their files, 2 evicted by the size cap, 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["cache", "prune", "--max-gb", "-1"], "--max-gb must be a number >= 0, got -1.0"),
+    (["cache", "prune", "--max-gb", "1", "--keep-recent-min", "-5"], "--keep-recent-min must be a number >= 0"),
+    (["cache", "info", "--cache", "MISSING"], "no latency cache at"),
+])
+def test_cache_commands_refuse_bad_input_in_one_line(cache, tmp_path, capsys, argv, message):
+    argv = [str(tmp_path / "none.sqlite") if a == "MISSING" else a for a in argv]
+    if "--cache" not in argv:
+        argv += ["--cache", str(cache.path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "none.sqlite").exists()  # nothing created where nothing was
+
+
+@pytest.mark.parametrize("value", [0, -1, "ten", True])
+def test_bad_cache_cap_is_one_clear_error(tmp_path, value):
+    with pytest.raises(ValueError, match="latency.cache_max_gb"):
+        build_service("host", cache_path=tmp_path / "latency.sqlite", cache_max_gb=value)
+
+
+def test_service_evicts_real_conversions_and_converts_them_again_as_a_miss(tmp_path):
+    """A real conversion, evicted under a tiny cap, is converted anew (not reported as damage) and its timing stays."""
+    with build_service("host", threads=1, warmup_runs=1, num_runs=3, workers=1, cache_path=tmp_path / "latency.sqlite",
+                       cache_max_gb=1e-9) as service:
+        first = service.convert(SMALL, **SHAPE)
+        assert first["status"] == "ok" and (tmp_path / "models" / first["key"]).is_dir()  # just used: kept
+        timed = service.time(first)
+        assert timed.ok and not timed.cached
+        assert service.trim_models(keep_recent_s=0)["removed"] == 1
+        assert not (tmp_path / "models" / first["key"]).exists()
+        assert service.time(first).cached  # the timing is still in the cache: nothing converted or timed
+        again = service.convert(SMALL, **SHAPE)
+        assert again["key"] == first["key"] and not again["cached"] and "repaired" not in again
+        # the same network converted again: the same ONNX (onnx2tf's .tflite is not byte for byte the same each time)
+        assert again["artifacts"]["onnx_path"] == first["artifacts"]["onnx_path"]
+        assert service.convert(SMALL, **SHAPE)["cached"]

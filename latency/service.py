@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import multiprocessing
 import os
 import shutil
@@ -40,6 +41,8 @@ from latency.runners import DeviceError, make_runner, summarize_rounds
 from mnas_common.checks import positive_int, positive_number
 from mnas_common.errors import first_line
 from mnas_common.paths import cache_dir
+
+log = logging.getLogger("latency.service")
 
 DEFAULT_TOLERANCE_ABS = 1e-4
 DEFAULT_TOLERANCE_REL = 1e-4
@@ -681,7 +684,11 @@ class LatencyService:
         protect = set()
         if self.anchor:
             protect.add(self._conversion_key(resolve_arch(self.anchor), **ANCHOR_INPUT))
-        return self.cache.trim_models(self.max_model_bytes, keep_recent_s=keep_recent_s, protect=protect)
+        try:
+            return self.cache.trim_models(self.max_model_bytes, keep_recent_s=keep_recent_s, protect=protect)
+        except Exception as exc:  # housekeeping: a cache that cannot be trimmed now must not fail a conversion
+            log.warning("latency cache %s not trimmed: %s", self.cache_path.parent, first_line(exc))
+            return None
 
     def _conversion_record(self, key: str, record: dict, *, cached: bool) -> dict:
         out = {**record, "key": key, "cached": cached}

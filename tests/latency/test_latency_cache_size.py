@@ -129,3 +129,14 @@ def test_service_evicts_real_conversions_and_converts_them_again_as_a_miss(tmp_p
         # the same network converted again: the same ONNX (onnx2tf's .tflite is not byte for byte the same each time)
         assert again["artifacts"]["onnx_path"] == first["artifacts"]["onnx_path"]
         assert service.convert(SMALL, **SHAPE)["cached"]
+
+
+def test_a_cache_that_cannot_be_trimmed_does_not_fail_the_conversion(tmp_path, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise OSError("read-only file system")
+
+    with build_service("host", workers=1, cache_path=tmp_path / "latency.sqlite", cache_max_gb=1e-9) as service:
+        monkeypatch.setattr(service.cache, "trim_models", broken)
+        record = service.convert(SMALL, **SHAPE)
+    assert record["status"] == "ok"
+    assert "not trimmed: read-only file system" in caplog.text

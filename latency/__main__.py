@@ -1,4 +1,5 @@
-"""``python -m latency measure|predict|devices|table ...``: measure, predict, list devices, build and share tables.
+"""``python -m latency measure|predict|devices|table|cache ...``: measure, predict, list devices, build and share tables,
+keep the cache in bounds.
 
   measure ARCH                 convert ARCH to TFLite and time it on the host or a phone
   predict ARCH                 latency from the device's layer table and calibration, with its stated error

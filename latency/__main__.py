@@ -1,5 +1,5 @@
-"""``python -m latency measure|predict|devices|table|cache ...``: measure, predict, list devices, build and share tables,
-keep the cache in bounds.
+"""``python -m latency measure|predict|devices|table|cache ...``: measure, predict, list devices, build and share
+tables, keep the cache in bounds.
 
   measure ARCH                 convert ARCH to TFLite and time it on the host or a phone
   predict ARCH                 latency from the device's layer table and calibration, with its stated error
@@ -146,10 +146,7 @@ def _table_validate(args: argparse.Namespace) -> int:
 
 
 def _table_list(args: argparse.Namespace) -> int:
-    from latency.cache import LatencyCache
-    from latency.service import default_cache_dir
-
-    cache = LatencyCache(args.cache or default_cache_dir() / "latency.sqlite")
+    cache = _open_cache(args, must_exist=False)
     tables = cache.tables()
     cache.close()
     if args.json:
@@ -177,11 +174,9 @@ def _table_export(args: argparse.Namespace) -> int:
 
 
 def _table_import(args: argparse.Namespace) -> int:
-    from latency.cache import LatencyCache
-    from latency.service import default_cache_dir
     from latency.table import import_table
 
-    cache = LatencyCache(args.cache or default_cache_dir() / "latency.sqlite")
+    cache = _open_cache(args, must_exist=False)  # importing into a new cache creates it
     try:
         summary = import_table(cache, args.file)
     finally:
@@ -194,12 +189,13 @@ def _table_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_cache(args: argparse.Namespace):
+def _open_cache(args: argparse.Namespace, *, must_exist: bool = True):
+    """The cache ``--cache`` names (default: the shared one); ``must_exist``: refuse to create one where none is."""
     from latency.cache import LatencyCache
     from latency.service import default_cache_dir
 
     path = Path(args.cache) if args.cache else default_cache_dir() / "latency.sqlite"
-    if not path.is_file():
+    if must_exist and not path.is_file():
         raise ValueError(f"no latency cache at {path} (--cache)")
     return LatencyCache(path)
 

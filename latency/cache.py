@@ -253,6 +253,7 @@ class LatencyCache:
             return None, "; ".join(problems)
         if not digests:  # a legacy row whose files load: migrate it in place (relative paths, digests)
             self.put_conversion(key, record)
+        touch(Path(record["tflite_path"]).parent)  # handed out: the size cap removes it last
         return record, None
 
     def get_conversion(self, key: str) -> dict | None:
@@ -296,12 +297,12 @@ class LatencyCache:
                     ) -> dict | None:
         """Remove the least recently used converted models until ``models/`` holds at most ``max_bytes``.
 
-        A folder's modification time is its last use (the service touches it whenever it hands the conversion out or
-        times it); folders used in the last ``keep_recent_s`` seconds (a conversion in progress, a model waiting for
-        its timing) and conversion keys in ``protect`` (the drift anchor) are kept, so the cap is soft. An evicted
-        conversion's row is marked (``evicted_at``) before its files go: a later request converts it again, as a
-        miss, and its timings stay cached (they are keyed by the conversion, which converts to the same key). Only
-        one process trims a cache at a time; another one asking meanwhile returns None at once.
+        A folder's modification time is its last use (touched whenever ``lookup_conversion`` hands the conversion out,
+        and by the service when it times it); folders used in the last ``keep_recent_s`` seconds (a conversion in
+        progress, a model waiting for its timing) and conversion keys in ``protect`` (the drift anchor) are kept, so
+        the cap is soft. An evicted conversion's row is marked (``evicted_at``) before its files go: a later request
+        converts it again, as a miss, and its timings stay cached (they are keyed by the conversion, which converts to
+        the same key). Only one process trims a cache at a time; another one asking meanwhile returns None at once.
         Returns ``{"removed", "freed_bytes", "kept_models", "kept_bytes"}``."""
         import fcntl
 

@@ -657,7 +657,6 @@ class LatencyService:
         with key_lock:  # one conversion per key in this process; others wait and read the cache
             record, damage = self.cache.lookup_conversion(key)
             if record is not None:
-                touch(self.models_dir / key)
                 return self._conversion_record(key, record, cached=True)
             out_dir = self.models_dir / key
             if out_dir.exists():

@@ -83,14 +83,11 @@ def default_onnx2tf_seconds(onnx_path: Path, work: Path) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-_KEEP_TEMP = False
-
-
-def _scratch(prefix: str) -> Path:
+def _scratch(prefix: str, keep: bool) -> Path:
     """A temporary folder for one section's conversions, caches and runs, removed when the script exits (a retime or
-    modes copy holds gigabytes of converted models) unless ``--keep-temp`` was given."""
+    modes copy holds gigabytes of converted models) unless ``keep`` (``--keep-temp``)."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
-    if _KEEP_TEMP:
+    if keep:
         print(f"keeping {path} (--keep-temp)")
     else:
         atexit.register(shutil.rmtree, path, ignore_errors=True)
@@ -98,7 +95,6 @@ def _scratch(prefix: str) -> Path:
 
 
 def main() -> None:
-    global _KEEP_TEMP
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
@@ -124,7 +120,6 @@ def main() -> None:
                         help="keep each section's temporary folder (conversions, caches, runs) instead of removing it")
     parser.add_argument("--json", action="store_true", help="print one JSON line of all figures at the end")
     args = parser.parse_args()
-    _KEEP_TEMP = args.keep_temp
     out: dict = {}
     try:
         if args.retime:
@@ -162,7 +157,7 @@ def bench_conversion(args) -> None:
     from latency.runners import HostRunner
     from search_spaces import resolve_arch
 
-    tmp = _scratch("bench_latency_")
+    tmp = _scratch("bench_latency_", args.keep_temp)
     r = args.resolution
     print(f"resolution {r}, host runner 1 thread, {args.runs} runs; temp {tmp}")
 
@@ -325,7 +320,7 @@ def mode_searches(args) -> dict:
 
     if not args.cache:
         raise SystemExit("error: --modes needs --cache, the latency cache holding the host table at the deploy input")
-    tmp = _scratch("bench_modes_")
+    tmp = _scratch("bench_modes_", args.keep_temp)
     cache = _fresh_copy(args.cache, tmp)
     results: dict = {}
     runs: dict = {}
@@ -448,7 +443,7 @@ def run_figures(args) -> dict:
     if cached:
         print(f"warning: {', '.join(cached)} came from the latency cache, not timed in this search")
     if references:
-        tmp = _scratch("bench_run_")
+        tmp = _scratch("bench_run_", args.keep_temp)
         out.update(references_alone(references, host, cache, tmp, repeats=args.alone, deploy=deploy))
     return out
 
@@ -468,7 +463,7 @@ def anchor_schemes(args) -> dict:
 
     if args.anchor_models < 2:
         raise SystemExit("error: --anchor-models must be at least 2")
-    tmp = _scratch("bench_anchor_")
+    tmp = _scratch("bench_anchor_", args.keep_temp)
     archs = SearchSpace.default().sample(args.anchor_models, seed=2026)
     with build_service("host", workers=1, cache_path=tmp / "latency.sqlite") as service:
         runner = service.runner
@@ -538,7 +533,7 @@ def retime_validation(args) -> dict:
         raise SystemExit("error: --retime must be at least 2")
     if not Path(args.cache).is_file():
         raise SystemExit(f"error: --cache {args.cache}: no such file")
-    copy = _fresh_copy(args.cache, _scratch("bench_retime_"))
+    copy = _fresh_copy(args.cache, _scratch("bench_retime_", args.keep_temp))
     shape = {"resolution": args.resolution, "channels": 3, "num_classes": 1000}
     with build_service("host", workers=2, cache_path=copy, anchor=DEFAULT_ANCHOR) as service:
         try:

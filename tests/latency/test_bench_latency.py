@@ -62,8 +62,8 @@ def test_scratch_folders_are_removed_at_exit_unless_kept(tmp_path, keep):
     code = ("import importlib.util, sys\n"
             f"spec = importlib.util.spec_from_file_location('b', {str(ROOT / 'scripts' / 'bench_latency.py')!r})\n"
             "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
-            f"m._KEEP_TEMP = {keep}\n"
-            "p = m._scratch('bench_retime_'); (p / 'models').mkdir(); (p / 'models' / 'a.tflite').write_bytes(b'x')\n"
+            f"p = m._scratch('bench_retime_', {keep})\n"
+            "(p / 'models').mkdir(); (p / 'models' / 'a.tflite').write_bytes(b'x')\n"
             "print(p)\n"
             "raise SystemExit('error: a section failed')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

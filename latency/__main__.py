@@ -214,7 +214,7 @@ def _cache_info(args: argparse.Namespace) -> int:
         return 0
     c = info["conversions"]
     print(f"cache:         {info['cache']}")
-    print(f"conversions:   {c['ok']} with their files, {c['evicted']} evicted by the size cap, {c['failed']} failed")
+    print(f"conversions:   {c['ok']} ok, {c['evicted']} evicted by the size cap, {c['failed']} failed")
     print(f"measurements:  {info['measurements']}")
     print(f"tables:        {info['tables']}")
     print(f"models:        {info['models']} converted models, {info['models_gb']:.2f} GB "

@@ -280,7 +280,8 @@ class LatencyCache:
         return {"models": len(folders), "bytes": sum(size for _, size, _ in folders)}
 
     def conversion_counts(self) -> dict:
-        """Conversion rows by state: ``ok`` (files kept), ``evicted`` (files removed by the size cap), ``failed``."""
+        """Conversion rows by state: ``ok`` (not evicted; whether its files are intact is checked when it is looked
+        up), ``evicted`` (files removed by the size cap), ``failed``."""
         rows = self._read_all("SELECT status, json_extract(record, '$.evicted_at') IS NOT NULL, COUNT(*) "
                               "FROM conversions GROUP BY 1, 2")
         out = {"ok": 0, "evicted": 0, "failed": 0}

@@ -89,7 +89,7 @@ def test_cache_info_and_prune_commands(cache, capsys):
     assert "removed 2 converted models (0.00 GB); 1 kept" in capsys.readouterr().out
     assert [p.name for p in (cache.root / "models").iterdir()] == ["c"]  # the most recently used stays
     assert main(["cache", "info", "--cache", path]) == 0
-    assert "1 with their files, 2 evicted by the size cap, 0 failed" in capsys.readouterr().out
+    assert "1 ok, 2 evicted by the size cap, 0 failed" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [

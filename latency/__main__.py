@@ -142,6 +142,7 @@ def _table_validate(args: argparse.Namespace) -> int:
         print(f"  within +-5%: {100 * figures['within_5']:.1f}%   within +-10%: {100 * figures['within_10']:.1f}%")
         print(f"  RMSE {figures['rmse_ms']:.3f} ms ({100 * figures['rmse_rel']:.2f}%), max error "
               f"{100 * figures['max_rel']:.2f}%, Kendall tau {figures['kendall_tau']:.4f}")
+        print(f"  predictor: {figures['model']}, {figures['calibration_n']} calibration models")
     return 0
 
 

@@ -1,0 +1,113 @@
+"""The predictor's learned residual, on a synthetic table (no conversion, no timing): it is kept only when a
+cross-validation on the calibration models says it pays, and a network it cannot describe gets the ridge alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from latency.predictor import (RESIDUAL_GAIN, RESIDUAL_MIN, Calibration, Predictor, arch_shape, error_figures, features,
+                               layer_costs, residual_pays)
+from search_spaces import SearchSpace
+from search_spaces.layers import network_layers
+
+SHAPE = {"resolution": 224, "channels": 3, "num_classes": 1000}
+TABLE = {"table_key": "synthetic", "device": "synthetic", **SHAPE}
+
+
+def _layer_ms(spec) -> float:
+    """A made-up but shape-driven layer time: what the layer moves, plus a fixed per-invoke cost."""
+    cost = layer_costs(spec)
+    return 0.02 + 4e-7 * cost["acts"] + 2e-7 * cost["weights"]
+
+
+def _world(n: int, *, effect: bool, seed: int) -> tuple[dict, list[dict]]:
+    """Layer times for ``n`` random networks of the default space and their "measured" latencies: 1.05 x the layer
+    sum plus 0.3 ms, 1% noise, and with ``effect`` 15% more when the fourth block has 4 or more layers (a choice at
+    one position, which the ridge's network-wide sums cannot single out)."""
+    archs = SearchSpace.default().sample(n, seed=seed)
+    rng = np.random.default_rng(seed)
+    layers, rows = {}, []
+    for arch in archs:
+        specs = network_layers(arch, **SHAPE)
+        total = 0.0
+        for spec in specs:
+            layers[spec.key] = _layer_ms(spec)
+            total += layers[spec.key]
+        y = (1.05 * total + 0.3) * (1 + 0.01 * rng.standard_normal())
+        if effect and arch_shape(arch)[3 * 7] >= 4:
+            y *= 1.15
+        rows.append({"arch": arch, "latency_ms": float(y)})
+    return layers, rows
+
+
+def _predictor(layers, calibration, validation, residual=True) -> Predictor:
+    return Predictor(table=TABLE, layers=layers, calibration_rows=calibration, validation_rows=validation,
+                     space="mnasnet", runner="host", build_command="python -m latency table build",
+                     residual=residual)
+
+
+def test_residual_is_kept_when_it_pays_and_lowers_the_held_out_error():
+    layers, rows = _world(RESIDUAL_MIN + 100, effect=True, seed=3)
+    calibration, validation = rows[:RESIDUAL_MIN], rows[RESIDUAL_MIN:]
+    with_residual = _predictor(layers, calibration, validation)
+    ridge = _predictor(layers, calibration, validation, residual=False)
+
+    assert with_residual.model_name == "ridge + residual" and ridge.model_name == "ridge"
+    cv = with_residual.stated_error["residual_cv"]
+    assert cv["pays"] and cv["residual_rmse_rel"] < 0.7 * cv["ridge_rmse_rel"]
+    assert with_residual.stated_error["model"] == "ridge + residual"
+    assert "residual_cv" not in ridge.stated_error  # not tried: nothing to state
+    assert with_residual.stated_error["rmse_rel"] < 0.7 * ridge.stated_error["rmse_rel"]
+    assert with_residual.stated_error["within_5"] > ridge.stated_error["within_5"]
+
+    result = with_residual.predict(validation[0]["arch"])
+    assert result.ok and result.extra["residual"] and result.extra["stated_error"]["model"] == "ridge + residual"
+    assert "ridge + residual, 150 calibration models" in with_residual.describe_error()
+
+
+def test_residual_is_dropped_when_the_ridge_already_explains_the_latency():
+    layers, rows = _world(RESIDUAL_MIN + 50, effect=False, seed=4)
+    predictor = _predictor(layers, rows[:RESIDUAL_MIN], rows[RESIDUAL_MIN:])
+    cv = predictor.stated_error["residual_cv"]
+    assert not cv["pays"] and cv["residual_rmse_rel"] > RESIDUAL_GAIN * cv["ridge_rmse_rel"]
+    assert predictor.model_name == "ridge" and predictor.residual is None
+    assert predictor.predict(rows[-1]["arch"]).extra["residual"] is False
+
+
+def test_too_few_calibration_models_never_try_the_residual():
+    layers, rows = _world(RESIDUAL_MIN - 1, effect=True, seed=5)
+    predictor = _predictor(layers, rows, [])
+    assert predictor.model_name == "ridge" and "residual_cv" not in predictor.stated_error
+
+
+def test_a_network_with_another_block_count_gets_the_ridge_alone():
+    layers, rows = _world(RESIDUAL_MIN, effect=True, seed=3)
+    predictor = _predictor(layers, rows, [])
+    assert predictor.residual is not None
+    short = "-".join(rows[0]["arch"].split("-")[:5])  # five blocks: the residual was fitted on seven
+    for spec in network_layers(short, **SHAPE):
+        layers.setdefault(spec.key, _layer_ms(spec))
+    result = predictor.predict(short)
+    assert result.ok and result.extra["residual"] is False
+    specs = network_layers(short, **SHAPE)
+    ridge = predictor.calibration.predict([features(specs, [layers[s.key] for s in specs])])[0]
+    assert result.latency_ms == pytest.approx(ridge)
+
+
+def test_residual_pays_compares_both_on_the_same_folds():
+    layers, rows = _world(60, effect=True, seed=6)
+    feats, shapes = [], []
+    for r in rows:
+        specs = network_layers(r["arch"], **SHAPE)
+        feats.append(features(specs, [layers[s.key] for s in specs]))
+        shapes.append(arch_shape(r["arch"]))
+    y = np.array([r["latency_ms"] for r in rows])
+    cv = residual_pays(feats, shapes, y, folds=5)
+    assert cv["folds"] == 5 and cv["pays"] == (cv["residual_rmse_rel"] <= RESIDUAL_GAIN * cv["ridge_rmse_rel"])
+    # the ridge figure is the plain 5-fold error of Calibration on the same folds
+    plain = np.zeros(len(y))
+    for fold in np.array_split(np.random.default_rng(0).permutation(len(y)), 5):
+        train = np.setdiff1d(np.arange(len(y)), fold)
+        plain[fold] = Calibration().fit([feats[i] for i in train], y[train]).predict([feats[i] for i in fold])
+    assert cv["ridge_rmse_rel"] == pytest.approx(error_figures(plain, y)["rmse_rel"])

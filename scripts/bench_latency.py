@@ -34,6 +34,10 @@
    (mean, share within 5% and 2%, bias, RMS), the predictor's error against the stored timings, the new ones and
    their mean (a truth with half the repeat noise's variance, if the two sittings' errors are independent), and the
    share of the new timings whose runs' std is under 5% of their median (the quiet floor of the spread goal).
+10. With ``--residual``: whether the predictor's learned residual pays, from the models stored with the table in
+   ``--cache`` (nothing timed): the ridge alone against the ridge with the residual in 3 x 10-fold cross-validation on
+   the calibration models, and on random training subsets of 60 to 250 of the pooled calibration and validation
+   models, each tested on 100 others (12 draws per size).
 
 Usage: .venv/bin/python scripts/bench_latency.py [--resolution 224] [--repeats 5] [--runs 30]
        .venv/bin/python scripts/bench_latency.py --predictor [--validate 200] [--cache DIR/latency.sqlite] [--only-predictor]
@@ -42,6 +46,7 @@ Usage: .venv/bin/python scripts/bench_latency.py [--resolution 224] [--repeats 5
        .venv/bin/python scripts/bench_latency.py --run runs/quickstart/seed0 [--alone 3] [--json]
        .venv/bin/python scripts/bench_latency.py --anchor [--anchor-models 16] [--json]
        .venv/bin/python scripts/bench_latency.py --retime 48 --cache DIR/latency.sqlite [--json]
+       .venv/bin/python scripts/bench_latency.py --residual --cache DIR/latency.sqlite [--json]
        (any section: --keep-temp keeps its temporary folder, removed at exit otherwise)
 """
 
@@ -116,6 +121,8 @@ def main() -> None:
     parser.add_argument("--anchor-models", type=int, default=16, help="random networks for --anchor (sessions of 8)")
     parser.add_argument("--retime", type=int, default=0, metavar="N",
                         help="only: time the table's first N validation models again and compare (needs --cache)")
+    parser.add_argument("--residual", action="store_true",
+                        help="only: the predictor's residual against the ridge alone, by cross-validation (needs --cache)")
     parser.add_argument("--keep-temp", action="store_true",
                         help="keep each section's temporary folder (conversions, caches, runs) instead of removing it")
     parser.add_argument("--json", action="store_true", help="print one JSON line of all figures at the end")
@@ -130,6 +137,9 @@ def main() -> None:
             return
         if args.anchor:
             out["anchor"] = anchor_schemes(args)
+            return
+        if args.residual:
+            out["residual"] = residual_figures(args)
             return
         if args.figures:
             out["validation"] = stored_figures(args)
@@ -241,26 +251,128 @@ def predictor_figures(args) -> dict:
 
 
 def stored_figures(args) -> dict:
-    """Section 5: what ``table validate`` stored, as every prediction states it (recomputed from the stored rows)."""
+    """Section 5: what ``table validate`` stored, as every prediction states it (recomputed from the stored rows), and
+    beside it the same held-out set predicted by the ridge alone, without the learned residual."""
     from latency.predictor import load_predictor
 
-    if not args.cache:
-        raise SystemExit("error: --figures needs --cache, the latency cache holding the table")
+    _table_cache(args, "--figures")
     from latency.service import DEFAULT_ANCHOR
 
-    predictor = load_predictor({"runner": "host", "rounds": 3, "anchor": DEFAULT_ANCHOR}, resolution=args.resolution,
-                               cache_path=args.cache)
+    host = {"runner": "host", "rounds": 3, "anchor": DEFAULT_ANCHOR}
+    predictor = load_predictor(host, resolution=args.resolution, cache_path=args.cache)
     e = predictor.stated_error
     print(f"\n== predictor validation stored with table {predictor.table_key} ({predictor.device}, {args.resolution} px)")
     if not e.get("n"):
         print("no validation models stored (python -m latency table validate --n 200)")
         return dict(e)
-    for name, value, goal in (("within +-10%", e["within_10"], 0.99), ("within +-5%", e["within_5"], 0.90),
-                              ("Kendall tau", e["kendall_tau"], 0.95)):
-        print(f"{name:<14}{value:>8.3f}  (goal >= {goal}): {'PASS' if value >= goal else 'FAIL'}")
+    ridge = load_predictor(host, resolution=args.resolution, cache_path=args.cache, residual=False).stated_error
+    print(f"{'':<14}{predictor.model_name:>17}{'ridge alone':>14}")
+    for name, key, goal in (("within +-10%", "within_10", 0.99), ("within +-5%", "within_5", 0.90),
+                            ("Kendall tau", "kendall_tau", 0.95)):
+        print(f"{name:<14}{e[key]:>17.3f}{ridge[key]:>14.3f}  (goal >= {goal}): {'PASS' if e[key] >= goal else 'FAIL'}")
+    print(f"{'RMSE':<14}{100 * e['rmse_rel']:>16.2f}%{100 * ridge['rmse_rel']:>13.2f}%")
     print(f"RMSE {e['rmse_ms']:.3f} ms ({100 * e['rmse_rel']:.2f}%), max error {100 * e['max_rel']:.2f}%, bias "
           f"{100 * e['bias_rel']:+.2f}%, over {e['n']} held-out architectures ({e['calibration_n']} calibration models)")
-    return dict(e)
+    cv = e.get("residual_cv")
+    if cv:
+        print(f"residual decided by {cv['folds']}-fold cross-validation on the calibration models: relative RMSE "
+              f"{100 * cv['residual_rmse_rel']:.2f}% with it, {100 * cv['ridge_rmse_rel']:.2f}% without "
+              f"({'kept' if cv['pays'] else 'not kept'})")
+    return {**e, "ridge_alone": {k: ridge[k] for k in ("within_5", "within_10", "kendall_tau", "rmse_rel",
+                                                       "max_rel", "bias_rel")}}
+
+
+def _table_cache(args, flag: str) -> str:
+    """``--cache``, which ``flag`` needs and which must exist (a section never creates a cache where none was)."""
+    if not args.cache:
+        raise SystemExit(f"error: {flag} needs --cache, the latency cache holding the table")
+    if not Path(args.cache).is_file():
+        raise SystemExit(f"error: --cache {args.cache}: no such file")
+    return args.cache
+
+
+def residual_figures(args) -> dict:
+    """Section 10: the ridge alone against the ridge with the learned residual, cross-validated on the stored models."""
+    import numpy as np
+
+    from latency.cache import LatencyCache
+    from latency.predictor import arch_shape, load_predictor
+    from latency.service import DEFAULT_ANCHOR
+
+    cache_path = _table_cache(args, "--residual")
+    predictor = load_predictor({"runner": "host", "rounds": 3, "anchor": DEFAULT_ANCHOR}, resolution=args.resolution,
+                               cache_path=cache_path, residual=False)
+    cache = LatencyCache(cache_path)
+    sets = []
+    for purpose in ("calibration", "validation"):
+        models = [m for m in cache.models(predictor.table_key, purpose, predictor.space)
+                  if not predictor._times(m["arch"])[1]]
+        sets.append(([predictor._features(m["arch"]) for m in models], [arch_shape(m["arch"]) for m in models],
+                     [m["latency_ms"] for m in models]))
+    cache.close()
+    print(f"\n== learned residual against the ridge alone, table {predictor.table_key} ({len(sets[0][2])} calibration, "
+          f"{len(sets[1][2])} validation models); within +-5% / +-10% / Kendall tau / relative RMSE")
+    return residual_comparison(*sets, show=True)
+
+
+def residual_comparison(calibration: tuple, validation: tuple, *, draws: int = 12,
+                        sizes: tuple[int, ...] = (60, 100, 150, 250), show: bool = False) -> dict:
+    """The ridge alone and the ridge with :class:`latency.predictor.Residual` on the same data: 3 x 10-fold on the
+    calibration models (``cv_calibration``), trained on them and tested on the validation models (``held_out``), and
+    trained on random subsets of ``sizes`` models of both sets pooled, tested on 100 others (``subsets``). Each set
+    is ``(feature rows, arch shapes, latencies)``."""
+    import numpy as np
+
+    from latency.predictor import Calibration, Residual, error_figures
+
+    def arrays(d):
+        return list(d[0]), np.asarray(d[1], dtype=float).reshape(len(d[2]), -1), np.asarray(d[2], dtype=float)
+
+    def subset(d, idx):
+        return [d[0][i] for i in idx], d[1][idx], d[2][idx]
+
+    def predict(train, test) -> dict:
+        ridge = Calibration().fit(train[0], train[2]).predict(test[0])
+        return {"ridge": ridge, "residual": ridge * Residual().fit(*train).predict(test[0], test[1], ridge)}
+
+    def mean(figs: list[dict]) -> dict:
+        keys = ("within_5", "within_10", "kendall_tau", "rmse_rel")
+        return {name: {k: float(np.mean([f[name][k] for f in figs])) for k in keys} for name in ("ridge", "residual")}
+
+    def line(label: str, figs: dict) -> None:
+        if show:
+            print(f"{label:<34}" + "   ".join(f"{name}: {100 * f['within_5']:5.1f}% / {100 * f['within_10']:5.1f}% / "
+                                              f"tau {f['kendall_tau']:.3f} / RMSE {100 * f['rmse_rel']:.2f}%"
+                                              for name, f in figs.items()))
+
+    cal, val = arrays(calibration), arrays(validation)
+    n = len(cal[2])
+    folds = []
+    for repeat in range(3):
+        pred = {"ridge": np.zeros(n), "residual": np.zeros(n)}
+        for fold in np.array_split(np.random.default_rng(repeat).permutation(n), 10):
+            train = np.setdiff1d(np.arange(n), fold)
+            for name, values in predict(subset(cal, train), subset(cal, fold)).items():
+                pred[name][fold] = values
+        folds.append({name: error_figures(p, cal[2]) for name, p in pred.items()})
+    out: dict = {"cv_calibration": mean(folds)}
+    line("3 x 10-fold, calibration models", out["cv_calibration"])
+    if len(val[2]):
+        out["held_out"] = {name: error_figures(p, val[2]) for name, p in predict(cal, val).items()}
+        line(f"held out ({len(val[2])} validation models)", out["held_out"])
+    pooled = (cal[0] + val[0], np.r_[cal[1], val[1]] if len(val[2]) else cal[1], np.r_[cal[2], val[2]])
+    out["subsets"] = {}
+    for size in sizes:
+        if size + 100 > len(pooled[2]):
+            continue
+        figs = []
+        for draw in range(draws):
+            idx = np.random.default_rng(100 + draw).permutation(len(pooled[2]))
+            test = subset(pooled, idx[size:size + 100])
+            figs.append({name: error_figures(p, test[2]) for name, p in predict(subset(pooled, idx[:size]), test).items()})
+        out["subsets"][str(size)] = mean(figs)
+        line(f"{size} trained, 100 tested, {draws} draws", out["subsets"][str(size)])
+    return out
 
 
 def _fresh_copy(cache: str, tmp: Path) -> Path:
@@ -318,8 +430,7 @@ def mode_searches(args) -> dict:
     from nas.store import RunStore
     from rewards import MnasNetReward
 
-    if not args.cache:
-        raise SystemExit("error: --modes needs --cache, the latency cache holding the host table at the deploy input")
+    _table_cache(args, "--modes")
     tmp = _scratch("bench_modes_", args.keep_temp)
     cache = _fresh_copy(args.cache, tmp)
     results: dict = {}
@@ -531,8 +642,7 @@ def retime_validation(args) -> dict:
         raise SystemExit("error: --retime needs --cache, the latency cache holding the table")
     if args.retime < 2:
         raise SystemExit("error: --retime must be at least 2")
-    if not Path(args.cache).is_file():
-        raise SystemExit(f"error: --cache {args.cache}: no such file")
+    _table_cache(args, "--retime")
     copy = _fresh_copy(args.cache, _scratch("bench_retime_", args.keep_temp))
     shape = {"resolution": args.resolution, "channels": 3, "num_classes": 1000}
     with build_service("host", workers=2, cache_path=copy, anchor=DEFAULT_ANCHOR) as service:

@@ -1,4 +1,5 @@
-"""scripts/bench_latency.py --retime without timing anything: its figures worked by hand, and its refusals."""
+"""scripts/bench_latency.py without timing anything: --retime's figures worked by hand, --residual's comparison on a
+synthetic table, and the refusals of the sections that read a stored table."""
 
 from __future__ import annotations
 
@@ -43,8 +44,12 @@ def test_repeat_figures_compare_each_timing_with_its_stored_latency(bench):
     (["--retime", "48"], "--retime needs --cache"),
     (["--retime", "1", "--cache", "CACHE"], "--retime must be at least 2"),
     (["--retime", "48", "--cache", "MISSING"], "no such file"),
+    (["--residual"], "--residual needs --cache"),
+    (["--residual", "--cache", "MISSING"], "no such file"),
+    (["--figures", "--only-modes", "--cache", "MISSING"], "no such file"),
+    (["--modes", "--only-modes", "--cache", "MISSING"], "no such file"),
 ])
-def test_retime_refuses_what_it_cannot_use(bench, tmp_path, monkeypatch, argv, message):
+def test_table_sections_refuse_what_they_cannot_use(bench, tmp_path, monkeypatch, argv, message):
     (tmp_path / "latency.sqlite").write_bytes(b"")
     paths = {"CACHE": str(tmp_path / "latency.sqlite"), "MISSING": str(tmp_path / "none.sqlite")}
     monkeypatch.setattr(sys, "argv", ["bench_latency.py", *[paths.get(a, a) for a in argv]])
@@ -72,3 +77,31 @@ def test_scratch_folders_are_removed_at_exit_unless_kept(tmp_path, keep):
     made = Path(done.stdout.strip().splitlines()[-1])
     assert made.parent == tmp_path
     assert made.exists() == keep
+
+
+def test_residual_comparison_matches_the_predictor_it_describes(bench):
+    """The held-out figures of the comparison are the stated errors of the two predictors built on the same sets."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_latency_predictor import SHAPE, _predictor, _world
+
+    from latency.predictor import arch_shape, features
+    from search_spaces.layers import network_layers
+
+    layers, rows = _world(160 + 40, effect=True, seed=3)
+
+    def stored(models):
+        feats = []
+        for m in models:
+            specs = network_layers(m["arch"], **SHAPE)
+            feats.append(features(specs, [layers[s.key] for s in specs]))
+        return feats, [arch_shape(m["arch"]) for m in models], [m["latency_ms"] for m in models]
+
+    out = bench.residual_comparison(stored(rows[:160]), stored(rows[160:]), draws=2, sizes=(60, 150))
+    assert set(out) == {"cv_calibration", "held_out", "subsets"}
+    assert list(out["subsets"]) == ["60"]  # 150 + 100 tested is more than the 200 models pooled
+    for residual, name in ((False, "ridge"), (True, "residual")):
+        stated = _predictor(layers, rows[:160], rows[160:], residual=residual).stated_error
+        for key in ("within_5", "within_10", "rmse_rel", "kendall_tau"):
+            assert out["held_out"][name][key] == pytest.approx(stated[key])
+    # the synthetic latencies carry an effect the ridge cannot see: the residual wins in cross-validation too
+    assert out["cv_calibration"]["residual"]["rmse_rel"] < out["cv_calibration"]["ridge"]["rmse_rel"]

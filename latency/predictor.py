@@ -16,8 +16,9 @@ the 224 px host table (README: "Latency lookup tables").
 With 150 or more calibration models a learned residual is tried on top: gradient-boosted trees (scikit-learn) on the
 log of measured / ridge latency, from the same features, each block's choices and the ridge prediction. It is kept
 only if it pays: a 10-fold cross-validation on the calibration set must give a relative RMSE at least 3% lower than
-the ridge alone (the decision and both figures are stated with every prediction). On the 224 px host table it did (3.42%
-against 3.76% cross-validated); below about 150 models it did not, hence the minimum.
+the ridge alone (the decision and both figures are stated with every prediction). On the 224 px host table it did
+(3.41% against 3.79%); trained on 100 or fewer models it did not pay (README: "The learned residual"), hence the
+minimum.
 
 ``table validate --n N`` measures N further random architectures (never used for calibration) and stores them with
 the table; every prediction carries the error on that held-out set (``extra["stated_error"]``).
@@ -175,11 +176,11 @@ def arch_shape(arch: str) -> list[float]:
     (cn / ds / ir) and output channels. The residual's view of where in the network a choice sits."""
     from search_spaces.arch import parse_arch
 
+    skips, types = {"none": 0, "identity": 1, "pool": 2}, {"cn": 0, "ds": 1, "ir": 2}
     out: list[float] = []
     for b in parse_arch(arch).blocks:
-        out += [b.repeats, b.kernel, b.expansion, float(b.se_ratio > 0), ("none", "identity", "pool").index(b.skip)
-                if b.skip in ("none", "identity", "pool") else 3, ("cn", "ds", "ir").index(b.block_type)
-                if b.block_type in ("cn", "ds", "ir") else 3, b.out_channels]
+        out += [b.repeats, b.kernel, b.expansion, float(b.se_ratio > 0), skips.get(b.skip, 3),
+                types.get(b.block_type, 3), b.out_channels]
     return out
 
 

@@ -127,6 +127,8 @@ def main() -> None:
                         help="keep each section's temporary folder (conversions, caches, runs) instead of removing it")
     parser.add_argument("--json", action="store_true", help="print one JSON line of all figures at the end")
     args = parser.parse_args()
+    from latency.predictor import LatencyTableMissing
+
     out: dict = {}
     try:
         if args.retime:
@@ -152,6 +154,8 @@ def main() -> None:
             if args.only_predictor:
                 return
         bench_conversion(args)
+    except LatencyTableMissing as exc:  # one line naming the build command, not a traceback
+        raise SystemExit(f"error: {exc}") from None
     finally:
         if args.json:
             import json
@@ -310,6 +314,9 @@ def residual_figures(args) -> dict:
         sets.append(([predictor._features(m["arch"]) for m in models], [arch_shape(m["arch"]) for m in models],
                      [m["latency_ms"] for m in models]))
     cache.close()
+    if len(sets[0][2]) < 20:
+        raise SystemExit(f"error: --residual needs 20 or more calibration models; table {predictor.table_key} has "
+                         f"{len(sets[0][2])} (python -m latency table build --calibration N)")
     print(f"\n== learned residual against the ridge alone, table {predictor.table_key} ({len(sets[0][2])} calibration, "
           f"{len(sets[1][2])} validation models); within +-5% / +-10% / Kendall tau / relative RMSE")
     return residual_comparison(*sets, show=True)

@@ -46,6 +46,7 @@ def test_repeat_figures_compare_each_timing_with_its_stored_latency(bench):
     (["--retime", "48", "--cache", "MISSING"], "no such file"),
     (["--residual"], "--residual needs --cache"),
     (["--residual", "--cache", "MISSING"], "no such file"),
+    (["--residual", "--cache", "CACHE"], "no latency table for .* build it with: python -m latency table build"),
     (["--figures", "--only-modes", "--cache", "MISSING"], "no such file"),
     (["--modes", "--only-modes", "--cache", "MISSING"], "no such file"),
 ])

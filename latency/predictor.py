@@ -184,7 +184,8 @@ def arch_shape(arch: str) -> list[float]:
     return out
 
 
-def _folds(n: int, k: int, seed: int) -> list[np.ndarray]:
+def kfold(n: int, k: int, seed: int) -> list[np.ndarray]:
+    """``k`` disjoint folds of ``range(n)`` (a seeded shuffle, split evenly): the cross-validations' folds."""
     return np.array_split(np.random.default_rng(seed).permutation(n), k)
 
 
@@ -209,7 +210,7 @@ class Residual:
 
         shapes, y = np.asarray(shapes, dtype=float), np.asarray(y, dtype=float)
         oof = np.zeros(len(y))
-        for fold in _folds(len(y), 5, seed=1):
+        for fold in kfold(len(y), 5, seed=1):
             train = np.setdiff1d(np.arange(len(y)), fold)
             ridge = Calibration().fit([rows[i] for i in train], y[train])
             oof[fold] = ridge.predict([rows[i] for i in fold])
@@ -227,6 +228,14 @@ class Residual:
         return np.exp(self.model.predict(self._inputs(rows, np.asarray(shapes, dtype=float), np.asarray(ridge))))
 
 
+def ridge_and_residual(train: tuple, test: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Fitted on ``train``, predicted for ``test`` (each ``(feature rows, arch shapes, latencies)``; the test's
+    latencies are not used): the ridge alone, and the ridge times :class:`Residual`'s factor."""
+    rows, shapes, y = train
+    ridge = Calibration().fit(rows, y).predict(test[0])
+    return ridge, ridge * Residual().fit(rows, shapes, y).predict(test[0], test[1], ridge)
+
+
 def residual_pays(rows: Sequence[dict], shapes: Sequence[Sequence[float]], y: Sequence[float], *,
                   folds: int = RESIDUAL_FOLDS) -> dict:
     """Cross-validated relative RMSE of the ridge alone and of the ridge with :class:`Residual` on the same folds;
@@ -234,12 +243,10 @@ def residual_pays(rows: Sequence[dict], shapes: Sequence[Sequence[float]], y: Se
     noise: on latencies the ridge explains, the trees came within 1% either way)."""
     shapes, y = np.asarray(shapes, dtype=float), np.asarray(y, dtype=float)
     plain, boosted = np.zeros(len(y)), np.zeros(len(y))
-    for fold in _folds(len(y), folds, seed=0):
+    for fold in kfold(len(y), folds, seed=0):
         train = np.setdiff1d(np.arange(len(y)), fold)
-        train_rows, test_rows = [rows[i] for i in train], [rows[i] for i in fold]
-        plain[fold] = Calibration().fit(train_rows, y[train]).predict(test_rows)
-        residual = Residual().fit(train_rows, shapes[train], y[train])
-        boosted[fold] = plain[fold] * residual.predict(test_rows, shapes[fold], plain[fold])
+        plain[fold], boosted[fold] = ridge_and_residual(([rows[i] for i in train], shapes[train], y[train]),
+                                                        ([rows[i] for i in fold], shapes[fold], y[fold]))
     ridge_rmse = float(np.sqrt(np.mean((plain / y - 1) ** 2)))
     residual_rmse = float(np.sqrt(np.mean((boosted / y - 1) ** 2)))
     return {"folds": folds, "ridge_rmse_rel": ridge_rmse, "residual_rmse_rel": residual_rmse,
@@ -289,22 +296,19 @@ class Predictor:
         self.space = space
         self.runner = runner
         self.build_command = build_command
-        usable = [r for r in calibration_rows if self._times(r["arch"])[1] == []]
         self.calibration = None
         self.residual: Residual | None = None
         self.residual_cv: dict | None = None  # the cross-validation that decided on the residual, when one was tried
-        if len(usable) >= MIN_CALIBRATION:
-            rows = [self._features(r["arch"]) for r in usable]
-            y = [r["latency_ms"] for r in usable]
+        rows, shapes, y = self.dataset(calibration_rows)
+        if len(y) >= MIN_CALIBRATION:
             self.calibration = Calibration().fit(rows, y)
-            shapes = [arch_shape(r["arch"]) for r in usable]
-            if residual and len(usable) >= RESIDUAL_MIN and len({len(s) for s in shapes}) == 1:
+            if residual and len(y) >= RESIDUAL_MIN and len({len(s) for s in shapes}) == 1:
                 self.residual_cv = residual_pays(rows, shapes, y)
                 if self.residual_cv["pays"]:
                     self.residual = Residual().fit(rows, shapes, y)
-        self.calibration_n = len(usable)
-        usable_val = [r for r in validation_rows if self._times(r["arch"])[1] == []]
-        self.stated_error = (error_figures([self._predict_ms(r["arch"]) for r in usable_val],
+        self.calibration_n = len(y)
+        usable_val = [r for r in validation_rows if not self._times(r["arch"])[1]]
+        self.stated_error = (error_figures([self._predict_ms(r["arch"])[0] for r in usable_val],
                                            [r["latency_ms"] for r in usable_val]) if usable_val else {"n": 0})
         self.stated_error["calibration_n"] = self.calibration_n
         self.stated_error["model"] = self.model_name
@@ -335,15 +339,23 @@ class Predictor:
     def _features(self, arch: str) -> dict:
         return features(self._network(arch), self._times(arch)[0])
 
-    def _predict_ms(self, arch: str) -> float:
+    def dataset(self, models: Sequence[dict]) -> tuple[list[dict], list[list[float]], list[float]]:
+        """``(feature rows, arch shapes, latencies)`` of the stored models (``{"arch", "latency_ms"}``) whose layers
+        are all in the table: what the calibration learns from."""
+        usable = [m for m in models if not self._times(m["arch"])[1]]
+        return ([self._features(m["arch"]) for m in usable], [arch_shape(m["arch"]) for m in usable],
+                [m["latency_ms"] for m in usable])
+
+    def _predict_ms(self, arch: str) -> tuple[float, bool]:
+        """The predicted latency, and whether the learned residual was applied to it."""
         row = self._features(arch)
         if self.calibration is None:
-            return float(sum(row[f"sum_{g}"] for g in GROUPS))
+            return float(sum(row[f"sum_{g}"] for g in GROUPS)), False
         ridge = self.calibration.predict([row])
         shape = arch_shape(arch)
         if self.residual is None or not self.residual.applies(shape):
-            return float(ridge[0])
-        return float(ridge[0] * self.residual.predict([row], [shape], ridge)[0])
+            return float(ridge[0]), False
+        return float(ridge[0] * self.residual.predict([row], [shape], ridge)[0]), True
 
     # -- public
     def predict(self, arch: str) -> LatencyResult:
@@ -360,10 +372,9 @@ class Predictor:
                                  error=f"{len(missing)} layer(s) of this network are not in latency table "
                                        f"{self.table_key} (e.g. {missing[0]}); add them with: "
                                        f"{self.build_command} --arch '{arch}'")
-        latency = self._predict_ms(arch)
+        latency, residual = self._predict_ms(arch)
         extra = {"source": "predicted", "stated_error": dict(self.stated_error), "layer_sum_ms": float(sum(times)),
-                 "table": self.table_key, "calibrated": self.calibration is not None,
-                 "residual": self.residual is not None and self.residual.applies(arch_shape(arch))}
+                 "table": self.table_key, "calibrated": self.calibration is not None, "residual": residual}
         return LatencyResult(status="ok", latency_ms=latency, **base, extra=extra)
 
     def predict_many(self, archs: Sequence[str]) -> list[LatencyResult]:

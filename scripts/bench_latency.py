@@ -300,19 +300,15 @@ def residual_figures(args) -> dict:
     import numpy as np
 
     from latency.cache import LatencyCache
-    from latency.predictor import arch_shape, load_predictor
+    from latency.predictor import load_predictor
     from latency.service import DEFAULT_ANCHOR
 
     cache_path = _table_cache(args, "--residual")
     predictor = load_predictor({"runner": "host", "rounds": 3, "anchor": DEFAULT_ANCHOR}, resolution=args.resolution,
                                cache_path=cache_path, residual=False)
     cache = LatencyCache(cache_path)
-    sets = []
-    for purpose in ("calibration", "validation"):
-        models = [m for m in cache.models(predictor.table_key, purpose, predictor.space)
-                  if not predictor._times(m["arch"])[1]]
-        sets.append(([predictor._features(m["arch"]) for m in models], [arch_shape(m["arch"]) for m in models],
-                     [m["latency_ms"] for m in models]))
+    sets = [predictor.dataset(cache.models(predictor.table_key, purpose, predictor.space))
+            for purpose in ("calibration", "validation")]
     cache.close()
     if len(sets[0][2]) < 20:
         raise SystemExit(f"error: --residual needs 20 or more calibration models; table {predictor.table_key} has "
@@ -330,7 +326,7 @@ def residual_comparison(calibration: tuple, validation: tuple, *, draws: int = 1
     is ``(feature rows, arch shapes, latencies)``."""
     import numpy as np
 
-    from latency.predictor import Calibration, Residual, error_figures
+    from latency.predictor import error_figures, kfold, ridge_and_residual
 
     def arrays(d):
         return list(d[0]), np.asarray(d[1], dtype=float).reshape(len(d[2]), -1), np.asarray(d[2], dtype=float)
@@ -339,8 +335,7 @@ def residual_comparison(calibration: tuple, validation: tuple, *, draws: int = 1
         return [d[0][i] for i in idx], d[1][idx], d[2][idx]
 
     def predict(train, test) -> dict:
-        ridge = Calibration().fit(train[0], train[2]).predict(test[0])
-        return {"ridge": ridge, "residual": ridge * Residual().fit(*train).predict(test[0], test[1], ridge)}
+        return dict(zip(("ridge", "residual"), ridge_and_residual(train, test)))
 
     def mean(figs: list[dict]) -> dict:
         keys = ("within_5", "within_10", "kendall_tau", "rmse_rel")
@@ -357,7 +352,7 @@ def residual_comparison(calibration: tuple, validation: tuple, *, draws: int = 1
     folds = []
     for repeat in range(3):
         pred = {"ridge": np.zeros(n), "residual": np.zeros(n)}
-        for fold in np.array_split(np.random.default_rng(repeat).permutation(n), 10):
+        for fold in kfold(n, 10, seed=repeat):
             train = np.setdiff1d(np.arange(n), fold)
             for name, values in predict(subset(cal, train), subset(cal, fold)).items():
                 pred[name][fold] = values

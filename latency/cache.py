@@ -290,6 +290,7 @@ class LatencyCache:
         return out
 
     def count(self, table: str) -> int:
+        """Rows of one of the cache's tables (``conversions``, ``measurements``, ``latency_tables``, ``anchors``)."""
         if table not in ("conversions", "measurements", "latency_tables", "anchors"):
             raise ValueError(f"no such cache table: {table}")
         return self._read(f"SELECT COUNT(*) FROM {table}")[0]
@@ -367,10 +368,7 @@ class LatencyCache:
         return self.anchor(key)
 
     def counts(self) -> dict:
-        return {
-            "conversions": self._read("SELECT COUNT(*) FROM conversions")[0],
-            "measurements": self._read("SELECT COUNT(*) FROM measurements")[0],
-        }
+        return {"conversions": self.count("conversions"), "measurements": self.count("measurements")}
 
     # ------------------------------------------------------------------ layer tables
     def put_table(self, table_key: str, identity: dict, meta: dict) -> None:

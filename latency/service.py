@@ -82,6 +82,23 @@ def default_cache_dir() -> Path:
     return cache_dir("latency")
 
 
+PATH_FIELDS = ("cache_path", "work_dir", "benchmark_binary")  # latency config fields that name files on this machine
+
+
+def absolute_paths(config: dict) -> dict:
+    """``config`` with its file paths made absolute against the current directory, now.
+
+    The conversion workers run in the service's work directory (onnx2tf reads its calibration file from the working
+    directory), and Ray actors run in directories of their own, so a relative ``cache_path`` or ``benchmark_binary``
+    would name another file there: a table built with ``--cache runs/t/latency.sqlite`` stored nothing.
+    """
+    out = dict(config)
+    for name in PATH_FIELDS:
+        if out.get(name):
+            out[name] = str(Path(out[name]).expanduser().absolute())
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- workers
 _WORKER: dict = {}
 
@@ -505,6 +522,9 @@ class LatencyService:
             if not isinstance(value, bool):
                 raise ValueError(f"latency.{name} must be true or false, got {value!r}")
         self.task_timeout_s = float(task_timeout_s)
+        paths = absolute_paths({"cache_path": cache_path, "work_dir": work_dir, **runner_fields})
+        cache_path, work_dir = paths.pop("cache_path"), paths.pop("work_dir")
+        runner_fields = paths
         self.runner_config = {"runner": runner, **runner_fields}
         self.runner = make_runner(self.runner_config)  # validates the fields now, in one line
         self.workers = workers

@@ -34,6 +34,7 @@ from typing import Any
 from mnas_common.checks import non_negative_number, positive_int, positive_number
 from mnas_common.errors import first_line
 
+from latency.service import absolute_paths
 from nas.components import build
 from nas.evaluator import (Evaluator, EvaluatorStopped, LatencyModes, apply_scores, apply_training, check_scores,
                            child_seed, score_child, size_guard)
@@ -204,6 +205,8 @@ class RayEvaluator(Evaluator):
         self.trainer, self.dataset = trainer, dataset
         # latency.mode (measure | predict | hybrid) is decided here, on the driver; the rest builds the actors' services
         self.modes, self.latency = LatencyModes.split(latency)
+        if self.latency is not None:  # the actors' working directories are not the driver's
+            self.latency = absolute_paths(self.latency)
         self.deploy, self.seed = dict(deploy), seed
         self.address = address
         self.trainers = {"actors": 2, "num_cpus": 1, "num_gpus": 0, "threads": threads or 1, **(trainers or {})}

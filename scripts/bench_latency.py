@@ -239,6 +239,10 @@ def predictor_figures(args) -> dict:
 
     with build_service("host", workers=2, cache_path=args.cache, anchor=DEFAULT_ANCHOR) as service:
         summary = build_table(service, space_name="mnasnet", resolution=args.resolution)
+        if summary["failed"]:  # as `table build` does: figures from a table with holes would mislead
+            first = summary["failed"][0]
+            raise SystemExit(f"error: {len(summary['failed'])} layer(s) of table {summary['table_key']} failed "
+                             f"(first: {first['layer']}: {first['error']}); run the same command again to retry them")
         figures = validate(service, n=args.validate, space="mnasnet", resolution=args.resolution)
     print(f"\n== predictor, host runner, default space, {args.resolution} px, 1,000 classes")
     print(f"table {summary['table_key']}: {summary['layers']} layers, {summary['calibration']} calibration models, "

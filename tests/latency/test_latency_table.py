@@ -77,6 +77,22 @@ def test_build_times_every_layer_of_the_space_once(built, micro):
     assert all(json.loads(r[3])["extra"]["timing"]["anchor"]["arch"] == ANCHOR for r in rows)
 
 
+def test_a_relative_cache_path_builds_into_that_cache(micro, tmp_path, monkeypatch):
+    """The conversion workers run in the work directory: a relative --cache once sent every layer and model there,
+    and the table came out with no layers and no error."""
+    monkeypatch.chdir(tmp_path)
+    with build_service("host", workers=1, cache_path="rel/latency.sqlite", **RUNS) as service:
+        assert service.cache_path == tmp_path / "rel" / "latency.sqlite"
+        assert service.work_dir.is_absolute() and service.models_dir.is_absolute()
+        summary = build_table(service, space_name=micro, **SHAPE, archs=(EXTRA,), calibration=2, batch=8,
+                              progress=False)
+    assert summary["timed_now"] == summary["layers"] == 16 and not summary["failed"] and summary["calibration"] == 2
+    con = sqlite3.connect(tmp_path / "rel" / "latency.sqlite")
+    assert con.execute("SELECT COUNT(*) FROM table_layers WHERE status = 'ok'").fetchone() == (16,)
+    assert con.execute("SELECT COUNT(*) FROM table_models").fetchone() == (2,)
+    assert not list((tmp_path / "rel").rglob("rel"))  # nothing nested under the work directory
+
+
 def test_an_interrupted_sitting_still_counts_in_the_build_time(built, micro, monkeypatch):
     import latency.table as table
 

@@ -298,3 +298,17 @@ def test_predict_and_hybrid_modes_on_the_cluster(ray_cluster, tmp_path):
     assert measured and all(c.latency_predicted_ms and c.latency_prediction_error is not None
                             and c.extra.get("latency_measured_because") in ("front", "top_k") for c in measured)
     assert all(c.latency_ms == c.latency_predicted_ms for c in kids if c not in measured)
+
+
+def test_the_actors_get_absolute_latency_paths(tmp_path, monkeypatch):
+    """Ray actors run in directories of their own: a relative cache path or benchmark binary is made absolute on
+    the driver, against the directory the search was started in (nothing is started here)."""
+    from nas.ray_evaluator import RayEvaluator
+
+    monkeypatch.chdir(tmp_path)
+    evaluator = RayEvaluator(trainer=None, dataset=None, deploy={}, latency={
+        "runner": "adb", "mode": "measure", "cache_path": "cache/latency.sqlite", "benchmark_binary": "bin/bm"})
+    assert evaluator.latency["cache_path"] == str(tmp_path / "cache" / "latency.sqlite")
+    assert evaluator.latency["benchmark_binary"] == str(tmp_path / "bin" / "bm")
+    assert "mode" not in evaluator.latency and evaluator.latency["runner"] == "adb"
+

@@ -7,9 +7,9 @@ from pathlib import Path
 
 
 def cache_dir(*parts: str) -> Path:
-    """``$MNAS_CACHE_DIR/<parts>`` or ``~/.cache/mnasnet-search/<parts>`` (nothing is created here)."""
+    """``$MNAS_CACHE_DIR/<parts>`` or ``~/.cache/mnasnet-search/<parts>``, absolute (nothing is created here)."""
     base = os.environ.get("MNAS_CACHE_DIR")
-    return (Path(base) if base else Path.home() / ".cache" / "mnasnet-search").joinpath(*parts)
+    return (Path(base).expanduser().absolute() if base else Path.home() / ".cache" / "mnasnet-search").joinpath(*parts)
 
 
 def config_dir() -> Path:

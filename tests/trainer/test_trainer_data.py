@@ -85,6 +85,15 @@ def test_cache_dir_default_honours_env(tmp_path, monkeypatch):
     assert np.array_equal(x[..., 0], x[..., 2]), "grey replicated to 3 channels"
 
 
+def test_a_relative_cache_dir_env_is_made_absolute(tmp_path, monkeypatch):
+    """Worker processes change directory (the latency service's run in its work directory)."""
+    from mnas_common.paths import cache_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MNAS_CACHE_DIR", "rel")
+    assert cache_dir("latency") == tmp_path / "rel" / "latency"
+
+
 def test_image_folder_classes_by_count_and_list(tmp_path):
     root = write_folder(tmp_path / "imnet", {"n01": 8, "n02": 8, "n03": 8})
     cfg = dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3, classes=["n03", "n01"],

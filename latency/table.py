@@ -158,23 +158,47 @@ def build_table(service, *, space_name: str = "mnasnet", resolution: int = 224, 
     cache.put_table(key, identity, meta)
     done = {k for k, row in cache.layers(key).items() if row["status"] == "ok" and row["result"].get("complete", True)}
     todo = [s for s in specs if s.key not in done]
-    start = time.monotonic()
-    layer_seconds = None
+    clock = _BuildClock(cache, key, identity, space_name, specs, archs)
     failures: list[dict] = []
+    models: list[dict] = []
     try:
         with tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"layers ({identity['device']})",
                   unit="layer", disable=not progress, dynamic_ncols=True) as bar:
-            failures += _time_layers(service, key, todo, batch, bar)
-        layer_seconds = time.monotonic() - start
+            failures += _time_layers(service, key, todo, batch, bar, tick=clock.tick)
+        clock.layers_done()
         models = measure_models(service, key, space, space_name, "calibration", calibration, resolution=resolution,
-                                channels=channels, num_classes=num_classes, progress=progress)
+                                channels=channels, num_classes=num_classes, progress=progress, tick=clock.tick)
     finally:  # an interrupted sitting (Ctrl-C, an error) counts in the build time too
-        seconds = time.monotonic() - start
-        entry = _add_build_time(cache, key, identity, space_name, specs, archs, seconds,
-                                seconds if layer_seconds is None else layer_seconds)
+        clock.tick()
     return {"table_key": key, "device": identity["device"], "layers": len(specs), "timed_now": len(todo) - len(failures),
-            "failed": failures, "calibration": len(models), "seconds": seconds, "layer_seconds": layer_seconds,
-            "build_seconds_total": entry["build_seconds"]}
+            "failed": failures, "calibration": len(models), "seconds": clock.seconds,
+            "layer_seconds": clock.layer_seconds, "build_seconds_total": clock.entry["build_seconds"]}
+
+
+class _BuildClock:
+    """A sitting's build time, added to the table's record as it goes (after every timed batch of layers and every
+    calibration model) and at its end, so that a sitting killed outright (``kill -9``, SIGTERM, a lost session)
+    still counts up to its last commit: the build time a table states is the time it took, whatever the sittings."""
+
+    def __init__(self, cache, key: str, identity: dict, space_name: str, specs: list, archs: tuple):
+        self._args = (cache, key, identity, space_name, specs, archs)
+        self.start = self._last = time.monotonic()
+        self.layer_seconds: float | None = None  # the layer phase of this sitting, once it has ended
+        self.entry: dict = {}
+        self.tick()
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.start
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        delta, self._last = now - self._last, now
+        self.entry = _add_build_time(*self._args, delta, delta if self.layer_seconds is None else 0.0)
+
+    def layers_done(self) -> None:
+        self.tick()
+        self.layer_seconds = self.seconds
 
 
 def _add_build_time(cache, key: str, identity: dict, space_name: str, specs: list, archs: tuple, seconds: float,
@@ -190,8 +214,9 @@ def _add_build_time(cache, key: str, identity: dict, space_name: str, specs: lis
     return entry
 
 
-def _time_layers(service, key: str, todo: list[LayerSpec], batch: int, bar) -> list[dict]:
-    """Convert in all workers, time in batches (one quiet window each); returns the failures."""
+def _time_layers(service, key: str, todo: list[LayerSpec], batch: int, bar, tick=None) -> list[dict]:
+    """Convert in all workers, time in batches (one quiet window each); returns the failures. ``tick()`` is called
+    after each batch is committed."""
     work = service.work_dir / "layers" / key
     shutil.rmtree(work, ignore_errors=True)  # conversions of an interrupted build, never timed
     pending = deque(todo)
@@ -218,6 +243,8 @@ def _time_layers(service, key: str, todo: list[LayerSpec], batch: int, bar) -> l
                         failures.append({"layer": "(timing batch)", "error": first_line(exc, with_type=True)})
                     failures += [r for r in rows if r["status"] != "ok"]
                     bar.update(len(rows))
+                    if tick is not None:
+                        tick()
                     continue
                 spec = converting.pop(future)
                 try:
@@ -237,7 +264,8 @@ def _time_layers(service, key: str, todo: list[LayerSpec], batch: int, bar) -> l
 
 
 def measure_models(service, key: str, space: SearchSpace, space_name: str, purpose: str, n: int, *,
-                   resolution: int, channels: int, num_classes: int, progress: bool = True) -> list[dict]:
+                   resolution: int, channels: int, num_classes: int, progress: bool = True,
+                   tick=None) -> list[dict]:
     """Measure ``n`` random architectures of the space for real and store them with the table under ``purpose``
     (``calibration`` or ``validation``). The two sets come from different seeds and never share an architecture.
     Resumable: stored ones are kept; the first ``n`` of the seed's sequence are the set."""
@@ -265,6 +293,8 @@ def measure_models(service, key: str, space: SearchSpace, space_name: str, purpo
             row["timing"] = result.extra.get("timing")
             cache.put_model(key, purpose, space_name, arch, result.latency_ms, row)
             have[arch] = {"arch": arch, "latency_ms": result.latency_ms, "result": row}
+            if tick is not None:
+                tick()
     return [have[a] for a in chosen if a in have]
 
 

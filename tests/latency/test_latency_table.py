@@ -213,17 +213,30 @@ def test_an_interrupted_build_resumes(micro, tmp_path):
         finally:
             con.close()
 
+    def build_seconds() -> float:
+        try:
+            con = sqlite3.connect(cache)
+            row = con.execute("SELECT meta FROM latency_tables").fetchone()
+            return json.loads(row[0])["spaces"]["micro"]["build_seconds"] if row else 0.0
+        except (sqlite3.OperationalError, KeyError):
+            return 0.0
+        finally:
+            con.close()
+
     deadline = time.monotonic() + 300
-    while timed() < 2 and proc.poll() is None and time.monotonic() < deadline:
+    # the sitting's time is committed after each timed batch, so a kill -9 loses at most one batch's worth
+    while (timed() < 2 or build_seconds() <= 0) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the build and its workers, mid-way
     proc.wait(60)
-    before = timed()
-    assert 2 <= before < 16
+    before, killed_sitting = timed(), build_seconds()
+    assert 2 <= before < 16 and killed_sitting > 0
     out = _cli(*args, "--json")
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     assert summary["timed_now"] == 16 - before and summary["layers"] == 16 and timed() == 16
+    assert summary["build_seconds_total"] == pytest.approx(build_seconds())
+    assert summary["build_seconds_total"] >= killed_sitting + summary["seconds"] - 0.01  # both sittings count
 
 
 def test_error_figures_and_kendall_tau():

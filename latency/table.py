@@ -160,7 +160,6 @@ def build_table(service, *, space_name: str = "mnasnet", resolution: int = 224, 
     todo = [s for s in specs if s.key not in done]
     clock = _BuildClock(cache, key, identity, space_name, specs, archs)
     failures: list[dict] = []
-    models: list[dict] = []
     try:
         with tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"layers ({identity['device']})",
                   unit="layer", disable=not progress, dynamic_ncols=True) as bar:

@@ -154,11 +154,9 @@ def build_table(service, *, space_name: str = "mnasnet", resolution: int = 224, 
     identity = table_identity(service, resolution=resolution, channels=channels, num_classes=num_classes)
     key = identity_key(identity)
     cache = service.cache
-    meta = (cache.tables(key) or [{"meta": {}}])[0]["meta"]
-    cache.put_table(key, identity, meta)
+    clock = _BuildClock(cache, key, identity, space_name, specs, archs)  # creates the table's row if it is new
     done = {k for k, row in cache.layers(key).items() if row["status"] == "ok" and row["result"].get("complete", True)}
     todo = [s for s in specs if s.key not in done]
-    clock = _BuildClock(cache, key, identity, space_name, specs, archs)
     failures: list[dict] = []
     try:
         with tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"layers ({identity['device']})",
@@ -180,7 +178,8 @@ class _BuildClock:
     still counts up to its last commit: the build time a table states is the time it took, whatever the sittings."""
 
     def __init__(self, cache, key: str, identity: dict, space_name: str, specs: list, archs: tuple):
-        self._args = (cache, key, identity, space_name, specs, archs)
+        self.cache, self.key, self.identity, self.space_name = cache, key, identity, space_name
+        self.layers, self.archs = len(specs), list(archs)
         self.start = self._last = time.monotonic()
         self.layer_seconds: float | None = None  # the layer phase of this sitting, once it has ended
         self.entry: dict = {}
@@ -191,26 +190,22 @@ class _BuildClock:
         return time.monotonic() - self.start
 
     def tick(self) -> None:
+        """Add the seconds since the last tick to the table's per-space build record (meta ``spaces``); the layer
+        phase's seconds to its ``layer_seconds`` too."""
         now = time.monotonic()
         delta, self._last = now - self._last, now
-        self.entry = _add_build_time(*self._args, delta, delta if self.layer_seconds is None else 0.0)
+        meta = (self.cache.tables(self.key) or [{"meta": {}}])[0]["meta"]
+        spaces = dict(meta.get("spaces", {}))
+        entry = dict(spaces.get(self.space_name, {}))
+        entry.update(layers=self.layers, archs=self.archs, build_seconds=entry.get("build_seconds", 0.0) + delta,
+                     layer_seconds=entry.get("layer_seconds", 0.0) + (delta if self.layer_seconds is None else 0.0))
+        spaces[self.space_name] = entry
+        self.cache.put_table(self.key, self.identity, {**meta, "spaces": spaces})
+        self.entry = entry
 
     def layers_done(self) -> None:
         self.tick()
         self.layer_seconds = self.seconds
-
-
-def _add_build_time(cache, key: str, identity: dict, space_name: str, specs: list, archs: tuple, seconds: float,
-                    layer_seconds: float) -> dict:
-    """Add one sitting's seconds to the table's per-space build record (meta ``spaces``); returns that record."""
-    meta = (cache.tables(key) or [{"meta": {}}])[0]["meta"]
-    spaces = dict(meta.get("spaces", {}))
-    entry = dict(spaces.get(space_name, {}))
-    entry.update(layers=len(specs), archs=list(archs), build_seconds=entry.get("build_seconds", 0.0) + seconds,
-                 layer_seconds=entry.get("layer_seconds", 0.0) + layer_seconds)
-    spaces[space_name] = entry
-    cache.put_table(key, identity, {**meta, "spaces": spaces})
-    return entry
 
 
 def _time_layers(service, key: str, todo: list[LayerSpec], batch: int, bar, tick=None) -> list[dict]:

@@ -32,6 +32,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 SCHEMA_VERSION = 2  # 1 (implicit, user_version 0): absolute paths, no digests; 2: relative paths, digests, tables
@@ -381,6 +382,16 @@ class LatencyCache:
              json.dumps(identity["versions"], sort_keys=True), identity["resolution"], identity["channels"],
              identity["num_classes"], json.dumps(meta), time.time()),
         )
+
+    def set_table_meta(self, table_key: str, keys: Sequence[str], value) -> None:
+        """Set one entry of an existing table's metadata (``keys``: the path of nested keys) in one statement: no
+        read-modify-write, so writers of different entries (a build's clock, a validation, a predictor's stored
+        decision) never undo each other's."""
+        if not keys or any('"' in k for k in keys):
+            raise ValueError(f"bad table metadata path {keys!r}")
+        path = "$" + "".join(f'."{k}"' for k in keys)
+        self._write("UPDATE latency_tables SET meta = json_set(meta, ?, json(?)) WHERE table_key = ?",
+                    (path, json.dumps(value), table_key))
 
     def tables(self, table_key: str | None = None) -> list[dict]:
         """Every table (or the one with ``table_key``): identity, metadata and row counts."""

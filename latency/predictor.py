@@ -41,6 +41,7 @@ RIDGE_ALPHA = 3e-3  # on standardised features; chosen by 5 x 10-fold cross-vali
 RESIDUAL_MIN = 150  # calibration models before the learned residual is tried (it cost accuracy below ~100, README)
 RESIDUAL_FOLDS = 10  # the cross-validation that decides whether the residual pays ...
 RESIDUAL_GAIN = 0.97  # ... by cutting the cross-validated relative RMSE by 3% or more (host table: by 10%)
+RESIDUAL_SCHEME = 1  # bump when the residual's model or its cross-validation changes: stored decisions are then redone
 
 
 class LatencyTableMissing(ValueError):
@@ -253,6 +254,22 @@ def residual_pays(rows: Sequence[dict], shapes: Sequence[Sequence[float]], y: Se
             "pays": residual_rmse <= RESIDUAL_GAIN * ridge_rmse}
 
 
+def residual_fingerprint(rows: Sequence[dict], shapes: Sequence[Sequence[float]], y: Sequence[float]) -> str:
+    """What :func:`residual_pays` decides from: the calibration set (features, shapes, latencies), the scheme and the
+    scikit-learn version. A decision stored with this fingerprint is the one the cross-validation would give again."""
+    import hashlib
+    import json
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        sklearn = version("scikit-learn")
+    except PackageNotFoundError:
+        sklearn = None
+    payload = {"rows": list(rows), "shapes": [list(map(float, s)) for s in shapes], "y": [float(v) for v in y],
+               "folds": RESIDUAL_FOLDS, "gain": RESIDUAL_GAIN, "scheme": RESIDUAL_SCHEME, "sklearn": sklearn}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
 # ------------------------------------------------------------------------------------------------ figures
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
     """Kendall's tau-b (ties in either list handled), O(n^2): fine for a few hundred models."""
@@ -287,7 +304,11 @@ class Predictor:
     """``predict(arch) -> LatencyResult`` from one table; built by :func:`load_predictor` or :meth:`from_service`."""
 
     def __init__(self, *, table: dict, layers: dict[str, float], calibration_rows: list[dict],
-                 validation_rows: list[dict], space: str, runner: str, build_command: str, residual: bool = True):
+                 validation_rows: list[dict], space: str, runner: str, build_command: str, residual: bool = True,
+                 residual_decision: dict | None = None):
+        """``residual_decision``: a cross-validation stored with the table (``residual_cv`` plus its
+        ``fingerprint``); used instead of running it again (about 2 s) when its fingerprint is this calibration
+        set's. ``residual_cv_new`` then says whether one was run here (and is worth storing)."""
         self.table = table
         self.table_key = table["table_key"]
         self.device = table["device"]
@@ -299,11 +320,17 @@ class Predictor:
         self.calibration = None
         self.residual: Residual | None = None
         self.residual_cv: dict | None = None  # the cross-validation that decided on the residual, when one was tried
+        self.residual_cv_new = False
         rows, shapes, y = self.dataset(calibration_rows)
         if len(y) >= MIN_CALIBRATION:
             self.calibration = Calibration().fit(rows, y)
             if residual and len(y) >= RESIDUAL_MIN and len({len(s) for s in shapes}) == 1:
-                self.residual_cv = residual_pays(rows, shapes, y)
+                fingerprint = residual_fingerprint(rows, shapes, y)
+                if residual_decision and residual_decision.get("fingerprint") == fingerprint:
+                    self.residual_cv = dict(residual_decision)
+                else:
+                    self.residual_cv = {**residual_pays(rows, shapes, y), "fingerprint": fingerprint}
+                    self.residual_cv_new = True
                 if self.residual_cv["pays"]:
                     self.residual = Residual().fit(rows, shapes, y)
         self.calibration_n = len(y)
@@ -313,7 +340,7 @@ class Predictor:
         self.stated_error["calibration_n"] = self.calibration_n
         self.stated_error["model"] = self.model_name
         if self.residual_cv is not None:
-            self.stated_error["residual_cv"] = dict(self.residual_cv)
+            self.stated_error["residual_cv"] = {k: v for k, v in self.residual_cv.items() if k != "fingerprint"}
 
     @property
     def model_name(self) -> str:
@@ -401,9 +428,13 @@ class Predictor:
         key = info["table_key"]
         rows = service.cache.layers(key)
         layers = {k: r["latency_ms"] for k, r in rows.items() if r["status"] == "ok"}
-        return cls(table=info, layers=layers, calibration_rows=service.cache.models(key, "calibration", space),
-                   validation_rows=service.cache.models(key, "validation", space), space=space,
-                   runner=service.runner_config["runner"], build_command=info["build_command"], residual=residual)
+        predictor = cls(table=info, layers=layers, calibration_rows=service.cache.models(key, "calibration", space),
+                        validation_rows=service.cache.models(key, "validation", space), space=space,
+                        runner=service.runner_config["runner"], build_command=info["build_command"],
+                        residual=residual, residual_decision=info["meta"].get("residual_cv", {}).get(space))
+        if predictor.residual_cv_new:  # the next load (a search's worker, the predict command) reuses it
+            service.cache.set_table_meta(key, ("residual_cv", space), predictor.residual_cv)
+        return predictor
 
 
 def find_table(service, *, resolution: int, channels: int, num_classes: int, device: str | None = None,
@@ -482,8 +513,5 @@ def validate(service, *, n: int = 200, space: str = "mnasnet", resolution: int =
     predictor = Predictor.from_service(service, resolution=resolution, channels=channels, num_classes=num_classes,
                                        space=space)
     figures = {**predictor.stated_error, "device": predictor.device, "table_key": key, "space": space}
-    meta = dict(info["meta"])
-    meta.setdefault("validation", {})[space] = figures
-    service.cache.put_table(key, {k: info[k] for k in ("device", "settings", "versions", "resolution", "channels",
-                                                      "num_classes")}, meta)
+    service.cache.set_table_meta(key, ("validation", space), figures)
     return figures

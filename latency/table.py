@@ -194,13 +194,13 @@ class _BuildClock:
         phase's seconds to its ``layer_seconds`` too."""
         now = time.monotonic()
         delta, self._last = now - self._last, now
-        meta = (self.cache.tables(self.key) or [{"meta": {}}])[0]["meta"]
-        spaces = dict(meta.get("spaces", {}))
-        entry = dict(spaces.get(self.space_name, {}))
+        tables = self.cache.tables(self.key)
+        if not tables:
+            self.cache.put_table(self.key, self.identity, {})
+        entry = dict((tables[0]["meta"] if tables else {}).get("spaces", {}).get(self.space_name, {}))
         entry.update(layers=self.layers, archs=self.archs, build_seconds=entry.get("build_seconds", 0.0) + delta,
                      layer_seconds=entry.get("layer_seconds", 0.0) + (delta if self.layer_seconds is None else 0.0))
-        spaces[self.space_name] = entry
-        self.cache.put_table(self.key, self.identity, {**meta, "spaces": spaces})
+        self.cache.set_table_meta(self.key, ("spaces", self.space_name), entry)
         self.entry = entry
 
     def layers_done(self) -> None:

@@ -111,3 +111,63 @@ def test_residual_pays_compares_both_on_the_same_folds():
         train = np.setdiff1d(np.arange(len(y)), fold)
         plain[fold] = Calibration().fit([feats[i] for i in train], y[train]).predict([feats[i] for i in fold])
     assert cv["ridge_rmse_rel"] == pytest.approx(error_figures(plain, y)["rmse_rel"])
+
+
+def _never_cross_validate(*args, **kwargs):
+    raise AssertionError("the residual's cross-validation ran again")
+
+
+def test_a_stored_residual_decision_is_reused_only_for_the_same_calibration_set(monkeypatch):
+    import latency.predictor as predictor_module
+
+    layers, rows = _world(RESIDUAL_MIN + 20, effect=True, seed=7)
+    calibration, validation = rows[:RESIDUAL_MIN], rows[RESIDUAL_MIN:]
+    first = _predictor(layers, calibration, validation)
+    assert first.residual_cv_new and first.residual_cv["fingerprint"] and first.residual is not None
+    assert "fingerprint" not in first.stated_error["residual_cv"]
+
+    with monkeypatch.context() as m:
+        m.setattr(predictor_module, "residual_pays", _never_cross_validate)
+        again = Predictor(table=TABLE, layers=layers, calibration_rows=calibration, validation_rows=validation,
+                          space="mnasnet", runner="host", build_command="b", residual_decision=first.residual_cv)
+    assert not again.residual_cv_new and again.model_name == "ridge + residual"
+    assert again.stated_error == first.stated_error
+    assert again.predict(validation[0]["arch"]).latency_ms == first.predict(validation[0]["arch"]).latency_ms
+
+    # one calibration latency changed (a retimed model, an imported table rescaled): the decision is made again
+    changed = [dict(calibration[0], latency_ms=calibration[0]["latency_ms"] * 1.01)] + calibration[1:]
+    redone = Predictor(table=TABLE, layers=layers, calibration_rows=changed, validation_rows=validation,
+                       space="mnasnet", runner="host", build_command="b", residual_decision=first.residual_cv)
+    assert redone.residual_cv_new and redone.residual_cv["fingerprint"] != first.residual_cv["fingerprint"]
+
+
+def test_the_residual_decision_is_stored_with_the_table_and_reused_by_the_next_load(tmp_path, monkeypatch):
+    import latency.predictor as predictor_module
+    from types import SimpleNamespace
+
+    from latency.cache import LatencyCache
+
+    layers, rows = _world(RESIDUAL_MIN + 10, effect=False, seed=8)
+    cache = LatencyCache(tmp_path / "latency.sqlite")
+    identity = {"device": "synthetic", "settings": {"runner": "host"}, "versions": {}, **SHAPE}
+    cache.put_table("synthetic-key", identity, {"validation": {"mnasnet": {"n": 10}}})
+    specs = {s.key: s for r in rows for s in network_layers(r["arch"], **SHAPE)}
+    for key, ms in layers.items():
+        cache.put_layer("synthetic-key", key, specs[key].to_dict(), {"status": "ok", "latency_ms": ms})
+    for i, r in enumerate(rows):
+        cache.put_model("synthetic-key", "calibration" if i < RESIDUAL_MIN else "validation", "mnasnet", r["arch"],
+                        r["latency_ms"], {"status": "ok"})
+    service = SimpleNamespace(cache=cache, runner_config={"runner": "host"}, anchor=None,
+                              cache_path=tmp_path / "latency.sqlite")
+    first = Predictor.from_service(service, **SHAPE, table="synthetic")
+    assert first.residual_cv_new
+    meta = cache.tables("synthetic-key")[0]["meta"]
+    assert meta["residual_cv"]["mnasnet"] == first.residual_cv
+    assert meta["validation"] == {"mnasnet": {"n": 10}}  # the other entries are untouched
+    with pytest.raises(ValueError, match="bad table metadata path"):
+        cache.set_table_meta("synthetic-key", ('a"b',), 1)
+
+    monkeypatch.setattr(predictor_module, "residual_pays", _never_cross_validate)
+    second = Predictor.from_service(service, **SHAPE, table="synthetic")
+    assert not second.residual_cv_new and second.stated_error == first.stated_error
+    cache.close()

@@ -38,6 +38,12 @@
    ``--cache`` (nothing timed): the ridge alone against the ridge with the residual in 3 x 10-fold cross-validation on
    the calibration models, and on random training subsets of 60 to 250 of the pooled calibration and validation
    models, each tested on 100 others (12 draws per size).
+11. With ``--floor N``: the quiet floor of the children's spread goal on this machine. ``--floor-arch`` (mnasnet_a1) is
+   timed alone in N sessions of 50 runs (a child's runs), one thread pinned to one core as the service times, 0.3 s
+   apart, nothing else of the search running: the share of sessions whose runs' std is under 5% of their median, and
+   of the slow runs (more than 1.3x their session's median) how many used as much more of the thread's own CPU time
+   as of wall time (within 10%: the virtual CPU ran slower; the thread was not descheduled or held) and how many saw a
+   garbage collection. Needs an otherwise idle machine (it takes no gate).
 
 Usage: .venv/bin/python scripts/bench_latency.py [--resolution 224] [--repeats 5] [--runs 30]
        .venv/bin/python scripts/bench_latency.py --predictor [--validate 200] [--cache DIR/latency.sqlite] [--only-predictor]
@@ -47,6 +53,7 @@ Usage: .venv/bin/python scripts/bench_latency.py [--resolution 224] [--repeats 5
        .venv/bin/python scripts/bench_latency.py --anchor [--anchor-models 16] [--json]
        .venv/bin/python scripts/bench_latency.py --retime 48 --cache DIR/latency.sqlite [--json]
        .venv/bin/python scripts/bench_latency.py --residual --cache DIR/latency.sqlite [--json]
+       .venv/bin/python scripts/bench_latency.py --floor 60 [--floor-arch mnasnet_a1] [--json]
        (any section: --keep-temp keeps its temporary folder, removed at exit otherwise)
 """
 
@@ -123,6 +130,9 @@ def main() -> None:
                         help="only: time the table's first N validation models again and compare (needs --cache)")
     parser.add_argument("--residual", action="store_true",
                         help="only: the predictor's residual against the ridge alone, by cross-validation (needs --cache)")
+    parser.add_argument("--floor", type=int, default=0, metavar="N",
+                        help="only: N sessions of 50 runs of --floor-arch alone: the spread goal's floor here")
+    parser.add_argument("--floor-arch", default="mnasnet_a1", help="the network --floor times")
     parser.add_argument("--keep-temp", action="store_true",
                         help="keep each section's temporary folder (conversions, caches, runs) instead of removing it")
     parser.add_argument("--json", action="store_true", help="print one JSON line of all figures at the end")
@@ -142,6 +152,9 @@ def main() -> None:
             return
         if args.residual:
             out["residual"] = residual_figures(args)
+            return
+        if args.floor:
+            out["floor"] = spread_floor(args)
             return
         if args.figures:
             out["validation"] = stored_figures(args)
@@ -633,6 +646,89 @@ def anchor_schemes(args) -> dict:
               f"{100 * out[scheme]['within_2']:>10.0f}%{100 * out[scheme]['std_below_5']:>9.0f}%"
               f"{out[scheme]['retimed']:>9}")
     return {**out, "models": len(paths)}
+
+
+FLOOR_RUNS = 50  # runs per --floor session: a child's timing (latency.num_runs)
+FLOOR_SLOW = 1.3  # a run this much slower than its session's median is a slow run
+
+
+def spread_floor(args) -> dict:
+    """Section 11: one network timed alone in sessions of a child's runs; per run its wall and thread CPU time."""
+    import gc
+    import os
+
+    from tqdm import tqdm
+
+    from latency import build_service
+    from latency.quiet import pinned_to_one_core
+    from search_spaces import resolve_arch
+
+    if args.floor < 2:
+        raise SystemExit("error: --floor must be at least 2")
+    try:
+        arch = resolve_arch(args.floor_arch)
+    except ValueError as exc:
+        raise SystemExit(f"error: --floor-arch: {exc}") from None
+    tmp = _scratch("bench_floor_", args.keep_temp)
+    with build_service("host", workers=1, cache_path=tmp / "latency.sqlite") as service:
+        runner = service.runner
+        conversion = service.convert(arch, resolution=args.resolution)
+    if conversion["status"] != "ok":
+        raise SystemExit(f"error: --floor-arch did not convert: {conversion['error']}")
+    interpreter = runner.prepare(conversion["tflite_path"])
+    collections: list[int] = []  # when each garbage collection started
+
+    def track(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(time.perf_counter_ns())
+
+    gc.callbacks.append(track)
+    sessions = []
+    try:
+        with pinned_to_one_core() as cpu:
+            runner.run(interpreter, 0, runner.warmup_runs)
+            for _ in tqdm(range(args.floor), desc=f"sessions of {FLOOR_RUNS} runs"):
+                runs = []
+                for _ in range(FLOOR_RUNS):
+                    cpu0, start = time.thread_time_ns(), time.perf_counter_ns()
+                    interpreter.invoke()
+                    end, cpu1 = time.perf_counter_ns(), time.thread_time_ns()
+                    runs.append(((end - start) / 1e6, (cpu1 - cpu0) / 1e6,
+                                 sum(start <= t <= end for t in collections)))
+                sessions.append(runs)
+                time.sleep(0.3)
+    finally:
+        gc.callbacks.remove(track)
+    out = floor_figures(sessions)
+    print(f"\n== the spread goal's floor: {args.floor_arch} alone, {len(sessions)} sessions of {FLOOR_RUNS} runs, "
+          f"pinned to CPU {cpu}, {os.cpu_count()} CPUs")
+    print(f"sessions with runs' std under 5% of their median: {100 * out['std_below_5']:.0f}% (largest "
+          f"{100 * out['spread_max']:.1f}%)")
+    print(f"slow runs (> {FLOOR_SLOW}x their session's median): {out['slow_runs']}, of which {out['slow_runs_cpu']} "
+          f"used as much more thread CPU time as wall time (the CPU ran slower) and {out['slow_runs_gc']} saw a "
+          "garbage collection")
+    return {**out, "arch": args.floor_arch, "cpu": cpu}
+
+
+def floor_figures(sessions: list[list[tuple[float, float, int]]]) -> dict:
+    """``--floor``'s figures from sessions of runs, each ``(wall ms, thread CPU ms, collections during it)``;
+    ``slow_wall_cpu_x``: each slow run's wall and thread CPU time over its session's medians."""
+    import numpy as np
+
+    spreads, slow, slow_cpu, slow_gc, ratios = [], 0, 0, 0, []
+    for runs in sessions:
+        wall, cpu = np.array([r[0] for r in runs]), np.array([r[1] for r in runs])
+        spreads.append(float(wall.std() / np.median(wall)))
+        for i in np.flatnonzero(wall > FLOOR_SLOW * np.median(wall)):
+            slow += 1
+            wall_x, cpu_x = wall[i] / np.median(wall), cpu[i] / np.median(cpu)
+            slow_cpu += bool(abs(cpu_x / wall_x - 1) <= 0.1)
+            slow_gc += bool(runs[i][2])
+            ratios.append([round(float(wall_x), 2), round(float(cpu_x), 2)])
+    spreads_a = np.array(spreads)
+    return {"sessions": len(sessions), "std_below_5": float(np.mean(spreads_a < 0.05)),
+            "spread_max": float(spreads_a.max()), "slow_runs": slow, "slow_runs_cpu": slow_cpu, "slow_runs_gc": slow_gc,
+            "slow_wall_cpu_x": ratios}
 
 
 def retime_validation(args) -> dict:

@@ -106,3 +106,28 @@ def test_residual_comparison_matches_the_predictor_it_describes(bench):
             assert out["held_out"][name][key] == pytest.approx(stated[key])
     # the synthetic latencies carry an effect the ridge cannot see: the residual wins in cross-validation too
     assert out["cv_calibration"]["residual"]["rmse_rel"] < out["cv_calibration"]["ridge"]["rmse_rel"]
+
+
+def test_floor_figures_tell_a_slower_cpu_from_a_held_thread(bench):
+    steady = [(4.0, 4.0, 0)] * 49
+    sessions = [
+        steady + [(4.0, 4.0, 0)],  # spread 0
+        steady + [(8.0, 8.0, 0)],  # one run twice as slow, on the CPU too: the CPU ran slower
+        steady + [(8.0, 4.1, 1)],  # twice as slow in wall time only, with a collection: held, not slower
+    ]
+    out = bench.floor_figures(sessions)
+    assert out["sessions"] == 3 and out["slow_runs"] == 2
+    assert out["slow_runs_cpu"] == 1 and out["slow_runs_gc"] == 1
+    assert out["slow_wall_cpu_x"] == [[pytest.approx(2.0, abs=0.01), pytest.approx(2.0, abs=0.01)],
+                                      [pytest.approx(2.0, abs=0.01), pytest.approx(1.02, abs=0.01)]]
+    one_slow = (sum((x - 4.08) ** 2 for x in [4.0] * 49 + [8.0]) / 50) ** 0.5 / 4.0  # std over the median
+    assert out["spread_max"] == pytest.approx(one_slow) and one_slow > 0.05
+    assert out["std_below_5"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("argv, message", [(["--floor", "1"], "--floor must be at least 2"),
+                                           (["--floor", "3", "--floor-arch", "nonsense"], "--floor-arch")])
+def test_floor_refuses_what_it_cannot_time(bench, monkeypatch, argv, message):
+    monkeypatch.setattr(sys, "argv", ["bench_latency.py", *argv])
+    with pytest.raises(SystemExit, match=message):
+        bench.main()

@@ -43,6 +43,50 @@ from nas.record import ChildResult
 log = logging.getLogger("nas.ray")
 
 TRAIN, CONVERT, TIME = "train", "convert", "time"
+CLUSTER_PROBE_S = 5.0  # how long the check waits for a cluster's head to answer
+RAY_CLIENT_PORT = 10001  # a ray:// address without a port
+
+
+def cluster_problem(address: str | None, timeout_s: float = CLUSTER_PROBE_S) -> str | None:
+    """Why the cluster at ``evaluator.address`` cannot be joined, found within seconds, or None (``null``: Ray starts
+    on this machine; or the head answers). ``ray.init`` would retry an address nothing answers at for minutes, with
+    Ray's warnings for output: ``auto`` after the cluster of the last ``ray start`` here stopped without ``ray stop``
+    (killed, a reboot) still names its address. ``auto`` resolves as Ray resolves it (``RAY_ADDRESS``, the last
+    ``ray start``, a running head); the head's port is then tried with a plain TCP connection."""
+    import socket
+
+    if address is None:
+        return None
+    hint = "start it (ray start --head ...) or use evaluator.address=null to start Ray for this search"
+    if not isinstance(address, str) or not address.strip():
+        return f"evaluator.address must be null, auto, host:port or ray://host:port, got {address!r}"
+    if address.startswith("ray://"):
+        target = address[len("ray://"):].rstrip("/")
+        if ":" not in target.rsplit("]", 1)[-1]:  # no port (after an IPv6 literal's brackets)
+            target = f"{target}:{RAY_CLIENT_PORT}"
+    else:
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+        except ImportError:  # another Ray: its own error, later
+            return None
+        try:
+            target = canonicalize_bootstrap_address(address)
+        except ConnectionError:
+            return f"evaluator.address={address}: no running Ray cluster found on this machine; {hint}"
+        except ValueError as exc:
+            return f"evaluator.address={address}: {first_line(exc)}"
+        if target is None:
+            return None
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return f"evaluator.address={address}: expected host:port, got {target!r}"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        stale = "; the address of the last ray start here: has that cluster stopped?" if address == "auto" else ""
+        return (f"evaluator.address={address}: no Ray cluster answers at {target} "
+                f"({exc.strerror or first_line(exc)}{stale}); {hint}")
 
 
 # ---------------------------------------------------------------------------------------------------- actors
@@ -243,7 +287,7 @@ class RayEvaluator(Evaluator):
         from nas.data import check_dataset
         from nas.trainer import check_device
 
-        problems = [p for p in (check_dataset(self.dataset),) if p]
+        problems = [p for p in (check_dataset(self.dataset), cluster_problem(self.address)) if p]
         if self.trainers["num_gpus"] == 0:  # with GPUs the trainer actors find them on their nodes
             problems += [p for p in (check_device(self.trainer.device),) if p]
         if self.latency is not None:  # the fields now; the devices on their nodes once the cluster is up
@@ -338,10 +382,15 @@ class RayEvaluator(Evaluator):
             kwargs["num_cpus"] = max(os.cpu_count() or 1, int(-(-self._demand()["CPU"] // 1)))
         # Ray's own console output is kept to errors (its logs stay under /tmp/ray/session_*/logs): the search's
         # progress bar and one-line errors are what a user reads
-        ray.init(address=self.address or "local", namespace=self.namespace, resources=resources or None,
-                 include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, **kwargs)
-        for signum, handler in handlers.items():  # Ray installs its own: Ctrl-C and SIGTERM stay the search's
-            signal.signal(signum, handler)
+        try:
+            ray.init(address=self.address or "local", namespace=self.namespace, resources=resources or None,
+                     include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, **kwargs)
+        except (ConnectionError, RuntimeError) as exc:  # a cluster that went away since the check, another Ray version
+            where = f"the Ray cluster at {self.address}" if self.address else "Ray on this machine"
+            raise EvaluatorStopped(f"evaluator=ray: cannot start or join {where}: {first_line(exc)}") from None
+        finally:
+            for signum, handler in handlers.items():  # Ray installs its own: Ctrl-C and SIGTERM stay the search's
+                signal.signal(signum, handler)
         self._started_ray = self.address is None
         if self._started_ray:
             from nas.ray_reaper import watch

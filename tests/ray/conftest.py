@@ -1,7 +1,8 @@
 """One loopback Ray cluster per test session: a head (``node_a``) and a second node (``node_b``) started with
 ``ray start``, in the private network namespace ``make test`` runs the suite in (Ray listens on every interface: the
 namespace keeps all of its traffic on 127.0.0.1). Both nodes use one token file for authentication. The nodes are
-stopped at the end of the session by killing their process groups: nothing of Ray outlives the tests.
+stopped at the end of the session by killing their process groups, and the head's recorded address is removed:
+nothing of Ray outlives the tests.
 """
 
 from __future__ import annotations
@@ -81,6 +82,20 @@ class Cluster:
             pass
 
 
+def _forget_cluster(address: str) -> None:
+    """``ray start --head`` records its address for later ``address=auto`` joins (``ray_current_cluster`` in Ray's
+    temp directory); ``ray stop`` would remove it, killing the process group does not. Left behind, it sent a later
+    ``evaluator.address=auto`` search to this dead cluster: removed if it still names it."""
+    from ray._common.utils import get_ray_address_file
+
+    path = Path(get_ray_address_file(None))
+    try:
+        if path.read_text().strip() == address:
+            path.unlink()
+    except OSError:
+        pass
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -122,3 +137,4 @@ def ray_cluster(tmp_path_factory):
         ray.shutdown()
         for proc in reversed(cluster.nodes):
             Cluster.stop(proc)
+        _forget_cluster(cluster.address)

@@ -1,0 +1,86 @@
+"""evaluator.address is checked before a search starts: an address nothing answers at is one line within seconds
+(``ray.init`` would retry it for minutes), whether given outright or found by ``auto`` (RAY_ADDRESS, the last
+``ray start``). No Ray instance is started: only Ray's address resolution and a TCP connection. Outside a private
+network namespace Ray resolves 127.0.0.1 to the machine's own address (DESIGN.md), and so does the check: the
+test servers listen where Ray would connect."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from nas.ray_evaluator import RAY_CLIENT_PORT, cluster_problem
+
+
+def _head_host() -> str:
+    """Where Ray connects for 127.0.0.1 here (itself in a private network namespace)."""
+    from ray._private.services import resolve_ip_for_localhost
+
+    return resolve_ip_for_localhost("127.0.0.1")
+
+
+def _closed_port() -> int:
+    with socket.create_server((_head_host(), 0)) as server:
+        return server.getsockname()[1]  # closed again when the block ends: nothing answers there
+
+
+def test_null_starts_ray_here_and_needs_no_cluster():
+    assert cluster_problem(None) is None
+
+
+def test_an_address_where_a_head_listens_passes():
+    with socket.create_server((_head_host(), 0)) as server:
+        port = server.getsockname()[1]
+        assert cluster_problem(f"127.0.0.1:{port}") is None
+        assert cluster_problem(f"ray://{_head_host()}:{port}") is None
+
+
+@pytest.mark.parametrize("form", ["{0}", "ray://{0}"])
+def test_an_address_nothing_answers_at_is_one_line(form):
+    target = f"{_head_host()}:{_closed_port()}"
+    address = form.format(target)
+    problem = cluster_problem(address, timeout_s=2)
+    assert problem.startswith(f"evaluator.address={address}: no Ray cluster answers at {target} (")
+    assert "evaluator.address=null" in problem and "\n" not in problem
+
+
+def test_a_ray_client_address_without_a_port_gets_the_client_port(monkeypatch):
+    seen = []
+
+    def connect(target, timeout):
+        seen.append(target)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    assert "at head:10001 (Connection refused)" in cluster_problem("ray://head")
+    assert "at [::1]:10001" in cluster_problem("ray://[::1]/")
+    assert seen == [("head", RAY_CLIENT_PORT), ("::1", RAY_CLIENT_PORT)]
+
+
+def test_auto_names_the_stale_address_it_resolved_to(monkeypatch):
+    target = f"{_head_host()}:{_closed_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", target)  # as the last ray start's file would name it
+    problem = cluster_problem("auto", timeout_s=2)
+    assert f"no Ray cluster answers at {target}" in problem and "has that cluster stopped?" in problem
+
+
+@pytest.mark.parametrize("address", ["", "  "])
+def test_an_empty_address_is_refused(address):
+    assert cluster_problem(address).startswith("evaluator.address must be null, auto, host:port or ray://host:port")
+
+
+def test_a_search_refuses_a_dead_cluster_before_writing_anything(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    address = f"127.0.0.1:{_closed_port()}"
+    result = subprocess.run([sys.executable, "-m", "nas.search", "+experiment=smoke", "reward=macs", "logger=[]",
+                             "measure_latency=false", "evaluator=ray", f"evaluator.address={address}",
+                             f"run_dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: evaluator.address={address}: no Ray cluster "
+                                                             "answers at ")
+    assert not (tmp_path / "run" / "run.sqlite").exists()

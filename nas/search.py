@@ -27,6 +27,7 @@ from omegaconf import DictConfig  # noqa: E402
 from mnas_common.paths import config_dir  # noqa: E402
 from nas.cli import Interrupted, check_command_line, fail, interrupts  # noqa: E402
 from nas.components import ConfigError  # noqa: E402
+from nas.data import DatasetUnavailable  # noqa: E402
 from nas.evaluator import EvaluatorStopped  # noqa: E402
 from nas.store import RunStore, StoreError  # noqa: E402
 
@@ -50,7 +51,7 @@ def _app(cfg: DictConfig) -> dict:
     try:
         with interrupts():
             summary = run_search(cfg, run_dir, overrides=list(hydra_cfg.overrides.task))
-    except (ConfigError, StoreError, EvaluatorStopped) as exc:
+    except (ConfigError, StoreError, EvaluatorStopped, DatasetUnavailable) as exc:
         fail(str(exc))
     except Interrupted as stop:
         print(f"interrupted ({stop}): {_committed(run_dir)} in {run_dir}; run the same command to resume",

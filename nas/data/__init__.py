@@ -34,8 +34,8 @@ from mnas_common.config import to_plain
 from mnas_common.errors import first_line
 from mnas_common.paths import cache_dir as default_cache_dir
 
-__all__ = ["DamagedDataset", "DatasetConfig", "PreparedDataset", "Split", "cache_root", "check_dataset", "load_dataset",
-           "open_prepared", "prepare"]
+__all__ = ["DamagedDataset", "DatasetConfig", "DatasetUnavailable", "PreparedDataset", "Split", "cache_root",
+           "check_dataset", "load_dataset", "open_prepared", "prepare"]
 
 FORMAT_VERSION = 2
 # images written between progress checkpoints: a resumed prepare redoes at most one chunk
@@ -262,13 +262,18 @@ def _prepare_locked(cfg: DatasetConfig, out: Path, progress: bool) -> Path:
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
-    src = _load_source(cfg)
-    origin = np.arange(len(src.labels))  # position of each image in the source (its file list or IDX file)
-    if isinstance(src, sources.ArraySource):
-        src, origin = _restrict_classes(src, cfg.classes, cfg.seed)
-    num_classes = len(src.class_names)
-    train_idx, val_idx = _select(src.labels, num_classes, cfg.images_per_class, cfg.val_per_class, cfg.seed,
-                                 f"dataset {cfg.name}")
+    try:  # the source and what the config asks of it: a problem here is the user's to fix, in one line
+        src = _load_source(cfg)
+        origin = np.arange(len(src.labels))  # position of each image in the source (its file list or IDX file)
+        if isinstance(src, sources.ArraySource):
+            src, origin = _restrict_classes(src, cfg.classes, cfg.seed)
+        num_classes = len(src.class_names)
+        train_idx, val_idx = _select(src.labels, num_classes, cfg.images_per_class, cfg.val_per_class, cfg.seed,
+                                     f"dataset {cfg.name}")
+    except (OSError, ValueError) as exc:
+        message = first_line(exc)
+        raise DatasetUnavailable(message if message.startswith(f"dataset {cfg.name}") else
+                                 f"dataset {cfg.name}: {message}") from None
     native = src.images.shape[-1] if isinstance(src, sources.ArraySource) else 3
     channels = cfg.channels or native
     shape = (cfg.resolution, cfg.resolution, channels)
@@ -363,6 +368,11 @@ def load_dataset(cfg: Mapping | DatasetConfig, cache_dir: str | Path | None = No
                 if item.name != ".lock":
                     item.unlink()
         return open_prepared(prepare(cfg, cache_dir, progress=progress))
+
+
+class DatasetUnavailable(ValueError):
+    """The dataset's source is missing or unreadable, or does not hold what the config asks of it (classes, images
+    per class); the message is one line naming the dataset and the problem."""
 
 
 class DamagedDataset(ValueError):

@@ -197,6 +197,17 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
         run_search(cfg, tmp_path)
 
 
+@needs_fmnist
+def test_a_dataset_that_cannot_give_what_the_config_asks_is_one_line(tmp_path):
+    result = search(tmp_path / "run", "dataset.classes=99")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == ("error: dataset fashion_mnist: dataset.classes = 99, but the "
+                                                      "dataset has 10 classes")
+    with RunStore(tmp_path / "run", readonly=True) as store:
+        assert store.num_committed_children() == 0 and store.last_step() == -1
+
+
 def children_of(pid: int) -> set[int]:
     """Direct child processes of ``pid`` (Linux /proc)."""
     out = set()

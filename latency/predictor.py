@@ -433,7 +433,12 @@ class Predictor:
                         runner=service.runner_config["runner"], build_command=info["build_command"],
                         residual=residual, residual_decision=info["meta"].get("residual_cv", {}).get(space))
         if predictor.residual_cv_new:  # the next load (a search's worker, the predict command) reuses it
-            service.cache.set_table_meta(key, ("residual_cv", space), predictor.residual_cv)
+            from latency.cache import LatencyCacheError
+
+            try:
+                service.cache.set_table_meta(key, ("residual_cv", space), predictor.residual_cv)
+            except LatencyCacheError:  # a cache this process may not write: the next load decides again
+                pass
         return predictor
 
 

@@ -145,7 +145,7 @@ def test_the_residual_decision_is_stored_with_the_table_and_reused_by_the_next_l
     import latency.predictor as predictor_module
     from types import SimpleNamespace
 
-    from latency.cache import LatencyCache
+    from latency.cache import LatencyCache, LatencyCacheError
 
     layers, rows = _world(RESIDUAL_MIN + 10, effect=False, seed=8)
     cache = LatencyCache(tmp_path / "latency.sqlite")
@@ -170,4 +170,15 @@ def test_the_residual_decision_is_stored_with_the_table_and_reused_by_the_next_l
     monkeypatch.setattr(predictor_module, "residual_pays", _never_cross_validate)
     second = Predictor.from_service(service, **SHAPE, table="synthetic")
     assert not second.residual_cv_new and second.stated_error == first.stated_error
+
+    # a cache this process cannot write (a shared table, read-only): the decision is made again, not stored
+    monkeypatch.undo()
+    cache.set_table_meta("synthetic-key", ("residual_cv",), {})
+
+    def read_only(*args, **kwargs):
+        raise LatencyCacheError("cannot write latency cache: attempt to write a readonly database")
+
+    monkeypatch.setattr(cache, "set_table_meta", read_only)
+    third = Predictor.from_service(service, **SHAPE, table="synthetic")
+    assert third.residual_cv_new and third.stated_error == first.stated_error
     cache.close()

@@ -1,10 +1,15 @@
-"""Shared test setup: repository root on sys.path, small thread counts for a 2-core CI machine."""
+"""Shared test setup: repository root on sys.path, caches and Ray authentication for the session, small thread
+counts for a 2-core CI machine."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import secrets
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,15 @@ if str(ROOT) not in sys.path:
 # Keep caches of converted models / prepared datasets out of the user's home during tests.
 os.environ.setdefault("MNAS_CACHE_DIR", str(ROOT / ".pytest_cache" / "mnas-cache"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# One Ray authentication mode and token for every Ray process of the session (DESIGN.md, scale-out facts): the test
+# cluster's nodes, its drivers and the searches the tests start. Ray reads them when it is first imported, which any
+# test may do first (an address check imports Ray before tests/ray's cluster exists), so they are set here, before
+# any test module is collected.
+_RAY_AUTH = Path(tempfile.mkdtemp(prefix="mnas-ray-auth-"))
+atexit.register(shutil.rmtree, _RAY_AUTH, ignore_errors=True)
+(_RAY_AUTH / "token").write_text(secrets.token_hex(32))
+os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(_RAY_AUTH / "token"))
 
 
 _PROGRESS = re.compile(r"^[^\n]*:\s*\d+%\|")  # a progress bar's line: "prepare fashion_mnist/train:  40%|████ ..."

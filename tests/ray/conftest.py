@@ -1,15 +1,14 @@
 """One loopback Ray cluster per test session: a head (``node_a``) and a second node (``node_b``) started with
 ``ray start``, in the private network namespace ``make test`` runs the suite in (Ray listens on every interface: the
-namespace keeps all of its traffic on 127.0.0.1). Both nodes use one token file for authentication. The nodes are
-stopped at the end of the session by killing their process groups, and the head's recorded address is removed:
-nothing of Ray outlives the tests.
+namespace keeps all of its traffic on 127.0.0.1). Both nodes use the session's token file (tests/conftest.py). The
+nodes are stopped at the end of the session by killing their process groups, and the head's recorded address is
+removed: nothing of Ray outlives the tests.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -107,13 +106,9 @@ def ray_cluster(tmp_path_factory):
     if not private_netns():
         pytest.skip("Ray tests run in a private network namespace (make test does it: unshare -n, as root)")
     tmp = tmp_path_factory.mktemp("ray")
-    token = tmp / "token"
-    token.write_text(secrets.token_hex(32))
-    # one authentication mode and token for every process of the cluster, this one included (read by Ray when it
-    # is imported, so set before)
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    os.environ.update(auth)
-    env = {**os.environ, **auth, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    # the session's one authentication mode and token (tests/conftest.py) reach the nodes through the environment
+    assert os.environ.get("RAY_AUTH_MODE") == "token" and Path(os.environ["RAY_AUTH_TOKEN_PATH"]).is_file()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     import ray
 
     port = _free_port()

@@ -178,11 +178,16 @@ class LatencyCache:
             return self.conn.execute(sql, args).fetchall()
 
     def _write(self, sql: str, args: tuple) -> None:
+        self._transaction(lambda conn: conn.execute(sql, args))
+
+    def _transaction(self, work) -> None:
+        """``work(conn)`` in one write transaction (SQLite's write lock held from its start: what it reads no other
+        writer changes before it commits), retried while another writer holds the lock."""
         with self._lock:
             for attempt in range(5):
                 try:
                     self.conn.execute("BEGIN IMMEDIATE")
-                    self.conn.execute(sql, args)
+                    work(self.conn)
                     self.conn.execute("COMMIT")
                     return
                 except sqlite3.OperationalError as exc:
@@ -384,14 +389,27 @@ class LatencyCache:
         )
 
     def set_table_meta(self, table_key: str, keys: Sequence[str], value) -> None:
-        """Set one entry of an existing table's metadata (``keys``: the path of nested keys) in one statement: no
-        read-modify-write, so writers of different entries (a build's clock, a validation, a predictor's stored
-        decision) never undo each other's."""
-        if not keys or any('"' in k for k in keys):
-            raise ValueError(f"bad table metadata path {keys!r}")
-        path = "$" + "".join(f'."{k}"' for k in keys)
-        self._write("UPDATE latency_tables SET meta = json_set(meta, ?, json(?)) WHERE table_key = ?",
-                    (path, json.dumps(value), table_key))
+        """Set one entry of an existing table's metadata (``keys``: the path of nested keys), read and written in one
+        transaction, so writers of different entries (a build's clock, a validation, a predictor's stored decision)
+        never undo each other's. Values are stored as ``put_table`` stores them (Python's JSON: NaN included, as a
+        held-out set's Kendall tau can be; SQLite's own JSON functions refuse it)."""
+        if not keys:
+            raise ValueError("a table metadata entry needs at least one key")
+
+        def work(conn) -> None:
+            row = conn.execute("SELECT meta FROM latency_tables WHERE table_key = ?", (table_key,)).fetchone()
+            if row is None:
+                return
+            meta = json.loads(row[0])
+            node = meta
+            for key in keys[:-1]:
+                if not isinstance(node.get(key), dict):
+                    node[key] = {}
+                node = node[key]
+            node[keys[-1]] = value
+            conn.execute("UPDATE latency_tables SET meta = ? WHERE table_key = ?", (json.dumps(meta), table_key))
+
+        self._transaction(work)
 
     def tables(self, table_key: str | None = None) -> list[dict]:
         """Every table (or the one with ``table_key``): identity, metadata and row counts."""

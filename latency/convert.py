@@ -148,9 +148,16 @@ def compare_outputs(model, tflite_path: Path, images: np.ndarray) -> tuple[float
         if ref.ndim == 4:  # a feature map (one layer as its own model): TFLite keeps it NHWC
             got = got.transpose(0, 3, 1, 2)
         got = got.reshape(ref.shape)
-        max_abs = max(max_abs, float(np.abs(got - ref).max()))
+        max_abs = max(max_abs, output_error(got, ref))
         max_ref = max(max_ref, float(np.abs(ref).max()))
     return max_abs, max_abs / max(max_ref, 1e-12)
+
+
+def output_error(got: np.ndarray, ref: np.ndarray) -> float:
+    """The largest absolute difference; infinite where either output holds a NaN or an infinity (nothing can be
+    compared there, so the check must fail: Python's ``max`` would have dropped a NaN and passed it)."""
+    diff = np.abs(np.asarray(got, dtype=np.float64) - np.asarray(ref, dtype=np.float64))
+    return float(diff.max()) if np.isfinite(diff).all() else float("inf")
 
 
 def convert_and_check(arch: str, *, resolution: int, channels: int, num_classes: int, out_dir: Path,

@@ -90,3 +90,17 @@ def test_anchored_rounds_take_the_median_of_the_undisturbed():
     assert out["runs"] == 9 and out["min_ms"] == 3.0  # the spread covers every run
     three = summarize_rounds([[4.0], [5.0], [9.0]], [False] * 3, anchored=True)
     assert three["latency_ms"] == 5.0  # the median of three, not the lowest
+
+
+def test_an_output_holding_nan_or_inf_never_matches():
+    import numpy as np
+
+    from latency.convert import output_error
+
+    ref = np.array([[1.0, -2.0, 3.0]], dtype=np.float32)
+    assert output_error(ref + np.float32(0.5), ref) == pytest.approx(0.5)
+    for bad in (np.nan, np.inf):
+        got = ref.copy()
+        got[0, 1] = bad
+        assert output_error(got, ref) == float("inf")  # was 0.0 for a NaN: max(0.0, nan) is 0.0
+        assert output_error(ref, got) == float("inf")  # PyTorch's own output unusable: no match either

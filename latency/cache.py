@@ -196,6 +196,10 @@ class LatencyCache:
                     if "locked" not in str(exc) or attempt == 4:
                         raise LatencyCacheError(f"cannot write latency cache {self.path}: {exc}") from None
                     time.sleep(0.2 * (attempt + 1))
+                except BaseException:  # anything else (``work`` failed, Ctrl-C): no transaction is left open
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                    raise
 
     # ------------------------------------------------------------------ paths
     def relative(self, path: str | Path) -> str:

@@ -187,3 +187,17 @@ def test_the_residual_decision_is_stored_with_the_table_and_reused_by_the_next_l
     third = Predictor.from_service(service, **SHAPE, table="synthetic")
     assert third.residual_cv_new and third.stated_error == first.stated_error
     cache.close()
+
+
+def test_a_failed_metadata_write_leaves_no_transaction_open(tmp_path):
+    from latency.cache import LatencyCache
+
+    cache = LatencyCache(tmp_path / "latency.sqlite")
+    identity = {"device": "d", "settings": {}, "versions": {}, **SHAPE}
+    cache.put_table("k", identity, {"a": 1})
+    with pytest.raises(TypeError):
+        cache.set_table_meta("k", ("b",), object())  # not JSON: fails inside the transaction
+    assert not cache.conn.in_transaction
+    cache.set_table_meta("k", ("b",), 2)  # the next write works, and the failed one left nothing
+    assert cache.tables("k")[0]["meta"] == {"a": 1, "b": 2}
+    cache.close()

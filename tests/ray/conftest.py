@@ -113,20 +113,20 @@ def ray_cluster(tmp_path_factory):
 
     port = _free_port()
     cluster = Cluster(address=f"127.0.0.1:{port}", env=env, tmp=tmp)
-    cluster.start_node(head=True, num_cpus=4, resources={"node_a": 1}, port=port)
-    time.sleep(3)
-    cluster.start_node(num_cpus=3, resources={"node_b": 1, "phone_FAKEA": 1, "phone_FAKEB": 1})
-    deadline = time.time() + 120
-    while True:  # the head takes a few seconds to accept drivers
-        try:
-            ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR", namespace="tests")
-            break
-        except Exception:
-            if time.time() > deadline:
-                raise
-            time.sleep(1)
-    cluster.wait_for_nodes(2)
-    try:
+    try:  # the nodes are stopped however the set-up ends (a driver that cannot join left them running before)
+        cluster.start_node(head=True, num_cpus=4, resources={"node_a": 1}, port=port)
+        time.sleep(3)
+        cluster.start_node(num_cpus=3, resources={"node_b": 1, "phone_FAKEA": 1, "phone_FAKEB": 1})
+        deadline = time.time() + 120
+        while True:  # the head takes a few seconds to accept drivers
+            try:
+                ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR", namespace="tests")
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+        cluster.wait_for_nodes(2)
         yield cluster
     finally:
         ray.shutdown()

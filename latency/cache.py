@@ -393,12 +393,20 @@ class LatencyCache:
         )
 
     def set_table_meta(self, table_key: str, keys: Sequence[str], value) -> None:
-        """Set one entry of an existing table's metadata (``keys``: the path of nested keys), read and written in one
-        transaction, so writers of different entries (a build's clock, a validation, a predictor's stored decision)
-        never undo each other's. Values are stored as ``put_table`` stores them (Python's JSON: NaN included, as a
-        held-out set's Kendall tau can be; SQLite's own JSON functions refuse it)."""
+        """Set one entry of an existing table's metadata (``keys``: the path of nested keys); see
+        :meth:`update_table_meta`."""
+        self.update_table_meta(table_key, keys, lambda _old: value)
+
+    def update_table_meta(self, table_key: str, keys: Sequence[str], update):
+        """Replace one entry of an existing table's metadata (``keys``: the path of nested keys) by ``update(old)``
+        (``old`` None where there is none), read and written in one transaction, so writers of different entries
+        (a build's clock, a validation, a predictor's stored decision), or of the same one, never undo each other's.
+        Returns the new entry (None, and nothing written, where the table does not exist). Values are stored as
+        ``put_table`` stores them (Python's JSON: NaN included, as a held-out set's Kendall tau can be; SQLite's own
+        JSON functions refuse it)."""
         if not keys:
             raise ValueError("a table metadata entry needs at least one key")
+        new = []
 
         def work(conn) -> None:
             row = conn.execute("SELECT meta FROM latency_tables WHERE table_key = ?", (table_key,)).fetchone()
@@ -410,10 +418,12 @@ class LatencyCache:
                 if not isinstance(node.get(key), dict):
                     node[key] = {}
                 node = node[key]
-            node[keys[-1]] = value
+            node[keys[-1]] = update(node.get(keys[-1]))
             conn.execute("UPDATE latency_tables SET meta = ? WHERE table_key = ?", (json.dumps(meta), table_key))
+            new.append(node[keys[-1]])
 
         self._transaction(work)
+        return new[-1] if new else None
 
     def tables(self, table_key: str | None = None) -> list[dict]:
         """Every table (or the one with ``table_key``): identity, metadata and row counts."""

@@ -178,11 +178,13 @@ class _BuildClock:
     still counts up to its last commit: the build time a table states is the time it took, whatever the sittings."""
 
     def __init__(self, cache, key: str, identity: dict, space_name: str, specs: list, archs: tuple):
-        self.cache, self.key, self.identity, self.space_name = cache, key, identity, space_name
+        self.cache, self.key, self.space_name = cache, key, space_name
         self.layers, self.archs = len(specs), list(archs)
         self.start = self._last = time.monotonic()
         self.layer_seconds: float | None = None  # the layer phase of this sitting, once it has ended
         self.entry: dict = {}
+        if not cache.tables(key):
+            cache.put_table(key, identity, {})
         self.tick()
 
     @property
@@ -194,14 +196,14 @@ class _BuildClock:
         phase's seconds to its ``layer_seconds`` too."""
         now = time.monotonic()
         delta, self._last = now - self._last, now
-        tables = self.cache.tables(self.key)
-        if not tables:
-            self.cache.put_table(self.key, self.identity, {})
-        entry = dict((tables[0]["meta"] if tables else {}).get("spaces", {}).get(self.space_name, {}))
-        entry.update(layers=self.layers, archs=self.archs, build_seconds=entry.get("build_seconds", 0.0) + delta,
-                     layer_seconds=entry.get("layer_seconds", 0.0) + (delta if self.layer_seconds is None else 0.0))
-        self.cache.set_table_meta(self.key, ("spaces", self.space_name), entry)
-        self.entry = entry
+
+        def add(entry: dict | None) -> dict:
+            entry = dict(entry or {})
+            entry.update(layers=self.layers, archs=self.archs, build_seconds=entry.get("build_seconds", 0.0) + delta,
+                         layer_seconds=entry.get("layer_seconds", 0.0) + (delta if self.layer_seconds is None else 0.0))
+            return entry
+
+        self.entry = self.cache.update_table_meta(self.key, ("spaces", self.space_name), add)
 
     def layers_done(self) -> None:
         self.tick()

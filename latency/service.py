@@ -203,7 +203,8 @@ def _convert_layer_task(spec: dict, out_dir: str, atol: float, rtol: float, fast
 
 
 @contextmanager
-def device_lock(path: Path):
+def exclusive_lock(path: Path):
+    """An exclusive ``flock`` on ``path`` (created if missing), released when the block ends or its holder dies."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -216,7 +217,7 @@ def device_lock(path: Path):
 @contextmanager
 def timing_window(lock_path: str, pin_cpu: bool):
     """The device's lock, then (host) the quiet gate, then (if asked) one pinned core: yields the QuietWindow."""
-    with device_lock(Path(lock_path)), _WORKER["gate"].quiet() as window:
+    with exclusive_lock(Path(lock_path)), _WORKER["gate"].quiet() as window:
         if pin_cpu and window.mode != "device":
             with pinned_to_one_core(window):
                 yield window
@@ -674,7 +675,10 @@ class LatencyService:
         key = self._conversion_key(arch, resolution, channels, num_classes)
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
-        with key_lock:  # one conversion per key in this process; others wait and read the cache
+        # One conversion per key: the thread lock for this process, a file lock for the other processes sharing
+        # this cache (another search, a Ray converter actor), which would otherwise remove each other's half-written
+        # files below. Whoever waited finds the conversion cached. 256 lock files, by the key's first two hex digits.
+        with key_lock, exclusive_lock(self.locks_dir / "convert" / f"{key[:2]}.lock"):
             record, damage = self.cache.lookup_conversion(key)
             if record is not None:
                 return self._conversion_record(key, record, cached=True)

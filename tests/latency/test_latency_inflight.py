@@ -92,3 +92,66 @@ def test_a_worker_whose_parent_is_gone_exits_on_its_own():
     proc = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert time.monotonic() - start < 30
+
+
+_CONVERTER = r'''
+import json, sys, time
+from pathlib import Path
+from latency import LatencyService
+
+root, tag, arch = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+service = LatencyService("host", cache_path=root / "latency.sqlite", anchor=None)
+
+def fake_convert(task, arch, resolution, channels, num_classes, out_dir, *rest):
+    """A conversion that takes a while: the other process asks for the same one meanwhile."""
+    with open(root / "conversions.log", "a") as log:
+        log.write(tag + "\n")
+    out = Path(out_dir)
+    out.mkdir(parents=True)
+    (out / "model.onnx").write_bytes(b"onnx of " + tag.encode())
+    (root / f"{tag}.converting").touch()
+    deadline = time.monotonic() + 60
+    while not (root / "b.calling").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2.0)  # b is inside convert() by now
+    (out / "model_float32.tflite").write_bytes(b"tflite of " + tag.encode())
+    return {"status": "ok", "error": None, "onnx_path": str(out / "model.onnx"),
+            "tflite_path": str(out / "model_float32.tflite"), "max_abs_err": 0.0, "max_rel_err": 0.0}
+
+service._run_in_worker = fake_convert
+if tag == "b":
+    (root / "b.calling").touch()
+record = service.convert(arch, resolution=32, channels=1, num_classes=10)
+print(json.dumps({"status": record["status"], "cached": record["cached"],
+                  "tflite": Path(record["tflite_path"]).read_text(errors="replace")}))
+service.close()
+'''
+
+
+def test_two_processes_sharing_a_cache_convert_a_model_once(tmp_path):
+    """A second search (or Ray converter actor) on the same cache that asks for a conversion in progress waits for it
+    and reads it from the cache; it used to convert it too, deleting the first one's half-written files."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "convert.py"
+    script.write_text(_CONVERTER)
+    run = lambda tag: subprocess.Popen([sys.executable, str(script), str(tmp_path), tag, SMALL],  # noqa: E731
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    a = run("a")
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "a.converting").exists():
+        assert a.poll() is None, a.communicate()
+        assert time.monotonic() < deadline, "the first process never started converting"
+        time.sleep(0.05)
+    b = run("b")
+    outs = []
+    for proc in (a, b):
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    assert (tmp_path / "conversions.log").read_text().split() == ["a"]  # converted once, by the first
+    assert outs[0] == {"status": "ok", "cached": False, "tflite": "tflite of a"}
+    assert outs[1] == {"status": "ok", "cached": True, "tflite": "tflite of a"}

@@ -33,6 +33,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 SCHEMA_VERSION = 2  # 1 (implicit, user_version 0): absolute paths, no digests; 2: relative paths, digests, tables
@@ -149,6 +150,7 @@ class LatencyCache:
         self.root = self.path.parent.resolve()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()  # one connection, used by the service's threads: one statement at a time
+        self._batch = False  # inside batch(): writes join its transaction
         try:
             self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None, check_same_thread=False)
             row = self.conn.execute("PRAGMA quick_check").fetchone()
@@ -182,8 +184,15 @@ class LatencyCache:
 
     def _transaction(self, work) -> None:
         """``work(conn)`` in one write transaction (SQLite's write lock held from its start: what it reads no other
-        writer changes before it commits), retried while another writer holds the lock."""
+        writer changes before it commits), retried while another writer holds the lock. Inside :meth:`batch`, part
+        of the batch's transaction."""
         with self._lock:
+            if self._batch:
+                try:
+                    work(self.conn)
+                except sqlite3.OperationalError as exc:
+                    raise LatencyCacheError(f"cannot write latency cache {self.path}: {exc}") from None
+                return
             for attempt in range(5):
                 try:
                     self.conn.execute("BEGIN IMMEDIATE")
@@ -200,6 +209,32 @@ class LatencyCache:
                     if self.conn.in_transaction:
                         self.conn.execute("ROLLBACK")
                     raise
+
+    @contextmanager
+    def batch(self):
+        """Every write of this thread inside the block in one transaction: all of them are stored, or (the block
+        raised) none. Other threads' writes through this object wait for it; other processes' for its commit."""
+        with self._lock:
+            if self._batch:
+                raise RuntimeError("latency cache batches do not nest")
+            for attempt in range(5):
+                try:
+                    self.conn.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == 4:
+                        raise LatencyCacheError(f"cannot write latency cache {self.path}: {exc}") from None
+                    time.sleep(0.2 * (attempt + 1))
+            self._batch = True
+            try:
+                yield
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._batch = False
 
     # ------------------------------------------------------------------ paths
     def relative(self, path: str | Path) -> str:

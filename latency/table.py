@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import time
 from collections import deque
@@ -365,56 +366,92 @@ def export_table(cache, table_key: str, out: str | Path, fmt: str) -> dict:
 
 
 def import_table(cache, path: str | Path) -> dict:
-    """Read a CSV or JSON written by :func:`export_table` into ``cache`` (rows of the same table are replaced)."""
+    """Read a CSV or JSON written by :func:`export_table` into ``cache`` (rows of the same table are replaced).
+
+    The whole file is read and checked before anything is written, and it is written in one transaction: a file
+    that is refused leaves the cache as it was."""
     path = Path(path)
     try:
         text = path.read_text()
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {getattr(exc, 'strerror', None) or first_line(exc)}") from None
     try:
-        if text.lstrip().startswith("{"):
-            data = json.loads(text)
-            header, rows = {k: v for k, v in data.items() if k != "rows"}, data["rows"]
-        else:
-            records = list(csv.DictReader(text.splitlines()))
-            if not records or records[0].get("record") != "table":
-                raise ValueError("the first row is not the table's identity row")
-            header = json.loads(records[0]["result"])
-            rows = [{**r, "spec": json.loads(r["spec"] or "{}"), "result": json.loads(r["result"] or "{}"),
-                     "latency_ms": float(r["latency_ms"]) if r["latency_ms"] else None} for r in records[1:]]
-        if header.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} file")
-        if header.get("version") != FORMAT_VERSION:
-            raise ValueError(f"format version {header.get('version')!r}, this version reads {FORMAT_VERSION}")
+        header, rows = _parsed_export(text)
         identity = {k: header[k] for k in ("device", "settings", "versions", "resolution", "channels", "num_classes")}
+        if not isinstance(identity["settings"], dict) or not isinstance(identity["versions"], dict):
+            raise ValueError("the table's settings and versions must be objects")
+        for name in ("resolution", "channels", "num_classes"):
+            if not isinstance(identity[name], int) or isinstance(identity[name], bool) or identity[name] < 1:
+                raise ValueError(f"the table's {name} must be a positive integer, got {identity[name]!r}")
+        anchor = header.get("anchor")
+        if anchor:
+            ref_ms = anchor.get("ref_ms") if isinstance(anchor, dict) else None
+            if (isinstance(ref_ms, bool) or not isinstance(ref_ms, (int, float)) or not math.isfinite(ref_ms)
+                    or ref_ms <= 0):
+                raise ValueError(f"the drift anchor's ref_ms must be a positive number of milliseconds, got {ref_ms!r}")
+            if not identity["settings"].get("anchor"):
+                raise ValueError("the file has a drift anchor but its settings name none")
+        checked = [_checked_row(row) for row in rows]
         key = identity_key(identity)
-        cache.put_table(key, identity, header.get("meta") or {})
-        scale = 1.0
-        if header.get("anchor"):
-            # This cache's own reference is kept where it has one (its measurements are on that scale); the table's
-            # timings move to it: ref_here / ref_table, the anchor's own latency ratio between the two scales.
-            kept = cache.put_anchor(anchor_key(identity["device"], identity["settings"]),
-                                    identity["settings"]["anchor"], identity["device"], identity["settings"],
-                                    header["anchor"])
-            scale = float(kept["ref_ms"]) / float(header["anchor"]["ref_ms"])
         counts = {"layer": 0, "calibration": 0, "validation": 0}
-        for row in rows:
-            kind = row["record"]
-            if kind == "layer":
-                LayerSpec.from_dict(row["spec"])  # refuse rows that are not layers
-                cache.put_layer(key, row["key"], row["spec"],
-                                _rescaled({**row["result"], "status": row["status"]}, scale))
-            elif kind in ("calibration", "validation"):
-                cache.put_model(key, kind, row["space"], resolve_arch(row["key"]), float(row["latency_ms"]) * scale,
-                                _rescaled(row["result"], scale))
-            else:
-                raise ValueError(f"unknown record kind {kind!r}")
-            counts[kind] += 1
-    except (KeyError, TypeError, json.JSONDecodeError, csv.Error) as exc:
+        with cache.batch():  # all of it or, should a write fail, none of it
+            cache.put_table(key, identity, header.get("meta") or {})
+            scale = 1.0
+            if anchor:
+                # This cache's own reference is kept where it has one (its measurements are on that scale); the
+                # table's timings move to it: ref_here / ref_table, the anchor's own latency ratio between the two.
+                kept = cache.put_anchor(anchor_key(identity["device"], identity["settings"]),
+                                        identity["settings"]["anchor"], identity["device"], identity["settings"], anchor)
+                scale = float(kept["ref_ms"]) / float(anchor["ref_ms"])
+            for kind, row_key, space, spec, latency_ms, result in checked:
+                if kind == "layer":
+                    cache.put_layer(key, row_key, spec, _rescaled(result, scale))
+                else:
+                    cache.put_model(key, kind, space, row_key, latency_ms * scale, _rescaled(result, scale))
+                counts[kind] += 1
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError, csv.Error) as exc:
         raise ValueError(f"{path} is not a latency table export ({first_line(exc, with_type=True)})") from None
     except ValueError as exc:
         raise ValueError(f"{path}: {first_line(exc)}") from None
     return {"table_key": key, "device": identity["device"], **counts, "anchor_scale": scale}
+
+
+def _parsed_export(text: str) -> tuple[dict, list[dict]]:
+    """(header, rows) of an export's text, CSV or JSON."""
+    if text.lstrip().startswith("{"):
+        data = json.loads(text)
+        header, rows = {k: v for k, v in data.items() if k != "rows"}, data["rows"]
+    else:
+        records = list(csv.DictReader(text.splitlines()))
+        if not records or records[0].get("record") != "table":
+            raise ValueError("the first row is not the table's identity row")
+        header = json.loads(records[0]["result"])
+        rows = [{**r, "spec": json.loads(r["spec"] or "{}"), "result": json.loads(r["result"] or "{}"),
+                 "latency_ms": float(r["latency_ms"]) if r["latency_ms"] else None} for r in records[1:]]
+    if not isinstance(header, dict) or not isinstance(rows, list):
+        raise ValueError("the file's header must be an object and its rows a list")
+    if header.get("format") != FORMAT:
+        raise ValueError(f"not a {FORMAT} file")
+    if header.get("version") != FORMAT_VERSION:
+        raise ValueError(f"format version {header.get('version')!r}, this version reads {FORMAT_VERSION}")
+    return header, rows
+
+
+def _checked_row(row: dict) -> tuple:
+    """(kind, key, space, spec, latency_ms, result) of one exported row, or ValueError naming what is wrong."""
+    kind, result = row["record"], row["result"]
+    if not isinstance(result, dict):
+        raise ValueError(f"{kind} row {row.get('key')!r}: its result must be an object")
+    if kind == "layer":
+        LayerSpec.from_dict(row["spec"])  # refuse rows that are not layers
+        return kind, str(row["key"]), "", row["spec"], None, {**result, "status": row["status"]}
+    if kind in ("calibration", "validation"):
+        latency_ms = row["latency_ms"]
+        if isinstance(latency_ms, bool) or not isinstance(latency_ms, (int, float)) or not math.isfinite(latency_ms) \
+                or latency_ms <= 0:
+            raise ValueError(f"{kind} row {row['key']!r}: latency_ms must be a positive number, got {latency_ms!r}")
+        return kind, resolve_arch(row["key"]), str(row["space"]), {}, float(latency_ms), result
+    raise ValueError(f"unknown record kind {kind!r}")
 
 
 def _rescaled(result: dict, scale: float) -> dict:

@@ -195,6 +195,59 @@ def test_validate_export_import_round_trip(built, micro, tmp_path):
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "garbage.csv" in out.stderr
 
 
+def _cache_contents(path) -> list:
+    conn = sqlite3.connect(path)
+    try:
+        return [conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+                for table in ("latency_tables", "table_layers", "table_models", "anchors")]
+    finally:
+        conn.close()
+
+
+def test_a_refused_import_leaves_the_cache_as_it_was(built, tmp_path):
+    """The whole file is checked before anything is written: a bad last row, a drift-anchor reference that is not a
+    positive time (it would be kept for good: the first reference wins) or a result that is not an object used to
+    leave the table half-replaced, or a cache scaled by a reference of 0 or -1 ms."""
+    from latency.table import export_table, import_table
+
+    source = LatencyCache(built["cache"])
+    exported = tmp_path / "table.json"
+    export_table(source, source.tables()[0]["table_key"], exported, "json")
+    source.close()
+    good = json.loads(exported.read_text())
+    assert good["anchor"]["ref_ms"] > 0 and len(good["rows"]) > 10
+    holder = tmp_path / "holder" / "latency.sqlite"  # a cache that holds this table already
+    cache = LatencyCache(holder)
+    import_table(cache, exported)
+    before = _cache_contents(holder)
+    empty = tmp_path / "empty" / "latency.sqlite"
+    empty_cache = LatencyCache(empty)
+    layer = next(i for i, r in enumerate(good["rows"]) if r["record"] == "layer")
+    variants = {
+        "bogus": lambda d: d["rows"].append({**d["rows"][-1], "key": "bogus"}),
+        "ref_ms": lambda d: d["anchor"].update(ref_ms=0),
+        "negative": lambda d: d["anchor"].update(ref_ms=-1.0),
+        "nan": lambda d: d["anchor"].update(ref_ms=float("nan")),
+        "object": lambda d: d["rows"][-1].update(result=[1, 2]),
+        "latency_ms": lambda d: d["rows"][-1].update(latency_ms=-3.0),
+        "LayerSpec": lambda d: d["rows"][layer].update(spec={"op": "nope"}),
+    }
+    for word, damage in variants.items():
+        data = json.loads(exported.read_text())
+        data["meta"] = {"replaced": True}  # what a half-done import would have written first
+        damage(data)
+        bad = tmp_path / f"bad-{word}.json"
+        bad.write_text(json.dumps(data))
+        for target in (cache, empty_cache):
+            with pytest.raises(ValueError) as err:
+                import_table(target, bad)
+            assert str(bad) in str(err.value) and "\n" not in str(err.value)
+        assert _cache_contents(holder) == before, word
+        assert _cache_contents(empty) == [[], [], [], []], word
+    cache.close()
+    empty_cache.close()
+
+
 def test_an_interrupted_build_resumes(micro, tmp_path):
     cache = tmp_path / "latency.sqlite"
     args = ["table", "build", "--space", micro, "--resolution", "16", "--classes", "10", "--warmup", "1", "--runs",

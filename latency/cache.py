@@ -327,7 +327,8 @@ class LatencyCache:
     def conversion_counts(self) -> dict:
         """Conversion rows by state: ``ok`` (not evicted; whether its files are intact is checked when it is looked
         up), ``evicted`` (files removed by the size cap), ``failed``."""
-        rows = self._read_all("SELECT status, json_extract(record, '$.evicted_at') IS NOT NULL, COUNT(*) "
+        # LIKE, not json_extract: SQLite's JSON functions refuse a whole query over one row they cannot parse
+        rows = self._read_all("SELECT status, record LIKE '%\"evicted_at\"%', COUNT(*) "
                               "FROM conversions GROUP BY 1, 2")
         out = {"ok": 0, "evicted": 0, "failed": 0}
         for status, evicted, n in rows:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import time
 from pathlib import Path
@@ -188,16 +189,20 @@ def convert_module(model, *, size: int, channels: int, out_dir: Path, atol: floa
     tflite_path = onnx_to_tflite(onnx_path, out_dir, fast=fast)
     convert_seconds = time.perf_counter() - start
     max_abs, max_rel = compare_outputs(model, tflite_path, real_images(check_images, size, channels, seed=1))
+    finite = math.isfinite(max_abs)  # JSON (the cache's records, SQLite's JSON functions) has no infinity
     result = {
         "status": "ok",
         "error": None,
         "onnx_path": str(onnx_path),
         "tflite_path": str(tflite_path),
-        "max_abs_err": max_abs,
-        "max_rel_err": max_rel,
+        "max_abs_err": max_abs if finite else None,
+        "max_rel_err": max_rel if finite else None,
         "convert_seconds": convert_seconds,
     }
-    if not (max_abs <= atol or max_rel <= rtol):
+    if not finite:
+        result["status"] = "failed"
+        result["error"] = "conversion mismatch: an output holds NaN or infinity (TFLite vs PyTorch on real images)"
+    elif not (max_abs <= atol or max_rel <= rtol):
         result["status"] = "failed"
         result["error"] = (f"conversion mismatch: max abs error {max_abs:.3g} > {atol:g} and max relative error "
                            f"{max_rel:.3g} > {rtol:g} (TFLite vs PyTorch on real images)")

@@ -104,3 +104,28 @@ def test_an_output_holding_nan_or_inf_never_matches():
         got[0, 1] = bad
         assert output_error(got, ref) == float("inf")  # was 0.0 for a NaN: max(0.0, nan) is 0.0
         assert output_error(ref, got) == float("inf")  # PyTorch's own output unusable: no match either
+
+
+def test_a_nan_output_is_a_failed_conversion_the_cache_can_count(tmp_path, monkeypatch):
+    """Its error is stored as null, not JSON's non-standard Infinity, which SQLite's JSON functions refuse: every
+    later ``cache info`` failed with 'malformed JSON' (a row stored so by an earlier version is counted too)."""
+    import json
+    import math
+
+    import latency.convert as convert
+    from latency.cache import LatencyCache
+
+    monkeypatch.setattr(convert, "export_onnx", lambda model, path, size, channels: path)
+    monkeypatch.setattr(convert, "onnx_to_tflite", lambda onnx_path, out_dir, fast: out_dir / "model_float32.tflite")
+    monkeypatch.setattr(convert, "compare_outputs", lambda model, tflite, images: (math.inf, math.inf))
+    record = convert.convert_module(None, size=8, channels=3, out_dir=tmp_path / "m", atol=1e-3, rtol=1e-3,
+                                    fast=True, check_images=1, start=0.0)
+    assert record["status"] == "failed" and "NaN or infinity" in record["error"]
+    assert record["max_abs_err"] is None and record["max_rel_err"] is None
+    cache = LatencyCache(tmp_path / "latency.sqlite")
+    cache.put_conversion("k1", {**record, "arch": "a", "resolution": 8, "channels": 3, "num_classes": 10})
+    legacy = {**record, "arch": "b", "resolution": 8, "channels": 3, "num_classes": 10, "max_abs_err": math.inf}
+    cache.put_conversion("k2", legacy)
+    assert "Infinity" in json.dumps(legacy)
+    assert cache.conversion_counts() == {"ok": 0, "evicted": 0, "failed": 2}
+    cache.close()

@@ -90,6 +90,18 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
+_received: list[int] = []  # the signals interrupts() turned into Interrupted, in order
+
+
+def as_interrupted(exc: KeyboardInterrupt) -> Interrupted:
+    """``exc`` as the :class:`Interrupted` it stands for. Ray turns an exception raised by a signal handler during
+    its blocking calls (``ray.get`` while actors start) into a plain KeyboardInterrupt: the signal received is the
+    one :func:`interrupts` recorded (SIGINT where none was)."""
+    if isinstance(exc, Interrupted):
+        return exc
+    return Interrupted(_received[-1] if _received else signal.SIGINT)
+
+
 @contextmanager
 def interrupts() -> Iterator[None]:
     """Turn SIGINT and SIGTERM into :class:`Interrupted`. The first one also makes both ignored from then on: the
@@ -99,8 +111,10 @@ def interrupts() -> Iterator[None]:
     def on_signal(signum, frame):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _received.append(signum)
         raise Interrupted(signum)
 
+    _received.clear()
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield

@@ -25,7 +25,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from mnas_common.paths import config_dir  # noqa: E402
-from nas.cli import Interrupted, check_command_line, fail, interrupts  # noqa: E402
+from nas.cli import as_interrupted, check_command_line, fail, interrupts  # noqa: E402
 from nas.components import ConfigError  # noqa: E402
 from nas.data import DatasetUnavailable  # noqa: E402
 from nas.evaluator import EvaluatorStopped  # noqa: E402
@@ -53,7 +53,8 @@ def _app(cfg: DictConfig) -> dict:
             summary = run_search(cfg, run_dir, overrides=list(hydra_cfg.overrides.task))
     except (ConfigError, StoreError, EvaluatorStopped, DatasetUnavailable) as exc:
         fail(str(exc))
-    except Interrupted as stop:
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (interrupts()), also when Ray re-raised it as its own
+        stop = as_interrupted(exc)
         print(f"interrupted ({stop}): {_committed(run_dir)} in {run_dir}; run the same command to resume",
               file=sys.stderr, flush=True)
         sys.exit(stop.exit_code)

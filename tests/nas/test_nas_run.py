@@ -210,3 +210,23 @@ def test_sigterm_stops_with_one_line_and_no_leaked_workers(tmp_path):
     while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
         time.sleep(0.1)
     assert workers and not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+
+
+def test_a_signal_that_ray_re_raised_as_keyboard_interrupt_keeps_its_name_and_exit_code():
+    """Ray turns the exception our handler raises during its blocking calls (ray.get while actors start) into a
+    plain KeyboardInterrupt: the search printed a traceback and exited -2 instead of one line and 143."""
+    from nas.cli import Interrupted, as_interrupted, interrupts
+
+    def like_ray():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except Interrupted:
+            raise KeyboardInterrupt from None
+
+    with pytest.raises(KeyboardInterrupt) as caught, interrupts():
+        like_ray()
+    assert type(caught.value) is KeyboardInterrupt
+    stop = as_interrupted(caught.value)
+    assert str(stop) == "SIGTERM" and stop.exit_code == 143
+    assert as_interrupted(Interrupted(signal.SIGINT)).exit_code == 130

@@ -13,6 +13,7 @@ The order is what keeps a run directory safe:
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import sys
@@ -23,6 +24,7 @@ from typing import Any
 
 from mnas_common.checks import is_int, positive_int
 from mnas_common.config import to_plain
+from mnas_common.errors import first_line
 
 from nas.components import ConfigError, build, strip_targets
 from nas.engine import Search
@@ -32,8 +34,17 @@ from nas.store import RunStore, StoreError
 # Config sections that define a run's results: resuming with different values would mix two searches in one store.
 # (Where children run, what is logged and the budget do not change the results of the children already stored.)
 IDENTITY_KEYS = ("search_space", "controller", "reward", "trainer", "dataset", "deploy", "seed", "batch_size",
-                 "steady_state")
+                 "steady_state", "latency")
+# The latency settings that decide a child's latency (device and protocol, how the search uses it, which conversions
+# fail); not where the cache lives, how many workers convert, timeouts or retries.
+LATENCY_IDENTITY = ("runner", "threads", "warmup_runs", "num_runs", "rounds", "anchor", "quiet", "pin_cpu", "cpu_mask",
+                    "use_xnnpack", "fixed_performance", "tolerance_abs", "tolerance_rel", "mode", "hybrid_top_k",
+                    "table_space", "table")
+# Written by later versions than some stores: a store without them is compared on the others (steady_state: False)
+LATER_KEYS = {"steady_state": False, "latency": None}
 DEPLOY_KEYS = ("resolution", "channels", "num_classes")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,6 +93,15 @@ def _check_values(cfg) -> list[str]:
     for key in ("measure_latency", "reuse_evaluations", "steady_state"):
         if not isinstance(cfg.get(key), bool):
             problems.append(f"{key} must be true or false, got {cfg.get(key)!r}")
+    references = to_plain(cfg.get("measure_references"))
+    if references is not None and not isinstance(references, list):
+        problems.append(f"measure_references must be a list of architectures, e.g. [mnasnet_a1], got {references!r}")
+    pareto = to_plain(cfg.get("pareto")) or {}
+    if not isinstance(pareto.get("enabled", True), bool):
+        problems.append(f"pareto.enabled must be true or false, got {pareto.get('enabled')!r}")
+    top = pareto.get("export_top", 0)
+    if not is_int(top) or top < 0:
+        problems.append(f"pareto.export_top must be a whole number >= 0 (0: no export), got {top!r}")
     return problems
 
 
@@ -103,6 +123,10 @@ def build_parts(cfg, run_dir: str | Path) -> Parts:
     parts.reward = attempt("reward", cfg.reward)
     if parts.space is not None and is_int(cfg.get("seed")):
         parts.controller = attempt("controller", cfg.controller, num_choices=parts.space.num_choices, seed=cfg.seed)
+    if (cfg.get("steady_state") is True and parts.controller is not None
+            and not getattr(parts.controller, "asynchronous", False)):
+        problems.append(f"steady_state=true needs an asynchronous controller (random, evolution); "
+                        f"{parts.controller.name!r} learns from whole batches (on-policy)")
     trainer = attempt("trainer", cfg.trainer)
     dataset = attempt("dataset", cfg.dataset)
     measure = cfg.get("measure_latency") is True
@@ -121,7 +145,8 @@ def build_parts(cfg, run_dir: str | Path) -> Parts:
         logger = attempt(f"logger.{name}", node)
         if logger is not None:
             parts.loggers.append(logger)
-    for name in cfg.get("measure_references") or []:
+    names = cfg.get("measure_references")
+    for name in names if isinstance(to_plain(names), list) else []:
         try:
             parts.references[str(name)] = resolve_arch(str(name))
         except ValueError as exc:
@@ -167,7 +192,11 @@ def environment() -> dict:
 
 
 def identity(cfg) -> dict:
-    return {k: strip_targets(cfg.get(k)) for k in IDENTITY_KEYS}
+    out = {k: strip_targets(cfg.get(k)) for k in IDENTITY_KEYS if k != "latency"}
+    latency = to_plain(cfg.get("latency")) or {}
+    out["latency"] = ({k: latency.get(k) for k in LATENCY_IDENTITY if k in latency}
+                      if cfg.get("measure_latency") is True else None)
+    return out
 
 
 def hparams(cfg) -> dict:
@@ -187,8 +216,15 @@ def _check_store(store: RunStore, cfg) -> bool:
     if stored is None:
         return True
     mine = identity(cfg)
+    changed = [k for k in IDENTITY_KEYS if (k in stored or k not in LATER_KEYS)
+               and strip_targets(stored.get(k)) != mine[k]]
     # stores written before the evaluator group existed had no steady_state: it was always off
-    changed = [k for k in IDENTITY_KEYS if strip_targets(stored.get(k, False if k == "steady_state" else None)) != mine[k]]
+    if "steady_state" not in stored and mine["steady_state"] != LATER_KEYS["steady_state"]:
+        changed.append("steady_state")
+    if "latency" in changed:  # name the settings
+        was, now = stored["latency"], mine["latency"]
+        changed[changed.index("latency")] = "measure_latency" if was is None or now is None else ", ".join(
+            f"latency.{k}" for k in sorted({*was, *now}) if was.get(k) != now.get(k))
     if changed:
         raise StoreError(f"run store {store.path} was created by a different search ({', '.join(changed)} changed); "
                          "resume with the original settings or choose a new run_dir")
@@ -229,5 +265,9 @@ def run_search(cfg, run_dir: str | Path, *, overrides: list[str] | None = None) 
     if pareto.get("enabled"):
         from nas.pareto import export_runs
 
-        export_runs([run_dir], run_dir / "pareto", export_top=pareto.get("export_top", 0))
+        try:
+            export_runs([run_dir], run_dir / "pareto", export_top=pareto.get("export_top", 0))
+        except (OSError, ValueError, RuntimeError) as exc:  # the search itself is done and stored: say so, go on
+            log.warning("the Pareto export to %s failed (%s); the run is complete: export it again with "
+                        "python -m nas.pareto %s", run_dir / "pareto", first_line(exc), run_dir)
     return summary

@@ -54,7 +54,9 @@ def committed(run_dir: Path) -> list[tuple]:
 
 @pytest.mark.parametrize("override", ["trainer.lr=nan", "trainer.epochs=0", "dataset.images_per_class=-1",
                                       "+dataset.foo=1", "+trainer.foo=1", "budget=0", "measure_references=[nope]",
-                                      "deploy.resolution=0", "evaluator.failure_rate=2", "+evaluator.foo=1"])
+                                      "deploy.resolution=0", "evaluator.failure_rate=2", "+evaluator.foo=1",
+                                      "steady_state=true", "pareto.export_top=-1", "pareto.enabled=maybe",
+                                      "measure_references=mnasnet_a1"])
 def test_a_rejected_config_writes_nothing_and_the_corrected_one_runs(tmp_path, override):
     with pytest.raises(ConfigError) as info:
         search(tmp_path, override)
@@ -101,6 +103,34 @@ def test_resuming_with_a_different_search_is_refused_and_changes_nothing(tmp_pat
     with pytest.raises(StoreError, match=r"different search \(controller changed\)"):
         search(tmp_path, "budget=2", "controller=random")
     assert committed(tmp_path) == before
+
+
+def test_resuming_with_other_latency_settings_is_refused_where_they_change_the_results(tmp_path):
+    """A child timed in 5 runs and one timed in 20, on another device or predicted, were mixed in one front."""
+    search(tmp_path, "budget=2")
+    before = committed(tmp_path)
+    for overrides, named in ((["latency.num_runs=20", "latency.threads=2"], "latency.num_runs, latency.threads"),
+                             (["latency.mode=predict"], "latency.mode"), (["measure_latency=false", "reward=accuracy"],
+                                                                          "measure_latency")):
+        with pytest.raises(StoreError, match=rf"different search \(.*{named} changed\)"):
+            search(tmp_path, "budget=4", *overrides)
+        assert committed(tmp_path) == before
+    assert search(tmp_path, "budget=4", "latency.workers=1", "latency.task_timeout_s=60")["children"] == 4
+
+
+def test_a_store_from_before_latency_was_part_of_the_identity_resumes(tmp_path):
+    search(tmp_path, "budget=2")
+    with RunStore(tmp_path) as store:
+        old = {k: v for k, v in store.get_meta("identity").items() if k not in ("latency", "steady_state")}
+        store.set_metas({"identity": old})
+    assert search(tmp_path, "budget=4", "latency.num_runs=20")["children"] == 4
+
+
+def test_a_failed_pareto_export_does_not_fail_a_finished_search(tmp_path, caplog):
+    (tmp_path / "pareto").write_text("a file where the export's directory goes")
+    summary = search(tmp_path, "budget=2", "pareto.enabled=true")
+    assert summary["children"] == 2
+    assert "Pareto export" in caplog.text and "python -m nas.pareto" in caplog.text
 
 
 def test_budget_is_exact_and_never_below_what_the_store_holds(tmp_path):

@@ -262,7 +262,8 @@ def _parsers() -> argparse.ArgumentParser:
     runner.add_argument("--anchor", default=None,
                         help="host: the drift anchor timed in every round (default mnasnet_b1, as configs/latency/"
                              "host.yaml; 'none' for no drift correction)")
-    runner.add_argument("--cache", default=None, help="SQLite cache path (default ~/.cache/mnasnet-search/latency)")
+    runner.add_argument("--cache", default=None, help="the cache: its SQLite file or the directory holding latency.sqlite "
+                        "(default ~/.cache/mnasnet-search/latency)")
     runner.add_argument("--json", action="store_true")
     shape = argparse.ArgumentParser(add_help=False)
     shape.add_argument("--resolution", type=int, default=224)
@@ -308,7 +309,8 @@ def _parsers() -> argparse.ArgumentParser:
     c = sub.add_parser("cache", help="what the latency cache holds; trim its converted models")
     csub = c.add_subparsers(dest="cache_command", required=True)
     where = argparse.ArgumentParser(add_help=False)
-    where.add_argument("--cache", default=None, help="SQLite cache path (default ~/.cache/mnasnet-search/latency)")
+    where.add_argument("--cache", default=None, help="the cache: its SQLite file or the directory holding latency.sqlite "
+                        "(default ~/.cache/mnasnet-search/latency)")
     where.add_argument("--json", action="store_true")
     csub.add_parser("info", parents=[where], help="conversions, timings, tables and the converted models' size")
     pr = csub.add_parser("prune", parents=[where], help="remove the least recently used converted models")
@@ -329,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     from mnas_common.checks import non_negative_int, positive_int
     from mnas_common.errors import first_line
 
+    if getattr(args, "cache", None) and Path(args.cache).is_dir():  # the cache's directory names its file
+        args.cache = str(Path(args.cache) / "latency.sqlite")
     try:
         for name in ("n", "workers", "batch"):
             if getattr(args, name, None) is not None:
@@ -340,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "cache":
             return CACHE_COMMANDS[args.cache_command](args)
         return {"measure": _measure, "predict": _predict, "devices": _devices}[args.command](args)
-    except (ValueError, DeviceError, LatencyCacheError) as exc:
+    except (ValueError, DeviceError, LatencyCacheError, OSError) as exc:  # OSError: a path that cannot be written
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -508,15 +508,21 @@ def validate(service, *, n: int = 200, space: str = "mnasnet", resolution: int =
              num_classes: int = 1000, progress: bool = True) -> dict:
     """Measure ``n`` random architectures of ``space`` that the calibration never saw, store them with the table,
     and return the predictor's error on them (the figures every prediction then carries)."""
-    from latency.table import load_space, measure_models, space_label
+    from latency.table import build_command, load_space, measure_models, space_label
 
-    space_obj, space = load_space(space), space_label(space)
+    given, space_obj, space = space, load_space(space), space_label(space)
     info = find_table(service, resolution=resolution, channels=channels, num_classes=num_classes, space=space)
     key = info["table_key"]
     measure_models(service, key, space_obj, space, "validation", n, resolution=resolution,
                    channels=channels, num_classes=num_classes, progress=progress)
     predictor = Predictor.from_service(service, resolution=resolution, channels=channels, num_classes=num_classes,
                                        space=space)
+    if not predictor.stated_error["n"]:  # nothing to judge the predictor on: store no figures, say why
+        build = build_command(service.runner_config, space=given, resolution=resolution, channels=channels,
+                              num_classes=num_classes)
+        raise ValueError(f"none of the held-out architectures of space {space!r} could be both measured and "
+                         f"predicted (each failed to convert or time, or has layers table {key[:12]} lacks); add "
+                         f"the space's layers with: {build}")
     figures = {**predictor.stated_error, "device": predictor.device, "table_key": key, "space": space}
     service.cache.set_table_meta(key, ("validation", space), figures)
     return figures

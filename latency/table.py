@@ -347,7 +347,19 @@ def export_table(cache, table_key: str, out: str | Path, fmt: str) -> dict:
                       "space": space, "spec": {}, "result": m["result"]} for m in cache.models(table_key, purpose, space)]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; name the file to write, e.g. {out / ('table.' + fmt)}")
     tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        _write_export(tmp, fmt, table_key, header, rows)
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"table_key": table_key, "rows": len(rows), "out": str(out)}
+
+
+def _write_export(tmp: Path, fmt: str, table_key: str, header: dict, rows: list[dict]) -> None:
     if fmt == "json":
         tmp.write_text(json.dumps({**header, "rows": rows}, indent=1) + "\n")
     elif fmt == "csv":
@@ -361,8 +373,6 @@ def export_table(cache, table_key: str, out: str | Path, fmt: str) -> dict:
                                  "result": json.dumps(row["result"], sort_keys=True)})
     else:
         raise ValueError(f"--format must be csv or json, got {fmt!r}")
-    tmp.replace(out)
-    return {"table_key": table_key, "rows": len(rows), "out": str(out)}
 
 
 def import_table(cache, path: str | Path) -> dict:

@@ -248,6 +248,32 @@ def test_a_refused_import_leaves_the_cache_as_it_was(built, tmp_path):
     empty_cache.close()
 
 
+def test_cli_paths_and_an_unusable_validation_are_one_line(built, micro, tmp_path):
+    import shutil
+
+    cache = tmp_path / "copy" / "latency.sqlite"  # a copy: the validation below must not add rows to the shared one
+    cache.parent.mkdir()
+    shutil.copy(built["cache"], cache)
+    common = ["--resolution", "16", "--classes", "10", "--warmup", "1", "--runs", "5", "--anchor", ANCHOR]
+    listed = _cli("table", "list", "--cache", str(cache.parent), "--json")  # the cache's directory names its file
+    assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 1, listed.stderr
+    out = _cli("table", "export", "--format", "json", "--out", str(tmp_path), "--space", micro, *common,
+               "--cache", str(cache))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "is a directory" in out.stderr, out.stderr
+    assert not list(tmp_path.parent.glob(".*.tmp"))
+    out = _cli("measure", SMALL, *common, "--cache", "/proc/no-such-dir/latency.sqlite")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "/proc/no-such-dir" in out.stderr, out.stderr
+    # a space whose layers the table lacks: nothing to judge the predictor on (a KeyError traceback before, and
+    # {"n": 0} stored as the table's validation figures)
+    other = tmp_path / "micro2.yaml"
+    other.write_text(MICRO.replace("channels: 16", "channels: 24"))
+    out = _cli("table", "validate", "--n", "1", "--space", str(other), *common, "--cache", str(cache), "--json")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "could be both measured and predicted" in out.stderr and "table build" in out.stderr
+    assert f"--space {other} " in out.stderr
+    assert "micro2" not in json.dumps(LatencyCache(cache).tables()[0]["meta"].get("validation", {}))
+
+
 def test_an_interrupted_build_resumes(micro, tmp_path):
     cache = tmp_path / "latency.sqlite"
     args = ["table", "build", "--space", micro, "--resolution", "16", "--classes", "10", "--warmup", "1", "--runs",

@@ -21,6 +21,7 @@ import numpy as np
 from mnas_common.checks import non_negative_int, non_negative_number, positive_int
 
 REMOTE_DIR = "/data/local/tmp"
+WAIT_FOR_DEVICE_S = 30.0  # how long one retry waits for a dropped phone to come back (adb wait-for-device)
 
 
 class DeviceError(RuntimeError):
@@ -262,9 +263,10 @@ class AdbRunner:
             raise DeviceError(f"adb not found ({self.adb!r}); install the Debian package 'adb' or set latency.adb")
         return path
 
-    def _run(self, args: list[str], *, serial: bool = True, check: bool = True) -> subprocess.CompletedProcess:
+    def _run(self, args: list[str], *, serial: bool = True, check: bool = True,
+             timeout_s: float | None = None) -> subprocess.CompletedProcess:
         cmd = [self._adb_path(), *(["-s", self.resolve_serial()] if serial else []), *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s or self.timeout_s)
         if check and proc.returncode != 0:
             message = (proc.stderr or proc.stdout).strip().splitlines()
             raise DeviceError(f"adb {' '.join(args[:2])} failed: {message[-1] if message else f'exit {proc.returncode}'}")
@@ -280,7 +282,10 @@ class AdbRunner:
                     raise DeviceError(f"{what} failed after {self.retries + 1} attempts: {exc}") from None
                 time.sleep(delay)
                 delay *= 2
-                self._run(["wait-for-device"], check=False)
+                try:  # adb blocks here until the phone is back: a phone gone for good costs this much per attempt
+                    self._run(["wait-for-device"], check=False, timeout_s=min(self.timeout_s, WAIT_FOR_DEVICE_S))
+                except subprocess.TimeoutExpired:
+                    pass  # still gone: the next attempt fails and says so
 
     def devices(self) -> list[dict]:
         proc = subprocess.run([self._adb_path(), "devices", "-l"], capture_output=True, text=True, timeout=60)

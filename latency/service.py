@@ -231,6 +231,15 @@ def _failed_timing(exc: Exception) -> dict:
     return {"status": "failed", "error": f"timing failed: {first_line(exc, with_type=True, limit=300)}"}
 
 
+def _phone_gone(runner) -> str | None:
+    """Why the phone no longer answers (off USB, offline, unauthorized), or None while it does."""
+    try:
+        runner.healthy()
+    except Exception as exc:
+        return first_line(exc)
+    return None
+
+
 def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=None,
                     anchor: dict | None = None) -> list[dict]:
     """Time every model of ``paths``; one timing dict (``status`` ok with the timing fields, or failed) per path.
@@ -260,6 +269,13 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
                                                                 "seconds": round(time.monotonic() - start, 4)}
                 except Exception as exc:
                     timing = _failed_timing(exc)
+                    gone = _phone_gone(runner) if isinstance(exc, DeviceError) else None
+                    if gone:  # the rest would each wait out the retries: they fail now, saying why
+                        rest = len(paths) - len(out) - 1
+                        out += [timing] + [{"status": "failed", "error": f"{gone} ({exc})"}] * rest
+                        if on_round:
+                            on_round(list(out), True)
+                        break
                 window.waited_s = 0.0  # only the first model of the window waited for the gate
                 out.append(timing)
                 if on_round:  # a phone is slow: each model is reported (and a layer committed) as it is timed

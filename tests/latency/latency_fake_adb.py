@@ -12,6 +12,7 @@ timing the pushed model with LiteRT on the host, printing benchmark_model's own 
                     FAKE_ADB_SERIALS): a test unplugs a phone mid-search by rewriting it
   FAKE_ADB_TIMES    file that receives one JSON line per benchmark_model run: serial, graph, start and end times
   FAKE_ADB_DELAY_S  seconds each benchmark_model run takes at least (a slow phone)
+  FAKE_ADB_WAIT_BLOCKS  set: ``wait-for-device`` blocks until the serial is attached, as adb does (else it returns)
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ from pathlib import Path
 
 ROOT = Path(os.environ.get("FAKE_ADB_ROOT", "/nonexistent-fake-adb-root"))
 SERIALS_FILE = os.environ.get("FAKE_ADB_SERIALS_FILE")
-SERIALS = [s for s in (Path(SERIALS_FILE).read_text().strip() if SERIALS_FILE and Path(SERIALS_FILE).exists()
-                       else os.environ.get("FAKE_ADB_SERIALS", "FAKE0001")).split(",") if s]
+
+
+def _attached() -> list[str]:
+    return [s for s in (Path(SERIALS_FILE).read_text().strip() if SERIALS_FILE and Path(SERIALS_FILE).exists()
+                        else os.environ.get("FAKE_ADB_SERIALS", "FAKE0001")).split(",") if s]
+
+
+SERIALS = _attached()
 
 
 def install(bin_dir: Path) -> Path:
@@ -179,14 +186,16 @@ def main(args: list[str]) -> int:
         return 0
     if args[:1] == ["kill-server"] or args[:1] == ["start-server"]:
         return 0
+    if args[:1] == ["wait-for-device"]:
+        while os.environ.get("FAKE_ADB_WAIT_BLOCKS") and (serial or "") not in _attached():
+            time.sleep(0.1)  # as adb does: until the phone is back
+        return 0
     if not SERIALS:
         return fail("adb: no devices/emulators found")
     if serial is None and len(SERIALS) > 1:
         return fail("adb: more than one device/emulator")
     if serial is not None and serial not in SERIALS:
         return fail(f"adb: device '{serial}' not found")
-    if args[:1] == ["wait-for-device"]:
-        return 0
     if args[:1] == ["push"]:
         target = local(args[2])
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -140,3 +140,26 @@ def test_cli_measure_json_and_bad_arch(phone, tmp_path):
                          capture_output=True, text=True, timeout=120, env=env, cwd=Path(__file__).parents[2])
     assert bad.returncode == 2 and bad.stdout == ""
     assert len(bad.stderr.strip().splitlines()) == 1 and "k4" in bad.stderr
+
+
+def test_a_phone_gone_for_good_fails_the_session_at_once_naming_it(phone, tmp_path, monkeypatch):
+    """adb wait-for-device blocks until the phone is back: it used to run with the whole timeout_s and let its
+    TimeoutExpired escape the retries, and every other model of the session then waited out retries of its own."""
+    serials = tmp_path / "serials"
+    serials.write_text("FAKE0001")
+    monkeypatch.setenv("FAKE_ADB_SERIALS_FILE", str(serials))
+    monkeypatch.setenv("FAKE_ADB_WAIT_BLOCKS", "1")
+    archs = [SMALL, "ds_r1_k5_s1_c8-ir_r1_k3_s2_e3_c16", "ds_r1_k3_s1_c8-ir_r1_k5_s2_e3_c16"]
+    with build_service("adb", serial="FAKE0001", benchmark_binary=str(phone["binary"]), warmup_runs=1, num_runs=3,
+                       workers=1, retries=1, timeout_s=2, cache_path=tmp_path / "latency.sqlite") as service:
+        conversions = [service.convert(arch, resolution=24, num_classes=10) for arch in archs]
+        assert [c["status"] for c in conversions] == ["ok"] * 3
+        assert service.device_id
+        serials.write_text("")  # unplugged
+        started = len(_log(phone)) if phone["log"].exists() else 0
+        results = service.time_many(conversions)  # one timing session
+    assert [r.status for r in results] == ["failed"] * 3
+    assert "failed after 2 attempts" in results[0].error, results[0].error
+    assert all("FAKE0001 is not attached" in r.error for r in results[1:]), [r.error for r in results]
+    waits = [c for c in _log(phone)[started:] if "wait-for-device" in c]
+    assert len(waits) == 1  # one model's one retry waited; the others were failed at once

@@ -82,6 +82,20 @@ def default_cache_dir() -> Path:
     return cache_dir("latency")
 
 
+def device_locks_dir() -> Path:
+    """Where the locks of this machine's devices live (one timing per phone or host CPU at a time; the host gate):
+    ``$MNAS_CACHE_DIR/locks`` or ``~/.cache/mnasnet-search/locks``, the same for every search and latency cache of
+    this user, so that searches with caches of their own still take turns on the device they share. A temporary
+    directory of the user where that cannot be created."""
+    path = cache_dir("locks")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        path = Path(tempfile.gettempdir()) / f"mnasnet-search-locks-{os.getuid()}"
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
 PATH_FIELDS = ("cache_path", "work_dir", "benchmark_binary")  # latency config fields that name files on this machine
 
 
@@ -547,7 +561,8 @@ class LatencyService:
         self.workers = workers
         self.cache_path = Path(cache_path) if cache_path else default_cache_dir() / "latency.sqlite"
         self.models_dir = self.cache_path.parent / "models"
-        self.locks_dir = self.cache_path.parent / "locks"
+        self.locks_dir = self.cache_path.parent / "locks"  # this cache's own: conversions in progress
+        self.device_locks_dir = device_locks_dir()  # the machine's: its devices and host gate, whatever the cache
         self.work_dir = Path(work_dir) if work_dir else self.cache_path.parent / "work"
         self.tolerance_abs, self.tolerance_rel = float(tolerance_abs), float(tolerance_rel)
         self.fast_convert = fast_convert
@@ -555,7 +570,7 @@ class LatencyService:
         self.anchor = _checked_anchor(anchor, runner)
         self._anchor_info: dict | None = None
         self._anchor_lock = threading.Lock()
-        self.gate = HostGate.for_runner(self.runner, self.locks_dir, quiet=quiet)
+        self.gate = HostGate.for_runner(self.runner, self.device_locks_dir, quiet=quiet)
         self.cache = LatencyCache(self.cache_path)
         self._pool: ProcessPoolExecutor | None = None
         self._threads = ThreadPoolExecutor(max_workers=max(4, 2 * workers), thread_name_prefix="latency")
@@ -631,7 +646,7 @@ class LatencyService:
 
     @property
     def _device_lock_path(self) -> str:
-        return str(self.locks_dir / f"{self.runner.lock_name}.lock")
+        return str(self.device_locks_dir / f"{self.runner.lock_name}.lock")
 
     # -- workers
     def _workers(self) -> ProcessPoolExecutor:

@@ -232,7 +232,7 @@ def test_gate_for_runner_and_picklable(tmp_path):
 def test_service_conversions_wait_while_the_host_times(host_service):
     """The service converts under busy(): a conversion asked for during a timing ends only after the timing."""
     assert host_service.measure("ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c16", resolution=32, num_classes=10).ok  # warm
-    gate = HostGate(host_service.locks_dir)
+    gate = HostGate(host_service.device_locks_dir)
     box: dict = {}
     with gate.quiet():
         thread = threading.Thread(target=lambda: box.update(record=host_service.convert(

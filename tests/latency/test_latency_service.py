@@ -232,3 +232,18 @@ def test_bad_anchor_is_one_clear_error():
     with pytest.raises(ValueError, match="host runner only"):
         build_service("adb", anchor="mnasnet_b1", serial="x")
     assert build_service("host", anchor="none").anchor is None
+
+
+def test_searches_with_caches_of_their_own_take_turns_on_the_device_they_share(tmp_path, monkeypatch):
+    """The device lock and the host gate lived next to each cache: two searches with separate caches timed on the
+    same CPU (or phone) at the same moment, each in the other's training."""
+    monkeypatch.setenv("MNAS_CACHE_DIR", str(tmp_path / "home"))
+    one, two = (LatencyService("host", cache_path=tmp_path / name / "latency.sqlite") for name in ("a", "b"))
+    try:
+        assert one._device_lock_path == two._device_lock_path
+        assert Path(one._device_lock_path).parent == tmp_path / "home" / "locks"
+        assert one.gate.work_path == two.gate.work_path
+        assert one.locks_dir != two.locks_dir  # conversions in progress are each cache's own
+    finally:
+        one.close()
+        two.close()

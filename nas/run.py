@@ -235,6 +235,17 @@ def _check_store(store: RunStore, cfg) -> bool:
     return False
 
 
+def _write_record(run_dir: Path, cfg, overrides: list[str] | None) -> None:
+    """Hydra's record of the command (``.hydra/config.yaml``, ``overrides.yaml``), written once the search is valid
+    and holds the run (Hydra's own is turned off: it wrote before any check, also for a refused command)."""
+    from omegaconf import OmegaConf
+
+    record = run_dir / ".hydra"
+    record.mkdir(exist_ok=True)
+    (record / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (record / "overrides.yaml").write_text(OmegaConf.to_yaml(list(overrides or [])))
+
+
 def run_search(cfg, run_dir: str | Path, *, overrides: list[str] | None = None) -> dict:
     """Validate, lock, resume or start, run and export one search; returns its summary."""
     run_dir = Path(run_dir)
@@ -258,6 +269,7 @@ def run_search(cfg, run_dir: str | Path, *, overrides: list[str] | None = None) 
                 meta.update(identity=identity(cfg), config=to_plain(cfg), environment=environment(),
                             created_at=time.time())
             store.set_metas(meta)
+            _write_record(run_dir, cfg, overrides)
             summary = search.run()
     finally:
         parts.close()

@@ -68,7 +68,7 @@ def main() -> None:
     argv = sys.argv[1:]
     try:
         cfg = check_command_line("search", argv)
-        # Hydra creates the run directory (and writes its .hydra/ record there) before the app runs
+        # Hydra creates the run directory before the app runs
         problems = check_run_dir(Path(cfg.run_dir)) if cfg is not None and not {"-m", "--multirun"} & set(argv) else []
         if problems:
             raise ConfigError(problems)

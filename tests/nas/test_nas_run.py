@@ -260,3 +260,13 @@ def test_a_signal_that_ray_re_raised_as_keyboard_interrupt_keeps_its_name_and_ex
     stop = as_interrupted(caught.value)
     assert str(stop) == "SIGTERM" and stop.exit_code == 143
     assert as_interrupted(Interrupted(signal.SIGINT)).exit_code == 130
+
+
+def test_a_refused_command_leaves_the_runs_hydra_record_as_it_was(tmp_path):
+    """Hydra wrote .hydra/ before any check: a refused command (another controller) left a record saying the run
+    was made with it."""
+    assert cli(tmp_path, "budget=2").returncode == 0
+    record = (tmp_path / ".hydra" / "config.yaml").read_text()
+    assert "lstm_ppo" in record and "budget=2" in (tmp_path / ".hydra" / "overrides.yaml").read_text()
+    assert "different search" in one_error_line(cli(tmp_path, "budget=2", "controller=random"))
+    assert (tmp_path / ".hydra" / "config.yaml").read_text() == record

@@ -24,19 +24,25 @@ _HYDRA_ONLY = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-
                "--experimental-rerun", "--resolve")
 
 
-def _first_job(argv: list[str]) -> list[str]:
-    """The overrides of the first job a sweep would run (each sweep override at its first value)."""
+MAX_CHECKED_JOBS = 1000  # a sweep's jobs composed and checked before the first one runs (beyond: the first 1000)
+
+
+def _jobs(argv: list[str]) -> list[list[str]]:
+    """The overrides of every job a sweep would run (Hydra's basic sweeper: the product of the sweep overrides, in
+    order); one job for a plain command line."""
+    import itertools
+
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides = [a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
-    out = []
+    choices = []
     for override, text in zip(OverridesParser.create().parse_overrides(overrides), overrides):
         if override.is_sweep_override():
             key = text.split("=", 1)[0]
-            out.append(f"{key}={next(iter(override.sweep_string_iterator()))}")
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
         else:
-            out.append(text)
-    return out
+            choices.append([text])
+    return [list(job) for job in itertools.islice(itertools.product(*choices), MAX_CHECKED_JOBS)]
 
 
 def _keys(cfg, prefix: str = "") -> set[str]:
@@ -55,27 +61,42 @@ def _keys(cfg, prefix: str = "") -> set[str]:
 _PLAIN_SECTIONS = ("deploy", "pareto")
 
 
-def check_command_line(config_name: str, argv: list[str], *, strict_keys: bool = True):
+def check_command_line(config_name: str, argv: list[str], *, strict_keys: bool = True, check=None):
     """Compose ``config_name`` with the command line's overrides and return it (None when a Hydra-only flag such as
     ``--help`` is given); raise a one-line ConfigError for anything Hydra would refuse, and (``strict_keys``) for a
-    top-level key that the config without overrides does not have."""
+    top-level key that the config without overrides does not have, and for what ``check(cfg)`` (a list of problems)
+    finds. A sweep (``-m``) is checked job by job before any runs, and the first job's config is returned: a bad
+    value in its third job used to stop it after the first two had run."""
     from hydra import compose, initialize_config_dir
 
     if any(a in _HYDRA_ONLY or a.split("=", 1)[0] in _HYDRA_ONLY for a in argv):
         return None
+    first = None
     try:
-        overrides = _first_job(argv)
+        jobs = _jobs(argv)
         with initialize_config_dir(version_base=None, config_dir=str(config_dir())):
-            cfg = compose(config_name=config_name, overrides=overrides)
             base = compose(config_name=config_name)
+            for job in jobs:
+                where = f"sweep job {' '.join(job)}: " if len(jobs) > 1 else ""
+                try:
+                    cfg = compose(config_name=config_name, overrides=job)
+                except Exception as exc:
+                    raise ConfigError(where + " ".join(str(exc).split())) from None
+                problems = []
+                if strict_keys:
+                    known = _keys(base)
+                    problems += [f"unknown config key {key!r}{did_you_mean(key, known)}"
+                                 for key in sorted(_keys(cfg) - known)]
+                if check is not None:
+                    problems += check(cfg)
+                if problems:
+                    raise ConfigError([where + problem for problem in problems])
+                first = cfg if first is None else first
+    except ConfigError:
+        raise
     except Exception as exc:
         raise ConfigError(" ".join(str(exc).split())) from None
-    if strict_keys:
-        known = _keys(base)
-        unknown = sorted(_keys(cfg) - known)
-        if unknown:
-            raise ConfigError([f"unknown config key {key!r}{did_you_mean(key, known)}" for key in unknown])
-    return cfg
+    return first
 
 
 class Interrupted(KeyboardInterrupt):

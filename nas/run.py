@@ -69,7 +69,8 @@ class Parts:
             raise errors[0]
 
 
-def _check_values(cfg) -> list[str]:
+def check_values(cfg) -> list[str]:
+    """Problems with the top-level values of a search's config (each component checks its own when it is built)."""
     problems = []
     for key in ("budget", "batch_size"):
         try:
@@ -109,7 +110,7 @@ def build_parts(cfg, run_dir: str | Path) -> Parts:
     """Every component of the search, validated; raises one ConfigError naming every problem found."""
     from search_spaces import resolve_arch
 
-    problems = _check_values(cfg)
+    problems = check_values(cfg)
     parts = Parts()
 
     def attempt(group: str, node, **runtime):
@@ -162,14 +163,14 @@ def build_parts(cfg, run_dir: str | Path) -> Parts:
     return parts
 
 
-def check_run_dir(run_dir: Path) -> list[str]:
+def check_run_dir(run_dir: Path, name: str = "run_dir") -> list[str]:
     existing = run_dir
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        return [f"run_dir {run_dir}: {existing} is not a directory"]
+        return [f"{name} {run_dir}: {existing} is not a directory"]
     if not os.access(existing, os.W_OK | os.X_OK):
-        return [f"run_dir {run_dir} cannot be written ({existing} is read-only)"]
+        return [f"{name} {run_dir} cannot be written ({existing} is read-only)"]
     return []
 
 

@@ -63,13 +63,18 @@ def _app(cfg: DictConfig) -> dict:
 
 
 def main() -> None:
-    from nas.run import check_run_dir
+    from nas.run import check_run_dir, check_values
 
     argv = sys.argv[1:]
     try:
-        cfg = check_command_line("search", argv)
-        # Hydra creates the run directory before the app runs
-        problems = check_run_dir(Path(cfg.run_dir)) if cfg is not None and not {"-m", "--multirun"} & set(argv) else []
+        cfg = check_command_line("search", argv, check=check_values)
+        # Hydra creates the run directory (a sweep's directory) before the app runs
+        problems = []
+        if cfg is not None and {"-m", "--multirun"} & set(argv):
+            sweep = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.sweep.dir=")]
+            problems = check_run_dir(Path(sweep[-1] if sweep else "multirun"), "hydra.sweep.dir")
+        elif cfg is not None:
+            problems = check_run_dir(Path(cfg.run_dir))
         if problems:
             raise ConfigError(problems)
     except ConfigError as exc:

@@ -184,6 +184,22 @@ def test_bad_command_lines_are_one_error_line_with_exit_2(tmp_path, override, me
     assert not (tmp_path / "run" / "run.sqlite").exists()
 
 
+@pytest.mark.parametrize(("sweep", "message"), [
+    ("budget=4,0,4", "sweep job budget=0: budget must be a positive integer, got 0"),
+    ("controller=random,nope", "sweep job controller=nope: In 'search': Could not find 'controller/nope'"),
+])
+def test_every_job_of_a_sweep_is_checked_before_the_first_runs(tmp_path, sweep, message):
+    """A bad value in a later job used to stop the sweep after the jobs before it had run (half an hour each)."""
+    cmd = [sys.executable, "-m", "nas.search", "-m", *FAST, sweep, f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    line = one_error_line(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300))
+    assert message in line.replace("+experiment=smoke evaluator=synthetic logger=[events] pareto.enabled=false ", "")
+    assert not (tmp_path / "sweep").exists()
+    under_a_file = tmp_path / "file"
+    under_a_file.write_text("")
+    cmd = [sys.executable, "-m", "nas.search", "-m", *FAST, "seed=0,1", f"hydra.sweep.dir={under_a_file / 'x'}"]
+    assert "hydra.sweep.dir" in one_error_line(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True))
+
+
 def test_unusable_run_dir_and_logger_paths_are_one_error_line(tmp_path):
     (tmp_path / "file").write_text("x")
     assert "is not a directory" in one_error_line(cli(tmp_path / "file" / "run"))

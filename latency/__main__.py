@@ -228,9 +228,15 @@ def _cache_prune(args: argparse.Namespace) -> int:
 
     non_negative_number("--max-gb", args.max_gb)
     non_negative_number("--keep-recent-min", args.keep_recent_min)
+    from latency.service import ANCHOR_INPUT
+
     cache = _open_cache(args)
     try:
-        out = cache.trim_models(int(args.max_gb * 1e9), keep_recent_s=60 * args.keep_recent_min)
+        # the drift anchors' conversions stay, as the automatic trim keeps them (every host timing times one)
+        anchors = {a["arch"] for a in cache.anchors()}
+        protect = {key for key, arch, *shape in cache.conversion_rows()
+                   if arch in anchors and dict(zip(("resolution", "channels", "num_classes"), shape)) == ANCHOR_INPUT}
+        out = cache.trim_models(int(args.max_gb * 1e9), keep_recent_s=60 * args.keep_recent_min, protect=protect)
     finally:
         cache.close()
     if out is None:

@@ -324,6 +324,10 @@ class LatencyCache:
         folders = _model_folders(self.root / "models")
         return {"models": len(folders), "bytes": sum(size for _, size, _ in folders)}
 
+    def conversion_rows(self) -> list[tuple]:
+        """(key, arch, resolution, channels, num_classes) of every conversion row."""
+        return self._read_all("SELECT key, arch, resolution, channels, num_classes FROM conversions")
+
     def conversion_counts(self) -> dict:
         """Conversion rows by state: ``ok`` (not evicted; whether its files are intact is checked when it is looked
         up), ``evicted`` (files removed by the size cap), ``failed``."""

@@ -92,6 +92,16 @@ def test_cache_info_and_prune_commands(cache, capsys):
     assert "1 ok, 2 evicted by the size cap, 0 failed" in capsys.readouterr().out
 
 
+def test_prune_keeps_the_drift_anchors_conversion(cache, capsys):
+    """As the automatic trim does: every host timing times the anchor (pruned, it was converted again)."""
+    for i, key in enumerate(("a", "b", "c")):
+        _model(cache, key, 2, used_s_ago=3000 - 1000 * i)
+    cache.put_anchor("anchor-key", "arch-a", "host:x", {"anchor": "arch-a"}, {"ref_ms": 4.0})
+    assert main(["cache", "prune", "--cache", str(cache.path), "--max-gb", "0", "--keep-recent-min", "0"]) == 0
+    assert "removed 2 converted models" in capsys.readouterr().out
+    assert [p.name for p in (cache.root / "models").iterdir()] == ["a"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["cache", "prune", "--max-gb", "-1"], "--max-gb must be a number >= 0, got -1.0"),
     (["cache", "prune", "--max-gb", "1", "--keep-recent-min", "-5"], "--keep-recent-min must be a number >= 0"),

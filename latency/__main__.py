@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -259,8 +260,10 @@ class _Parser(argparse.ArgumentParser):
 def _parsers() -> argparse.ArgumentParser:
     runner = argparse.ArgumentParser(add_help=False)
     runner.add_argument("--runner", choices=("host", "adb"), default="host")
-    runner.add_argument("--serial", default=None, help="adb device serial (default: the only attached device)")
-    runner.add_argument("--binary", default=None, help="local path of benchmark_model (adb runner)")
+    runner.add_argument("--serial", default=os.environ.get("ANDROID_SERIAL"),
+                        help="adb device serial (default: $ANDROID_SERIAL, else the only attached device)")
+    runner.add_argument("--binary", default=os.environ.get("TFLITE_BENCHMARK_MODEL"),
+                        help="local path of benchmark_model (adb runner; default: $TFLITE_BENCHMARK_MODEL)")
     runner.add_argument("--cpu-mask", default=None, help="taskset mask on the phone, e.g. f0")
     runner.add_argument("--threads", type=int, default=1)
     runner.add_argument("--warmup", type=int, default=10)
@@ -268,8 +271,8 @@ def _parsers() -> argparse.ArgumentParser:
     runner.add_argument("--anchor", default=None,
                         help="host: the drift anchor timed in every round (default mnasnet_b1, as configs/latency/"
                              "host.yaml; 'none' for no drift correction)")
-    runner.add_argument("--cache", default=None, help="the cache: its SQLite file or the directory holding latency.sqlite "
-                        "(default ~/.cache/mnasnet-search/latency)")
+    runner.add_argument("--cache", default=None, help="the cache: its SQLite file or the directory holding "
+                        "latency.sqlite (default ~/.cache/mnasnet-search/latency)")
     runner.add_argument("--json", action="store_true")
     shape = argparse.ArgumentParser(add_help=False)
     shape.add_argument("--resolution", type=int, default=224)

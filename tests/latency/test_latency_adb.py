@@ -125,9 +125,9 @@ def test_two_phones_need_a_serial_and_each_is_its_own_device(phone, tmp_path, mo
 
 
 def test_cli_measure_json_and_bad_arch(phone, tmp_path):
-    env = dict(os.environ, MNAS_CACHE_DIR=str(tmp_path / "cache"))
-    cmd = [sys.executable, "-m", "latency", "measure", SMALL, "--runner", "adb", "--binary", str(phone["binary"]),
-           "--cpu-mask", "f0", "--resolution", "32", "--classes", "10", "--warmup", "1", "--runs", "4", "--json"]
+    # the binary from the environment, as configs/latency/adb.yaml takes it
+    env = dict(os.environ, MNAS_CACHE_DIR=str(tmp_path / "cache"), TFLITE_BENCHMARK_MODEL=str(phone["binary"]))
+    cmd = [sys.executable, "-m", "latency", "measure", SMALL, "--runner", "adb", "--cpu-mask", "f0", "--resolution", "32", "--classes", "10", "--warmup", "1", "--runs", "4", "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=Path(__file__).parents[2])
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "info":
             if args.resolution < 1 or args.classes < 1 or args.channels < 1:
                 raise ValueError("--resolution, --classes and --channels must be positive")
+            if not 0 < args.width <= 16:
+                raise ValueError(f"--width must be a multiplier > 0 and <= 16, got {args.width}")
             result = _info(args)
             if args.json:
                 print(json.dumps(result))
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "sample":
             if args.n < 0:
                 raise ValueError(f"--n must be >= 0, got {args.n}")
+            if args.seed < 0:
+                raise ValueError(f"--seed must be >= 0, got {args.seed}")
             for arch in load_space(args.space).sample(args.n, args.seed):
                 print(arch)
         else:

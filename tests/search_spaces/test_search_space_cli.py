@@ -54,3 +54,10 @@ def test_bad_input_prints_one_line_and_exits_2():
     assert "unknown token 'zz'" in result.stderr and "stage 1" in result.stderr
     result = run_cli("sample", "--space", "does_not_exist")
     assert result.returncode == 2 and "does_not_exist" in result.stderr
+
+
+def test_an_infinite_width_and_a_negative_seed_are_one_line_naming_the_flag(capsys):
+    assert main(["info", "mnasnet_a1", "--width", "inf"]) == 2  # was an OverflowError traceback
+    assert main(["sample", "--seed", "-1"]) == 2  # was numpy's message, naming no flag
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: --width must be") and err[1] == "error: --seed must be >= 0, got -1"

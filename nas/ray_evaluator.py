@@ -15,9 +15,10 @@ actors return plain results to it:
 A child's pipeline is train || (convert -> time); results reach the driver as they complete. Actors and nodes may
 die: the driver keeps its own books (which stage of which child runs where) and hands a stage whose actor died to
 another actor, at most ``max_attempts`` times in all, then records the child as failed with the reason. Ray's own
-at-most-once semantics are not trusted for "recorded once": a late answer for a child that is no longer pending is
-dropped. A phone that drops is marked unhealthy and its timings move to the other phones; with none left the search
-stops with one clear error and resumes later like any interrupted run.
+at-most-once semantics are not trusted for "recorded once": a late answer for a job that is no longer pending is
+dropped, even when its architecture was submitted again since. A dead device actor is replaced on its own phone; a
+phone that drops (off USB, or with its node) is marked unhealthy and its timings move to the other phones; with none
+left the search stops with one clear error and resumes later like any interrupted run.
 """
 
 from __future__ import annotations
@@ -162,6 +163,9 @@ class ConverterActor:
             record["files"] = {name: Path(record[name]).read_bytes() for name in ("onnx_path", "tflite_path")}
         return {**record, "node": _node()}
 
+    def where(self) -> dict:
+        return {"node": _node(), "pid": os.getpid()}
+
 
 class DeviceActor:
     """Owns one device: a phone (its adb serial, exclusively) or the host CPU, and times models on it."""
@@ -210,31 +214,39 @@ class _Job:
 
 
 class _Pool:
-    """Actors of one kind, the stages waiting for them, and which actor runs what."""
+    """Actors of one kind, the stages waiting for them, and which actor runs what.
 
-    def __init__(self, kind: str, make, count: int):
-        self.kind, self.make = kind, make
-        self.actors = [make() for _ in range(count)]
+    ``slots``: how many interchangeable actors ``make()`` starts, or what each actor owns (a phone's serial), one
+    ``make(slot)`` each. A dead actor's replacement takes its slot: a phone's new actor owns that phone again."""
+
+    def __init__(self, kind: str, make, slots: int | Sequence):
+        anonymous = isinstance(slots, int)
+        self.kind, self.make = kind, (lambda _: make()) if anonymous else make
+        self.slot = {self.make(slot): slot for slot in ([None] * slots if anonymous else slots)}  # actor -> slot
         self.idle = deque(self.actors)
         self.queue: deque[_Job] = deque()
         self.unhealthy: dict[Any, str] = {}
 
     @property
+    def actors(self) -> list:
+        return list(self.slot)
+
+    @property
     def busy(self) -> int:
-        return len(self.actors) - len(self.idle) - len(self.unhealthy)
+        return len(self.slot) - len(self.idle) - len(self.unhealthy)
 
     def replace(self, actor) -> None:
-        """A dead actor is replaced by a fresh one (placed by Ray wherever its resources are free)."""
+        """A dead actor is replaced by a fresh one for its slot (placed by Ray wherever its resources are free)."""
         import ray
 
-        if actor in self.actors:
-            self.actors.remove(actor)
+        if actor in self.slot:
+            slot = self.slot.pop(actor)
             try:
                 ray.kill(actor, no_restart=True)
             except Exception:  # already gone with its node
                 pass
-            fresh = self.make()
-            self.actors.append(fresh)
+            fresh = self.make(slot)
+            self.slot[fresh] = slot
             self.idle.append(fresh)
 
 
@@ -343,8 +355,11 @@ class RayEvaluator(Evaluator):
             c = self.converters
             converter_cls = ray.remote(num_cpus=c["num_cpus"], max_restarts=0)(ConverterActor)
             self._pools[CONVERT] = _Pool(CONVERT, lambda: converter_cls.remote(latency), c["actors"])
-        # fail now, with the reason, if an actor cannot start (a dataset missing on a node, a bad latency setting)
+        # fail now, with the reason, if an actor cannot start (a dataset missing on a node, a bad latency setting, no
+        # TFLite converter on a node): not once per child, each failing its attempts
         self._await(TRAIN, lambda a: a.where.remote(), "trainer")
+        if measuring:
+            self._await(CONVERT, lambda a: a.where.remote(), "converter")
         log.info("ray: %d trainer(s), %d node(s)", len(self._pools[TRAIN].actors), len(nodes))
 
     def _await(self, kind: str, ping, what: str, timeout_s: float = 600) -> None:
@@ -357,6 +372,8 @@ class RayEvaluator(Evaluator):
         except ray.exceptions.GetTimeoutError:
             raise EvaluatorStopped(f"the {what} actors did not start within {timeout_s / 60:g} minutes: no node has "
                                    "their resources free (see ray status)") from None
+        except ray.exceptions.RayError as exc:  # one died in its constructor, or with its node
+            raise EvaluatorStopped(f"the {what} actors cannot start: {_why(exc)}") from None
 
     def _demand(self) -> dict[str, float]:
         """Logical resources the actors ask for (phones aside)."""
@@ -425,14 +442,12 @@ class RayEvaluator(Evaluator):
                 + (f", not {', '.join(missing)}" if missing else "")
                 + "; start the node a phone hangs on with --resources='{\"phone_<serial>\": 1}' "
                   "(python -m latency devices --ray-resources prints it)")
-        made = iter(serials)
 
-        def make():
-            serial = next(made)
+        def make(serial: str):
             cls = ray.remote(num_cpus=num_cpus, resources={f"phone_{serial}": 1}, max_restarts=0)(DeviceActor)
             return cls.remote({**latency, "serial": serial})
 
-        return _Pool(TIME, make, len(serials))
+        return _Pool(TIME, make, serials)
 
     def close(self) -> None:
         import ray
@@ -503,7 +518,7 @@ class RayEvaluator(Evaluator):
         for stage, pool in self._pools.items():
             while pool.queue and pool.idle:
                 job = pool.queue.popleft()
-                if job.child.arch not in self._jobs:
+                if not self._current(job):
                     continue  # finished (failed) while it waited
                 actor = pool.idle.popleft()
                 if stage == TRAIN:
@@ -514,32 +529,46 @@ class RayEvaluator(Evaluator):
                     ref = actor.time.remote(dict(job.conversion))
                 self._inflight[ref] = (job, stage, actor)
 
+    def _current(self, job: _Job) -> bool:
+        """Whether ``job`` is still its architecture's pending job: an earlier job of the same architecture (failed,
+        then submitted again) is not, and its late answers must not touch the newer one."""
+        return self._jobs.get(job.child.arch) is job
+
     def _complete(self, ref) -> None:
         import ray
-        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, WorkerCrashedError
+        from ray.exceptions import RayActorError, RayError, RayTaskError, WorkerCrashedError
 
         job, stage, actor = self._inflight.pop(ref)
         pool = self._pools[stage]
+        current = self._current(job)  # else a late answer for a child already recorded: dropped, never recorded twice
         try:
             value = ray.get(ref, timeout=0)
-        except (RayActorError, WorkerCrashedError, GetTimeoutError) as exc:
+        except RayTaskError as exc:  # a bug in a stage, not a dead actor: the child fails with the cause
+            pool.idle.append(actor)
+            if current:
+                self._finish(job.child.fail(f"{stage}: {first_line(exc.cause if exc.cause else exc, with_type=True)}"),
+                             job)
+            return
+        except RayError as exc:  # the actor died (its node with it), or its answer was lost: another attempt
+            what = "actor died" if isinstance(exc, (RayActorError, WorkerCrashedError)) else "result lost"
+            reason = f"{stage} {what} ({_why(exc, limit=200)})"
+            if stage == TIME and self._phone_gone(actor, pool, reason):
+                if current:
+                    pool.queue.appendleft(job)  # its timing moves to a healthy phone
+                return
             pool.replace(actor)
+            if not current:
+                return
             job.attempts[stage] += 1
-            reason = f"{stage} actor died ({first_line(exc, limit=200)})"
             log.warning("%s: %s (attempt %d of %d)", job.child.arch, reason, job.attempts[stage], self.max_attempts)
             if job.attempts[stage] >= self.max_attempts:
                 self._finish(job.child.fail(f"{stage}: gave up after {self.max_attempts} attempts: {reason}"), job)
             else:
                 pool.queue.appendleft(job)
             return
-        except RayTaskError as exc:  # a bug in a stage, not a dead actor: the child fails with the cause
-            pool.idle.append(actor)
-            self._finish(job.child.fail(f"{stage}: {first_line(exc.cause if exc.cause else exc, with_type=True)}"),
-                         job)
-            return
         pool.idle.append(actor)
-        if job.child.arch not in self._jobs:
-            return  # a late answer for a child already recorded: dropped, never recorded twice
+        if not current:
+            return
         job.nodes[stage] = value.pop("node", None)
         if stage == TRAIN:
             value.pop("pid", None)
@@ -570,13 +599,24 @@ class RayEvaluator(Evaluator):
         if job.trained and job.timed:
             self._finish(job.child, job)
 
-    def _device_dropped(self, actor, pool: _Pool) -> bool:
+    def _phone_gone(self, actor, pool: _Pool, reason: str) -> bool:
+        """A dead device actor whose phone the cluster no longer advertises (its node went away) is not replaced (the
+        replacement would wait for that phone for ever): the phone is marked unhealthy, as one that drops is."""
         import ray
 
-        try:
-            problem = ray.get(actor.healthy.remote(), timeout=60)
-        except Exception as exc:
-            problem = first_line(exc)
+        serial = pool.slot.get(actor)
+        if serial is None or f"phone_{serial}" in ray.cluster_resources():
+            return False
+        return self._device_dropped(actor, pool, f"phone {serial} left the cluster: {reason}")
+
+    def _device_dropped(self, actor, pool: _Pool, problem: str | None = None) -> bool:
+        import ray
+
+        if problem is None:
+            try:
+                problem = ray.get(actor.healthy.remote(), timeout=60)
+            except Exception as exc:
+                problem = first_line(exc)
         if problem is None:
             return False
         pool.unhealthy[actor] = problem
@@ -589,8 +629,9 @@ class RayEvaluator(Evaluator):
         return True
 
     def _finish(self, child: ChildResult, job: _Job) -> None:
-        if self._jobs.pop(child.arch, None) is None:
+        if not self._current(job):
             return
+        del self._jobs[child.arch]
         if job.predicted is not None or job.measured is not None:
             self.modes.finish(child, job.predicted, job.measured, job.reason)
         child.extra["nodes"] = job.nodes
@@ -600,6 +641,17 @@ class RayEvaluator(Evaluator):
         parts = [f"{stage} {pool.busy}/{len(pool.actors) - len(pool.unhealthy)}" for stage, pool in self._pools.items()]
         waiting = sum(len(p.queue) for p in self._pools.values())
         return " ".join(parts + [self.modes.status()]).strip() + (f" queued {waiting}" if waiting else "")
+
+
+def _why(exc: BaseException, limit: int = 300) -> str:
+    """One line for a Ray error: the exception an actor's method or constructor raised (Ray's first line only names
+    the actor; a constructor's exception is the last line), else the first line."""
+    if isinstance(getattr(exc, "cause", None), BaseException):  # RayTaskError
+        return first_line(exc.cause, limit=limit, with_type=True)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if getattr(exc, "actor_init_failed", False) and lines:
+        return lines[-1][:limit]
+    return first_line(exc, limit=limit, with_type=True)
 
 
 def _local_phones(latency: dict) -> list[str]:

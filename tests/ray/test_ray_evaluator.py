@@ -1,7 +1,8 @@
 """evaluator=ray on a real two-node loopback cluster (tests/ray/conftest.py): the same results as the local
 evaluator, children spread over both nodes, a dead actor and a dead node cost retries (never a lost or repeated
-child), two phones timing at once with each child on one phone, a dropped phone moving its work, and the Ray
-processes of a search never outliving it."""
+child), two phones timing at once with each child on one phone, a dropped phone moving its work, a dead phone actor
+replaced on its own phone, an actor that cannot start stopping the search in one line, and the Ray processes of a
+search never outliving it."""
 
 from __future__ import annotations
 
@@ -187,6 +188,56 @@ def test_a_dropped_phone_moves_its_timings_and_with_none_left_the_search_stops(r
     serials.write_text("FAKEA,FAKEB")  # plugged back: the same command resumes
     summary = run_search(cfg, run_dir)
     assert summary["children"] == 9 and len({(c.step, c.idx) for c in committed(run_dir)}) == 9
+
+
+def test_a_dead_phone_actor_is_replaced_on_its_own_phone(ray_cluster, tmp_path):
+    """The replacement of a dead device actor owns the dead one's phone (it once asked for a phone no longer free)."""
+    import ray
+
+    from mnas_common.config import to_plain
+    from nas.ray_evaluator import RayEvaluator
+
+    adb, _, _ = _fake_phones(tmp_path, "FAKEA,FAKEB")
+    cfg = phone_config(ray_cluster, tmp_path, adb)
+    evaluator = RayEvaluator(trainer=None, dataset=None, deploy={}, latency=to_plain(cfg.latency),
+                             devices={"serials": ["FAKEA", "FAKEB"]})
+    build("latency", {**evaluator.latency, "workers": 1}).close()  # its cache created first, as check() does
+    pool = evaluator._device_pool({**evaluator.latency, "work_dir": None})
+    try:
+        dead = pool.actors[0]
+        phone = ray.get(dead.device_id.remote(), timeout=120)
+        pool.replace(dead)  # killed, as its worker or node would be
+        assert len(pool.actors) == 2 and dead not in pool.actors
+        assert ray.get(pool.actors[-1].device_id.remote(), timeout=120) == phone
+        assert sorted(id.rsplit(":", 1)[1] for id in ray.get([a.device_id.remote() for a in pool.actors])) == [
+            "FAKEA", "FAKEB"]
+    finally:
+        for actor in pool.actors:
+            ray.kill(actor)
+
+
+def test_actors_that_cannot_start_stop_the_search_in_one_line(ray_cluster):
+    """An actor that raises in its constructor (a node without the TFLite converter) is one line naming the cause."""
+    import ray
+
+    from nas.ray_evaluator import CONVERT, RayEvaluator, _Pool
+
+    class Converter:
+        def __init__(self):
+            raise ImportError("No module named 'ai_edge_litert'")
+
+        def where(self):
+            return {}
+
+    evaluator = RayEvaluator(trainer=None, dataset=None, deploy={}, latency=None)
+    pool = evaluator._pools[CONVERT] = _Pool(CONVERT, ray.remote(num_cpus=0, max_restarts=0)(Converter).remote, 2)
+    try:
+        with pytest.raises(EvaluatorStopped) as stopped:
+            evaluator._await(CONVERT, lambda a: a.where.remote(), "converter", timeout_s=120)
+    finally:
+        for actor in pool.actors:
+            ray.kill(actor)
+    assert str(stopped.value) == "the converter actors cannot start: ImportError: No module named 'ai_edge_litert'"
 
 
 def _descendants(pid: int) -> set[int]:

@@ -1,0 +1,176 @@
+"""The Ray evaluator's driver-side books without Ray (its calls faked): actors that cannot start stop the search in
+one line, a dead phone's actor is replaced for that phone (or the phone marked unhealthy once its node is gone), a
+lost result is one more attempt of its child, and a late answer of an earlier job never touches a newer job of the
+same architecture."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import ray
+from ray.exceptions import ActorDiedError, ObjectLostError, OwnerDiedError, RayTaskError
+
+from nas.evaluator import EvaluatorStopped
+from nas.ray_evaluator import CONVERT, TIME, TRAIN, RayEvaluator, _Job, _Pool
+from nas.record import ChildResult
+
+ARCH = "fake-arch"
+
+
+class Ref:
+    """What an actor call returns: its value, or the Ray error ``ray.get`` raises."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+class Actor:
+    def __init__(self, fake, cls, args, opts):
+        self.fake, self.cls, self.args, self.opts = fake, cls, args, opts
+
+    def __getattr__(self, method):  # actor.where.remote() and the like
+        broken = self.fake.broken.get(self.cls)
+        return SimpleNamespace(remote=lambda *args: Ref(broken or {"node": "n", "method": method}))
+
+
+class FakeRay:
+    def __init__(self):
+        self.resources = {"CPU": 8.0}
+        self.broken: dict[str, Exception] = {}  # actor class -> how its constructor failed
+        self.killed: list[Actor] = []
+
+    def remote(self, **opts):
+        return lambda cls: SimpleNamespace(remote=lambda *args: Actor(self, cls.__name__, args, opts))
+
+    def get(self, refs, timeout=None):
+        if isinstance(refs, list):
+            return [self.get(ref) for ref in refs]
+        if isinstance(refs.value, Exception):
+            raise refs.value
+        return dict(refs.value)
+
+
+@pytest.fixture
+def fake_ray(monkeypatch):
+    fake = FakeRay()
+    monkeypatch.setattr(ray, "remote", fake.remote)
+    monkeypatch.setattr(ray, "get", fake.get)
+    monkeypatch.setattr(ray, "kill", lambda actor, no_restart=True: fake.killed.append(actor))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: dict(fake.resources))
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
+    return fake
+
+
+def died_in_constructor() -> ActorDiedError:
+    cause = ImportError("No module named 'ai_edge_litert'")
+    return ActorDiedError(RayTaskError("ConverterActor.__init__", "Traceback (most recent call last):\n"
+                                       "  File \"x.py\", line 1, in __init__\nImportError: No module named "
+                                       "'ai_edge_litert'", cause))
+
+
+def task_error() -> RayTaskError:
+    return RayTaskError("train", "Traceback (most recent call last):\nValueError: boom", ValueError("boom"))
+
+
+def lost(kind=ObjectLostError):
+    return kind("ab" * 14, None, "")
+
+
+NO_LITERT = "ImportError: No module named 'ai_edge_litert'"
+
+
+@pytest.mark.parametrize("cls,error,what,why", [
+    ("DeviceActor", died_in_constructor(), "timing", NO_LITERT),
+    ("TrainerActor", died_in_constructor(), "trainer", NO_LITERT),
+    ("ConverterActor", died_in_constructor(), "converter", NO_LITERT),  # converters were never awaited
+    ("DeviceActor", RayTaskError("device_id", "Traceback", RuntimeError("adb: no device A")), "timing",
+     "RuntimeError: adb: no device A"),  # the ping itself raised
+])
+def test_actors_that_cannot_start_stop_the_search_in_one_line(fake_ray, monkeypatch, tmp_path, cls, error, what, why):
+    monkeypatch.setattr("nas.data.load_dataset",
+                        lambda _: SimpleNamespace(resolution=32, channels=1, num_classes=10, path=tmp_path))
+    fake_ray.broken[cls] = error
+    evaluator = RayEvaluator(trainer=None, dataset=None, deploy={}, latency={"runner": "host"})
+    with pytest.raises(EvaluatorStopped) as stopped:
+        evaluator.start(tmp_path)
+    assert str(stopped.value) == f"the {what} actors cannot start: {why}"
+
+
+def _phone_evaluator(fake_ray) -> RayEvaluator:
+    fake_ray.resources.update(phone_A=1.0, phone_B=1.0)
+    evaluator = RayEvaluator(trainer=None, dataset=None, deploy={}, latency={"runner": "adb"})
+    evaluator._pools[TIME] = evaluator._device_pool(evaluator.latency)
+    return evaluator
+
+
+def _serial(actor) -> str:
+    return actor.args[0]["serial"]
+
+
+def _run(evaluator, job: _Job, stage: str, actor, value):
+    """``actor`` answers ``value`` for ``job``'s ``stage``."""
+    evaluator._pools[stage].idle.remove(actor)
+    ref = Ref(value)
+    evaluator._inflight[ref] = (job, stage, actor)
+    evaluator._complete(ref)
+
+
+def test_a_dead_phone_actor_is_replaced_for_its_phone_and_a_phone_gone_with_its_node_is_dropped(fake_ray):
+    evaluator = _phone_evaluator(fake_ray)
+    pool = evaluator._pools[TIME]
+    job = _Job(ChildResult(arch=ARCH, seed=0), conversion={"status": "ok"})
+    evaluator._jobs[ARCH] = job
+    first = {_serial(a): a for a in pool.actors}
+    _run(evaluator, job, TIME, first["A"], ActorDiedError())  # the actor died, phone A is still on the cluster
+    fresh = [a for a in pool.actors if a not in first.values()]
+    assert [_serial(a) for a in fresh] == ["A"] and fresh[0].opts["resources"] == {"phone_A": 1}
+    assert fake_ray.killed == [first["A"]] and sorted(map(_serial, pool.actors)) == ["A", "B"]
+    assert list(pool.queue) == [job] and job.attempts[TIME] == 1
+    pool.queue.clear()
+
+    del fake_ray.resources["phone_A"]  # then its node goes: no replacement would ever start
+    _run(evaluator, job, TIME, fresh[0], ActorDiedError())
+    assert len(pool.actors) == 2 and list(pool.unhealthy) == fresh
+    assert pool.unhealthy[fresh[0]].startswith("phone A left the cluster: time actor died (ActorDiedError: ")
+    assert list(pool.queue) == [job] and job.attempts[TIME] == 1  # its timing moves to phone B
+    del fake_ray.resources["phone_B"]
+    with pytest.raises(EvaluatorStopped, match="^every timing device dropped"):
+        _run(evaluator, job, TIME, first["B"], ActorDiedError())
+
+
+@pytest.mark.parametrize("error", [ObjectLostError, OwnerDiedError])
+def test_a_lost_result_is_one_more_attempt_of_its_child(fake_ray, error):
+    evaluator = RayEvaluator(trainer=None, dataset=None, deploy={}, latency=None)
+    pool = evaluator._pools[TRAIN] = _Pool(TRAIN, lambda: Actor(fake_ray, "TrainerActor", (), {}), 1)
+    job = _Job(ChildResult(arch=ARCH, seed=0))
+    evaluator._jobs[ARCH] = job
+    for attempt in range(1, evaluator.max_attempts + 1):
+        actor = pool.actors[0]
+        _run(evaluator, job, TRAIN, actor, lost(error))
+        assert actor in fake_ray.killed and actor not in pool.actors and len(pool.idle) == 1  # replaced
+        assert job.attempts[TRAIN] == attempt and list(pool.queue) == ([job] if attempt < 3 else [])
+        pool.queue.clear()
+    assert list(evaluator._done) == [job.child]
+    assert job.child.error.startswith(f"train: gave up after 3 attempts: train result lost ({error.__name__}: ")
+
+
+@pytest.mark.parametrize("failed,late,answer", [
+    (CONVERT, TRAIN, task_error()),     # would record the earlier child again, in place of the newer job
+    (CONVERT, TRAIN, ActorDiedError()),  # would train the earlier job again
+    (TRAIN, CONVERT, {"status": "ok", "node": "n"}),  # would time the earlier job
+])
+def test_a_late_answer_of_an_earlier_job_never_touches_a_newer_job_of_the_same_arch(fake_ray, failed, late, answer):
+    evaluator = RayEvaluator(trainer=None, dataset=None, deploy={}, latency={"runner": "host"})
+    for stage in (TRAIN, CONVERT, TIME):
+        evaluator._pools[stage] = _Pool(stage, lambda: Actor(fake_ray, "Actor", (), {}), 1)
+    earlier = _Job(ChildResult(arch=ARCH, seed=0))
+    evaluator._jobs[ARCH] = earlier
+    _run(evaluator, earlier, failed, evaluator._pools[failed].actors[0], task_error())
+    assert evaluator._done.popleft() is earlier.child and not evaluator._jobs  # recorded as failed
+    newer = _Job(ChildResult(arch=ARCH, seed=0))  # the same arch again (reuse_evaluations=false, a reference)
+    evaluator._jobs[ARCH] = newer
+    _run(evaluator, earlier, late, evaluator._pools[late].actors[0], answer)
+    assert evaluator._jobs == {ARCH: newer} and not evaluator._done
+    assert all(earlier not in pool.queue for pool in evaluator._pools.values())

@@ -165,10 +165,22 @@ class LatencyCache:
             self.conn.close()
             raise LatencyCacheError(f"latency cache {self.path} has schema {version}, newer than this version "
                                     f"understands ({SCHEMA_VERSION}); upgrade mnasnet-search or use another cache")
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.executescript(_SCHEMA)
-        if version < SCHEMA_VERSION:
-            self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # Creating or migrating the file: processes that open a new cache at the same moment (two device actors of
+        # one node) find it locked while one of them switches it to WAL, which SQLite's busy timeout does not cover
+        for attempt in range(40):
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.executescript(_SCHEMA)
+                if version < SCHEMA_VERSION:
+                    self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                break
+            except sqlite3.OperationalError as exc:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                if "locked" not in str(exc) or attempt == 39:
+                    self.conn.close()
+                    raise LatencyCacheError(f"cannot open latency cache {self.path}: {exc}") from None
+                time.sleep(0.05 * (1 + attempt % 10))
 
     # ------------------------------------------------------------------ plumbing
     def _read(self, sql: str, args: tuple = ()) -> tuple | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future
 
 from latency import LatencyResult, LatencyService
@@ -78,6 +79,34 @@ def test_cache_is_safe_under_concurrent_threads_and_processes(tmp_path):
     con = sqlite3.connect(path)
     assert con.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == 3 * 4 * 25
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _open_at(path: str, start: float, failures) -> None:
+    from latency.cache import LatencyCache
+
+    while time.time() < start:
+        pass
+    try:
+        LatencyCache(path).close()
+    except Exception as exc:
+        failures.put(repr(exc))
+
+
+def test_processes_creating_one_cache_at_the_same_moment_all_open_it(tmp_path):
+    """Two device actors of one node starting on a new cache: one found it locked while another switched it to WAL
+    ('database is locked'; it happened in 2 of 15 rounds of 6 processes here)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    failures = ctx.Queue()
+    for round_ in range(10):
+        path, start = str(tmp_path / f"r{round_}" / "latency.sqlite"), time.time() + 0.3
+        procs = [ctx.Process(target=_open_at, args=(path, start, failures)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=60)
+    assert failures.empty(), failures.get()
 
 
 def test_a_worker_whose_parent_is_gone_exits_on_its_own():

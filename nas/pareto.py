@@ -3,8 +3,9 @@
 Reads run stores (a run directory, or any directory containing runs, such as a multirun sweep), keeps the
 non-dominated children (maximum accuracy, minimum latency) and writes:
 
-- ``front.csv`` / ``front.json``: the front over all given runs, with the run each child came from;
-- ``children.csv``: every committed child of every run;
+- ``front.csv`` / ``front.json``: the front over all given runs, with the run each child came from (label and
+  directory);
+- ``children.csv``: every committed child of every run (label and directory);
 - ``runs.csv``: one row per run (children, failures, best reward, best accuracy, front size, hypervolume);
 - ``pareto.png``: accuracy vs latency, every child, each run's front and the reference architectures where the
   run measured them;
@@ -20,6 +21,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,15 +50,41 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def _label_overrides(overrides: list[str] | None) -> list[str]:
-    return [o for o in overrides or [] if not o.startswith(("run_dir", "hydra.", "+experiment"))]
+    return [o for o in overrides or [] if not o.startswith(("run_dir", "hydra."))]
+
+
+def _config_label(label: str) -> str:
+    """A run's label without its seed: runs that share it are seeds of one configuration."""
+    return ",".join(p for p in label.split(",") if not p.startswith("seed=")) or "search"
+
+
+def _below(dirs: list[Path]) -> list[str]:
+    """Each directory's path below the one they all share."""
+    dirs = [d.resolve() for d in dirs]
+    base = Path(os.path.commonpath(dirs))
+    return [d.relative_to(base).as_posix() for d in dirs]
 
 
 def _label_runs(runs: list[dict]) -> None:
-    """Label each run by its overrides, leaving out those every run shares (a sweep's common settings)."""
+    """Label each run by its overrides, leaving out those every run shares (a sweep's common settings; a lone run
+    keeps them, less its experiment). Runs that would share a label are not seeds of one configuration (those differ
+    by ``seed=``): two sweeps of one experiment, or runs without overrides. Every run of such a configuration is then
+    told apart by its parent directory (its sweep, so a sweep's seeds still group), or by its own directory."""
     lists = [_label_overrides(run["overrides"]) for run in runs]
-    common = set.intersection(*map(set, lists)) if len(runs) > 1 and all(lists) else set()
-    for run, items in zip(runs, lists):
-        run["label"] = ",".join(o for o in items if o not in common) or run["dir"].name
+    shared = set.intersection(*map(set, lists))
+    common = shared if len(runs) > 1 else {o for o in shared if o.startswith("+experiment")}
+    labels = [",".join(o for o in items if o not in common) for items in lists]
+    clashing = {_config_label(label) for label in labels if labels.count(label) > 1}
+    for key in clashing:
+        members = [i for i, label in enumerate(labels) if _config_label(label) == key]
+        for dirs in ([runs[i]["dir"].parent for i in members], [runs[i]["dir"] for i in members]):
+            named = [",".join(filter(None, [where, labels[i]])) for where, i in zip(_below(dirs), members)]
+            if len(set(named)) == len(named):
+                break
+        for i, label in zip(members, named):
+            labels[i] = label
+    for run, label in zip(runs, labels):
+        run["label"] = label or run["dir"].name
 
 
 def load_runs(run_dirs: Sequence[Path]) -> tuple[list[dict], list[dict]]:
@@ -71,6 +99,9 @@ def load_runs(run_dirs: Sequence[Path]) -> tuple[list[dict], list[dict]]:
                 children = [c.to_dict() for c in store.children(committed_only=True)]
                 references = store.references()
                 steps = store.steps()
+                if not isinstance(config, dict) or not isinstance(overrides, (list, type(None))):
+                    raise StoreError(f"run store {store.path}: meta 'config' or 'overrides' is damaged; "
+                                     "it was not modified")
         except StoreError as exc:
             damaged.append({"dir": run, "error": str(exc)})
             continue
@@ -153,8 +184,8 @@ def incumbent_curves(runs: list[dict]) -> dict[str, list[np.ndarray]]:
                    if c["reward"] is not None]
         if not rewards:
             continue
-        label = ",".join(p for p in run["label"].split(",") if not p.startswith("seed=")) or "search"
-        groups.setdefault(label, []).append(np.maximum.accumulate(np.asarray(rewards, dtype=float)))
+        curve = np.maximum.accumulate(np.asarray(rewards, dtype=float))
+        groups.setdefault(_config_label(run["label"]), []).append(curve)
     return groups
 
 
@@ -174,9 +205,10 @@ def incumbent_figure(runs: list[dict], *, title: str = ""):
 
 
 def _flat(rows: list[dict]) -> tuple[list[dict], list[str]]:
-    """CSV rows: the record's export fields, with each training-free score as its own ``score_<name>`` column."""
+    """CSV rows: the run's label and directory, the record's export fields, with each training-free score as its own
+    ``score_<name>`` column."""
     names = sorted({name for row in rows for name in (row.get("scores") or {})})
-    fields = ["run", *[f for f in export_fields() if f != "scores"], *[f"score_{n}" for n in names]]
+    fields = ["run", "dir", *[f for f in export_fields() if f != "scores"], *[f"score_{n}" for n in names]]
     flat = [{**row, **{f"score_{n}": (row.get("scores") or {}).get(n) for n in names}} for row in rows]
     return flat, fields
 
@@ -223,8 +255,9 @@ def export_runs(
 
     all_children, all_points = [], []
     for run in runs:
-        all_children += [{"run": run["label"], **c} for c in run["children"]]
-        run["points"] = [{"run": run["label"], **c} for c in _measured(run["children"])]
+        where = {"run": run["label"], "dir": str(run["dir"])}
+        all_children += [{**where, **c} for c in run["children"]]
+        run["points"] = [{**where, **c} for c in _measured(run["children"])]
         all_points.extend(run["points"])
     lat_ref = max((p["latency_ms"] for p in all_points), default=1.0) * 1.1
 
@@ -242,7 +275,8 @@ def export_runs(
                 "failed": sum(c["status"] != "ok" for c in run["children"]),
                 "unique": len({c["arch"] for c in run["children"]}),
                 "best_reward": max(rewards, default=None),
-                "best_top1": max(acc, default=None),
+                "best_top1": max((c["top1"] for c in run["children"] if c["status"] == "ok" and c["top1"] is not None),
+                                 default=None),  # latency or not
                 "min_latency_ms": min(lat, default=None),
                 "front_size": int(front_mask(acc, lat).sum()) if pts else 0,
                 "hypervolume": hypervolume(acc, lat, lat_ref) if pts else 0.0,
@@ -251,7 +285,7 @@ def export_runs(
 
     mask = front_mask([p["top1"] for p in all_points], [p["latency_ms"] for p in all_points]) if all_points else []
     front = sorted((p for p, m in zip(all_points, mask) if m), key=lambda p: p["latency_ms"])
-    front_rows = [{k: p.get(k) for k in ["run", *export_fields()]} for p in front]
+    front_rows = [{k: p.get(k) for k in ["run", "dir", *export_fields()]} for p in front]
     rows += [{"run": f"damaged: {d['dir']}", "dir": str(d["dir"]), "error": d["error"]} for d in damaged]
 
     _write_csv(out / "front.csv", front_rows)
@@ -280,7 +314,7 @@ def export_runs(
     plt.close(fig)
 
     exported = []
-    if export_top:
+    if export_top > 0:
         exported = _export_top(runs, out / "export", export_top)
 
     _write_summary(out / "summary.md", rows, front_rows, references, exported)
@@ -357,7 +391,7 @@ def _export_top(runs: list[dict], out: Path, k: int) -> list[dict]:
                 channels=deploy["channels"],
                 num_classes=deploy["num_classes"],
             )
-            exported.append({"rank": rank, "reward": reward, "arch": arch, "run": run["label"],
+            exported.append({"rank": rank, "reward": reward, "arch": arch, "run": run["label"], "dir": str(run["dir"]),
                              **{k: str(v) for k, v in files.items()}})
     finally:
         for service in services.values():

@@ -340,8 +340,9 @@ class RunStore:
         rows = self.conn.execute("SELECT step, stats, created_at FROM steps ORDER BY step").fetchall()
         try:
             return [{"step": s, "created_at": t, **json.loads(stats)} for s, stats, t in rows]
-        except ValueError:
-            raise StoreError(f"run store {self.path}: step statistics are damaged (not JSON)") from None
+        except (ValueError, TypeError):
+            raise StoreError(f"run store {self.path}: step statistics are damaged (not a JSON object); "
+                             "it was not modified") from None
 
     def children(self, *, committed_only: bool = False, where: str = "", args: Sequence = ()) -> list[ChildResult]:
         clauses = [c for c in (where, "committed_step IS NOT NULL" if committed_only else "") if c]
@@ -351,7 +352,10 @@ class RunStore:
         for result, *placement in self.conn.execute(sql, tuple(args)).fetchall():
             values = dict(zip(_PLACEMENT, placement))
             try:
-                child = ChildResult.from_dict(json.loads(result))
+                data = json.loads(result)
+                if not isinstance(data, dict):
+                    raise TypeError("not a JSON object")
+                child = ChildResult.from_dict(data)
                 # the placement columns are the truth: reward and commit change after the child is stored, and
                 # stores older than schema 3 kept tokens and log_prob only in their columns
                 values["tokens"] = json.loads(values["tokens"])
@@ -371,5 +375,11 @@ class RunStore:
                       (name, arch, json.dumps(result), time.time()))])
 
     def references(self) -> dict[str, dict]:
-        rows = self.conn.execute("SELECT name, arch, result FROM references_ ORDER BY name").fetchall()
-        return {name: {"arch": arch, **json.loads(result)} for name, arch, result in rows}
+        out = {}
+        for name, arch, result in self.conn.execute("SELECT name, arch, result FROM references_ ORDER BY name"):
+            try:
+                out[name] = {"arch": arch, **json.loads(result)}
+            except (ValueError, TypeError) as exc:
+                raise StoreError(f"run store {self.path}: reference {name} is damaged ({exc.__class__.__name__}); "
+                                 "it was not modified") from None
+        return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
 
 import numpy as np
 import pytest
@@ -104,7 +105,7 @@ def test_export_of_one_run_writes_every_artifact(tmp_path, capsys):
 
 def test_sweep_directory_is_summarised_in_one_table(tmp_path):
     common = ["+experiment=ablation_constraint", "budget=2", "hydra.sweep.dir=x"]  # shared: not in the labels
-    make_run(tmp_path / "sweep" / "0", POINTS[:2], label_overrides=["reward=soft", "budget=2"])
+    make_run(tmp_path / "sweep" / "0", POINTS[:2], label_overrides=[*common, "reward=soft"])
     make_run(tmp_path / "sweep" / "1", [("ds_r1_k3_s1_c8", 0.9, 1.0, "ok")],
              label_overrides=[*common, "reward=hard"])
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
@@ -154,6 +155,71 @@ def test_a_damaged_store_in_a_sweep_does_not_stop_the_report(tmp_path, capsys):
     assert [r["run"] for r in rows[:2]] == ["seed=0", "seed=1"] and "unreadable" in rows[2]["error"]
     assert "Damaged run stores" in (tmp_path / "out" / "summary.md").read_text()
     assert (damaged / "run.sqlite").read_bytes() == b"garbage" * 500
+
+
+def test_runs_of_different_experiments_or_sweeps_are_told_apart(tmp_path):
+    from nas.pareto import find_runs, incumbent_curves, load_runs
+
+    for name, points in (("smoke", POINTS[:1]), ("quickstart", POINTS[1:2])):  # only the experiment differs
+        make_run(tmp_path / "runs" / name / "seed0", points,
+                 label_overrides=[f"+experiment={name}", f"run_dir=runs/{name}/seed0"])
+    runs = load_runs(find_runs([tmp_path / "runs"]))[0]
+    assert [r["label"] for r in runs] == ["+experiment=quickstart", "+experiment=smoke"]
+    assert sorted(incumbent_curves(runs)) == ["+experiment=quickstart", "+experiment=smoke"]
+    # the same sweep run twice: each sweep's seeds group, the two sweeps stay apart
+    for sweep in ("2024-01-01", "2024-01-02"):
+        for seed in (0, 1):
+            make_run(tmp_path / "multirun" / sweep / str(seed), POINTS[:2],
+                     label_overrides=["+experiment=ablation_constraint", "reward=soft", f"seed={seed}"])
+    runs = load_runs(find_runs([tmp_path / "multirun"]))[0]
+    assert [r["label"] for r in runs] == ["2024-01-01,seed=0", "2024-01-01,seed=1", "2024-01-02,seed=0",
+                                          "2024-01-02,seed=1"]
+    assert {k: len(v) for k, v in incumbent_curves(runs).items()} == {"2024-01-01": 2, "2024-01-02": 2}
+    # every exported point names its run directory
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    front = json.loads((tmp_path / "out" / "front.json").read_text())
+    assert {p["dir"] for p in front} == {str(tmp_path / "runs" / n / "seed0") for n in ("smoke", "quickstart")}
+    for name in ("front.csv", "children.csv"):
+        with open(tmp_path / "out" / name) as f:
+            rows = list(csv.DictReader(f))
+        assert {r["dir"] for r in rows} == {p["dir"] for p in front}, name
+
+
+@pytest.mark.parametrize("table, column, value", [("references_", "result", "{not json"),
+                                                  ("children", "result", "null"), ("steps", "stats", "[1]"),
+                                                  ("meta", "value", "[1]")])
+def test_a_damaged_row_in_a_sweep_does_not_stop_the_report(tmp_path, capsys, table, column, value):
+    make_run(tmp_path / "sweep" / "0", POINTS[:2], label_overrides=["seed=0"])
+    damaged = tmp_path / "sweep" / "1"
+    make_run(damaged, POINTS[2:], label_overrides=["seed=1"], references={"mobilenet_v2": (0.82, 5.0)})
+    with sqlite3.connect(damaged / "run.sqlite") as conn:
+        conn.executescript("DROP TRIGGER children_committed_are_final; DROP TRIGGER steps_are_final")
+        conn.execute(f"UPDATE {table} SET {column} = ?" + (" WHERE key = 'config'" if table == "meta" else ""),
+                     (value,))
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    assert f"left out a damaged run: run store {damaged / 'run.sqlite'}" in capsys.readouterr().err
+    with open(tmp_path / "out" / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["run"] == "seed=0" and rows[1]["dir"] == str(damaged) and "damaged" in rows[1]["error"]
+
+
+def test_best_top1_counts_children_without_a_latency(tmp_path):
+    make_run(tmp_path / "run", [("ds_r1_k3_s1_c16", 0.7, 2.0, "ok"), ("ds_r1_k3_s1_c24", 0.9, None, "ok"),
+                                ("ds_r1_k5_s1_c24", 0.95, None, "failed")])
+    assert main([str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
+    with open(tmp_path / "out" / "runs.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["best_top1"] == "0.9"
+    assert "| 0.9000 |" in (tmp_path / "out" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_a_non_positive_export_top_exports_nothing(tmp_path, k):
+    from nas.pareto import export_runs
+
+    make_run(tmp_path / "run", POINTS)
+    assert export_runs([tmp_path / "run"], tmp_path / "out", export_top=k)["exported"] == []
+    assert not (tmp_path / "out" / "export").exists()
 
 
 def test_plot_marks_front_references_and_target():

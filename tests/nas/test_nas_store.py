@@ -152,6 +152,27 @@ def test_damaged_child_json_is_reported(tmp_path):
         store.children()
 
 
+@pytest.mark.parametrize("table, value, read, message", [
+    ("children", "null", "children", "child 0/0 is damaged"),  # valid JSON, not an object
+    ("children", "[1]", "children", "child 0/0 is damaged"),
+    ("steps", "[1]", "steps", "step statistics are damaged"),
+    ("steps", "null", "steps", "step statistics are damaged"),
+    ("references_", "{not json", "references", "reference mobilenet_v2 is damaged"),
+    ("references_", "[1]", "references", "reference mobilenet_v2 is damaged"),
+])
+def test_damaged_rows_are_store_errors_naming_the_file(tmp_path, table, value, read, message):
+    with RunStore(tmp_path) as store:
+        store.add_child(child("a", 0.5, 3.0))
+        store.commit_step(0, {0: 0.1}, {"reward/mean": 0.1}, {})
+        store.add_reference("mobilenet_v2", "ref", {"status": "ok", "top1": 0.8})
+    with sqlite3.connect(tmp_path / "run.sqlite") as conn:
+        conn.executescript("DROP TRIGGER children_committed_are_final; DROP TRIGGER steps_are_final")
+        conn.execute(f"UPDATE {table} SET {'stats' if table == 'steps' else 'result'} = ?", (value,))
+    with RunStore(tmp_path, readonly=True) as store, pytest.raises(StoreError, match=message) as err:
+        getattr(store, read)()
+    assert str(tmp_path / "run.sqlite") in str(err.value) and "\n" not in str(err.value)
+
+
 def test_readonly_missing_store(tmp_path):
     with pytest.raises(StoreError, match="no run store"):
         RunStore(tmp_path / "nope" / "run.sqlite", readonly=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import shutil
 import time
 from collections import deque
@@ -27,6 +26,7 @@ from pathlib import Path
 from latency.cache import cache_key
 from latency.result import LatencyResult
 from latency.service import DEFAULT_ANCHOR, anchor_key
+from mnas_common.checks import positive_int, positive_number
 from mnas_common.errors import first_line
 from mnas_common.paths import config_dir
 from search_spaces import SearchSpace, list_references, resolve_arch
@@ -391,14 +391,10 @@ def import_table(cache, path: str | Path) -> dict:
         if not isinstance(identity["settings"], dict) or not isinstance(identity["versions"], dict):
             raise ValueError("the table's settings and versions must be objects")
         for name in ("resolution", "channels", "num_classes"):
-            if not isinstance(identity[name], int) or isinstance(identity[name], bool) or identity[name] < 1:
-                raise ValueError(f"the table's {name} must be a positive integer, got {identity[name]!r}")
+            positive_int(f"the table's {name}", identity[name])
         anchor = header.get("anchor")
         if anchor:
-            ref_ms = anchor.get("ref_ms") if isinstance(anchor, dict) else None
-            if (isinstance(ref_ms, bool) or not isinstance(ref_ms, (int, float)) or not math.isfinite(ref_ms)
-                    or ref_ms <= 0):
-                raise ValueError(f"the drift anchor's ref_ms must be a positive number of milliseconds, got {ref_ms!r}")
+            positive_number("the drift anchor's ref_ms", anchor.get("ref_ms") if isinstance(anchor, dict) else None)
             if not identity["settings"].get("anchor"):
                 raise ValueError("the file has a drift anchor but its settings name none")
         checked = [_checked_row(row) for row in rows]
@@ -456,11 +452,8 @@ def _checked_row(row: dict) -> tuple:
         LayerSpec.from_dict(row["spec"])  # refuse rows that are not layers
         return kind, str(row["key"]), "", row["spec"], None, {**result, "status": row["status"]}
     if kind in ("calibration", "validation"):
-        latency_ms = row["latency_ms"]
-        if isinstance(latency_ms, bool) or not isinstance(latency_ms, (int, float)) or not math.isfinite(latency_ms) \
-                or latency_ms <= 0:
-            raise ValueError(f"{kind} row {row['key']!r}: latency_ms must be a positive number, got {latency_ms!r}")
-        return kind, resolve_arch(row["key"]), str(row["space"]), {}, float(latency_ms), result
+        latency_ms = positive_number(f"{kind} row {row['key']!r}: latency_ms", row["latency_ms"])
+        return kind, resolve_arch(row["key"]), str(row["space"]), {}, latency_ms, result
     raise ValueError(f"unknown record kind {kind!r}")
 
 

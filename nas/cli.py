@@ -75,7 +75,7 @@ def check_command_line(config_name: str, argv: list[str], *, strict_keys: bool =
     try:
         jobs = _jobs(argv)
         with initialize_config_dir(version_base=None, config_dir=str(config_dir())):
-            base = compose(config_name=config_name)
+            known = _keys(compose(config_name=config_name))
             for job in jobs:
                 where = f"sweep job {' '.join(job)}: " if len(jobs) > 1 else ""
                 try:
@@ -84,7 +84,6 @@ def check_command_line(config_name: str, argv: list[str], *, strict_keys: bool =
                     raise ConfigError(where + " ".join(str(exc).split())) from None
                 problems = []
                 if strict_keys:
-                    known = _keys(base)
                     problems += [f"unknown config key {key!r}{did_you_mean(key, known)}"
                                  for key in sorted(_keys(cfg) - known)]
                 if check is not None:

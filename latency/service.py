@@ -239,6 +239,16 @@ def timing_window(lock_path: str, pin_cpu: bool):
             yield window
 
 
+#: ``extra`` of a failed result that says nothing about the architecture (a crash, a device that dropped, a timing
+#: that failed): not cached, and a search evaluates the architecture again when it is sampled again
+TRANSIENT = {"transient": True}
+
+
+def _failed_conversion(conversion: dict, device: str, fields: dict, base: dict) -> LatencyResult:
+    return LatencyResult(status="failed", error=conversion.get("error"), device=device,
+                         extra=dict(TRANSIENT) if conversion.get("transient") else {}, **fields, **base)
+
+
 def _failed_timing(exc: Exception) -> dict:
     if isinstance(exc, DeviceError):
         return {"status": "failed", "error": str(exc)}
@@ -721,8 +731,8 @@ class LatencyService:
             record.update(arch=arch, resolution=resolution, channels=channels, num_classes=num_classes)
             if damage:
                 record["repaired"] = damage
-            if not record.pop("transient", False):  # a mismatch is a property of the architecture; a crash is not
-                self.cache.put_conversion(key, record)
+            if not record.get("transient"):  # a mismatch is a property of the architecture; a crash is not: it is
+                self.cache.put_conversion(key, record)  # not cached, and the record says so (``transient``)
         if record.get("status") == "ok":
             self.trim_models()
         return self._conversion_record(key, record, cached=False)
@@ -792,9 +802,9 @@ class LatencyService:
         try:
             device = self.device_id
         except DeviceError as exc:
-            return LatencyResult(status="failed", error=str(exc), **fields, **base)
+            return LatencyResult(status="failed", error=str(exc), extra=dict(TRANSIENT), **fields, **base)
         if conversion.get("status") != "ok":
-            return LatencyResult(status="failed", error=conversion.get("error"), device=device, **fields, **base)
+            return _failed_conversion(conversion, device, fields, base)
         key = cache_key(conversion=conversion["key"], device=device, settings=self.measurement_settings)
         cached = self.cache.get_measurement(key)
         if cached is not None:
@@ -806,13 +816,14 @@ class LatencyService:
                                       num_classes=base["num_classes"])
             fields = {k: conversion.get(k) for k in CONVERSION_FIELDS}
             if conversion.get("status") != "ok":
-                return LatencyResult(status="failed", error=conversion.get("error"), device=device, **fields, **base)
+                return _failed_conversion(conversion, device, fields, base)
         return conversion, key, base, fields, device
 
     def _after_timing(self, conversion: dict, key: str, base: dict, fields: dict, device: str,
                       timing: dict) -> LatencyResult:
-        if timing.pop("status") != "ok":
-            return LatencyResult(status="failed", error=timing["error"], device=device, **fields, **base)
+        if timing.pop("status") != "ok":  # timings are not cached: a failed one is the device's, not the model's
+            return LatencyResult(status="failed", error=timing["error"], device=device, extra=dict(TRANSIENT), **fields,
+                                 **base)
         extra = {**timing.pop("extra", {}), "conversion_cached": bool(conversion.get("cached")),
                  "measured_at": time.time()}
         if conversion.get("repaired"):

@@ -215,7 +215,7 @@ class Search:
 
     def _account(self, child: ChildResult) -> None:
         self.stats.add(child)
-        if not child.reused:
+        if not child.reused and not child.transient:  # a transient failure is evaluated again when resampled
             self.evaluated.setdefault(child.arch, child)
         if child.measured:
             self.front.add(child.top1, child.latency_ms, child)

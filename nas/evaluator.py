@@ -137,7 +137,8 @@ def apply_latency(child: ChildResult, latency: dict) -> ChildResult:
         source = (latency.get("extra") or {}).get("source", LatencySource.MEASURED)
         child.latency_source = LatencySource(source)
     else:
-        child.fail(f"latency: {first_line(latency.get('error'))}")
+        child.fail(f"latency: {first_line(latency.get('error'))}",
+                   transient=bool((latency.get("extra") or {}).get("transient")))
     return child
 
 
@@ -148,7 +149,7 @@ def apply_training(child: ChildResult, train: dict) -> ChildResult:
     if train.get("status") == "ok":
         child.top1, child.top5 = train.get("top1"), train.get("top5")
     else:
-        child.fail(f"train: {first_line(train.get('error'))}")
+        child.fail(f"train: {first_line(train.get('error'))}", transient=bool(train.get("transient")))
     return child
 
 
@@ -382,7 +383,8 @@ class LocalEvaluator(Evaluator):
             try:
                 result = {**measured.result().to_dict(), "wall_seconds": time.perf_counter() - started}
             except Exception as exc:  # the service reports failures as values; anything else is a bug upstream
-                result = {"status": str(Status.FAILED), "error": first_line(exc, with_type=True)}
+                result = {"status": str(Status.FAILED), "error": first_line(exc, with_type=True),
+                          "extra": {"transient": True}}
             future.set_result(result)
 
         self.service.submit(arch, resolution=self.deploy["resolution"], channels=self.deploy["channels"],

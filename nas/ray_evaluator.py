@@ -562,7 +562,8 @@ class RayEvaluator(Evaluator):
             job.attempts[stage] += 1
             log.warning("%s: %s (attempt %d of %d)", job.child.arch, reason, job.attempts[stage], self.max_attempts)
             if job.attempts[stage] >= self.max_attempts:
-                self._finish(job.child.fail(f"{stage}: gave up after {self.max_attempts} attempts: {reason}"), job)
+                self._finish(job.child.fail(f"{stage}: gave up after {self.max_attempts} attempts: {reason}",
+                                            transient=True), job)
             else:
                 pool.queue.appendleft(job)
             return
@@ -588,7 +589,8 @@ class RayEvaluator(Evaluator):
                 job.conversion = value
                 self._pools[TIME].queue.append(job)
             else:
-                job.measured = {"status": "failed", "error": value.get("error")}
+                job.measured = {"status": "failed", "error": value.get("error"),
+                                "extra": {"transient": True} if value.get("transient") else {}}
                 job.timed = True
         else:
             if value.get("status") != "ok" and self._device_dropped(actor, pool):

@@ -95,10 +95,19 @@ class ChildResult(Serializable):
         """Successful with a latency (a point of the accuracy-latency plane)."""
         return self.ok and self.top1 is not None and self.latency_ms is not None
 
-    def fail(self, reason: str) -> ChildResult:
-        """Mark failed with a one-line reason (the first failure wins: it is the cause, the rest follows)."""
+    @property
+    def transient(self) -> bool:
+        """Failed for a reason that says nothing about the architecture (a worker or device that went away, out of
+        memory beside other children, a timing that failed): never reused for another sample of it."""
+        return not self.ok and bool(self.extra.get("transient"))
+
+    def fail(self, reason: str, *, transient: bool = False) -> ChildResult:
+        """Mark failed with a one-line reason (the first failure wins: it is the cause, the rest follows);
+        ``transient``: see :attr:`transient`."""
         if self.ok:
             self.status, self.error = Status.FAILED, reason
+            if transient:
+                self.extra["transient"] = True
         return self
 
     def evaluation(self) -> ChildResult:

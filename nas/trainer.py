@@ -99,6 +99,7 @@ class TrainResult(Serializable):
     num_train: int = 0
     num_val: int = 0
     device: str = "cpu"
+    transient: bool = False  # failed for a reason of the moment (out of memory beside other work), not the child's
 
 
 class ChildFailed(RuntimeError):
@@ -343,6 +344,7 @@ def train_child(arch: str, data: Any, config: TrainerConfig, *, seed: int = 0, d
     except Exception as exc:
         if _is_oom(exc):
             result.status, result.error = "failed", f"out of memory on {dev}: {str(exc).splitlines()[0][:200]}"
+            result.transient = True
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
         else:

@@ -52,8 +52,30 @@ def test_conversion_beyond_tolerance_is_a_failed_result(latency_root):
     assert not worker_tmp.exists() and not list(service.work_dir.glob("tmp-*"))
     assert set(system_tmp.glob("__autograph_generated_file*")) <= before
     assert result.status == "failed" and "conversion mismatch" in result.error
+    assert not result.extra.get("transient")  # the architecture's own: a search reuses it
     assert result.max_abs_err is not None and result.max_abs_err > 1e-12 and result.latency_ms is None
     assert "\n" not in result.error
+
+
+def test_failures_of_the_moment_are_marked_transient(host_service, monkeypatch):
+    """A conversion that crashed (not cached) or a timing that failed says nothing about the architecture: the
+    result says so (``extra["transient"]``), so a search evaluates the architecture again when it is resampled."""
+    base = {"arch": SMALL, "resolution": 32, "channels": 3, "num_classes": 10, "key": "0" * 64}
+    crashed = host_service.time({**base, "status": "failed", "error": "conversion failed: killed", "transient": True})
+    assert crashed.status == "failed" and crashed.extra == {"transient": True}
+    mismatch = host_service.time({**base, "status": "failed", "error": "conversion mismatch: 0.3 > 0.01"})
+    assert mismatch.status == "failed" and not mismatch.extra.get("transient")
+
+    conversion = host_service.convert(SMALL, resolution=32, num_classes=10)
+    assert conversion["status"] == "ok" and "transient" not in conversion
+    monkeypatch.setattr(host_service.cache, "get_measurement", lambda key: None)
+
+    def broken(fn, *args):
+        raise RuntimeError("a process in the process pool was terminated abruptly")
+
+    monkeypatch.setattr(host_service, "_run_in_worker", broken)
+    timed = host_service.time(conversion)
+    assert timed.status == "failed" and "terminated abruptly" in timed.error and timed.extra == {"transient": True}
 
 
 def test_bad_arguments_raise(host_service):

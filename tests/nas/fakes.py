@@ -10,13 +10,14 @@ from nas.synthetic import synthetic_measurements
 
 
 class FakeEvaluator(Evaluator):
-    """Children from ``synthetic_measurements``; ``fail`` archs fail; ``stop_after`` results raise ``stop_with``
+    """Children from ``synthetic_measurements``; ``fail`` archs fail (NaN loss, a property of the architecture);
+    ``flaky`` archs fail transiently (a worker that died) the first time they are evaluated; ``stop_after`` results raise ``stop_with``
     (an interrupt or a crash) in the middle of a step; ``order`` returns queued children last-in-first-out to mimic
     a pool where children finish out of order. ``evaluations`` counts what was really evaluated."""
 
-    def __init__(self, *, fail: set[str] = frozenset(), stop_after: int | None = None,
+    def __init__(self, *, fail: set[str] = frozenset(), flaky: set[str] = frozenset(), stop_after: int | None = None,
                  stop_with: type[BaseException] = KeyboardInterrupt, capacity: int = 1, lifo: bool = False):
-        self.fail = set(fail)
+        self.fail, self.flaky = set(fail), set(flaky)
         self.stop_after = stop_after
         self.stop_with = stop_with
         self.capacity = capacity
@@ -42,6 +43,8 @@ class FakeEvaluator(Evaluator):
         child = ChildResult(arch=arch, seed=child_seed(0, arch))
         if arch in self.fail:
             return child.fail("train: loss is nan at epoch 1, step 2")
+        if arch in self.flaky and self.evaluations.count(arch) == 1:
+            return child.fail("train: gave up after 3 attempts: train actor died", transient=True)
         child.top1, child.latency_ms, child.params, child.macs = synthetic_measurements(arch)
         child.latency_source = LatencySource.MEASURED
         return child

@@ -112,6 +112,37 @@ def test_identical_architectures_are_evaluated_once_and_reused(tmp_path):
     assert len({(r[3], r[4]) for r in rows}) == 1
 
 
+def test_a_transient_failure_is_evaluated_again_when_resampled_and_a_real_one_is_reused(tmp_path):
+    space = SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}], conv_ops=["ds"], kernel_sizes=[3],
+                        se_ratios=[0.0], skip_ops=["identity"], filter_multipliers=[1.0], layer_deltas=[0])
+    arch = space.decode([0] * len(space.num_choices))
+
+    def go(run_dir, evaluator, budget):
+        with RunStore(run_dir) as store:
+            Search(space=space, controller=build_controller("random", space.num_choices), reward=MnasNetReward(),
+                   evaluator=evaluator, store=store, budget=budget, batch_size=2).run()
+
+    flaky = FakeEvaluator(flaky={arch})
+    go(tmp_path / "flaky", flaky, 6)
+    rows = committed(tmp_path / "flaky")
+    assert flaky.evaluations == [arch, arch]  # step 0 failed for the infrastructure's reason; step 1 tried again
+    assert [r[4] is None for r in rows] == [True, True, False, False, False, False]
+    assert [r[5] for r in rows] == [False, True, False, True, True, True]  # then the good evaluation is reused
+
+    doomed = FakeEvaluator(fail={arch})
+    go(tmp_path / "doomed", doomed, 6)
+    assert doomed.evaluations == [arch]  # NaN loss is the architecture's: evaluated once, reused
+
+    # on resume, a stored transient failure is not taken for the architecture's result either
+    stopped = FakeEvaluator(flaky={arch}, stop_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        go(tmp_path / "resumed", stopped, 6)
+    assert committed(tmp_path / "resumed")[0][4] is None
+    again = FakeEvaluator()
+    go(tmp_path / "resumed", again, 6)
+    assert again.evaluations == [arch]
+
+
 def test_reuse_can_be_turned_off(tmp_path):
     space = SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}], conv_ops=["ds"], kernel_sizes=[3],
                         se_ratios=[0.0], skip_ops=["identity"], filter_multipliers=[1.0], layer_deltas=[0])
@@ -195,3 +226,18 @@ def test_running_statistics_and_front_match_the_store(tmp_path):
     assert len(s.front) == int(mask.sum())
     assert {p[2].arch for p in s.front.points()} == {c.arch for c, m in zip(kids, mask) if m}
     assert s.stats.best_reward == max(c.reward for c in kids)
+
+
+@pytest.mark.parametrize("fold,result,transient", [
+    ("training", {"status": "failed", "error": "out of memory on cuda:0", "transient": True}, True),
+    ("training", {"status": "failed", "error": "loss is nan at epoch 1"}, False),
+    ("latency", {"status": "failed", "error": "timing failed: device offline", "extra": {"transient": True}}, True),
+    ("latency", {"status": "failed", "error": "conversion mismatch: 0.3 > 0.01", "extra": {}}, False),
+])
+def test_evaluators_carry_whether_a_failure_is_transient_into_the_child(fold, result, transient):
+    from nas.evaluator import apply_latency, apply_training
+    from nas.record import ChildResult
+
+    child = (apply_training if fold == "training" else apply_latency)(ChildResult(arch="a"), result)
+    assert child.status is Status.FAILED and child.transient is transient
+    assert ChildResult.from_dict(json.loads(json.dumps(child.to_dict()))).transient is transient  # survives the store

@@ -54,6 +54,7 @@ def test_a_child_that_fails_training_is_a_failed_result(tmp_path):
     (child,) = ev.evaluate([SMALL])
     ev.close()
     assert child.status is Status.FAILED and child.error.startswith("train: loss is")
+    assert not child.transient  # a diverging child diverges again: reused when resampled
 
 
 @needs_fmnist

@@ -154,6 +154,7 @@ def test_a_lost_result_is_one_more_attempt_of_its_child(fake_ray, error):
         pool.queue.clear()
     assert list(evaluator._done) == [job.child]
     assert job.child.error.startswith(f"train: gave up after 3 attempts: train result lost ({error.__name__}: ")
+    assert job.child.transient  # the cluster's failure, not the architecture's: evaluated again if resampled
 
 
 @pytest.mark.parametrize("failed,late,answer", [

@@ -100,7 +100,7 @@ def test_out_of_memory_and_build_errors_are_failed_results(data, monkeypatch):
 
     monkeypatch.setattr(search_spaces, "build_model", oom_model)
     r = train_child(SMALL, data, quick(), seed=0)
-    assert r.status == "failed" and "out of memory" in r.error
+    assert r.status == "failed" and "out of memory" in r.error and r.transient
 
     def broken(*a, **kw):
         raise KeyError("stem")

@@ -337,6 +337,7 @@ CACHE_COMMANDS = {"info": _cache_info, "prune": _cache_prune}
 def main(argv: list[str] | None = None) -> int:
     args = _parsers().parse_args(argv)
     from latency.cache import LatencyCacheError
+    from latency.service import LockBusy
     from mnas_common.checks import non_negative_int, positive_int
     from mnas_common.errors import first_line
 
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "cache":
             return CACHE_COMMANDS[args.cache_command](args)
         return {"measure": _measure, "predict": _predict, "devices": _devices}[args.command](args)
-    except (ValueError, DeviceError, LatencyCacheError, OSError) as exc:  # OSError: a path that cannot be written
+    except (ValueError, DeviceError, LatencyCacheError, LockBusy, OSError) as exc:  # OSError: an unwritable path
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

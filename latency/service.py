@@ -216,12 +216,20 @@ def _convert_layer_task(spec: dict, out_dir: str, atol: float, rtol: float, fast
                  rtol=rtol, fast=fast)
 
 
+class LockBusy(RuntimeError):
+    """Work that only one process may do at a time (building one table) runs elsewhere now."""
+
+
 @contextmanager
-def exclusive_lock(path: Path):
-    """An exclusive ``flock`` on ``path`` (created if missing), released when the block ends or its holder dies."""
+def exclusive_lock(path: Path, *, busy: str | None = None):
+    """An exclusive ``flock`` on ``path`` (created if missing), released when the block ends or its holder dies.
+    With ``busy``, a lock held elsewhere is not waited for: :class:`LockBusy` with that message."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
+        except BlockingIOError:
+            raise LockBusy(busy) from None
         try:
             yield
         finally:

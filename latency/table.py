@@ -25,7 +25,7 @@ from pathlib import Path
 
 from latency.cache import cache_key
 from latency.result import LatencyResult
-from latency.service import DEFAULT_ANCHOR, anchor_key
+from latency.service import DEFAULT_ANCHOR, anchor_key, exclusive_lock
 from mnas_common.checks import positive_int, positive_number
 from mnas_common.errors import first_line
 from mnas_common.paths import config_dir
@@ -146,14 +146,27 @@ def build_table(service, *, space_name: str = "mnasnet", resolution: int = 224, 
     ``archs`` (default: the registered reference architectures) adds the layers of those networks too.
     Returns a summary: table key, layers total/timed now/failed, calibration models, seconds.
     """
-    from tqdm import tqdm
-
     space = load_space(space_name)
     space_name = space_label(space_name)
     archs = tuple(list_references()) if archs is None else tuple(archs)
     specs = table_layers(space, resolution=resolution, channels=channels, num_classes=num_classes, archs=archs)
     identity = table_identity(service, resolution=resolution, channels=channels, num_classes=num_classes)
     key = identity_key(identity)
+    # one build of a table at a time per cache: a second would time the same layers and remove the first one's
+    # conversions in progress (work/layers/<key>); run again after it ends, and it resumes where that one stopped
+    with exclusive_lock(service.locks_dir / "table" / f"{key}.lock",
+                        busy=f"another build of table {key} ({identity['device']}) runs on this cache now; run this "
+                             "again when it ends: it resumes where that one stopped"):
+        return _build_table(service, key, identity, space, space_name, specs, archs, resolution=resolution,
+                            channels=channels, num_classes=num_classes, calibration=calibration, batch=batch,
+                            progress=progress)
+
+
+def _build_table(service, key: str, identity: dict, space: SearchSpace, space_name: str, specs: list[LayerSpec],
+                 archs: tuple[str, ...], *, resolution: int, channels: int, num_classes: int, calibration: int,
+                 batch: int, progress: bool) -> dict:
+    from tqdm import tqdm
+
     cache = service.cache
     clock = _BuildClock(cache, key, identity, space_name, specs, archs)  # creates the table's row if it is new
     done = {k for k, row in cache.layers(key).items() if row["status"] == "ok" and row["result"].get("complete", True)}

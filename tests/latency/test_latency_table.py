@@ -114,6 +114,27 @@ def test_an_interrupted_sitting_still_counts_in_the_build_time(built, micro, mon
     assert seconds() >= before + 0.3
 
 
+def test_a_second_build_of_the_same_table_is_refused_while_the_first_runs(built, micro):
+    """Two builds of one table would time the same layers twice and remove each other's conversions in progress."""
+    import fcntl
+
+    from latency.service import LockBusy
+
+    key = built["summary"]["table_key"]
+    lock = built["cache"].parent / "locks" / "table" / f"{key}.lock"
+    before = sqlite3.connect(built["cache"]).execute("SELECT COUNT(*) FROM table_layers").fetchone()[0]
+    with open(lock, "a") as held:  # the first build, still running
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with build_service("host", workers=1, cache_path=built["cache"], **RUNS) as service:
+            with pytest.raises(LockBusy, match=f"another build of table {key} .* runs on this cache now"):
+                build_table(service, space_name=micro, **SHAPE, archs=(EXTRA,), calibration=10, progress=False)
+        out = _cli("table", "build", "--cache", str(built["cache"]), "--space", micro, "--resolution", "16",
+                   "--classes", "10", "--arch", EXTRA, "--warmup", "1", "--runs", "5", "--anchor", ANCHOR)
+    assert out.returncode == 2 and out.stderr.startswith("error: another build of table")
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert sqlite3.connect(built["cache"]).execute("SELECT COUNT(*) FROM table_layers").fetchone()[0] == before
+
+
 def test_predict_carries_source_and_stated_error(built, micro):
     predictor = load_predictor({"runner": "host", **RUNS}, **SHAPE, cache_path=built["cache"], space=micro)
     assert predictor.calibration is not None and predictor.calibration_n == 10

@@ -167,20 +167,17 @@ class LatencyCache:
                                     f"understands ({SCHEMA_VERSION}); upgrade mnasnet-search or use another cache")
         # Creating or migrating the file: processes that open a new cache at the same moment (two device actors of
         # one node) find it locked while one of them switches it to WAL, which SQLite's busy timeout does not cover
-        for attempt in range(40):
-            try:
-                self.conn.execute("PRAGMA journal_mode=WAL")
-                self.conn.executescript(_SCHEMA)
-                if version < SCHEMA_VERSION:
-                    self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                break
-            except sqlite3.OperationalError as exc:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                if "locked" not in str(exc) or attempt == 39:
-                    self.conn.close()
-                    raise LatencyCacheError(f"cannot open latency cache {self.path}: {exc}") from None
-                time.sleep(0.05 * (1 + attempt % 10))
+        def set_up() -> None:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.executescript(_SCHEMA)
+            if version < SCHEMA_VERSION:
+                self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+        try:
+            self._while_locked(set_up, "open", attempts=40, pause=lambda attempt: 0.05 * (1 + attempt % 10))
+        except LatencyCacheError:
+            self.conn.close()
+            raise
 
     # ------------------------------------------------------------------ plumbing
     def _read(self, sql: str, args: tuple = ()) -> tuple | None:
@@ -190,6 +187,20 @@ class LatencyCache:
     def _read_all(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
             return self.conn.execute(sql, args).fetchall()
+
+    def _while_locked(self, step, what: str, *, attempts: int = 5, pause=lambda attempt: 0.2 * (attempt + 1)):
+        """``step()``, tried again (after a rollback) while another process holds the database's lock, at most
+        ``attempts`` times; any other SQLite failure, or the last attempt's, is one :class:`LatencyCacheError`
+        line ("cannot <what> latency cache ...")."""
+        for attempt in range(attempts):
+            try:
+                return step()
+            except sqlite3.OperationalError as exc:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                if "locked" not in str(exc) or attempt == attempts - 1:
+                    raise LatencyCacheError(f"cannot {what} latency cache {self.path}: {exc}") from None
+                time.sleep(pause(attempt))
 
     def _write(self, sql: str, args: tuple) -> None:
         self._transaction(lambda conn: conn.execute(sql, args))
@@ -205,22 +216,18 @@ class LatencyCache:
                 except sqlite3.OperationalError as exc:
                     raise LatencyCacheError(f"cannot write latency cache {self.path}: {exc}") from None
                 return
-            for attempt in range(5):
+
+            def once() -> None:
+                self.conn.execute("BEGIN IMMEDIATE")
                 try:
-                    self.conn.execute("BEGIN IMMEDIATE")
                     work(self.conn)
                     self.conn.execute("COMMIT")
-                    return
-                except sqlite3.OperationalError as exc:
-                    if self.conn.in_transaction:
-                        self.conn.execute("ROLLBACK")
-                    if "locked" not in str(exc) or attempt == 4:
-                        raise LatencyCacheError(f"cannot write latency cache {self.path}: {exc}") from None
-                    time.sleep(0.2 * (attempt + 1))
-                except BaseException:  # anything else (``work`` failed, Ctrl-C): no transaction is left open
+                except BaseException:  # whatever failed (``work``, Ctrl-C): no transaction is left open
                     if self.conn.in_transaction:
                         self.conn.execute("ROLLBACK")
                     raise
+
+            self._while_locked(once, "write")
 
     @contextmanager
     def batch(self):
@@ -229,14 +236,7 @@ class LatencyCache:
         with self._lock:
             if self._batch:
                 raise RuntimeError("latency cache batches do not nest")
-            for attempt in range(5):
-                try:
-                    self.conn.execute("BEGIN IMMEDIATE")
-                    break
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) or attempt == 4:
-                        raise LatencyCacheError(f"cannot write latency cache {self.path}: {exc}") from None
-                    time.sleep(0.2 * (attempt + 1))
+            self._while_locked(lambda: self.conn.execute("BEGIN IMMEDIATE"), "write")
             self._batch = True
             try:
                 yield

@@ -46,45 +46,48 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
             if not found:
                 raise ValueError(f"no run store ({STORE_NAME}) at or below {path}")
             runs.extend(found)
-    return list(dict.fromkeys(runs))
+    once: dict[Path, Path] = {}
+    for run in runs:
+        once.setdefault(run.resolve(), run)  # each run once, however it was named
+    return list(once.values())
 
 
 def _label_overrides(overrides: list[str] | None) -> list[str]:
     return [o for o in overrides or [] if not o.startswith(("run_dir", "hydra."))]
 
 
-def _config_label(label: str) -> str:
-    """A run's label without its seed: runs that share it are seeds of one configuration."""
-    return ",".join(p for p in label.split(",") if not p.startswith("seed=")) or "search"
-
-
 def _below(dirs: list[Path]) -> list[str]:
-    """Each directory's path below the one they all share."""
+    """Each directory's path below the one they all share (that one itself by its name)."""
     dirs = [d.resolve() for d in dirs]
     base = Path(os.path.commonpath(dirs))
-    return [d.relative_to(base).as_posix() for d in dirs]
+    return [d.relative_to(base).as_posix() if d != base else base.name for d in dirs]
 
 
 def _label_runs(runs: list[dict]) -> None:
     """Label each run by its overrides, leaving out those every run shares (a sweep's common settings; a lone run
-    keeps them, less its experiment). Runs that would share a label are not seeds of one configuration (those differ
-    by ``seed=``): two sweeps of one experiment, or runs without overrides. Every run of such a configuration is then
-    told apart by its parent directory (its sweep, so a sweep's seeds still group), or by its own directory."""
+    keeps them, less its experiment), and give it a ``group``: its label without ``seed=`` (runs of one group are
+    seeds of one configuration). Runs whose labels clash are told apart by their parent directory where that names
+    each one once (two sweeps of one experiment: each sweep is a group of its own), else the clashing runs alone by
+    their own directory (the same configuration run again beside itself: still one group)."""
     lists = [_label_overrides(run["overrides"]) for run in runs]
     shared = set.intersection(*map(set, lists))
     common = shared if len(runs) > 1 else {o for o in shared if o.startswith("+experiment")}
-    labels = [",".join(o for o in items if o not in common) for items in lists]
-    clashing = {_config_label(label) for label in labels if labels.count(label) > 1}
-    for key in clashing:
-        members = [i for i, label in enumerate(labels) if _config_label(label) == key]
-        for dirs in ([runs[i]["dir"].parent for i in members], [runs[i]["dir"] for i in members]):
-            named = [",".join(filter(None, [where, labels[i]])) for where, i in zip(_below(dirs), members)]
-            if len(set(named)) == len(named):
-                break
-        for i, label in zip(members, named):
-            labels[i] = label
-    for run, label in zip(runs, labels):
-        run["label"] = label or run["dir"].name
+    items = [[o for o in overrides if o not in common] for overrides in lists]
+    labels = [",".join(i) for i in items]
+    groups = [",".join(o for o in i if not o.startswith("seed=")) for i in items]
+    for group in sorted({g for g, label in zip(groups, labels) if labels.count(label) > 1}):
+        members = [i for i, g in enumerate(groups) if g == group]
+        sweeps = _below([runs[i]["dir"].parent for i in members])
+        named = [",".join(filter(None, [sweep, labels[i]])) for sweep, i in zip(sweeps, members)]
+        if len(set(named)) == len(named):
+            for sweep, i, name in zip(sweeps, members, named):
+                labels[i], groups[i] = name, ",".join(filter(None, [sweep, group]))
+        else:
+            repeated = [i for i in members if labels.count(labels[i]) > 1]
+            for where, i in zip(_below([runs[i]["dir"] for i in repeated]), repeated):
+                labels[i] = f"{labels[i]} ({where})" if labels[i] else where
+    for run, label, group in zip(runs, labels, groups):
+        run["label"], run["group"] = label or run["dir"].name, group or "search"
 
 
 def load_runs(run_dirs: Sequence[Path]) -> tuple[list[dict], list[dict]]:
@@ -99,7 +102,8 @@ def load_runs(run_dirs: Sequence[Path]) -> tuple[list[dict], list[dict]]:
                 children = [c.to_dict() for c in store.children(committed_only=True)]
                 references = store.references()
                 steps = store.steps()
-                if not isinstance(config, dict) or not isinstance(overrides, (list, type(None))):
+                if not isinstance(config, dict) or not (
+                        overrides is None or isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
                     raise StoreError(f"run store {store.path}: meta 'config' or 'overrides' is damaged; "
                                      "it was not modified")
         except StoreError as exc:
@@ -177,7 +181,7 @@ def scatter_figure(points: list[dict], *, title: str = "", runs: list[dict] | No
 
 
 def incumbent_curves(runs: list[dict]) -> dict[str, list[np.ndarray]]:
-    """Best reward so far after each child (in sampling order), grouped by run label without its seed."""
+    """Best reward so far after each child (in sampling order), by group (a configuration's seeds together)."""
     groups: dict[str, list[np.ndarray]] = {}
     for run in runs:
         rewards = [c["reward"] for c in sorted(run["children"], key=lambda c: (c["step"], c["idx"]))
@@ -185,7 +189,7 @@ def incumbent_curves(runs: list[dict]) -> dict[str, list[np.ndarray]]:
         if not rewards:
             continue
         curve = np.maximum.accumulate(np.asarray(rewards, dtype=float))
-        groups.setdefault(_config_label(run["label"]), []).append(curve)
+        groups.setdefault(run["group"], []).append(curve)
     return groups
 
 

@@ -95,6 +95,26 @@ class ChildResult(Serializable):
         """Successful with a latency (a point of the accuracy-latency plane)."""
         return self.ok and self.top1 is not None and self.latency_ms is not None
 
+    def damaged_fields(self) -> list[str]:
+        """Evaluation fields whose value has the wrong type (a hand-edited or damaged stored row): a number that is
+        text, details that are not an object. The placement fields come from their own columns."""
+        kinds = {"REAL": (int, float), "INTEGER": (int,), "TEXT": (str,)}
+        bad = []
+        for f in dataclasses.fields(self):
+            if f.metadata.get("placement"):
+                continue
+            value = getattr(self, f.name)
+            column = f.metadata.get("column")
+            if column is not None:
+                kind = kinds[column.split()[0]]
+                ok = (value is None and "NOT NULL" not in column) or (
+                    isinstance(value, kind) and not isinstance(value, bool))
+            else:  # the JSON-only fields: objects (``train`` and ``latency`` may be missing)
+                ok = isinstance(value, dict) or (value is None and f.name in ("train", "latency"))
+            if not ok:
+                bad.append(f.name)
+        return bad
+
     @property
     def transient(self) -> bool:
         """Failed for a reason that says nothing about the architecture (a worker or device that went away, out of

@@ -41,6 +41,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mnas_common.errors import first_line
+
 from nas.record import ChildResult, columns
 
 SCHEMA_VERSION = 3  # 2: children.seed; 3: columns from the record (latency_source), steps.state_sha256, triggers
@@ -356,12 +358,15 @@ class RunStore:
                 if not isinstance(data, dict):
                     raise TypeError("not a JSON object")
                 child = ChildResult.from_dict(data)
+                if child.damaged_fields():
+                    raise TypeError(f"{', '.join(child.damaged_fields())} of the wrong type")
                 # the placement columns are the truth: reward and commit change after the child is stored, and
                 # stores older than schema 3 kept tokens and log_prob only in their columns
                 values["tokens"] = json.loads(values["tokens"])
             except (ValueError, TypeError) as exc:
                 raise StoreError(f"run store {self.path}: child {values['step']}/{values['idx']} is damaged "
-                                 f"({exc.__class__.__name__}); it was not modified") from None
+                                 f"({exc.__class__.__name__}: {first_line(exc, limit=120)}); it was not "
+                                 "modified") from None
             values["reused"] = bool(values["reused"])
             out.append(dataclasses.replace(child, **values))
         return out

@@ -185,22 +185,44 @@ def test_runs_of_different_experiments_or_sweeps_are_told_apart(tmp_path):
         assert {r["dir"] for r in rows} == {p["dir"] for p in front}, name
 
 
-@pytest.mark.parametrize("table, column, value", [("references_", "result", "{not json"),
-                                                  ("children", "result", "null"), ("steps", "stats", "[1]"),
-                                                  ("meta", "value", "[1]")])
+@pytest.mark.parametrize("table, column, value", [
+    ("references_", "result", "{not json"), ("children", "result", "null"), ("steps", "stats", "[1]"),
+    ("meta", "value", "[1]"), ("meta:overrides", "value", "[1]"),
+    ("children", "result", "json_set(result, '$.top1', 'x')"), ("children", "result", "json_set(result, '$.scores', 'a')"),
+])
 def test_a_damaged_row_in_a_sweep_does_not_stop_the_report(tmp_path, capsys, table, column, value):
     make_run(tmp_path / "sweep" / "0", POINTS[:2], label_overrides=["seed=0"])
     damaged = tmp_path / "sweep" / "1"
     make_run(damaged, POINTS[2:], label_overrides=["seed=1"], references={"mobilenet_v2": (0.82, 5.0)})
     with sqlite3.connect(damaged / "run.sqlite") as conn:
         conn.executescript("DROP TRIGGER children_committed_are_final; DROP TRIGGER steps_are_final")
-        conn.execute(f"UPDATE {table} SET {column} = ?" + (" WHERE key = 'config'" if table == "meta" else ""),
-                     (value,))
+        table, _, key = table.partition(":")
+        where = f" WHERE key = '{key or 'config'}'" if table == "meta" else ""
+        if value.startswith("json_set"):  # a child that is an object, with a field of the wrong type
+            conn.execute(f"UPDATE {table} SET {column} = {value}")
+        else:
+            conn.execute(f"UPDATE {table} SET {column} = ?{where}", (value,))
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
     assert f"left out a damaged run: run store {damaged / 'run.sqlite'}" in capsys.readouterr().err
     with open(tmp_path / "out" / "runs.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows[0]["run"] == "seed=0" and rows[1]["dir"] == str(damaged) and "damaged" in rows[1]["error"]
+
+
+def test_a_configuration_run_again_beside_its_seeds_stays_one_group_and_a_run_counts_once(tmp_path):
+    from nas.pareto import find_runs, incumbent_curves, load_runs
+
+    base = tmp_path / "runs" / "quickstart"
+    for name, seed in (("seed0", 0), ("seed1", 1), ("seed0_again", 0)):
+        make_run(base / name, POINTS[:2], label_overrides=["+experiment=quickstart", f"seed={seed}"])
+    runs = load_runs(find_runs([base]))[0]
+    assert [r["label"] for r in runs] == ["seed=0 (seed0)", "seed=0 (seed0_again)", "seed=1"]  # only the clash
+    assert {k: len(v) for k, v in incumbent_curves(runs).items()} == {"search": 3}  # still seeds of one config
+    # one run named twice (relative and absolute) is one run; a parent directory is never labelled "."
+    assert find_runs([base / "seed1", (base / "seed1").resolve()]) == [base / "seed1"]
+    make_run(tmp_path / "flat" / "seed0", POINTS[:1])
+    make_run(tmp_path / "flat" / "old" / "seed0", POINTS[1:2])
+    assert sorted(r["label"] for r in load_runs(find_runs([tmp_path / "flat"]))[0]) == ["flat", "old"]
 
 
 def test_best_top1_counts_children_without_a_latency(tmp_path):

@@ -294,6 +294,11 @@ class LatencyModes:
             child.extra["latency_prediction"] = {k: predicted.get(k) for k in ("latency_ms", "extra")}
         if reason is not None and self.mode == "hybrid":
             child.extra["latency_measured_because"] = reason
+        if (measured is not None and measured.get("status") != "ok" and predicted is not None
+                and predicted.get("status") == "ok" and (measured.get("extra") or {}).get("transient")):
+            # hybrid: the measurement failed for the device's reasons, not the model's: the prediction stands
+            child.extra["latency_measurement_failed"] = first_line(measured.get("error"))
+            measured = None
         if measured is not None:
             apply_latency(child, measured)
             self.counts["measured"] += 1

@@ -305,3 +305,18 @@ def test_predict_mode_on_a_phone_through_the_adb_double(tmp_path, monkeypatch):
     log = [json.loads(line) for line in (tmp_path / "adb.log").read_text().splitlines()]
     assert not [c for c in log if "push" in c]  # nothing was sent to the phone, let alone timed
     assert not [c for c in log if any("benchmark_model --graph" in part for part in c)]
+
+
+def test_hybrid_keeps_the_prediction_when_a_measurement_fails_for_the_device_not_the_model():
+    from nas.evaluator import LatencyModes
+    from nas.record import ChildResult, LatencySource
+
+    modes = LatencyModes("hybrid", hybrid_top_k=2)
+    predicted = {"status": "ok", "latency_ms": 3.0, "extra": {"source": "predicted"}}
+    dropped = {"status": "failed", "error": "timing failed: device offline", "extra": {"transient": True}}
+    child = modes.finish(ChildResult(arch="a", top1=0.7), predicted, dropped, "front")
+    assert child.ok and child.latency_ms == 3.0 and child.latency_source is LatencySource.PREDICTED
+    assert child.extra["latency_measurement_failed"] == "timing failed: device offline"
+    mismatch = {"status": "failed", "error": "conversion mismatch: 0.3 > 0.01", "extra": {}}
+    child = modes.finish(ChildResult(arch="b", top1=0.7), predicted, mismatch, "front")
+    assert not child.ok and child.error == "latency: conversion mismatch: 0.3 > 0.01"  # the model's own failure

@@ -857,7 +857,8 @@ class LatencyService:
             self.device_id
         except DeviceError as exc:  # no device: fail before converting anything
             return LatencyResult(arch=arch, status="failed", error=str(exc), resolution=resolution,
-                                 channels=channels, num_classes=num_classes, runner=self.runner_config["runner"])
+                                 channels=channels, num_classes=num_classes, runner=self.runner_config["runner"],
+                                 extra=dict(TRANSIENT))
         return self.time(self.convert(arch, resolution=resolution, channels=channels, num_classes=num_classes))
 
     def submit(self, arch: str, *, resolution: int = 224, channels: int = 3, num_classes: int = 1000) -> Future:
@@ -885,7 +886,7 @@ class LatencyService:
         except Exception as exc:  # a broken worker pool or cache is reported as this child's failure
             return LatencyResult(arch=arch, status="failed", error=first_line(exc, with_type=True, limit=300),
                                  resolution=resolution, channels=channels, num_classes=num_classes,
-                                 runner=self.runner_config["runner"])
+                                 runner=self.runner_config["runner"], extra=dict(TRANSIENT))
 
     def measure(self, arch: str, *, resolution: int = 224, channels: int = 3, num_classes: int = 1000) -> LatencyResult:
         return self.submit(arch, resolution=resolution, channels=channels, num_classes=num_classes).result()

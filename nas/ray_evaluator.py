@@ -529,6 +529,18 @@ class RayEvaluator(Evaluator):
                     ref = actor.time.remote(dict(job.conversion))
                 self._inflight[ref] = (job, stage, actor)
 
+    def _stage_failed(self, job: _Job, stage: str, reason: str) -> None:
+        """A stage failed for the cluster's reasons (transient: evaluated again if resampled). Training failed: the
+        child fails now. Conversion or timing failed: the measurement failed; the child finishes once trained (in
+        hybrid mode with its predicted latency, as when a local measurement fails so)."""
+        if stage == TRAIN:
+            self._finish(job.child.fail(reason, transient=True), job)
+            return
+        job.measured = {"status": "failed", "error": reason, "extra": {"transient": True}}
+        job.timed = True
+        if job.trained:
+            self._finish(job.child, job)
+
     def _current(self, job: _Job) -> bool:
         """Whether ``job`` is still its architecture's pending job: an earlier job of the same architecture (failed,
         then submitted again) is not, and its late answers must not touch the newer one."""
@@ -543,11 +555,10 @@ class RayEvaluator(Evaluator):
         current = self._current(job)  # else a late answer for a child already recorded: dropped, never recorded twice
         try:
             value = ray.get(ref, timeout=0)
-        except RayTaskError as exc:  # a bug in a stage, not a dead actor: the child fails with the cause
-            pool.idle.append(actor)
+        except RayTaskError as exc:  # a stage raised (its actor lives): the child fails with the cause. Stages return
+            pool.idle.append(actor)  # a child's own failures as values, so what they raise is not the architecture's
             if current:
-                self._finish(job.child.fail(f"{stage}: {first_line(exc.cause if exc.cause else exc, with_type=True)}"),
-                             job)
+                self._stage_failed(job, stage, f"{stage}: {first_line(exc.cause if exc.cause else exc, with_type=True)}")
             return
         except RayError as exc:  # the actor died (its node with it), or its answer was lost: another attempt
             what = "actor died" if isinstance(exc, (RayActorError, WorkerCrashedError)) else "result lost"
@@ -562,8 +573,7 @@ class RayEvaluator(Evaluator):
             job.attempts[stage] += 1
             log.warning("%s: %s (attempt %d of %d)", job.child.arch, reason, job.attempts[stage], self.max_attempts)
             if job.attempts[stage] >= self.max_attempts:
-                self._finish(job.child.fail(f"{stage}: gave up after {self.max_attempts} attempts: {reason}",
-                                            transient=True), job)
+                self._stage_failed(job, stage, f"{stage}: gave up after {self.max_attempts} attempts: {reason}")
             else:
                 pool.queue.appendleft(job)
             return

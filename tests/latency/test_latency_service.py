@@ -76,6 +76,10 @@ def test_failures_of_the_moment_are_marked_transient(host_service, monkeypatch):
     monkeypatch.setattr(host_service, "_run_in_worker", broken)
     timed = host_service.time(conversion)
     assert timed.status == "failed" and "terminated abruptly" in timed.error and timed.extra == {"transient": True}
+    # a worker pool that breaks during a whole measurement (convert, then time): a failure of the moment too
+    measured = host_service.measure(OTHER, resolution=24, num_classes=10)
+    assert measured.status == "failed" and "terminated abruptly" in measured.error
+    assert measured.extra == {"transient": True}
 
 
 def test_bad_arguments_raise(host_service):

@@ -166,7 +166,7 @@ def test_a_late_answer_of_an_earlier_job_never_touches_a_newer_job_of_the_same_a
     evaluator = RayEvaluator(trainer=None, dataset=None, deploy={}, latency={"runner": "host"})
     for stage in (TRAIN, CONVERT, TIME):
         evaluator._pools[stage] = _Pool(stage, lambda: Actor(fake_ray, "Actor", (), {}), 1)
-    earlier = _Job(ChildResult(arch=ARCH, seed=0))
+    earlier = _Job(ChildResult(arch=ARCH, seed=0), trained=failed != TRAIN)  # a failed measurement waits for training
     evaluator._jobs[ARCH] = earlier
     _run(evaluator, earlier, failed, evaluator._pools[failed].actors[0], task_error())
     assert evaluator._done.popleft() is earlier.child and not evaluator._jobs  # recorded as failed
@@ -175,3 +175,39 @@ def test_a_late_answer_of_an_earlier_job_never_touches_a_newer_job_of_the_same_a
     _run(evaluator, earlier, late, evaluator._pools[late].actors[0], answer)
     assert evaluator._jobs == {ARCH: newer} and not evaluator._done
     assert all(earlier not in pool.queue for pool in evaluator._pools.values())
+
+
+def _stages(fake_ray, mode: str) -> RayEvaluator:
+    evaluator = RayEvaluator(trainer=None, dataset=None, deploy={}, latency={"runner": "host", "mode": mode})
+    for stage in (TRAIN, CONVERT, TIME):
+        evaluator._pools[stage] = _Pool(stage, lambda: Actor(fake_ray, "Actor", (), {}), 1)
+    return evaluator
+
+
+PREDICTED = {"status": "ok", "latency_ms": 12.0, "extra": {"source": "predicted"}}
+
+
+def test_a_stage_that_raises_or_gives_up_is_the_clusters_failure_and_hybrid_keeps_its_prediction(fake_ray):
+    raised = RayTaskError("convert", "Traceback", RuntimeError("latency worker process died twice (out of memory?)"))
+    # measure mode: the child fails once trained, transiently (evaluated again if resampled)
+    evaluator = _stages(fake_ray, "measure")
+    job = evaluator._jobs[ARCH] = _Job(ChildResult(arch=ARCH, seed=0))
+    _run(evaluator, job, CONVERT, evaluator._pools[CONVERT].actors[0], raised)
+    assert not evaluator._done  # still training: its accuracy is kept
+    _run(evaluator, job, TRAIN, evaluator._pools[TRAIN].actors[0], {"status": "ok", "top1": 0.7, "node": "n"})
+    child = evaluator._done.popleft()
+    assert child.top1 == 0.7 and not child.ok and child.transient
+    assert child.error == "latency: convert: RuntimeError: latency worker process died twice (out of memory?)"
+
+    # hybrid: a conversion that gave up, or a timing that raised, leaves the trained child its predicted latency
+    for stage, answers in ((CONVERT, [lost()] * 3), (TIME, [RayTaskError("time", "Traceback", RuntimeError("hung"))])):
+        evaluator = _stages(fake_ray, "hybrid")
+        child = ChildResult(arch=ARCH, seed=0, top1=0.7)
+        job = evaluator._jobs[ARCH] = _Job(child, trained=True, predicted=dict(PREDICTED), reason="front",
+                                           conversion={"status": "ok"} if stage == TIME else None)
+        for answer in answers:
+            _run(evaluator, job, stage, evaluator._pools[stage].actors[0], answer)
+            evaluator._pools[stage].queue.clear()
+        child = evaluator._done.popleft()
+        assert child.ok and child.latency_ms == 12.0 and str(child.latency_source) == "predicted", stage
+        assert child.extra["latency_measurement_failed"].startswith(f"{stage}: "), stage

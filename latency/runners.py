@@ -28,6 +28,11 @@ class DeviceError(RuntimeError):
     """No device, a missing binary, a device that keeps dropping: a message the user can act on."""
 
 
+class ModelRunError(DeviceError):
+    """The device's benchmark failed on this model, its retries spent: the model's failure where the device still
+    answers afterwards (the latency service checks), a dropping device's otherwise."""
+
+
 def summarize(samples_ms: list[float]) -> dict:
     a = np.asarray(samples_ms, dtype=float)
     return {
@@ -365,12 +370,16 @@ class AdbRunner:
         if self.cpu_mask:
             command = ["taskset", str(self.cpu_mask), *command]
         remote = " ".join(shlex.quote(part) for part in command)
-        proc = self._retrying(lambda: self._run(["shell", remote]), "benchmark_model")
         try:
-            result = parse_benchmark_output(proc.stdout + "\n" + proc.stderr)
-        except ValueError as exc:
-            tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-            raise DeviceError(f"{exc}; benchmark_model printed: {' | '.join(tail)}") from None
+            try:
+                proc = self._retrying(lambda: self._run(["shell", remote]), "benchmark_model")
+            except DeviceError as exc:
+                raise ModelRunError(str(exc)) from None
+            try:
+                result = parse_benchmark_output(proc.stdout + "\n" + proc.stderr)
+            except ValueError as exc:
+                tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+                raise ModelRunError(f"{exc}; benchmark_model printed: {' | '.join(tail)}") from None
         finally:
             self._run(["shell", "rm", "-f", shlex.quote(remote_model)], check=False)
         return result

@@ -37,7 +37,7 @@ from pathlib import Path
 from latency.cache import LatencyCache, artifact_problem, cache_key, file_digest, touch
 from latency.quiet import DISTURBED_RETRIES, ROUND_GAP_S, HostGate, LoadProbe, QuietWindow, pinned_to_one_core
 from latency.result import LatencyResult
-from latency.runners import DeviceError, make_runner, summarize_rounds
+from latency.runners import DeviceError, ModelRunError, make_runner, summarize_rounds
 from mnas_common.checks import positive_int, positive_number
 from mnas_common.errors import first_line
 from mnas_common.paths import cache_dir
@@ -248,7 +248,8 @@ def timing_window(lock_path: str, pin_cpu: bool):
 
 
 #: ``extra`` of a failed result that says nothing about the architecture (a crash, a device that dropped, a timing
-#: that failed): not cached, and a search evaluates the architecture again when it is sampled again
+#: session that failed; not a model the interpreter or the phone cannot run): a search evaluates the architecture
+#: again when it is sampled again
 TRANSIENT = {"transient": True}
 
 
@@ -257,10 +258,11 @@ def _failed_conversion(conversion: dict, device: str, fields: dict, base: dict) 
                          extra=dict(TRANSIENT) if conversion.get("transient") else {}, **fields, **base)
 
 
-def _failed_timing(exc: Exception) -> dict:
-    if isinstance(exc, DeviceError):
-        return {"status": "failed", "error": str(exc)}
-    return {"status": "failed", "error": f"timing failed: {first_line(exc, with_type=True, limit=300)}"}
+def _failed_timing(exc: Exception, *, of_model: bool = False) -> dict:
+    """A failed timing. ``of_model``: the model's own failure (the interpreter cannot load or run it; the phone's
+    benchmark_model fails on it, its retries spent, while the phone answers), not transient like the others."""
+    error = str(exc) if isinstance(exc, DeviceError) else f"timing failed: {first_line(exc, with_type=True, limit=300)}"
+    return {"status": "failed", "error": error, **({"of_model": True} if of_model else {})}
 
 
 def _phone_gone(runner) -> str | None:
@@ -300,8 +302,8 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
                     timing.setdefault("extra", {})["timing"] = {**window.to_dict(),
                                                                 "seconds": round(time.monotonic() - start, 4)}
                 except Exception as exc:
-                    timing = _failed_timing(exc)
                     gone = _phone_gone(runner) if isinstance(exc, DeviceError) else None
+                    timing = _failed_timing(exc, of_model=isinstance(exc, ModelRunError) and not gone)
                     if gone:  # the rest would each wait out the retries: they fail now, saying why
                         rest = len(paths) - len(out) - 1
                         out += [timing] + [{"status": "failed", "error": f"{gone} ({exc})"}] * rest
@@ -319,7 +321,7 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
         try:
             interpreters[path] = runner.prepare(path)
         except Exception as exc:
-            failed[path] = _failed_timing(exc)
+            failed[path] = _failed_timing(exc, of_model=True)
     anchor_interpreter = runner.prepare(anchor["path"]) if anchor else None
     factors: dict[str, list] = {p: [] for p in paths}  # per model and round: its group's anchor factor (or None)
     disturbed, others, waited, seconds, cpu, retimed = [], [], 0.0, 0.0, None, []
@@ -358,7 +360,7 @@ def _timing_session(paths: list[str], lock_path: str, pin_cpu: bool, on_round=No
                 timed, errors = _time_round(runner, {p: interpreters[p] for p in live}, anchor_interpreter,
                                             anchor["ref_ms"] if anchor else None, attempt, agree=ANCHOR_AGREE,
                                             retimed=retimed)
-                failed.update({p: _failed_timing(exc) for p, exc in errors.items()})
+                failed.update({p: _failed_timing(exc, of_model=True) for p, exc in errors.items()})
                 for path, (samples, factor) in timed.items():
                     rounds[path].append(samples)
                     factors[path].append(factor)
@@ -829,9 +831,9 @@ class LatencyService:
 
     def _after_timing(self, conversion: dict, key: str, base: dict, fields: dict, device: str,
                       timing: dict) -> LatencyResult:
-        if timing.pop("status") != "ok":  # timings are not cached: a failed one is the device's, not the model's
-            return LatencyResult(status="failed", error=timing["error"], device=device, extra=dict(TRANSIENT), **fields,
-                                 **base)
+        if timing.pop("status") != "ok":  # not cached either way; transient unless the model is the cause
+            return LatencyResult(status="failed", error=timing["error"], device=device,
+                                 extra={} if timing.get("of_model") else dict(TRANSIENT), **fields, **base)
         extra = {**timing.pop("extra", {}), "conversion_cached": bool(conversion.get("cached")),
                  "measured_at": time.time()}
         if conversion.get("repaired"):

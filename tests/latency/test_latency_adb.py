@@ -90,6 +90,7 @@ def test_missing_binary_and_unknown_serial_are_failed_results(phone, tmp_path):
                        cache_path=phone["root"] / "cache" / "latency.sqlite") as service:
         result = service.measure(SMALL, resolution=32, num_classes=10)
     assert result.status == "failed" and "benchmark_model binary not found" in result.error
+    assert result.extra.get("transient")  # the set-up's failure, not the model's
     with pytest.raises(DeviceError, match="no Android device"):
         env_serials = os.environ["FAKE_ADB_SERIALS"]
         os.environ["FAKE_ADB_SERIALS"] = ""
@@ -161,5 +162,22 @@ def test_a_phone_gone_for_good_fails_the_session_at_once_naming_it(phone, tmp_pa
     assert [r.status for r in results] == ["failed"] * 3
     assert "failed after 2 attempts" in results[0].error, results[0].error
     assert all("FAKE0001 is not attached" in r.error for r in results[1:]), [r.error for r in results]
+    assert all(r.extra.get("transient") for r in results)  # the phone's failure: timed again when it is back
     waits = [c for c in _log(phone)[started:] if "wait-for-device" in c]
     assert len(waits) == 1  # one model's one retry waited; the others were failed at once
+
+
+def test_a_model_the_phone_cannot_run_is_the_models_failure_not_the_moments(phone, tmp_path):
+    """benchmark_model fails on the model, its retries spent, while the phone answers: a search may reuse that
+    failure (a failed timing of a phone that dropped is transient: see the test above)."""
+    from latency.cache import file_digest
+
+    with build_service("adb", serial="FAKE0001", benchmark_binary=str(phone["binary"]), warmup_runs=1, num_runs=3,
+                       workers=1, retries=0, cache_path=tmp_path / "latency.sqlite") as service:
+        conversion = service.convert(SMALL, resolution=24, num_classes=10)
+        garbage = tmp_path / "garbage" / "model.tflite"
+        garbage.parent.mkdir()
+        garbage.write_bytes(b"not a flatbuffer" * 64)
+        result = service.time({**conversion, "key": "e" * 64, "tflite_path": str(garbage),
+                               "artifacts": {**conversion["artifacts"], "tflite_path": file_digest(garbage)}})
+    assert result.status == "failed" and not result.extra.get("transient"), (result.error, result.extra)

@@ -76,6 +76,18 @@ def test_failures_of_the_moment_are_marked_transient(host_service, monkeypatch):
     monkeypatch.setattr(host_service, "_run_in_worker", broken)
     timed = host_service.time(conversion)
     assert timed.status == "failed" and "terminated abruptly" in timed.error and timed.extra == {"transient": True}
+    monkeypatch.undo()
+    # a model the interpreter cannot load is the model's own failure, not the moment's
+    from latency.cache import file_digest
+
+    garbage = Path(conversion["tflite_path"]).parent.parent / "garbage" / "model.tflite"
+    garbage.parent.mkdir(exist_ok=True)
+    garbage.write_bytes(b"not a flatbuffer" * 64)
+    unloadable = host_service.time({**conversion, "key": "f" * 64, "tflite_path": str(garbage),
+                                    "artifacts": {**conversion["artifacts"], "tflite_path": file_digest(garbage)}})
+    assert unloadable.status == "failed" and not unloadable.extra.get("transient"), unloadable.error
+    monkeypatch.setattr(host_service.cache, "get_measurement", lambda key: None)
+    monkeypatch.setattr(host_service, "_run_in_worker", broken)
     # a worker pool that breaks during a whole measurement (convert, then time): a failure of the moment too
     measured = host_service.measure(OTHER, resolution=24, num_classes=10)
     assert measured.status == "failed" and "terminated abruptly" in measured.error

@@ -7,6 +7,13 @@ from dataclasses import dataclass, field
 from mnas_common.serial import Serializable
 
 
+def transient(flag: bool = True) -> dict:
+    """``extra`` of a failed result that says nothing about the architecture (a crash, a device that dropped, a timing
+    session that failed; not a model the interpreter or the phone cannot run): a search evaluates the architecture
+    again when it is sampled again. ``flag`` false: no mark."""
+    return {"transient": True} if flag else {}
+
+
 @dataclass
 class LatencyResult(Serializable):
     """One architecture timed on one device. Times in milliseconds; ``latency_ms`` is the median.

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from latency.cache import LatencyCache, artifact_problem, cache_key, file_digest, touch
 from latency.quiet import DISTURBED_RETRIES, ROUND_GAP_S, HostGate, LoadProbe, QuietWindow, pinned_to_one_core
-from latency.result import LatencyResult
+from latency.result import LatencyResult, transient
 from latency.runners import DeviceError, ModelRunError, make_runner, summarize_rounds
 from mnas_common.checks import positive_int, positive_number
 from mnas_common.errors import first_line
@@ -247,15 +247,9 @@ def timing_window(lock_path: str, pin_cpu: bool):
             yield window
 
 
-#: ``extra`` of a failed result that says nothing about the architecture (a crash, a device that dropped, a timing
-#: session that failed; not a model the interpreter or the phone cannot run): a search evaluates the architecture
-#: again when it is sampled again
-TRANSIENT = {"transient": True}
-
-
 def _failed_conversion(conversion: dict, device: str, fields: dict, base: dict) -> LatencyResult:
     return LatencyResult(status="failed", error=conversion.get("error"), device=device,
-                         extra=dict(TRANSIENT) if conversion.get("transient") else {}, **fields, **base)
+                         extra=transient(conversion.get("transient")), **fields, **base)
 
 
 def _failed_timing(exc: Exception, *, of_model: bool = False) -> dict:
@@ -812,7 +806,7 @@ class LatencyService:
         try:
             device = self.device_id
         except DeviceError as exc:
-            return LatencyResult(status="failed", error=str(exc), extra=dict(TRANSIENT), **fields, **base)
+            return LatencyResult(status="failed", error=str(exc), extra=transient(), **fields, **base)
         if conversion.get("status") != "ok":
             return _failed_conversion(conversion, device, fields, base)
         key = cache_key(conversion=conversion["key"], device=device, settings=self.measurement_settings)
@@ -833,7 +827,7 @@ class LatencyService:
                       timing: dict) -> LatencyResult:
         if timing.pop("status") != "ok":  # not cached either way; transient unless the model is the cause
             return LatencyResult(status="failed", error=timing["error"], device=device,
-                                 extra={} if timing.get("of_model") else dict(TRANSIENT), **fields, **base)
+                                 extra=transient(not timing.get("of_model")), **fields, **base)
         extra = {**timing.pop("extra", {}), "conversion_cached": bool(conversion.get("cached")),
                  "measured_at": time.time()}
         if conversion.get("repaired"):
@@ -860,7 +854,7 @@ class LatencyService:
         except DeviceError as exc:  # no device: fail before converting anything
             return LatencyResult(arch=arch, status="failed", error=str(exc), resolution=resolution,
                                  channels=channels, num_classes=num_classes, runner=self.runner_config["runner"],
-                                 extra=dict(TRANSIENT))
+                                 extra=transient())
         return self.time(self.convert(arch, resolution=resolution, channels=channels, num_classes=num_classes))
 
     def submit(self, arch: str, *, resolution: int = 224, channels: int = 3, num_classes: int = 1000) -> Future:
@@ -888,7 +882,7 @@ class LatencyService:
         except Exception as exc:  # a broken worker pool or cache is reported as this child's failure
             return LatencyResult(arch=arch, status="failed", error=first_line(exc, with_type=True, limit=300),
                                  resolution=resolution, channels=channels, num_classes=num_classes,
-                                 runner=self.runner_config["runner"], extra=dict(TRANSIENT))
+                                 runner=self.runner_config["runner"], extra=transient())
 
     def measure(self, arch: str, *, resolution: int = 224, channels: int = 3, num_classes: int = 1000) -> LatencyResult:
         return self.submit(arch, resolution=resolution, channels=channels, num_classes=num_classes).result()

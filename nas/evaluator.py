@@ -381,6 +381,8 @@ class LocalEvaluator(Evaluator):
     # ------------------------------------------------------------------ evaluation
     def _measure(self, arch: str) -> Future:
         """Hand ``arch`` to the latency service's own threads; the future's result is the result dict."""
+        from latency.result import transient
+
         started = time.perf_counter()
         future: Future = Future()
 
@@ -389,7 +391,7 @@ class LocalEvaluator(Evaluator):
                 result = {**measured.result().to_dict(), "wall_seconds": time.perf_counter() - started}
             except Exception as exc:  # the service reports failures as values; anything else is a bug upstream
                 result = {"status": str(Status.FAILED), "error": first_line(exc, with_type=True),
-                          "extra": {"transient": True}}
+                          "extra": transient()}
             future.set_result(result)
 
         self.service.submit(arch, resolution=self.deploy["resolution"], channels=self.deploy["channels"],

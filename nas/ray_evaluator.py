@@ -35,6 +35,7 @@ from typing import Any
 from mnas_common.checks import non_negative_number, positive_int, positive_number
 from mnas_common.errors import first_line
 
+from latency.result import transient
 from latency.service import absolute_paths
 from nas.components import build
 from nas.evaluator import (Evaluator, EvaluatorStopped, LatencyModes, apply_scores, apply_training, check_scores,
@@ -536,7 +537,7 @@ class RayEvaluator(Evaluator):
         if stage == TRAIN:
             self._finish(job.child.fail(reason, transient=True), job)
             return
-        job.measured = {"status": "failed", "error": reason, "extra": {"transient": True}}
+        job.measured = {"status": "failed", "error": reason, "extra": transient()}
         job.timed = True
         if job.trained:
             self._finish(job.child, job)
@@ -600,7 +601,7 @@ class RayEvaluator(Evaluator):
                 self._pools[TIME].queue.append(job)
             else:
                 job.measured = {"status": "failed", "error": value.get("error"),
-                                "extra": {"transient": True} if value.get("transient") else {}}
+                                "extra": transient(value.get("transient"))}
                 job.timed = True
         else:
             if value.get("status") != "ok" and self._device_dropped(actor, pool):

@@ -358,8 +358,9 @@ class RunStore:
                 if not isinstance(data, dict):
                     raise TypeError("not a JSON object")
                 child = ChildResult.from_dict(data)
-                if child.damaged_fields():
-                    raise TypeError(f"{', '.join(child.damaged_fields())} of the wrong type")
+                damaged = child.damaged_fields()
+                if damaged:
+                    raise TypeError(f"{', '.join(damaged)} of the wrong type")
                 # the placement columns are the truth: reward and commit change after the child is stored, and
                 # stores older than schema 3 kept tokens and log_prob only in their columns
                 values["tokens"] = json.loads(values["tokens"])

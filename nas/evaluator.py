@@ -127,6 +127,11 @@ def size_guard(arch: str, *, deploy: dict, data_shape: tuple[int, int, int] | No
     return profile, None
 
 
+def _transient(latency: dict) -> bool:
+    """Whether a latency result dict failed for the moment's reasons (see ``latency.result.transient``)."""
+    return bool((latency.get("extra") or {}).get("transient"))
+
+
 def apply_latency(child: ChildResult, latency: dict) -> ChildResult:
     """Fold a latency service result (a ``LatencyResult`` dict) into ``child``."""
     child.latency = latency
@@ -137,8 +142,7 @@ def apply_latency(child: ChildResult, latency: dict) -> ChildResult:
         source = (latency.get("extra") or {}).get("source", LatencySource.MEASURED)
         child.latency_source = LatencySource(source)
     else:
-        child.fail(f"latency: {first_line(latency.get('error'))}",
-                   transient=bool((latency.get("extra") or {}).get("transient")))
+        child.fail(f"latency: {first_line(latency.get('error'))}", transient=_transient(latency))
     return child
 
 
@@ -295,7 +299,7 @@ class LatencyModes:
         if reason is not None and self.mode == "hybrid":
             child.extra["latency_measured_because"] = reason
         if (measured is not None and measured.get("status") != "ok" and predicted is not None
-                and predicted.get("status") == "ok" and (measured.get("extra") or {}).get("transient")):
+                and predicted.get("status") == "ok" and _transient(measured)):
             # hybrid: the measurement failed for the device's reasons, not the model's: the prediction stands
             child.extra["latency_measurement_failed"] = first_line(measured.get("error"))
             measured = None

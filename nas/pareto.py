@@ -104,8 +104,7 @@ def load_runs(run_dirs: Sequence[Path]) -> tuple[list[dict], list[dict]]:
                 steps = store.steps()
                 if not isinstance(config, dict) or not (
                         overrides is None or isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
-                    raise StoreError(f"run store {store.path}: meta 'config' or 'overrides' is damaged; "
-                                     "it was not modified")
+                    raise store.damaged("meta 'config' or 'overrides' is damaged")
         except StoreError as exc:
             damaged.append({"dir": run, "error": str(exc)})
             continue

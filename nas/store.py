@@ -252,6 +252,10 @@ class RunStore:
             raise StoreError(f"cannot write run store {self.path}: {exc}") from None
 
     # ------------------------------------------------------------------ meta
+    def damaged(self, what: str, why: str | None = None) -> StoreError:
+        """The error for a damaged part of this store (``what`` says which, ``why`` how); raising it changes nothing."""
+        return StoreError(f"run store {self.path}: {what}" + (f" ({why})" if why else "") + "; it was not modified")
+
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         if row is None:
@@ -259,7 +263,7 @@ class RunStore:
         try:
             return json.loads(row[0])
         except ValueError:
-            raise StoreError(f"run store {self.path}: meta {key!r} is damaged (not JSON); it was not modified") from None
+            raise self.damaged(f"meta {key!r} is damaged", "not JSON") from None
 
     def set_meta(self, key: str, value: Any) -> None:
         self.set_metas({key: value})
@@ -330,21 +334,18 @@ class RunStore:
             raise StoreError(f"run store {self.path} has no controller state for step {step}")
         blob, digest = row
         if digest is not None and hashlib.sha256(blob).hexdigest() != digest:
-            raise StoreError(f"run store {self.path}: the controller state of step {step} is damaged (hash mismatch); "
-                             "it was not modified")
+            raise self.damaged(f"the controller state of step {step} is damaged", "hash mismatch")
         try:
             return _loads_state(blob)
         except Exception as exc:
-            raise StoreError(f"run store {self.path}: the controller state of step {step} is damaged "
-                             f"({exc.__class__.__name__}); it was not modified") from None
+            raise self.damaged(f"the controller state of step {step} is damaged", exc.__class__.__name__) from None
 
     def steps(self) -> list[dict]:
         rows = self.conn.execute("SELECT step, stats, created_at FROM steps ORDER BY step").fetchall()
         try:
             return [{"step": s, "created_at": t, **json.loads(stats)} for s, stats, t in rows]
         except (ValueError, TypeError):
-            raise StoreError(f"run store {self.path}: step statistics are damaged (not a JSON object); "
-                             "it was not modified") from None
+            raise self.damaged("step statistics are damaged", "not a JSON object") from None
 
     def children(self, *, committed_only: bool = False, where: str = "", args: Sequence = ()) -> list[ChildResult]:
         clauses = [c for c in (where, "committed_step IS NOT NULL" if committed_only else "") if c]
@@ -365,9 +366,8 @@ class RunStore:
                 # stores older than schema 3 kept tokens and log_prob only in their columns
                 values["tokens"] = json.loads(values["tokens"])
             except (ValueError, TypeError) as exc:
-                raise StoreError(f"run store {self.path}: child {values['step']}/{values['idx']} is damaged "
-                                 f"({exc.__class__.__name__}: {first_line(exc, limit=120)}); it was not "
-                                 "modified") from None
+                raise self.damaged(f"child {values['step']}/{values['idx']} is damaged",
+                                   f"{exc.__class__.__name__}: {first_line(exc, limit=120)}") from None
             values["reused"] = bool(values["reused"])
             out.append(dataclasses.replace(child, **values))
         return out
@@ -386,6 +386,5 @@ class RunStore:
             try:
                 out[name] = {"arch": arch, **json.loads(result)}
             except (ValueError, TypeError) as exc:
-                raise StoreError(f"run store {self.path}: reference {name} is damaged ({exc.__class__.__name__}); "
-                                 "it was not modified") from None
+                raise self.damaged(f"reference {name} is damaged", exc.__class__.__name__) from None
         return out

@@ -29,8 +29,17 @@ def _runner_fields(args: argparse.Namespace) -> dict:
 
     fields = {"threads": args.threads, "warmup_runs": args.warmup, "num_runs": args.runs}
     fields["anchor"] = args.anchor if args.anchor is not None else (DEFAULT_ANCHOR if args.runner == "host" else None)
-    if args.runner == "adb":
-        fields.update(serial=args.serial, benchmark_binary=args.binary, cpu_mask=args.cpu_mask)
+    host_only = [flag for flag, given in (("--rounds", args.rounds is not None), ("--pin-cpu", args.pin_cpu),
+                                          ("--no-quiet", args.no_quiet)) if given]
+    if args.runner == "host":
+        fields.update(rounds=3 if args.rounds is None else args.rounds, pin_cpu=args.pin_cpu, quiet=not args.no_quiet)
+        if args.no_xnnpack:
+            raise ValueError("--no-xnnpack is a setting of the adb runner (the host interpreter always uses XNNPACK)")
+    elif host_only:
+        raise ValueError(f"{', '.join(host_only)}: settings of the host runner, not of --runner {args.runner}")
+    else:
+        fields.update(serial=args.serial, benchmark_binary=args.binary, cpu_mask=args.cpu_mask,
+                      use_xnnpack=not args.no_xnnpack)
     return fields
 
 
@@ -268,6 +277,11 @@ def _parsers() -> argparse.ArgumentParser:
     runner.add_argument("--threads", type=int, default=1)
     runner.add_argument("--warmup", type=int, default=10)
     runner.add_argument("--runs", type=int, default=50)
+    runner.add_argument("--rounds", type=int, default=None, help="host: rounds the timed runs are taken in (3)")
+    runner.add_argument("--pin-cpu", action="store_true", help="host: pin the timing thread to one core")
+    runner.add_argument("--no-quiet", action="store_true",
+                        help="host: time without the quiet gate (as latency.quiet=false)")
+    runner.add_argument("--no-xnnpack", action="store_true", help="adb: benchmark_model without XNNPACK")
     runner.add_argument("--anchor", default=None,
                         help="host: the drift anchor timed in every round (default mnasnet_b1, as configs/latency/"
                              "host.yaml; 'none' for no drift correction)")

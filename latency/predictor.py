@@ -27,7 +27,7 @@ the table; every prediction carries the error on that held-out set (``extra["sta
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -398,7 +398,7 @@ class Predictor:
             return LatencyResult(status="failed", **base, extra={"source": "predicted", "missing_layers": missing},
                                  error=f"{len(missing)} layer(s) of this network are not in latency table "
                                        f"{self.table_key} (e.g. {missing[0]}); add them with: "
-                                       f"{self.build_command} --arch '{arch}'")
+                                       f"{self.build_command} --arch {shlex.quote(arch)}")
         latency, residual = self._predict_ms(arch)
         extra = {"source": "predicted", "stated_error": dict(self.stated_error), "layer_sum_ms": float(sum(times)),
                  "table": self.table_key, "calibrated": self.calibration is not None, "residual": residual}
@@ -422,9 +422,9 @@ class Predictor:
                      residual: bool = True) -> Predictor:
         from latency.table import space_label
 
-        space = space_label(space)
         info = find_table(service, resolution=resolution, channels=channels, num_classes=num_classes, device=device,
-                          table=table, space=space)
+                          table=table, space=space)  # the space as given: the build command must accept it
+        space = space_label(space)
         key = info["table_key"]
         rows = service.cache.layers(key)
         layers = {k: r["latency_ms"] for k, r in rows.items() if r["status"] == "ok"}
@@ -451,22 +451,15 @@ def find_table(service, *, resolution: int, channels: int, num_classes: int, dev
     from latency.runners import DeviceError
     from latency.table import build_command, identity_key, table_identity
 
-    from latency.service import default_cache_dir
-
-    runner_config = dict(service.runner_config)
-    if runner_config.get("runner", "host") == "host":
-        runner_config["anchor"] = service.anchor or "none"
-    command = build_command(runner_config, space=space or "mnasnet", resolution=resolution,
-                            channels=channels, num_classes=num_classes)
-    if Path(service.cache_path) != default_cache_dir() / "latency.sqlite":  # a cache of its own: build into it
-        command += f" --cache {service.cache_path}"
+    command = build_command(service, space=space or "mnasnet", resolution=resolution, channels=channels,
+                            num_classes=num_classes)
     tables = service.cache.tables()
     if table:
         found = [t for t in tables if t["table_key"].startswith(table)]
         if len(found) != 1:
             raise LatencyTableMissing(f"{'no' if not found else len(found)} latency table(s) match {table!r} in "
                                       f"{service.cache_path} (python -m latency table list)")
-        return {**found[0], "build_command": command}
+        return _for_space({**found[0], "build_command": command}, space)
     try:
         identity = table_identity(service, resolution=resolution, channels=channels, num_classes=num_classes,
                                   device=device)
@@ -482,7 +475,21 @@ def find_table(service, *, resolution: int, channels: int, num_classes: int, dev
         raise LatencyTableMissing(f"no latency table for {identity['device']} at {channels}x{resolution}x"
                                   f"{resolution}, {num_classes} classes with these runner settings and converter "
                                   f"versions in {service.cache_path}{hint}; build it with: {command}")
-    return {**found[0], "build_command": command}
+    return _for_space({**found[0], "build_command": command}, space)
+
+
+def _for_space(info: dict, space: str | None) -> dict:
+    """``info``, or :class:`LatencyTableMissing` where the table was built and calibrated for other spaces only: a
+    misspelt or forgotten space name would otherwise predict the plain layer sum (uncalibrated) in silence."""
+    from latency.table import space_label
+
+    known = set(info["meta"].get("spaces", {})) | {k.split(":", 1)[1] for k in info["models"]
+                                                   if k.startswith("calibration:")}
+    if space is None or not known or space_label(space) in known:
+        return info
+    raise LatencyTableMissing(f"latency table {info['table_key'][:12]} was built for space(s) "
+                              f"{', '.join(sorted(known))}, not {space_label(space)!r}: name one of those (--space, "
+                              f"latency.table_space) or add this one with: {info['build_command']}")
 
 
 def load_predictor(runner_config: dict | None = None, *, resolution: int = 224, channels: int = 3,
@@ -492,12 +499,14 @@ def load_predictor(runner_config: dict | None = None, *, resolution: int = 224, 
 
     Raises :class:`LatencyTableMissing` (a ``ValueError``) naming the build command when no table exists.
     """
-    from latency.service import LatencyService
+    from latency.service import DEFAULT_ANCHOR, LatencyService
 
     config = dict(runner_config or {"runner": "host"})
     for key in ("_target_", "name"):
         config.pop(key, None)
     runner = config.pop("runner", "host")
+    if runner == "host":  # as configs/latency/host.yaml and the CLI: host tables are built with the drift anchor
+        config.setdefault("anchor", DEFAULT_ANCHOR)
     config["cache_path"] = cache_path if cache_path is not None else config.get("cache_path")
     with LatencyService(runner, **config) as service:
         return Predictor.from_service(service, resolution=resolution, channels=channels, num_classes=num_classes,
@@ -508,18 +517,17 @@ def validate(service, *, n: int = 200, space: str = "mnasnet", resolution: int =
              num_classes: int = 1000, progress: bool = True) -> dict:
     """Measure ``n`` random architectures of ``space`` that the calibration never saw, store them with the table,
     and return the predictor's error on them (the figures every prediction then carries)."""
-    from latency.table import build_command, load_space, measure_models, space_label
+    from latency.table import load_space, measure_models, space_label
 
     given, space_obj, space = space, load_space(space), space_label(space)
-    info = find_table(service, resolution=resolution, channels=channels, num_classes=num_classes, space=space)
+    info = find_table(service, resolution=resolution, channels=channels, num_classes=num_classes, space=given)
     key = info["table_key"]
     measure_models(service, key, space_obj, space, "validation", n, resolution=resolution,
                    channels=channels, num_classes=num_classes, progress=progress)
     predictor = Predictor.from_service(service, resolution=resolution, channels=channels, num_classes=num_classes,
                                        space=space)
     if not predictor.stated_error["n"]:  # nothing to judge the predictor on: store no figures, say why
-        build = build_command(service.runner_config, space=given, resolution=resolution, channels=channels,
-                              num_classes=num_classes)
+        build = info["build_command"]
         raise ValueError(f"none of the held-out architectures of space {space!r} could be both measured and "
                          f"predicted (each failed to convert or time, or has layers table {key[:12]} lacks); add "
                          f"the space's layers with: {build}")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import shlex
 import shutil
 import time
 from collections import deque
@@ -47,7 +49,11 @@ CSV_FIELDS = ("record", "key", "latency_ms", "status", "space", "spec", "result"
 def load_space(name: str) -> SearchSpace:
     """A search space by config name (``configs/search_space/<name>.yaml``) or by the path of a YAML file of the same
     form; a ``defaults`` list is merged as Hydra would (names from ``configs/search_space``)."""
-    return SearchSpace.from_config(_space_config(name))
+    config = _space_config(name)
+    try:
+        return SearchSpace.from_config(config)
+    except ValueError as exc:
+        raise ValueError(f"search space {name}: {first_line(exc)}") from None
 
 
 def space_label(name: str) -> str:
@@ -79,6 +85,9 @@ def _space_config(name: str, seen: tuple = ()) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"search space {path} must be a mapping")
     defaults = data.pop("defaults", None) or []
+    if not isinstance(defaults, list) or not all(isinstance(d, str) for d in defaults):
+        raise ValueError(f"search space {path}: defaults must be a list of space names (as in configs/search_space/"
+                         f"tiny.yaml), got {defaults!r}")
     merged: dict = {}
     for entry in defaults:
         merged.update(data if entry == "_self_" else _space_config(entry, seen + (name,)))
@@ -112,17 +121,26 @@ MS_FIELDS = ("latency_ms", "mean_ms", "std_ms", "min_ms", "p95_ms")
 
 RUNNER_FLAGS = (("serial", "--serial", None), ("benchmark_binary", "--binary", None), ("cpu_mask", "--cpu-mask", None),
                 ("threads", "--threads", 1), ("warmup_runs", "--warmup", 10), ("num_runs", "--runs", 50),
-                ("anchor", "--anchor", DEFAULT_ANCHOR))
+                ("rounds", "--rounds", 3), ("anchor", "--anchor", DEFAULT_ANCHOR), ("pin_cpu", "--pin-cpu", False),
+                ("quiet", "--no-quiet", True), ("use_xnnpack", "--no-xnnpack", True))
 
 
-def build_command(runner_config: dict, *, space: str, resolution: int, channels: int, num_classes: int) -> str:
-    """The command line that builds the table a predictor needs (named in every 'table missing' error)."""
-    parts = ["python -m latency table build", f"--runner {runner_config.get('runner', 'host')}"]
+def build_command(service, *, space: str, resolution: int, channels: int, num_classes: int) -> str:
+    """The command line that builds the table ``service`` would look up (named in every 'table missing' error): each
+    setting that is part of the table's identity, and ``--cache`` where the service's cache is not the default."""
+    from latency.service import default_cache_dir
+
+    config = dict(service.runner_config)
+    if config.get("runner", "host") == "host":
+        config.update(anchor=service.anchor or "none", pin_cpu=service.pin_cpu, quiet=service.gate.mode == "quiet")
+    parts = ["python -m latency table build", f"--runner {config.get('runner', 'host')}"]
     for field, flag, default in RUNNER_FLAGS:
-        value = runner_config.get(field)
+        value = config.get(field)
         if value is not None and value != default:
-            parts.append(f"{flag} {value}")
-    parts.append(f"--space {space} --resolution {resolution} --channels {channels} --classes {num_classes}")
+            parts.append(flag if isinstance(default, bool) else f"{flag} {shlex.quote(str(value))}")
+    parts.append(f"--space {shlex.quote(space)} --resolution {resolution} --channels {channels} --classes {num_classes}")
+    if Path(service.cache_path) != default_cache_dir() / "latency.sqlite":  # a cache of its own: build into it
+        parts.append(f"--cache {shlex.quote(str(service.cache_path))}")
     return " ".join(parts)
 
 
@@ -401,8 +419,11 @@ def import_table(cache, path: str | Path) -> dict:
     try:
         header, rows = _parsed_export(text)
         identity = {k: header[k] for k in ("device", "settings", "versions", "resolution", "channels", "num_classes")}
+        if not isinstance(identity["device"], str) or not identity["device"]:
+            raise ValueError("the table's device must be a non-empty string")
         if not isinstance(identity["settings"], dict) or not isinstance(identity["versions"], dict):
             raise ValueError("the table's settings and versions must be objects")
+        meta = _checked_meta(header.get("meta") or {})
         for name in ("resolution", "channels", "num_classes"):
             positive_int(f"the table's {name}", identity[name])
         anchor = header.get("anchor")
@@ -414,7 +435,11 @@ def import_table(cache, path: str | Path) -> dict:
         key = identity_key(identity)
         counts = {"layer": 0, "calibration": 0, "validation": 0}
         with cache.batch():  # all of it or, should a write fail, none of it
-            cache.put_table(key, identity, header.get("meta") or {})
+            if not cache.tables(key):
+                cache.put_table(key, identity, {})
+            for name, value in meta.items():  # merged per space: this cache's records of its other spaces stay
+                cache.update_table_meta(key, (name,), lambda old, new=value: (
+                    {**old, **new} if isinstance(old, dict) and isinstance(new, dict) else new))
             scale = 1.0
             if anchor:
                 # This cache's own reference is kept where it has one (its measurements are on that scale); the
@@ -456,18 +481,49 @@ def _parsed_export(text: str) -> tuple[dict, list[dict]]:
     return header, rows
 
 
+META_PER_SPACE = ("spaces", "validation", "residual_cv")  # table metadata kept per search space
+
+
+def _checked_meta(meta) -> dict:
+    """An export's table metadata, or ValueError naming what is wrong (what predictions and ``table list`` read)."""
+    if not isinstance(meta, dict):
+        raise ValueError("the table's meta must be an object")
+    for name in META_PER_SPACE:
+        entries = meta.get(name, {})
+        if not isinstance(entries, dict) or not all(isinstance(v, dict) for v in entries.values()):
+            raise ValueError(f"the table's meta.{name} must be an object of one object per space")
+    if not all(isinstance(v.get("pays"), bool) for v in meta.get("residual_cv", {}).values()):
+        raise ValueError("each of the table's meta.residual_cv entries needs 'pays' (true or false)")
+    return meta
+
+
 def _checked_row(row: dict) -> tuple:
     """(kind, key, space, spec, latency_ms, result) of one exported row, or ValueError naming what is wrong."""
     kind, result = row["record"], row["result"]
+    name = f"{kind} row {row.get('key')!r}"
     if not isinstance(result, dict):
-        raise ValueError(f"{kind} row {row.get('key')!r}: its result must be an object")
+        raise ValueError(f"{name}: its result must be an object")
     if kind == "layer":
         LayerSpec.from_dict(row["spec"])  # refuse rows that are not layers
+        if row["status"] not in ("ok", "failed"):
+            raise ValueError(f"{name}: status must be ok or failed, got {row['status']!r}")
+        if row["status"] == "ok":
+            _agreeing_latency(name, row.get("latency_ms"), result)
         return kind, str(row["key"]), "", row["spec"], None, {**result, "status": row["status"]}
     if kind in ("calibration", "validation"):
-        latency_ms = positive_number(f"{kind} row {row['key']!r}: latency_ms", row["latency_ms"])
+        latency_ms = _agreeing_latency(name, row["latency_ms"], result)
         return kind, resolve_arch(row["key"]), str(row["space"]), {}, latency_ms, result
     raise ValueError(f"unknown record kind {kind!r}")
+
+
+def _agreeing_latency(name: str, column, result: dict) -> float:
+    """A row's latency: positive, and the same in its ``latency_ms`` column and its result (an edit of one of them
+    alone would be silently ignored or used by half of the readers)."""
+    latency_ms = positive_number(f"{name}: latency_ms", column if column is not None else result.get("latency_ms"))
+    stored = result.get("latency_ms", latency_ms)
+    if not isinstance(stored, (int, float)) or not math.isclose(stored, latency_ms, rel_tol=1e-9):
+        raise ValueError(f"{name}: latency_ms {latency_ms!r} differs from its result's {stored!r} (edit both)")
+    return latency_ms
 
 
 def _rescaled(result: dict, scale: float) -> dict:

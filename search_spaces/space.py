@@ -146,8 +146,13 @@ class SearchSpace:
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> SearchSpace:
-        """Build from a (Hydra/OmegaConf or plain) mapping; ``_target_`` is ignored."""
-        return cls(**{k: v for k, v in dict(to_plain(cfg)).items() if k != "_target_"})
+        """Build from a (Hydra/OmegaConf or plain) mapping; ``_target_`` is ignored. A mapping of the wrong form (a
+        field missing, unknown or of the wrong type) is one ``ValueError`` line."""
+        try:
+            return cls(**{k: v for k, v in dict(to_plain(cfg)).items() if k != "_target_"})
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"not of the form of configs/search_space/mnasnet.yaml ({type(exc).__name__}: "
+                             f"{exc})") from None
 
     @classmethod
     def default(cls) -> SearchSpace:

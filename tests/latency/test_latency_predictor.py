@@ -157,8 +157,8 @@ def test_the_residual_decision_is_stored_with_the_table_and_reused_by_the_next_l
     for i, r in enumerate(rows):
         cache.put_model("synthetic-key", "calibration" if i < RESIDUAL_MIN else "validation", "mnasnet", r["arch"],
                         r["latency_ms"], {"status": "ok"})
-    service = SimpleNamespace(cache=cache, runner_config={"runner": "host"}, anchor=None,
-                              cache_path=tmp_path / "latency.sqlite")
+    service = SimpleNamespace(cache=cache, runner_config={"runner": "host"}, anchor=None, pin_cpu=False,
+                              gate=SimpleNamespace(mode="quiet"), cache_path=tmp_path / "latency.sqlite")
     first = Predictor.from_service(service, **SHAPE, table="synthetic")
     assert first.residual_cv_new
     meta = cache.tables("synthetic-key")[0]["meta"]

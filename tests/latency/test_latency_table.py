@@ -243,8 +243,17 @@ def test_a_refused_import_leaves_the_cache_as_it_was(built, tmp_path):
     before = _cache_contents(holder)
     empty = tmp_path / "empty" / "latency.sqlite"
     empty_cache = LatencyCache(empty)
-    layer = next(i for i, r in enumerate(good["rows"]) if r["record"] == "layer")
-    variants = {
+    layer = next(i for i, r in enumerate(good["rows"]) if r["record"] == "layer" and r["status"] == "ok")
+    variants = {  # each used to be stored, breaking `table list` and `predict` later or skewing every prediction
+        "device": lambda d: d.update(device=["a"]),
+        "meta": lambda d: d.update(meta=[1]),
+        "spaces": lambda d: d.update(meta={"spaces": []}),
+        "residual_cv": lambda d: d.update(meta={"residual_cv": {"micro": {"fingerprint": "x"}}}),
+        "layer text": lambda d: d["rows"][layer]["result"].update(latency_ms="abc"),
+        "layer sign": lambda d: (d["rows"][layer].update(latency_ms=-5.0), d["rows"][layer]["result"].update(
+            latency_ms=-5.0)),
+        "layer column": lambda d: d["rows"][layer].update(latency_ms=99.0),  # the result says otherwise
+
         "bogus": lambda d: d["rows"].append({**d["rows"][-1], "key": "bogus"}),
         "ref_ms": lambda d: d["anchor"].update(ref_ms=0),
         "negative": lambda d: d["anchor"].update(ref_ms=-1.0),
@@ -284,14 +293,25 @@ def test_cli_paths_and_an_unusable_validation_are_one_line(built, micro, tmp_pat
     assert not list(tmp_path.parent.glob(".*.tmp"))
     out = _cli("measure", SMALL, *common, "--cache", "/proc/no-such-dir/latency.sqlite")
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "/proc/no-such-dir" in out.stderr, out.stderr
-    # a space whose layers the table lacks: nothing to judge the predictor on (a KeyError traceback before, and
-    # {"n": 0} stored as the table's validation figures)
+    # a space the table was never built for: refused before anything is measured, naming the command that adds it
+    # (a KeyError traceback once, then {"n": 0} stored as the table's validation figures)
     other = tmp_path / "micro2.yaml"
     other.write_text(MICRO.replace("channels: 16", "channels: 24"))
     out = _cli("table", "validate", "--n", "1", "--space", str(other), *common, "--cache", str(cache), "--json")
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
-    assert "could be both measured and predicted" in out.stderr and "table build" in out.stderr
+    assert "was built for space(s) micro, not 'micro2'" in out.stderr and "table build" in out.stderr
     assert f"--space {other} " in out.stderr
+    held = LatencyCache(cache)
+    key = held.tables()[0]["table_key"]
+    assert not held.models(key, "validation", "micro2")
+    # one whose build ended before its layers were timed: nothing to judge the predictor on, and the command that
+    # adds them builds into this cache with these settings
+    held.set_table_meta(key, ("spaces", "micro2"), {"build_seconds": 1.0})
+    held.close()
+    out = _cli("table", "validate", "--n", "1", "--space", str(other), *common, "--cache", str(cache), "--json")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "could be both measured and predicted" in out.stderr
+    assert _identity_of(out.stderr.split("add the space's layers with: ", 1)[1].strip()) == key
     assert "micro2" not in json.dumps(LatencyCache(cache).tables()[0]["meta"].get("validation", {}))
 
 
@@ -388,3 +408,100 @@ def test_predictor_from_service_matches_load_predictor(built, micro):
         a = Predictor.from_service(service, **SHAPE, space=micro).predict(SMALL)
     b = load_predictor({"runner": "host", **RUNS}, **SHAPE, cache_path=built["cache"], space=micro).predict(SMALL)
     assert a.latency_ms == b.latency_ms
+
+
+def _identity_of(command: str) -> str:
+    """The key of the table that ``command`` (a build command named by an error) would build."""
+    import shlex
+
+    from latency.__main__ import _parsers, _service
+    from latency.table import identity_key, table_identity
+
+    words = shlex.split(command)
+    assert words[:3] == ["python", "-m", "latency"], command
+    args = _parsers().parse_args(words[3:])
+    with _service(args) as service:
+        return identity_key(table_identity(service, resolution=args.resolution, channels=args.channels,
+                                           num_classes=args.classes))
+
+
+def _looked_up(config: dict, cache) -> str:
+    from latency.table import identity_key, table_identity
+
+    config = dict(config)
+    with build_service(config.pop("runner"), workers=1, cache_path=cache, **config) as service:
+        return identity_key(table_identity(service, **SHAPE))
+
+
+@pytest.mark.parametrize("config, lookup", [
+    ({"runner": "host", **RUNS, "rounds": 5, "pin_cpu": True, "quiet": False}, {}),
+    ({"runner": "host", "warmup_runs": 1, "num_runs": 5}, {"anchor": "mnasnet_b1"}),  # as the CLI and host.yaml
+    ({"runner": "host", **RUNS, "anchor": None}, {}),
+])
+def test_a_missing_tables_build_command_builds_that_table(built, micro, tmp_path, config, lookup):
+    """The command an error names builds the very table that was looked up: settings without flags (rounds, pin_cpu,
+    quiet) used to be left out, load_predictor looked for an un-anchored host table where the CLI builds an anchored
+    one, and a space given as a path was named by its stem, which --space refuses."""
+    cache = tmp_path / "with space" / "latency.sqlite"  # a path the command must quote
+    with pytest.raises(LatencyTableMissing) as err:
+        load_predictor(config, **SHAPE, cache_path=cache, space=micro)
+    command = str(err.value).split("build it with: ", 1)[1]
+    assert f"--space {micro} " in command and "'" in command
+    assert _identity_of(command) == _looked_up({**config, **lookup}, cache)
+
+
+def test_missing_layers_and_validate_name_a_command_for_this_cache_and_space(built, micro):
+    predictor = load_predictor({"runner": "host", **RUNS}, **SHAPE, cache_path=built["cache"], space=micro)
+    outside = predictor.predict("ds_r1_k5_s1_c8-ir_r1_k3_s2_e3_c16")
+    command = outside.error.split("add them with: ", 1)[1]
+    assert f"--space {micro} " in command and f"--cache {built['cache']}" in command
+    assert _identity_of(command) == predictor.table_key
+
+
+def test_a_space_the_table_was_not_calibrated_for_is_refused(built, micro):
+    """A misspelt or forgotten --space used to fall back to the plain layer sum in silence (exit 0, a latency
+    5-12% off); the table knows its calibrated spaces and says which."""
+    with pytest.raises(LatencyTableMissing, match="was built for space.s. micro, not 'nosuch'"):
+        load_predictor({"runner": "host", **RUNS}, **SHAPE, cache_path=built["cache"], space="nosuch")
+
+
+def test_host_only_flags_with_the_adb_runner_are_one_line():
+    out = _cli("measure", SMALL, "--runner", "adb", "--rounds", "5", "--pin-cpu")
+    assert out.returncode == 2 and out.stderr == \
+        "error: --rounds, --pin-cpu: settings of the host runner, not of --runner adb\n", out.stderr
+
+
+def test_an_import_merges_the_tables_metadata_per_space(built, tmp_path):
+    """Importing a table this cache holds already kept the rows of both but replaced the metadata wholesale: the
+    build-time records and validation figures of this cache's other spaces were lost."""
+    from latency.table import export_table, import_table
+
+    source = LatencyCache(built["cache"])
+    key = source.tables()[0]["table_key"]
+    exported = tmp_path / "table.json"
+    export_table(source, key, exported, "json")
+    shipped = source.tables()[0]["meta"]
+    source.close()
+    cache = LatencyCache(tmp_path / "here" / "latency.sqlite")
+    import_table(cache, exported)
+    cache.set_table_meta(key, ("spaces", "other"), {"build_seconds": 60.0})
+    cache.set_table_meta(key, ("validation", "other"), {"n": 3})
+    import_table(cache, exported)
+    meta = cache.tables(key)[0]["meta"]
+    assert meta["spaces"] == {**shipped["spaces"], "other": {"build_seconds": 60.0}}
+    assert meta["validation"]["other"] == {"n": 3}
+    cache.close()
+
+
+@pytest.mark.parametrize("text, says", [
+    ("defaults: [{search_space: mnasnet}]\n", "defaults must be a list of space names"),
+    ("defaults: mnasnet\n", "defaults must be a list of space names"),
+    ("blocks: 3\n", "not of the form of configs/search_space/mnasnet.yaml"),
+    ("conv_ops: [ds]\n", "missing 1 required positional argument: 'blocks'"),
+])
+def test_a_malformed_space_file_is_one_line(tmp_path, text, says):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        load_space(str(path))
+    assert says in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)

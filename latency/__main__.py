@@ -286,7 +286,7 @@ def _parsers() -> argparse.ArgumentParser:
                         help="host: the drift anchor timed in every round (default mnasnet_b1, as configs/latency/"
                              "host.yaml; 'none' for no drift correction)")
     runner.add_argument("--cache", default=None, help="the cache: its SQLite file or the directory holding "
-                        "latency.sqlite (default ~/.cache/mnasnet-search/latency)")
+                        "latency.sqlite, created if new (default ~/.cache/mnasnet-search/latency)")
     runner.add_argument("--json", action="store_true")
     shape = argparse.ArgumentParser(add_help=False)
     shape.add_argument("--resolution", type=int, default=224)
@@ -355,8 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     from mnas_common.checks import non_negative_int, positive_int
     from mnas_common.errors import first_line
 
-    if getattr(args, "cache", None) and Path(args.cache).is_dir():  # the cache's directory names its file
-        args.cache = str(Path(args.cache) / "latency.sqlite")
+    cache = Path(args.cache) if getattr(args, "cache", None) else None
+    if cache is not None and (cache.is_dir() or not cache.exists() and not cache.suffix):
+        args.cache = str(cache / "latency.sqlite")  # the cache's directory (a new one too) names its file
     try:
         for name in ("n", "workers", "batch"):
             if getattr(args, name, None) is not None:

@@ -287,6 +287,9 @@ def test_cli_paths_and_an_unusable_validation_are_one_line(built, micro, tmp_pat
     common = ["--resolution", "16", "--classes", "10", "--warmup", "1", "--runs", "5", "--anchor", ANCHOR]
     listed = _cli("table", "list", "--cache", str(cache.parent), "--json")  # the cache's directory names its file
     assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 1, listed.stderr
+    new = tmp_path / "new-cache"  # a directory to be: it was created as a SQLite file of that name
+    listed = _cli("table", "list", "--cache", str(new), "--json")
+    assert listed.returncode == 0 and (new / "latency.sqlite").is_file(), listed.stderr
     out = _cli("table", "export", "--format", "json", "--out", str(tmp_path), "--space", micro, *common,
                "--cache", str(cache))
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "is a directory" in out.stderr, out.stderr

@@ -41,6 +41,7 @@ from latency.runners import DeviceError, ModelRunError, make_runner, summarize_r
 from mnas_common.checks import positive_int, positive_number
 from mnas_common.errors import first_line
 from mnas_common.paths import cache_dir
+from mnas_common.pools import stop_pool
 
 log = logging.getLogger("latency.service")
 
@@ -517,14 +518,7 @@ def _time_layers_task(items: list[dict], lock_path: str, pin_cpu: bool, cache_pa
 def _stop_pool(pool: ProcessPoolExecutor, grace_s: float, work_dir: Path) -> None:
     """Shut a worker pool down without ever waiting forever: workers still alive after ``grace_s`` are killed; then
     the temp directories of the workers that have ended are removed."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    deadline = time.monotonic() + grace_s
-    for proc in processes:
-        proc.join(timeout=max(0.0, deadline - time.monotonic()))
-        if proc.is_alive():
-            proc.kill()
-            proc.join(timeout=5.0)
+    stop_pool(pool, grace_s)
     _remove_ended_worker_tmp(work_dir)
 
 

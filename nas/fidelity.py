@@ -24,7 +24,6 @@ import json
 import math
 import os
 import platform
-import queue
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -249,21 +248,37 @@ class _Interrupted(Exception):
     pass
 
 
+class JobCrashed(RuntimeError):
+    """A job's function broke (not a failed child, which is a stored record) or its worker process died."""
+
+
+def transient(record: dict) -> bool:
+    """Whether a stored record failed for a reason of the moment (out of memory beside another worker): such a job
+    is run again, not reused."""
+    return bool((record.get("result") or {}).get("transient"))
+
+
 def run_jobs(jobs: Sequence[Job], store: ResultStore, *, workers: int = 1, threads: int = 1,
              cache_dir: str | None = None, deadline: float | None = None, max_jobs: int | None = None,
              work: Callable[[Job], float] | None = None, progress: bool = True) -> RunSummary:
-    """Run every job whose key is not stored yet, ``workers`` at a time; store each record as it arrives.
+    """Run every job whose key is not stored yet (or is stored as a transient failure), ``workers`` at a time;
+    store each record as it arrives.
 
     Stops starting new jobs at ``deadline`` (``time.monotonic()``) or after ``max_jobs``; jobs already running
     finish and are stored. SIGINT/SIGTERM stop at once: running jobs are lost (they are rerun next time), every
-    finished one is kept.
+    finished one is kept. A worker process that dies (killed, out of memory) stops the run the same way, then
+    raises :class:`JobCrashed` naming the job it was running.
     """
     import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     from tqdm.auto import tqdm
 
-    stored = store.load()
-    todo, seen = [], set(stored)
+    from mnas_common.pools import stop_pool
+
+    seen = {key for key, record in store.load().items() if not transient(record)}
+    todo = []
     for job in jobs:
         key = job.key()
         if key not in seen:
@@ -275,9 +290,9 @@ def run_jobs(jobs: Sequence[Job], store: ResultStore, *, workers: int = 1, threa
     work = work or (lambda job: 1.0)
     bar = tqdm(total=round(sum(work(j) for j in todo)), unit="img", unit_scale=True, disable=not progress,
                desc=f"0/{len(todo)} jobs", dynamic_ncols=True)
-    done_q: queue.Queue = queue.Queue()
-    ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no torch thread pools inherited from a fork
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(threads,))
+    # spawn: a fresh interpreter per worker, no torch thread pools inherited from a fork
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(threads,))
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum, frame):
@@ -285,7 +300,7 @@ def run_jobs(jobs: Sequence[Job], store: ResultStore, *, workers: int = 1, threa
 
     signal.signal(signal.SIGTERM, on_term)
     pending = iter(todo)
-    in_flight: dict[str, Job] = {}
+    in_flight: dict = {}  # future -> job
     started = 0
     try:
         while True:
@@ -294,32 +309,39 @@ def run_jobs(jobs: Sequence[Job], store: ResultStore, *, workers: int = 1, threa
                 job = next(pending, None)
                 if job is None:
                     break
-                key = job.key()
-                in_flight[key] = job
+                in_flight[pool.submit(_worker_execute, job, cache_dir)] = job
                 started += 1
-                pool.apply_async(_worker_execute, (job, cache_dir), callback=done_q.put,
-                                 error_callback=lambda exc, key=key: done_q.put({"key": key, "exception": exc}))
             if not in_flight:
                 break
-            record = done_q.get()
-            job = in_flight.pop(record["key"])
-            if "exception" in record:  # the job function itself broke (not a failed child): stop, report
-                raise RuntimeError(f"{job.role} job for {job.arch} (seed {job.seed}) crashed: "
-                                   f"{record['exception']!r}")
-            store.append(record)
-            summary.ran += 1
-            summary.pending -= 1
-            result = record["result"]
-            if result.get("status", "ok") != "ok" or result.get("error"):
-                summary.failed.append(f"{job.role} {job.arch} seed {job.seed}: {result.get('error')}")
-            bar.set_description(f"{summary.ran}/{len(todo)} jobs")
-            bar.update(round(work(job)))
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            crashed = None
+            for future in sorted(done, key=lambda f: f.exception() is not None):  # what finished is stored first
+                job = in_flight.pop(future)
+                if (exc := future.exception()) is not None:
+                    crashed = crashed or (job, exc)
+                    continue
+                record = future.result()
+                store.append(record)
+                summary.ran += 1
+                summary.pending -= 1
+                result = record["result"]
+                if result.get("status", "ok") != "ok" or result.get("error"):
+                    summary.failed.append(f"{job.role} {job.arch} seed {job.seed}: {result.get('error')}"
+                                          + (" (transient: run again to retry it)" if transient(record) else ""))
+                bar.set_description(f"{summary.ran}/{len(todo)} jobs")
+                bar.update(round(work(job)))
+            if crashed:
+                job, exc = crashed
+                what = f"{job.role} job for {job.arch} (seed {job.seed})"
+                if isinstance(exc, BrokenProcessPool):
+                    raise JobCrashed(f"a worker process died (killed, out of memory?) while running {what}; every "
+                                     "finished job is stored: run the same command again to continue")
+                raise JobCrashed(f"{what} crashed: {exc!r}")  # the job function itself broke: stop, report
     except (KeyboardInterrupt, _Interrupted):
         summary.interrupted = True
     finally:
         signal.signal(signal.SIGTERM, previous)
-        pool.terminate()
-        pool.join()
+        stop_pool(pool)
         bar.close()
     return summary
 
@@ -478,7 +500,7 @@ def analyse(records: dict[str, dict], archs: Sequence[str], *, proxy: Sequence[J
     out["spearman_seed_mean"] = _with_ci(lambda p, t: rank_stats.spearman(p.mean(1), t), P, truth, n_boot=n_boot,
                                          seed=boot_seed)
     out["top_k"] = k
-    out["top_k_overlap"] = float(np.mean([rank_stats.top_k_overlap(truth, P[:, s], k) for s in range(P.shape[1])]))
+    out["top_k_overlap"] = _top_k_overlap(truth, P, k)
     out["proxy_top1"] = {"mean": float(P.mean()), "min": float(P.mean(1).min()), "max": float(P.mean(1).max())}
     out["reference_top1"] = {"mean": float(truth.mean()), "min": float(truth.min()), "max": float(truth.max())}
 
@@ -498,10 +520,18 @@ def analyse(records: dict[str, dict], archs: Sequence[str], *, proxy: Sequence[J
             entry["spearman"] = _with_ci(_mean_over_seeds(rank_stats.spearman), Z, zt, n_boot=n_boot, seed=boot_seed)
             entry["kendall"] = _with_ci(_mean_over_seeds(rank_stats.kendall), Z, zt, n_boot=n_boot, seed=boot_seed)
             entry["noise_spearman"] = _with_ci(_seed_agreement, Z, n_boot=n_boot, seed=boot_seed)
-            entry["top_k_overlap"] = float(np.mean([rank_stats.top_k_overlap(zt, Z[:, s], min(k, len(zused)))
-                                                    for s in range(Z.shape[1])]))
+            if (overlap := _top_k_overlap(zt, Z, k)) is not None:
+                entry["top_k_overlap"] = overlap
         out["zero_cost"][name] = entry
     return out
+
+
+def _top_k_overlap(truth: np.ndarray, scores: np.ndarray, k: int) -> float | None:
+    """The top-k overlap of each seed's column of ``scores`` with ``truth``, averaged; None where k is not below the
+    number of architectures (every one is in both top k: 1.0 would say nothing)."""
+    if k >= len(truth):
+        return None
+    return float(np.mean([rank_stats.top_k_overlap(truth, scores[:, s], k) for s in range(scores.shape[1])]))
 
 
 def fidelity_figure(stats: dict, *, references: Sequence[str] = (), title: str = ""):

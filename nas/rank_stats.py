@@ -69,14 +69,21 @@ def kendall(x: Sequence[float], y: Sequence[float]) -> float:
 def top_k_overlap(truth: Sequence[float], score: Sequence[float], k: int) -> float:
     """Share of the ``k`` best by ``truth`` that are also among the ``k`` best by ``score`` (higher is better).
 
-    Ties at the cut are broken by position (a stable sort), the same for both sides.
+    Ties at the cut are broken at random, independently on each side, and the expected overlap is returned: an item
+    above a side's cut is in its top k for sure, one tied at the cut with the share of the cut's remaining places
+    (so a score with no information gets chance, k/n, not 0 or 1 by the order the items were listed in).
     """
     a, b = _pair(truth, score)
     if not 1 <= k <= len(a):
         raise ValueError(f"top-k overlap needs 1 <= k <= {len(a)}, got k={k}")
-    best_a = set(np.argsort(-a, kind="mergesort")[:k].tolist())
-    best_b = set(np.argsort(-b, kind="mergesort")[:k].tolist())
-    return len(best_a & best_b) / k
+    return float(_in_top_k(a, k) @ _in_top_k(b, k)) / k
+
+
+def _in_top_k(x: np.ndarray, k: int) -> np.ndarray:
+    """Each item's probability of being among the ``k`` largest when ties at the cut are broken at random."""
+    cut = np.sort(x)[::-1][k - 1]
+    above, tied = x > cut, x == cut
+    return above + tied * (k - above.sum()) / tied.sum()
 
 
 def bootstrap_ci(statistic: Callable[..., float], *columns: Sequence, n_boot: int = 2000, level: float = 0.95,

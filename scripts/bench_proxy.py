@@ -86,7 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="train no reference jobs (proxy cost and noise only; correlations use what is stored)")
     ap.add_argument("--workers", type=int, default=1, help="jobs in parallel (processes)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per job (cost is reported per child)")
-    ap.add_argument("--device", default="cpu", help="device of every job (cpu; cuda where there is one)")
+    ap.add_argument("--device", default="cpu", help="device of every training job (cpu; cuda where there is one); "
+                    "training-free scores are computed on the CPU")
     ap.add_argument("--results", default="runs/bench_proxy", help="results directory (shared by all proxies)")
     ap.add_argument("--cache-dir", default=None, help="prepared datasets (default $MNAS_CACHE_DIR/data)")
     ap.add_argument("--max-minutes", type=float, default=None, help="start no new job after this many minutes")
@@ -107,6 +108,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         positive_int("--max-jobs", args.max_jobs)
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise BadInput(f"--max-minutes must be > 0, got {args.max_minutes}")
+    from nas.trainer import check_device
+
+    if problem := check_device(args.device):
+        raise BadInput(problem.replace("trainer.device", "--device"))
+    if args.plot and Path(args.plot).suffix:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        kinds = FigureCanvasBase.get_supported_filetypes()
+        if Path(args.plot).suffix[1:].lower() not in kinds:
+            raise BadInput(f"--plot {args.plot}: matplotlib cannot write {Path(args.plot).suffix!r} files "
+                           f"(it writes {', '.join(sorted(kinds))})")
     args.seed_list = _ints(args.seeds, "--seeds")
     args.reference_seed_list = _ints(args.reference_seeds, "--reference-seeds")
     args.score_list = [] if args.zero_cost.strip() in ("", "none") else [s.strip() for s in args.zero_cost.split(",")]
@@ -207,7 +219,9 @@ def make_jobs(args, s: dict) -> tuple[list, list, list]:
              for seed in args.seed_list for a in s["archs"]]
     reference = [Job("reference", a, seed, s["reference_dataset"], trainer=s["reference_trainer"], **common)
                  for seed in args.reference_seed_list for a in s["archs"]]
-    zero = [Job("zero_cost", a, seed, s["proxy_dataset"], score=name, batch_size=args.zero_cost_batch, **common)
+    # training-free scores are computed on the CPU (float64) whatever --device: their records say so
+    zero = [Job("zero_cost", a, seed, s["proxy_dataset"], score=name, batch_size=args.zero_cost_batch,
+                threads=args.threads, device="cpu")
             for name in args.score_list for seed in args.seed_list for a in s["archs"]]
     return proxy, reference, zero
 
@@ -385,25 +399,35 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from nas.data import load_dataset
-    from nas.fidelity import ResultStore, StoreBusy, analyse, cost_against, dataset_key, run_jobs
+    from nas.fidelity import JobCrashed, ResultStore, StoreBusy, analyse, cost_against, dataset_key, run_jobs
 
     proxy, reference, zero = make_jobs(args, s)
     baseline = baseline_jobs(args, s)
     if args.summary:
-        records = ResultStore(args.results, write=False).load()
+        try:
+            records = ResultStore(args.results, write=False).load()
+        except ValueError as exc:  # a damaged results file: one line, nothing written
+            print(f"error: {first_line(exc)}", file=sys.stderr)
+            return 2
         rows = summary(args, s, records)
         if args.json:
             print(json.dumps({"rows": rows}))
         return 0
     try:
         store = ResultStore(args.results)
+    except (ValueError, OSError, StoreBusy) as exc:
+        print(f"error: {first_line(exc)}", file=sys.stderr)
+        return 2
+    try:
+        store.load()  # a damaged results file is refused here, in one line, before anything runs
         proxy_data = load_dataset(s["proxy_dataset"], cache_dir=args.cache_dir, progress=not args.no_progress)
         reference_data = load_dataset(s["reference_dataset"], cache_dir=args.cache_dir,
                                       progress=not args.no_progress)
         check_held_out(proxy_data, reference_data)
         baseline_data = load_dataset(s["baseline_dataset"], cache_dir=args.cache_dir, progress=not args.no_progress) \
             if baseline else None
-    except (ValueError, FileNotFoundError, StoreBusy) as exc:
+    except (ValueError, FileNotFoundError) as exc:
+        store.close()
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     sizes = {dataset_key(s["proxy_dataset"]): (len(proxy_data.train), len(proxy_data.val)),
@@ -417,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
         run = run_jobs(jobs, store, workers=args.workers, threads=args.threads, cache_dir=args.cache_dir,
                        deadline=deadline, max_jobs=args.max_jobs, progress=not args.no_progress,
                        work=lambda j: j.work(*sizes[dataset_key(j.dataset)]))
+    except JobCrashed as exc:
+        print(f"error: {first_line(exc)}", file=sys.stderr)
+        return 1
     finally:
         store.close()
     print(f"bench_proxy: {run.stored_before} jobs were stored, {run.ran} ran now, {run.pending} pending",

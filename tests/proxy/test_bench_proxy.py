@@ -141,6 +141,10 @@ def test_analyse_on_known_records(tmp_path):
     fig.savefig(tmp_path / "fidelity.png")
     assert (tmp_path / "fidelity.png").stat().st_size > 10_000
 
+    # a top k that holds every architecture says nothing: no figure rather than a trivial 1.0
+    assert analyse(records, archs, proxy=proxy, reference=reference, zero_cost=zero, top_k=6,
+                   n_boot=20)["top_k_overlap"] is None
+
     # a failed proxy training drops its architecture; a missing one makes the run incomplete
     failed = proxy[0]
     records[failed.key()] = record(failed, None)
@@ -220,6 +224,9 @@ def test_reference_holds_out_the_proxys_images_and_trains_on_none_of_them(tmp_pa
     (["trainer.no_such_field=1"], "no_such_field"),
     (["trainer.lr=-1"], "trainer.lr"),
     (["--references", "no_such_net"], "no_such_net"),
+    (["--device", "bogus"], "--device"),  # a traceback after the data was prepared
+    (["--device", "cuda:99"], "--device"),  # every job stored as failed for good, exit 0
+    (["--plot", "fig.jpgx"], "--plot"),  # a traceback after all the training, the --json line lost
 ])
 def test_bad_input_is_one_error_line_and_exit_2(argv, culprit, capsys, tmp_path):
     assert load_script().main([*argv, "--results", str(tmp_path / "r")]) == 2
@@ -390,3 +397,82 @@ def test_an_empty_summary_says_why(tmp_path, capsys):
     argv[argv.index("--results") + 1] = str(lone)
     assert bench.main([*argv, "--reference-seeds", seeds]) == 0
     assert f"no proxy in {lone} has finished 3" in capsys.readouterr().out
+
+
+def test_a_damaged_results_file_is_one_line(tmp_path, capsys):
+    bench, argv, args, s = summary_setup(tmp_path)
+    (tmp_path / "results.jsonl").write_text('{"key": "a", "result": {}}\n{"key": "x", "oops\n{"key": "b"}\n')
+    before = (tmp_path / "results.jsonl").read_bytes()
+    for extra in (["--summary"], []):
+        run = [a for a in argv if a != "--summary"] + extra
+        assert bench.main(run) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "results.jsonl:2: not a JSON line" in err, err
+    assert (tmp_path / "results.jsonl").read_bytes() == before
+
+
+def test_training_free_scores_are_recorded_on_the_cpu_they_ran_on(tmp_path):
+    """compute_scores runs on the CPU: with --device cuda its records said cuda (and cost per child on cuda)."""
+    from types import SimpleNamespace
+
+    bench, _, args, s = summary_setup(tmp_path)
+    args = SimpleNamespace(**{**vars(args), "device": "cuda", "score_list": ["synflow"]})
+    proxy, reference, zero = bench.make_jobs(args, s)
+    assert {j.device for j in proxy + reference} == {"cuda"} and {j.device for j in zero} == {"cpu"}
+
+
+def _zero_job(arch: str = "mobilenet_v2") -> Job:
+    return Job("zero_cost", arch, 0, DATA, score="naswot", batch_size=8)
+
+
+@needs_fmnist
+def test_a_transient_failure_is_run_again_not_reused(tmp_path):
+    """A job stored as failed for a reason of the moment (out of memory beside another worker) was skipped by every
+    later run: its architecture stayed failed for good, with exit 0."""
+    from nas.fidelity import run_jobs
+
+    job = _zero_job()
+    store = ResultStore(tmp_path)
+    store.append({**record(job, None), "result": {"status": "failed", "error": "out of memory", "transient": True}})
+    summary = run_jobs([job], store, cache_dir=str(tmp_path / "cache"), progress=False)
+    assert summary.stored_before == 0 and summary.ran == 1 and not summary.failed
+    assert store.load()[job.key()]["result"]["naswot"] is not None
+    again = run_jobs([job], store, cache_dir=str(tmp_path / "cache"), progress=False)
+    assert again.stored_before == 1 and again.ran == 0
+    store.close()
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_a_worker_that_dies_stops_the_run_in_one_line_and_keeps_what_finished(tmp_path):
+    """multiprocessing.Pool never reported a killed worker's task: the run waited forever, and SIGTERM then hung in
+    Pool.terminate, so only SIGKILL ended it."""
+    import threading
+
+    from nas.fidelity import JobCrashed, run_jobs
+
+    quick = _zero_job()
+    slow = Job("proxy", "mobilenet_v2", 0, DATA, trainer=dict(TRAINER, max_steps=100_000, epochs=1000))
+    store = ResultStore(tmp_path)
+
+    def workers():  # the pool's processes (not multiprocessing's resource tracker)
+        return [c for c in psutil.Process().children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
+
+    def kill_the_worker_once_the_first_job_is_stored():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (tmp_path / "results.jsonl").exists():
+            time.sleep(0.1)
+        time.sleep(2.0)  # the slow job has started
+        for child in workers():
+            child.kill()
+
+    killer = threading.Thread(target=kill_the_worker_once_the_first_job_is_stored, daemon=True)
+    killer.start()
+    start = time.monotonic()
+    with pytest.raises(JobCrashed, match=r"a worker process died .* while running proxy job for mobilenet_v2"):
+        run_jobs([quick, slow], store, cache_dir=str(tmp_path / "cache"), progress=False)
+    assert time.monotonic() - start < 300
+    killer.join(timeout=10)
+    assert list(store.load()) == [quick.key()]
+    assert not workers()
+    store.close()

@@ -57,6 +57,25 @@ def test_top_k_overlap():
         top_k_overlap(truth, truth, 6)
 
 
+def test_top_k_overlap_with_ties_is_the_same_whatever_the_order():
+    """Ties at the cut used to be broken by position: a score with no information (every child at chance) got 0.0
+    or 1.0 depending only on the order the architectures were listed in; it gets chance, k/n, now."""
+    truth = [0.9, 0.8, 0.7, 0.6, 0.5]
+    flat = [0.1] * 5
+    assert top_k_overlap(truth, flat, 2) == pytest.approx(2 / 5)
+    assert top_k_overlap(truth[::-1], flat, 2) == pytest.approx(2 / 5)
+    # item 0 above the cut; items 1, 2, 3 tied at it for the one place left: 1 + 1/3 of the truth's best two
+    assert top_k_overlap(truth, [3, 2, 2, 2, 1], 2) == pytest.approx((1 + 1 / 3) / 2)
+    assert top_k_overlap(truth, [1, 2, 2, 2, 3], 2) == pytest.approx((1 / 3) / 2)  # item 1: a third of a place
+    # averaged over every tie-break, by brute force
+    import itertools
+
+    score = [2, 2, 1, 1, 1]
+    cuts = [set(sorted(range(5), key=lambda i: (-score[i], rank[i]))[:3]) for rank in itertools.permutations(range(5))]
+    exact = sum(len(cut & {0, 1, 2}) for cut in cuts) / len(cuts) / 3  # the truth's best three: items 0, 1, 2
+    assert top_k_overlap(truth, score, 3) == pytest.approx(exact)
+
+
 def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_data():
     rng = np.random.default_rng(1)
     widths = []

@@ -106,7 +106,7 @@ class Search:
 
     def _run_batches(self) -> None:
         while self.committed < self.budget:
-            batch = self._propose(min(self.batch_size, self.budget - self.committed))
+            batch = self._propose(self._step_size())
             todo = self._take_stored(batch)
             self._emit("on_submit", batch.step, list(todo))
             for result in self.evaluator.evaluate(list(todo)):
@@ -128,6 +128,8 @@ class Search:
                     in_flight.setdefault(arch, []).append(batch)
                 else:
                     self._commit(batch)
+            if not in_flight:  # the budget was reached by reused children alone
+                continue
             result = self.evaluator.next_result()
             for j, batch in enumerate(in_flight.pop(result.arch)):
                 batch.step = self.next_step  # steps are numbered in the order children return
@@ -147,6 +149,20 @@ class Search:
         if last >= 0:
             self.controller.load_state_dict(self.store.controller_state(last))
         self.committed, self.next_step = len(self.history), last + 1
+
+    def _step_size(self) -> int:
+        """Children of the next step: ``batch_size``, the last step fewer where it does not divide the budget. A step
+        interrupted after some of its children were stored is sampled again at the size it had, though the budget
+        has changed since (a controller's first samples depend on how many it draws): its stored children are
+        taken, not trained again. The size is stored before the step's first child."""
+        left = self.budget - self.committed
+        started = self.store.get_meta("step_in_progress")
+        if isinstance(started, dict) and started.get("step") == self.next_step and \
+                isinstance(started.get("size"), int) and 0 < started["size"] <= left:
+            return started["size"]
+        size = min(self.batch_size, left)
+        self.store.set_meta("step_in_progress", {"step": self.next_step, "size": size})
+        return size
 
     def _propose(self, n: int) -> Batch:
         sample = self.controller.sample(n)

@@ -193,6 +193,39 @@ def test_steady_state_resumes_without_repeating_a_child(tmp_path):
     assert len({(r[0], r[1]) for r in rows}) == 10  # recorded once each
 
 
+def test_steady_state_ends_when_reused_children_alone_reach_the_budget(tmp_path):
+    """The fill loop could reach the budget with reused children alone and then wait for a result with nothing in
+    flight: IndexError, or 'next_result() with nothing submitted', after the children were committed."""
+    space = SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}], conv_ops=["ds"], kernel_sizes=[3],
+                        se_ratios=[0.0], skip_ops=["identity"], filter_multipliers=[1.0], layer_deltas=[0])
+    evaluator = FakeEvaluator()
+    store = RunStore(tmp_path)
+    s = Search(space=space, controller=build_controller("random", space.num_choices), reward=MnasNetReward(target_ms=5),
+               evaluator=evaluator, store=store, budget=3, batch_size=1, steady_state=True)
+    summary = s.run()
+    store.close()
+    assert summary["children"] == 3 and len(evaluator.evaluations) == 1
+    assert [r[5] for r in committed(tmp_path)] == [False, True, True]
+
+
+def test_a_step_interrupted_before_a_budget_change_keeps_its_stored_children(tmp_path):
+    """The interrupted step was sampled again at the new budget's size; a controller's first samples depend on how
+    many it draws, so every stored child of that step 'differed' and was trained again."""
+    first = FakeEvaluator(stop_after=5)  # steps of 4 and 2 (budget 6): stopped inside the second step
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, first, controller="random", budget=6)
+    with RunStore(tmp_path, readonly=True) as store:
+        stored = store.pending_children(1)
+    assert len(stored) == 1
+    resumed = FakeEvaluator()
+    run(tmp_path, resumed, controller="random", budget=12)  # the step of 2 stays a step of 2
+    rows = committed(tmp_path)
+    assert len(rows) == 12 and [r[0] for r in rows] == [0] * 4 + [1] * 2 + [2] * 4 + [3] * 2
+    (idx, child), = stored.items()
+    assert rows[4 + idx][2] == child.arch and child.arch not in resumed.evaluations[:1]
+    assert len(first.evaluations) + len(resumed.evaluations) == len(set(r[2] for r in rows))
+
+
 def test_a_larger_budget_extends_a_finished_run(tmp_path):
     run(tmp_path, FakeEvaluator(), budget=4)
     evaluator = FakeEvaluator()

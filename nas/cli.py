@@ -27,22 +27,41 @@ _HYDRA_ONLY = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-
 MAX_CHECKED_JOBS = 1000  # a sweep's jobs composed and checked before the first one runs (beyond: the first 1000)
 
 
-def _jobs(argv: list[str]) -> list[list[str]]:
-    """The overrides of every job a sweep would run (Hydra's basic sweeper: the product of the sweep overrides, in
-    order); one job for a plain command line."""
+def _jobs(argv: list[str], compose=None) -> list[list[str]]:
+    """The overrides of every job a sweep would run, as Hydra's basic sweeper orders them: the product of the sweep's
+    parameters, those the config carries (``hydra.sweeper.params``, an experiment's ablation; read with ``compose``)
+    first, a command-line value of the same key taking its place; one job for a plain command line. A sweep value
+    without ``-m`` is refused, as Hydra would, but in one line."""
     import itertools
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    overrides = [a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
-    choices = []
-    for override, text in zip(OverridesParser.create().parse_overrides(overrides), overrides):
-        if override.is_sweep_override():
-            key = text.split("=", 1)[0]
-            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
-        else:
-            choices.append([text])
-    return [list(job) for job in itertools.islice(itertools.product(*choices), MAX_CHECKED_JOBS)]
+    parser = OverridesParser.create()
+    given = [a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    parsed = list(zip(parser.parse_overrides(given), given))
+    multirun = bool({"-m", "--multirun"} & set(argv))
+    if not multirun:
+        for override, text in parsed:
+            if override.is_sweep_override():
+                raise ConfigError(f"{text} is a sweep: add -m (--multirun) to run one search per value, or write a "
+                                  "list as key=[a,b]")
+        return [given]
+    carried = []
+    if compose is not None:
+        try:
+            first = [f"{text.split('=', 1)[0]}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
+                     else text for o, text in parsed]
+            params = compose(first).hydra.sweeper.get("params") or {}
+        except Exception:  # a bad override: the jobs' own composition says what is wrong
+            params = {}
+        carried = [f"{key}={value}" for key, value in params.items()]
+        parsed = list(zip(parser.parse_overrides(carried), carried)) + parsed
+    choices: dict[str, list[str]] = {}  # by key, in first-seen order: a later value replaces, in place
+    for override, text in parsed:
+        key = text.split("=", 1)[0]
+        choices[override.get_key_element()] = ([f"{key}={value}" for value in override.sweep_string_iterator()]
+                                               if override.is_sweep_override() else [text])
+    return [list(job) for job in itertools.islice(itertools.product(*choices.values()), MAX_CHECKED_JOBS)]
 
 
 def _keys(cfg, prefix: str = "") -> set[str]:
@@ -73,8 +92,9 @@ def check_command_line(config_name: str, argv: list[str], *, strict_keys: bool =
         return None
     first = None
     try:
-        jobs = _jobs(argv)
         with initialize_config_dir(version_base=None, config_dir=str(config_dir())):
+            jobs = _jobs(argv, lambda overrides: compose(config_name=config_name, overrides=overrides,
+                                                         return_hydra_config=True))
             known = _keys(compose(config_name=config_name))
             for job in jobs:
                 where = f"sweep job {' '.join(job)}: " if len(jobs) > 1 else ""

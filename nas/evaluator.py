@@ -46,6 +46,8 @@ class Evaluator(ABC):
 
     #: children worked on at once; a steady-state search keeps this many in flight
     capacity: int = 1
+    #: closed-form children, not trained ones: part of a run's identity, never mixed with trained children
+    synthetic: bool = False
 
     def check(self) -> list[str]:
         """Problems that would make every child fail (a missing dataset, device or GPU), found without side effects."""

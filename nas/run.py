@@ -34,14 +34,14 @@ from nas.store import RunStore, StoreError
 # Config sections that define a run's results: resuming with different values would mix two searches in one store.
 # (Where children run, what is logged and the budget do not change the results of the children already stored.)
 IDENTITY_KEYS = ("search_space", "controller", "reward", "trainer", "dataset", "deploy", "seed", "batch_size",
-                 "steady_state", "latency")
+                 "steady_state", "latency", "evaluator")
 # The latency settings that decide a child's latency (device and protocol, how the search uses it, which conversions
 # fail); not where the cache lives, how many workers convert, timeouts or retries.
 LATENCY_IDENTITY = ("runner", "threads", "warmup_runs", "num_runs", "rounds", "anchor", "quiet", "pin_cpu", "cpu_mask",
                     "use_xnnpack", "fixed_performance", "tolerance_abs", "tolerance_rel", "mode", "hybrid_top_k",
                     "table_space", "table")
 # Written by later versions than some stores: a store without them is compared on the others (steady_state: False)
-LATER_KEYS = {"steady_state": False, "latency": None}
+LATER_KEYS = {"steady_state": False, "latency": None, "evaluator": None}
 DEPLOY_KEYS = ("resolution", "channels", "num_classes")
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,9 @@ def check_values(cfg) -> list[str]:
         positive_int("threads", cfg.get("threads"), allow_none=True)
     except ValueError as exc:
         problems.append(str(exc))
+    run_dir = cfg.get("run_dir")
+    if not isinstance(run_dir, str) or not run_dir.strip():
+        problems.append(f"run_dir must be a directory path, got {run_dir!r}")
     for key in ("measure_latency", "reuse_evaluations", "steady_state"):
         if not isinstance(cfg.get(key), bool):
             problems.append(f"{key} must be true or false, got {cfg.get(key)!r}")
@@ -193,11 +196,24 @@ def environment() -> dict:
 
 
 def identity(cfg) -> dict:
-    out = {k: strip_targets(cfg.get(k)) for k in IDENTITY_KEYS if k != "latency"}
+    out = {k: strip_targets(cfg.get(k)) for k in IDENTITY_KEYS if k not in ("latency", "evaluator")}
     latency = to_plain(cfg.get("latency")) or {}
     out["latency"] = ({k: latency.get(k) for k in LATENCY_IDENTITY if k in latency}
                       if cfg.get("measure_latency") is True else None)
+    out["evaluator"] = _results_of(cfg)
     return out
+
+
+def _results_of(cfg) -> str:
+    """What the evaluator's children are: ``trained`` (local and Ray give the same results, so a run may move between
+    them) or ``synthetic`` (closed-form; mixed into a trained run's store they would pass for real children)."""
+    from hydra.utils import get_class
+
+    target = (to_plain(cfg.get("evaluator")) or {}).get("_target_")
+    try:
+        return "synthetic" if target and getattr(get_class(target), "synthetic", False) else "trained"
+    except Exception:  # an evaluator that cannot be imported is refused when the parts are built, not here
+        return "trained"
 
 
 def hparams(cfg) -> dict:
@@ -226,6 +242,8 @@ def _check_store(store: RunStore, cfg) -> bool:
         was, now = stored["latency"], mine["latency"]
         changed[changed.index("latency")] = "measure_latency" if was is None or now is None else ", ".join(
             f"latency.{k}" for k in sorted({*was, *now}) if was.get(k) != now.get(k))
+    if "evaluator" in changed:
+        changed[changed.index("evaluator")] = f"evaluator ({stored['evaluator']} children, now {mine['evaluator']})"
     if changed:
         raise StoreError(f"run store {store.path} was created by a different search ({', '.join(changed)} changed); "
                          "resume with the original settings or choose a new run_dir")

@@ -40,6 +40,16 @@ def _committed(run_dir: Path) -> str:
         return "nothing committed"
 
 
+def _resume_hint(hydra_cfg) -> str:
+    """How to resume: the same command; a sweep's directory is named by the time it started, so a sweep resumes
+    only when given its directory again."""
+    from hydra.types import RunMode
+
+    if hydra_cfg.mode != RunMode.MULTIRUN or any(o.startswith("hydra.sweep.dir=") for o in hydra_cfg.overrides.hydra):
+        return "run the same command to resume"
+    return f"run the same command with hydra.sweep.dir={hydra_cfg.sweep.dir} to resume"
+
+
 @hydra.main(version_base=None, config_path=str(config_dir()), config_name="search")
 def _app(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
@@ -55,7 +65,7 @@ def _app(cfg: DictConfig) -> dict:
         fail(str(exc))
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (interrupts()), also when Ray re-raised it as its own
         stop = as_interrupted(exc)
-        print(f"interrupted ({stop}): {_committed(run_dir)} in {run_dir}; run the same command to resume",
+        print(f"interrupted ({stop}): {_committed(run_dir)} in {run_dir}; {_resume_hint(hydra_cfg)}",
               file=sys.stderr, flush=True)
         sys.exit(stop.exit_code)
     print(json.dumps(summary), flush=True)

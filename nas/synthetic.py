@@ -65,6 +65,8 @@ class SyntheticEvaluator(Evaluator):
     """Closed-form children (see the module docstring). ``failure_rate`` of the architectures fail (always the
     same ones), ``seconds`` of sleep simulate work, ``capacity`` children are in flight at once."""
 
+    synthetic = True
+
     def __init__(self, *, failure_rate: float = 0.0, seconds: float = 0.0, capacity: int = 1, deploy: dict | None = None,
                  seed: int = 0, trainer=None, dataset=None, latency=None, threads=None):
         """``trainer``, ``dataset``, ``latency`` and ``threads`` are what the search passes every evaluator; a

@@ -118,10 +118,26 @@ def test_resuming_with_other_latency_settings_is_refused_where_they_change_the_r
     assert search(tmp_path, "budget=4", "latency.workers=1", "latency.task_timeout_s=60")["children"] == 4
 
 
+def test_synthetic_children_never_join_a_trained_run(tmp_path):
+    """The README's dry run (evaluator=synthetic) on a trained run's run_dir was accepted: closed-form children were
+    committed beside trained ones and passed for measured ones in the front. Local and Ray may still be swapped."""
+    search(tmp_path, "budget=2")
+    before = committed(tmp_path)
+    with pytest.raises(StoreError, match=r"different search \(evaluator \(synthetic children, now trained\) changed"):
+        search(tmp_path, "budget=4", "evaluator=local")
+    assert committed(tmp_path) == before
+    from nas.run import identity
+
+    local, ray = (identity(config(f"evaluator={name}")) for name in ("local", "ray"))
+    assert local == ray and local["evaluator"] == "trained"
+    assert identity(config())["evaluator"] == "synthetic"
+
+
 def test_a_store_from_before_latency_was_part_of_the_identity_resumes(tmp_path):
     search(tmp_path, "budget=2")
     with RunStore(tmp_path) as store:
-        old = {k: v for k, v in store.get_meta("identity").items() if k not in ("latency", "steady_state")}
+        old = {k: v for k, v in store.get_meta("identity").items()
+               if k not in ("latency", "steady_state", "evaluator")}
         store.set_metas({"identity": old})
     assert search(tmp_path, "budget=4", "latency.num_runs=20")["children"] == 4
 
@@ -200,7 +216,40 @@ def test_every_job_of_a_sweep_is_checked_before_the_first_runs(tmp_path, sweep, 
     assert "hydra.sweep.dir" in one_error_line(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True))
 
 
+def test_a_sweep_needs_multirun_and_an_experiments_own_sweep_is_checked_too(tmp_path):
+    """Without -m, seed=0,1 passed the check and Hydra then refused it in many lines; an ablation experiment's own
+    sweep (hydra.sweeper.params) was not checked at all: Hydra's multi-line error after multirun.yaml was written."""
+    line = one_error_line(cli(tmp_path / "run", "seed=0,1"))
+    assert "seed=0,1 is a sweep: add -m (--multirun)" in line
+    cmd = [sys.executable, "-m", "nas.search", "-m", "+experiment=ablation_controllers", "evaluator=synthetic",
+           "controller.epochs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    line = one_error_line(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300))
+    assert "sweep job controller=lstm_reinforce seed=0 " in line and "Could not override 'controller.epochs'" in line
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_an_interrupted_sweep_names_its_directory_to_resume(tmp_path):
+    """'run the same command to resume' started a new sweep: its directory is named by the time it started."""
+    proc = subprocess.Popen([sys.executable, "-m", "nas.search", "-m", *FAST, "seed=0,1", "budget=400",
+                             "evaluator.seconds=0.05"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("multirun/*/*/0/run.sqlite")):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    sweep, = tmp_path.glob("multirun/*/*")
+    lines = message_lines(proc.stderr.read())
+    assert proc.returncode == 130 and len(lines) == 1, lines
+    assert lines[0].endswith(f"run the same command with hydra.sweep.dir={sweep.relative_to(tmp_path)} to resume")
+
+
 def test_unusable_run_dir_and_logger_paths_are_one_error_line(tmp_path):
+    for value in ("null", "", "5"):  # null was a TypeError traceback; '' ran in the current directory
+        assert f"run_dir must be a directory path, got {value or repr('')}".replace("null", "None") \
+            in one_error_line(cli(tmp_path / "run", f"run_dir={value}"))
+    assert not list(ROOT.glob("run.sqlite"))
     (tmp_path / "file").write_text("x")
     assert "is not a directory" in one_error_line(cli(tmp_path / "file" / "run"))
     line = one_error_line(cli(tmp_path / "run", f"logger.events.path={tmp_path / 'file' / 'events.jsonl'}"))

@@ -80,6 +80,11 @@ class DatasetConfig:
         ):
             raise ValueError(f"dataset.classes must be null, a number of classes or a non-empty list of class names, "
                              f"got {classes!r}")
+        if classes is not None and (classes if isinstance(classes, int) else len(classes)) < 2:
+            raise ValueError(f"dataset.classes must choose at least 2 classes (a classifier of one class is right by "
+                             f"construction), got {classes!r}")
+        if isinstance(classes, (list, tuple)) and len(set(classes)) != len(classes):
+            raise ValueError(f"dataset.classes lists a class twice: {list(classes)}")
         if isinstance(classes, list):
             object.__setattr__(self, "classes", tuple(classes))
         if self.source == "imagefolder" and not self.root:

@@ -116,6 +116,9 @@ def test_image_folder_classes_by_count_and_list(tmp_path):
     ({"source": "mnist"}, "source"),
     ({"classes": True}, "dataset.classes"),
     ({"classes": []}, "dataset.classes"),
+    ({"classes": 1}, "at least 2 classes"),  # trained 1-class children, top-1 = 1.0 by construction
+    ({"classes": ["n01"]}, "at least 2 classes"),
+    ({"classes": ["n01", "n01"]}, "lists a class twice"),
     ({"val_per_class": True}, "dataset.val_per_class"),
 ])
 def test_bad_input_gives_clear_errors(tmp_path, change, message):

@@ -256,10 +256,19 @@ class RunStore:
         """The error for a damaged part of this store (``what`` says which, ``why`` how); raising it changes nothing."""
         return StoreError(f"run store {self.path}: {what}" + (f" ({why})" if why else "") + "; it was not modified")
 
+    def _rows(self, what: str, sql: str, args: Sequence = ()) -> list[tuple]:
+        """The rows of a query; a page or text SQLite cannot read (``quick_check`` checks the file's structure, not
+        that stored text is UTF-8) is this store's one-line damage error, never a traceback."""
+        try:
+            return self.conn.execute(sql, tuple(args)).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self.damaged(f"{what} cannot be read", first_line(exc, limit=120)) from None
+
     def get_meta(self, key: str, default: Any = None) -> Any:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        if row is None:
+        rows = self._rows(f"meta {key!r}", "SELECT value FROM meta WHERE key = ?", (key,))
+        if not rows:
             return default
+        row = rows[0]
         try:
             return json.loads(row[0])
         except ValueError:
@@ -324,12 +333,14 @@ class RunStore:
 
     def last_step(self) -> int:
         """The last committed step, -1 when none."""
-        row = self.conn.execute("SELECT MAX(step) FROM steps").fetchone()
+        row, = self._rows("the steps", "SELECT MAX(step) FROM steps")
         return -1 if row[0] is None else int(row[0])
 
     def controller_state(self, step: int) -> Any:
         """The controller state committed with ``step``, checked against its hash before it is unpickled."""
-        row = self.conn.execute("SELECT controller_state, state_sha256 FROM steps WHERE step = ?", (step,)).fetchone()
+        rows = self._rows(f"the controller state of step {step}",
+                          "SELECT controller_state, state_sha256 FROM steps WHERE step = ?", (step,))
+        row = rows[0] if rows else None
         if row is None:
             raise StoreError(f"run store {self.path} has no controller state for step {step}")
         blob, digest = row
@@ -341,7 +352,7 @@ class RunStore:
             raise self.damaged(f"the controller state of step {step} is damaged", exc.__class__.__name__) from None
 
     def steps(self) -> list[dict]:
-        rows = self.conn.execute("SELECT step, stats, created_at FROM steps ORDER BY step").fetchall()
+        rows = self._rows("step statistics", "SELECT step, stats, created_at FROM steps ORDER BY step")
         try:
             return [{"step": s, "created_at": t, **json.loads(stats)} for s, stats, t in rows]
         except (ValueError, TypeError):
@@ -352,7 +363,7 @@ class RunStore:
         sql = (f"SELECT result, {', '.join(_PLACEMENT)} FROM children"
                + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY step, idx")
         out = []
-        for result, *placement in self.conn.execute(sql, tuple(args)).fetchall():
+        for result, *placement in self._rows("the children", sql, tuple(args)):
             values = dict(zip(_PLACEMENT, placement))
             try:
                 data = json.loads(result)
@@ -373,7 +384,7 @@ class RunStore:
         return out
 
     def num_committed_children(self) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM children WHERE committed_step IS NOT NULL").fetchone()[0]
+        return self._rows("the children", "SELECT COUNT(*) FROM children WHERE committed_step IS NOT NULL")[0][0]
 
     # ------------------------------------------------------------------ reference architectures
     def add_reference(self, name: str, arch: str, result: dict) -> None:
@@ -382,7 +393,7 @@ class RunStore:
 
     def references(self) -> dict[str, dict]:
         out = {}
-        for name, arch, result in self.conn.execute("SELECT name, arch, result FROM references_ ORDER BY name"):
+        for name, arch, result in self._rows("the references", "SELECT name, arch, result FROM references_ ORDER BY name"):
             try:
                 out[name] = {"arch": arch, **json.loads(result)}
             except (ValueError, TypeError) as exc:

@@ -189,6 +189,7 @@ def test_runs_of_different_experiments_or_sweeps_are_told_apart(tmp_path):
     ("references_", "result", "{not json"), ("children", "result", "null"), ("steps", "stats", "[1]"),
     ("meta", "value", "[1]"), ("meta:overrides", "value", "[1]"),
     ("children", "result", "json_set(result, '$.top1', 'x')"), ("children", "result", "json_set(result, '$.scores', 'a')"),
+    ("children", "result", "CAST(X'7B2261223AFF7D' AS TEXT)"),  # not UTF-8: SQLite cannot decode it
 ])
 def test_a_damaged_row_in_a_sweep_does_not_stop_the_report(tmp_path, capsys, table, column, value):
     make_run(tmp_path / "sweep" / "0", POINTS[:2], label_overrides=["seed=0"])
@@ -198,7 +199,7 @@ def test_a_damaged_row_in_a_sweep_does_not_stop_the_report(tmp_path, capsys, tab
         conn.executescript("DROP TRIGGER children_committed_are_final; DROP TRIGGER steps_are_final")
         table, _, key = table.partition(":")
         where = f" WHERE key = '{key or 'config'}'" if table == "meta" else ""
-        if value.startswith("json_set"):  # a child that is an object, with a field of the wrong type
+        if value.startswith(("json_set", "CAST")):  # a field of the wrong type; text that is not UTF-8
             conn.execute(f"UPDATE {table} SET {column} = {value}")
         else:
             conn.execute(f"UPDATE {table} SET {column} = ?{where}", (value,))

@@ -173,6 +173,29 @@ def test_damaged_rows_are_store_errors_naming_the_file(tmp_path, table, value, r
     assert str(tmp_path / "run.sqlite") in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("table, column, read, message", [
+    ("children", "result", "children", "the children cannot be read"),
+    ("steps", "stats", "steps", "step statistics cannot be read"),
+    ("references_", "result", "references", "the references cannot be read"),
+    ("meta", "value", "get_meta", "meta 'budget' cannot be read"),
+])
+def test_text_sqlite_cannot_decode_is_a_store_error(tmp_path, table, column, read, message):
+    """quick_check passes a store whose stored text is not UTF-8 (one flipped byte): reading it was an
+    sqlite3.OperationalError traceback out of nas.search and nas.pareto."""
+    with RunStore(tmp_path) as store:
+        store.add_child(child("a", 0.5, 3.0))
+        store.commit_step(0, {0: 0.1}, {"reward/mean": 0.1}, {})
+        store.add_reference("mobilenet_v2", "ref", {"status": "ok", "top1": 0.8})
+        store.set_meta("budget", 8)
+    with sqlite3.connect(tmp_path / "run.sqlite") as conn:
+        conn.executescript("DROP TRIGGER children_committed_are_final; DROP TRIGGER steps_are_final")
+        conn.execute(f"UPDATE {table} SET {column} = CAST(X'7B2261223AFF7D' AS TEXT)"
+                     + (" WHERE key = 'budget'" if table == "meta" else ""))
+    with RunStore(tmp_path, readonly=True) as store, pytest.raises(StoreError, match=message) as err:
+        getattr(store, read)(*(["budget"] if read == "get_meta" else []))
+    assert str(tmp_path / "run.sqlite") in str(err.value) and "\n" not in str(err.value)
+
+
 def test_readonly_missing_store(tmp_path):
     with pytest.raises(StoreError, match="no run store"):
         RunStore(tmp_path / "nope" / "run.sqlite", readonly=True)

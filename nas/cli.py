@@ -27,37 +27,40 @@ _HYDRA_ONLY = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-
 MAX_CHECKED_JOBS = 1000  # a sweep's jobs composed and checked before the first one runs (beyond: the first 1000)
 
 
-def _jobs(argv: list[str], compose=None) -> list[list[str]]:
+def is_multirun(argv: list[str]) -> bool:
+    """Whether the command line asks Hydra for a sweep: ``-m``, ``--multirun`` or ``hydra.mode=MULTIRUN``."""
+    return bool({"-m", "--multirun"} & set(argv)) or any(a.lstrip("+") == "hydra.mode=MULTIRUN" for a in argv)
+
+
+def _jobs(argv: list[str], compose=None, config_loader=None) -> list[list[str]]:
     """The overrides of every job a sweep would run, as Hydra's basic sweeper orders them: the product of the sweep's
-    parameters, those the config carries (``hydra.sweeper.params``, an experiment's ablation; read with ``compose``)
-    first, a command-line value of the same key taking its place; one job for a plain command line. A sweep value
-    without ``-m`` is refused, as Hydra would, but in one line."""
+    parameters, those the config carries (``hydra.sweeper.params``, an experiment's ablation; read with ``compose``
+    from the command line without its sweeps, as Hydra does) first, a command-line value of the same key taking its
+    place; one job for a plain command line. A sweep value without ``-m`` is refused, as Hydra would, but in one
+    line. ``config_loader``: Hydra's, for ``glob()`` sweeps over config groups."""
     import itertools
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parser = OverridesParser.create()
+    parser = OverridesParser.create(config_loader=config_loader)
     given = [a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
     parsed = list(zip(parser.parse_overrides(given), given))
-    multirun = bool({"-m", "--multirun"} & set(argv))
-    if not multirun:
+    hydra_cfg = None
+    if compose is not None:
+        try:
+            hydra_cfg = compose([text for o, text in parsed if not o.is_sweep_override()]).hydra
+        except Exception:  # a bad override: the jobs' own composition says what is wrong
+            pass
+    if not (is_multirun(argv) or hydra_cfg is not None and str(hydra_cfg.get("mode")).endswith("MULTIRUN")):
         for override, text in parsed:
             if override.is_sweep_override():
                 raise ConfigError(f"{text} is a sweep: add -m (--multirun) to run one search per value, or write a "
                                   "list as key=[a,b]")
         return [given]
-    carried = []
-    if compose is not None:
-        try:
-            first = [f"{text.split('=', 1)[0]}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
-                     else text for o, text in parsed]
-            params = compose(first).hydra.sweeper.get("params") or {}
-        except Exception:  # a bad override: the jobs' own composition says what is wrong
-            params = {}
-        carried = [f"{key}={value}" for key, value in params.items()]
-        parsed = list(zip(parser.parse_overrides(carried), carried)) + parsed
+    params = (hydra_cfg.sweeper.get("params") if hydra_cfg is not None else None) or {}
+    carried = [f"{key}={value}" for key, value in params.items()]
     choices: dict[str, list[str]] = {}  # by key, in first-seen order: a later value replaces, in place
-    for override, text in parsed:
+    for override, text in list(zip(parser.parse_overrides(carried), carried)) + parsed:
         key = text.split("=", 1)[0]
         choices[override.get_key_element()] = ([f"{key}={value}" for value in override.sweep_string_iterator()]
                                                if override.is_sweep_override() else [text])
@@ -93,8 +96,11 @@ def check_command_line(config_name: str, argv: list[str], *, strict_keys: bool =
     first = None
     try:
         with initialize_config_dir(version_base=None, config_dir=str(config_dir())):
+            from hydra.core.global_hydra import GlobalHydra
+
             jobs = _jobs(argv, lambda overrides: compose(config_name=config_name, overrides=overrides,
-                                                         return_hydra_config=True))
+                                                         return_hydra_config=True),
+                         GlobalHydra.instance().config_loader())
             known = _keys(compose(config_name=config_name))
             for job in jobs:
                 where = f"sweep job {' '.join(job)}: " if len(jobs) > 1 else ""

@@ -314,11 +314,11 @@ def run_jobs(jobs: Sequence[Job], store: ResultStore, *, workers: int = 1, threa
             if not in_flight:
                 break
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            crashed = None
+            crashed: list[tuple[Job, BaseException]] = []
             for future in sorted(done, key=lambda f: f.exception() is not None):  # what finished is stored first
                 job = in_flight.pop(future)
                 if (exc := future.exception()) is not None:
-                    crashed = crashed or (job, exc)
+                    crashed.append((job, exc))
                     continue
                 record = future.result()
                 store.append(record)
@@ -331,12 +331,16 @@ def run_jobs(jobs: Sequence[Job], store: ResultStore, *, workers: int = 1, threa
                 bar.set_description(f"{summary.ran}/{len(todo)} jobs")
                 bar.update(round(work(job)))
             if crashed:
-                job, exc = crashed
-                what = f"{job.role} job for {job.arch} (seed {job.seed})"
-                if isinstance(exc, BrokenProcessPool):
+                def name(job: Job) -> str:
+                    return f"{job.role} job for {job.arch} (seed {job.seed})"
+
+                broken = [job for job, exc in crashed if isinstance(exc, BrokenProcessPool)]
+                if broken:  # every job in flight fails with the pool: which one's worker died is not known
+                    what = name(broken[0]) if len(broken) == 1 else f"one of: {'; '.join(map(name, broken))}"
                     raise JobCrashed(f"a worker process died (killed, out of memory?) while running {what}; every "
                                      "finished job is stored: run the same command again to continue")
-                raise JobCrashed(f"{what} crashed: {exc!r}")  # the job function itself broke: stop, report
+                job, exc = crashed[0]
+                raise JobCrashed(f"{name(job)} crashed: {exc!r}")  # the job function itself broke: stop, report
     except (KeyboardInterrupt, _Interrupted):
         summary.interrupted = True
     finally:

@@ -233,6 +233,8 @@ def _check_store(store: RunStore, cfg) -> bool:
     if stored is None:
         return True
     mine = identity(cfg)
+    if "evaluator" not in stored and isinstance(config := store.get_meta("config"), dict):
+        stored = {**stored, "evaluator": _results_of(config)}  # a store from before the key: what it was created with
     changed = [k for k in IDENTITY_KEYS if (k in stored or k not in LATER_KEYS)
                and strip_targets(stored.get(k)) != mine[k]]
     # stores written before the evaluator group existed had no steady_state: it was always off

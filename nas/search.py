@@ -25,7 +25,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from mnas_common.paths import config_dir  # noqa: E402
-from nas.cli import as_interrupted, check_command_line, fail, interrupts  # noqa: E402
+from nas.cli import as_interrupted, check_command_line, fail, interrupts, is_multirun  # noqa: E402
 from nas.components import ConfigError  # noqa: E402
 from nas.data import DatasetUnavailable  # noqa: E402
 from nas.evaluator import EvaluatorStopped  # noqa: E402
@@ -80,7 +80,7 @@ def main() -> None:
         cfg = check_command_line("search", argv, check=check_values)
         # Hydra creates the run directory (a sweep's directory) before the app runs
         problems = []
-        if cfg is not None and {"-m", "--multirun"} & set(argv):
+        if cfg is not None and is_multirun(argv):
             sweep = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.sweep.dir=")]
             problems = check_run_dir(Path(sweep[-1] if sweep else "multirun"), "hydra.sweep.dir")
         elif cfg is not None:

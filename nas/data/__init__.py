@@ -243,6 +243,8 @@ def _restrict_classes(src, classes, seed):
                 keep.append(names.index(c))
             else:
                 raise ValueError(f"unknown class {c!r}; known: {', '.join(names)}")
+        if len(set(keep)) != len(keep):  # by index and by name
+            raise ValueError(f"dataset.classes lists a class twice: {list(classes)}")
     mask = np.isin(src.labels, keep)
     remap = {old: new for new, old in enumerate(keep)}
     labels = np.asarray([remap[int(v)] for v in src.labels[mask]], dtype=np.int64)

@@ -126,6 +126,11 @@ def test_synthetic_children_never_join_a_trained_run(tmp_path):
     with pytest.raises(StoreError, match=r"different search \(evaluator \(synthetic children, now trained\) changed"):
         search(tmp_path, "budget=4", "evaluator=local")
     assert committed(tmp_path) == before
+    with RunStore(tmp_path) as store:  # a store from before the key: judged by the evaluator it was created with
+        store.set_metas({"identity": {k: v for k, v in store.get_meta("identity").items() if k != "evaluator"}})
+    with pytest.raises(StoreError, match=r"evaluator \(synthetic children, now trained\) changed"):
+        search(tmp_path, "budget=4", "evaluator=local")
+    assert search(tmp_path, "budget=4")["children"] == 4
     from nas.run import identity
 
     local, ray = (identity(config(f"evaluator={name}")) for name in ("local", "ray"))
@@ -226,6 +231,32 @@ def test_a_sweep_needs_multirun_and_an_experiments_own_sweep_is_checked_too(tmp_
     line = one_error_line(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300))
     assert "sweep job controller=lstm_reinforce seed=0 " in line and "Could not override 'controller.epochs'" in line
     assert not (tmp_path / "sweep").exists()
+
+
+def _sweep_jobs(*argv: str) -> list[list[str]]:
+    """The jobs nas.cli expands a command line into, composed as check_command_line does."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from nas.cli import _jobs
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        return _jobs(list(argv), lambda o: compose("search", overrides=o, return_hydra_config=True),
+                     GlobalHydra.instance().config_loader())
+
+
+def test_sweep_jobs_are_the_ones_hydra_runs():
+    """As Hydra's basic sweeper: an experiment's own sweep is read without the command line's sweeps (a sweep over
+    two ablation experiments is two jobs, not the first experiment's eight crossed with both), glob() sweeps expand
+    over the config group, and hydra.mode=MULTIRUN is a sweep like -m."""
+    assert _sweep_jobs("-m", "+experiment=ablation_controllers,ablation_constraint") == [
+        ["+experiment=ablation_controllers"], ["+experiment=ablation_constraint"]]
+    jobs = _sweep_jobs("-m", "+experiment=ablation_controllers", "seed=5")
+    assert len(jobs) == 4 and jobs[0] == ["controller=lstm_ppo", "seed=5", "+experiment=ablation_controllers"]
+    assert [j[0] for j in _sweep_jobs("-m", "controller=glob(*)")] == [
+        "controller=evolution", "controller=lstm_ppo", "controller=lstm_reinforce", "controller=random"]
+    assert len(_sweep_jobs("hydra.mode=MULTIRUN", "seed=1,2")) == 2
+    with pytest.raises(ConfigError, match="is a sweep"):
+        _sweep_jobs("seed=1,2")
 
 
 def test_an_interrupted_sweep_names_its_directory_to_resume(tmp_path):

@@ -85,6 +85,13 @@ def test_cache_dir_default_honours_env(tmp_path, monkeypatch):
     assert np.array_equal(x[..., 0], x[..., 2]), "grey replicated to 3 channels"
 
 
+@needs_fmnist
+def test_a_class_named_twice_by_index_and_by_name_is_refused(tmp_path):
+    """[1, "trouser"] passed the config's check and made two classes of one (the second label empty)."""
+    with pytest.raises(ValueError, match="lists a class twice"):
+        load_dataset(fmnist(classes=[1, "trouser"]), cache_dir=tmp_path, progress=False)
+
+
 def test_a_relative_cache_dir_env_is_made_absolute(tmp_path, monkeypatch):
     """Worker processes change directory (the latency service's run in its work directory)."""
     from mnas_common.paths import cache_dir

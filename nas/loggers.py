@@ -30,6 +30,8 @@ def _writable(path: Path) -> str | None:
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
+    if path.is_dir():
+        return f"{path} is a directory (name a file)"
     if path.exists() and not os.access(path, os.W_OK):
         return f"{path} is not writable"
     if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
@@ -177,7 +179,8 @@ class EventLog(Logger):
     handed to the evaluator, each child placed, each step committed. An audit trail (what was evaluated, how often,
     when) that scripts can follow while the search runs. The run store is the record: a line is written just after
     what it reports is stored, so a kill -9 in between loses that one line (a child's ``evaluated`` line; the resumed
-    search then places it from the store, ``stored``), never a result."""
+    search then places it from the store, ``stored``), never a result. A committed step whose line was lost (an
+    interrupt while a logger before this one handled the step) gets it when the run resumes, ``recovered: true``."""
 
     def __init__(self, *, path: str = "events.jsonl"):
         self.path = path
@@ -191,8 +194,15 @@ class EventLog(Logger):
         self.file.flush()
 
     def on_start(self, search) -> None:
-        self.file = open(Path(search.run_dir) / self.path, "a")
+        path = Path(search.run_dir) / self.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        logged = _logged_steps(path)
+        self.file = open(path, "a")
         self._write("start", pid=os.getpid(), committed=search.committed, next_step=search.next_step)
+        for row in search.store.steps():  # committed, but their line was lost
+            if row["step"] not in logged:
+                stats = {k: v for k, v in row.items() if k not in ("step", "created_at")}
+                self._write("step", step=row["step"], stats=stats, recovered=True)
 
     def on_submit(self, step: int | None, archs: list[str]) -> None:
         for arch in archs:
@@ -218,6 +228,20 @@ class EventLog(Logger):
             self.file = None
 
 
+def _logged_steps(path: Path) -> set[int]:
+    """The steps an event log has a ``step`` line for (a line cut short by a kill is skipped)."""
+    steps = set()
+    if path.exists():
+        with open(path) as f:
+            for line in f:
+                if '"event": "step"' in line:
+                    try:
+                        steps.add(json.loads(line)["step"])
+                    except (ValueError, KeyError, TypeError):
+                        pass
+    return steps
+
+
 class CsvLog(Logger):
     """``<run_dir>/children.csv``: every committed child, one row each (columns: the record's export fields),
     rewritten from the store when a run starts and appended as steps commit."""
@@ -232,7 +256,9 @@ class CsvLog(Logger):
         return [p for p in [_writable(Path(run_dir) / self.path)] if p]
 
     def on_start(self, search) -> None:
-        self.file = open(Path(search.run_dir) / self.path, "w", newline="")
+        path = Path(search.run_dir) / self.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "w", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=export_fields(), extrasaction="ignore")
         self.writer.writeheader()
         self._rows(search.history)

@@ -248,6 +248,32 @@ def test_event_log_and_csv_follow_the_run_across_a_resume(tmp_path):
     assert len(rows) == 1 + 12 and rows[0].startswith("arch,status,error,top1")
 
 
+def test_a_step_line_lost_to_an_interrupt_is_written_when_the_run_resumes(tmp_path):
+    """Ctrl-C while a logger before the event log handled a step (TensorBoard drawing its scatter) left that
+    committed step without its line in events.jsonl for good."""
+
+    class InterruptedAtStep(Logger):
+        def on_step(self, step, stats):
+            if step == 1:
+                raise KeyboardInterrupt
+
+    events = EventLog(path="logs/events.jsonl")  # a directory that does not exist yet
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, FakeEvaluator(), loggers=[InterruptedAtStep(), events])
+    events.close()
+    log = tmp_path / "logs" / "events.jsonl"
+    assert [e["step"] for e in map(json.loads, log.read_text().splitlines()) if e["event"] == "step"] == [0]
+    run(tmp_path, FakeEvaluator(), loggers=[EventLog(path="logs/events.jsonl")])
+    steps = [e for e in map(json.loads, log.read_text().splitlines()) if e["event"] == "step"]
+    assert [e["step"] for e in steps] == [0, 1, 2] and [e.get("recovered") for e in steps] == [None, True, None]
+    assert steps[1]["stats"]["reward/mean"] == pytest.approx(states_reward_mean(tmp_path, 1))
+
+
+def states_reward_mean(run_dir, step: int) -> float:
+    with RunStore(run_dir, readonly=True) as store:
+        return next(s["reward/mean"] for s in store.steps() if s["step"] == step)
+
+
 def test_running_statistics_and_front_match_the_store(tmp_path):
     from nas.front import front_mask
 

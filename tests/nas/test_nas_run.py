@@ -285,6 +285,8 @@ def test_unusable_run_dir_and_logger_paths_are_one_error_line(tmp_path):
     assert "is not a directory" in one_error_line(cli(tmp_path / "file" / "run"))
     line = one_error_line(cli(tmp_path / "run", f"logger.events.path={tmp_path / 'file' / 'events.jsonl'}"))
     assert f"cannot create {tmp_path / 'file' / 'events.jsonl'}" in line
+    (tmp_path / "adir").mkdir()
+    assert "is a directory" in one_error_line(cli(tmp_path / "run", f"logger.events.path={tmp_path / 'adir'}"))
     assert not (tmp_path / "run" / "run.sqlite").exists()
 
 

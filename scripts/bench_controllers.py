@@ -14,6 +14,7 @@ at batch 64, median of repeated runs in this process. Goal: sample 64 + one PPO 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -66,6 +67,13 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
+def count_quartiles(counts: list[int]) -> tuple[int, int, int]:
+    """Quartiles of sample counts in which ``budget + 1`` stands for 'never': each one a count some seed needed (the
+    higher of two middle ones), never a number interpolated between a real count and the placeholder."""
+    ordered = sorted(counts)
+    return tuple(ordered[math.ceil(p * (len(ordered) - 1))] for p in (0.25, 0.5, 0.75))
+
+
 def fmt_samples(value: float, budget: int) -> str:
     return f">{budget}" if value > budget else f"{value:.0f}"
 
@@ -93,19 +101,21 @@ def efficiency(args, num_choices) -> None:
                     hit = next((i + 1 for i, r in enumerate(curve) if r >= f * best), args.budget + 1)
                     needed[n, f].append(hit)
                 final[n].append(curve[-1])
-        random_median = statistics.median(needed["random", 0.95])
+        random_median = count_quartiles(needed["random", 0.95])[1]
         for n in NAMES:
-            q1, med, q3 = quartiles(needed[n, 0.95])
+            q1, med, q3 = count_quartiles(needed[n, 0.95])
             f1, fmed, f3 = quartiles(final[n])
             ratio = med / random_median
-            ratio_text = f"{ratio:.2f}" if random_median <= args.budget else f"< {ratio:.2f} (random never)"
+            ratio_text = f"{ratio:.2f}" if random_median <= args.budget else (
+                "- (never)" if med > args.budget else f"< {ratio:.2f}")
             print(f"| {obj_name} | {n} | {fmt_samples(med, args.budget)} [{fmt_samples(q1, args.budget)}, "
                   f"{fmt_samples(q3, args.budget)}] | {ratio_text} | "
-                  f"{fmt_samples(statistics.median(needed[n, 0.99]), args.budget)} | "
+                  f"{fmt_samples(count_quartiles(needed[n, 0.99])[1], args.budget)} | "
                   f"{fmed:.4f} [{f1:.4f}, {f3:.4f}] |")
-        verdicts.append(f"{obj_name}: PPO median {fmt_samples(statistics.median(needed['lstm_ppo', 0.95]), args.budget)}"
-                        f" vs random {fmt_samples(random_median, args.budget)} samples -> goal (<= half) "
-                        + ("met" if statistics.median(needed["lstm_ppo", 0.95]) <= 0.5 * random_median else "NOT met"))
+        ppo_median = count_quartiles(needed["lstm_ppo", 0.95])[1]
+        verdicts.append(f"{obj_name}: PPO median {fmt_samples(ppo_median, args.budget)} vs random "
+                        f"{fmt_samples(random_median, args.budget)} samples -> goal (<= half) "
+                        + ("met" if ppo_median <= 0.5 * random_median else "NOT met"))
     print("\n" + "\n".join(verdicts))
 
 

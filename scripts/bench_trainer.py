@@ -67,6 +67,12 @@ def main() -> int:
     ap.add_argument("--resolution", type=int, default=32)
     ap.add_argument("--images-per-class", type=int, default=400)
     args = ap.parse_args()
+    for name in ("threads", "rounds", "steps", "batch", "resolution", "images_per_class"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.images_per_class * 10 // args.batch < args.steps + 1:  # Fashion-MNIST: 10 classes; one warm-up step
+        ap.error(f"--images-per-class {args.images_per_class} gives {args.images_per_class * 10 // args.batch} "
+                 f"full batches of {args.batch}; --steps {args.steps} needs {args.steps + 1}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 

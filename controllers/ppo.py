@@ -52,7 +52,11 @@ class PPOController(LSTMController):
         n = len(rewards)
         advantage = rewards - self._advance_baseline(rewards)
         if self.normalize_advantages and n > 1:
-            advantage = (advantage - advantage.mean()) / (advantage.std(unbiased=False) + 1e-8)
+            # in float64: in float32 the mean of equal advantages can be one rounding step off, and that step over
+            # a std of ~1e-8 became a full-size advantage of either sign (a batch of failed children, reward 0,
+            # pushed the policy towards them about half the time)
+            a = advantage.double()
+            advantage = ((a - a.mean()) / (a.std(unbiased=False) + 1e-8)).to(advantage.dtype)
         with torch.no_grad():
             old_log_prob, _ = self.policy.evaluate(tokens)
         size = n if self.minibatch_size is None else min(self.minibatch_size, n)

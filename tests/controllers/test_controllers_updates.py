@@ -31,6 +31,18 @@ def test_equal_rewards_without_entropy_bonus_leave_the_policy_alone(name):
     assert ctl.log_prob([GOOD, BAD]) == before
 
 
+@pytest.mark.parametrize("n, baseline", [(6, 0.43), (8, 0.6), (5, 0.1)])
+def test_ppo_leaves_the_policy_alone_when_a_batch_has_one_reward_whatever_the_baseline(n, baseline):
+    """Equal advantages normalised in float32 left a rounding step over a std of ~1e-8: a full-size advantage of
+    either sign, so a batch of failed children (reward 0) could make them more likely."""
+    ctl = build("lstm_ppo", CHOICES, seed=0, hidden_size=16, entropy_weight=0.0)
+    ctl.baseline = baseline
+    tokens = ([GOOD, BAD] * n)[:n]
+    before = ctl.log_prob([GOOD, BAD])
+    ctl.update(tokens, [0.0] * n)
+    assert all(abs(a - b) < 1e-6 for a, b in zip(ctl.log_prob([GOOD, BAD]), before))
+
+
 def test_baseline_is_a_moving_average_of_batch_means():
     ctl = build("lstm_reinforce", CHOICES, seed=0, baseline_decay=0.9)
     assert ctl.update([GOOD, BAD], [0.2, 0.4])["baseline"] == pytest.approx(0.3)

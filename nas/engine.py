@@ -154,14 +154,16 @@ class Search:
         """Children of the next step: ``batch_size``, the last step fewer where it does not divide the budget. A step
         interrupted after some of its children were stored is sampled again at the size it had, though the budget
         has changed since (a controller's first samples depend on how many it draws): its stored children are
-        taken, not trained again. The size is stored before the step's first child."""
+        taken, not trained again. A short step's size is stored before its first child (a full one needs no record:
+        it is resampled full, or, the budget having shrunk below it, smaller either way)."""
         left = self.budget - self.committed
         started = self.store.get_meta("step_in_progress")
         if isinstance(started, dict) and started.get("step") == self.next_step and \
                 isinstance(started.get("size"), int) and 0 < started["size"] <= left:
             return started["size"]
         size = min(self.batch_size, left)
-        self.store.set_meta("step_in_progress", {"step": self.next_step, "size": size})
+        if size < self.batch_size:  # a full step is resampled full whatever the budget: only a short one is stored
+            self.store.set_meta("step_in_progress", {"step": self.next_step, "size": size})
         return size
 
     def _propose(self, n: int) -> Batch:

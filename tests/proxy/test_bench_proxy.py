@@ -455,8 +455,15 @@ def test_a_worker_that_dies_stops_the_run_in_one_line_and_keeps_what_finished(tm
     slow = Job("proxy", "mobilenet_v2", 0, DATA, trainer=dict(TRAINER, max_steps=100_000, epochs=1000))
     store = ResultStore(tmp_path)
 
-    def workers():  # the pool's processes (not multiprocessing's resource tracker)
-        return [c for c in psutil.Process().children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
+    def workers():  # the pool's live processes (not multiprocessing's resource tracker, not a dead one)
+        alive = []
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if "spawn_main" in " ".join(child.cmdline()):
+                    alive.append(child)
+            except (psutil.ZombieProcess, psutil.NoSuchProcess):  # killed, not reaped yet: dead
+                pass
+        return alive
 
     def kill_the_worker_once_the_first_job_is_stored():
         deadline = time.monotonic() + 300

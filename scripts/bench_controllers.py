@@ -78,6 +78,17 @@ def fmt_samples(value: float, budget: int) -> str:
     return f">{budget}" if value > budget else f"{value:.0f}"
 
 
+def fmt_ratio(count: int, random_count: int, budget: int) -> str:
+    """A controller's samples over random's, where either may be ``budget + 1`` ('never'): a count that never got
+    there is only a lower bound (so the ratio is one too), and over a random count that never did, an upper one."""
+    ratio = count / random_count
+    if count > budget and random_count > budget:
+        return "- (never)"
+    if count > budget:
+        return f"> {ratio:.2f}"
+    return f"< {ratio:.2f}" if random_count > budget else f"{ratio:.2f}"
+
+
 def efficiency(args, num_choices) -> None:
     print(f"\n## Sample efficiency: {args.seeds} seeds, budget {args.budget} samples, batch {args.batch}, "
           f"{len(num_choices)} decisions\n")
@@ -105,11 +116,8 @@ def efficiency(args, num_choices) -> None:
         for n in NAMES:
             q1, med, q3 = count_quartiles(needed[n, 0.95])
             f1, fmed, f3 = quartiles(final[n])
-            ratio = med / random_median
-            ratio_text = f"{ratio:.2f}" if random_median <= args.budget else (
-                "- (never)" if med > args.budget else f"< {ratio:.2f}")
             print(f"| {obj_name} | {n} | {fmt_samples(med, args.budget)} [{fmt_samples(q1, args.budget)}, "
-                  f"{fmt_samples(q3, args.budget)}] | {ratio_text} | "
+                  f"{fmt_samples(q3, args.budget)}] | {fmt_ratio(med, random_median, args.budget)} | "
                   f"{fmt_samples(count_quartiles(needed[n, 0.99])[1], args.budget)} | "
                   f"{fmed:.4f} [{f1:.4f}, {f3:.4f}] |")
         ppo_median = count_quartiles(needed["lstm_ppo", 0.95])[1]

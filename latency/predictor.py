@@ -481,10 +481,9 @@ def find_table(service, *, resolution: int, channels: int, num_classes: int, dev
 def _for_space(info: dict, space: str | None) -> dict:
     """``info``, or :class:`LatencyTableMissing` where the table was built and calibrated for other spaces only: a
     misspelt or forgotten space name would otherwise predict the plain layer sum (uncalibrated) in silence."""
-    from latency.table import space_label
+    from latency.table import space_label, table_spaces
 
-    known = set(info["meta"].get("spaces", {})) | {k.split(":", 1)[1] for k in info["models"]
-                                                   if k.startswith("calibration:")}
+    known = set(info["meta"].get("spaces", {})) | table_spaces(info, "calibration")
     if space is None or not known or space_label(space) in known:
         return info
     raise LatencyTableMissing(f"latency table {info['table_key'][:12]} was built for space(s) "

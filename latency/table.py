@@ -359,6 +359,12 @@ def _draw(space: SearchSpace, seed: int, excluded: set[str]):
 
 
 # ------------------------------------------------------------------------------------------------ share
+def table_spaces(info: dict, purpose: str) -> set[str]:
+    """The spaces a table holds ``purpose`` (calibration or validation) models for: its ``models`` counts are keyed
+    ``purpose:space``."""
+    return {k.split(":", 1)[1] for k in info["models"] if k.startswith(purpose + ":")}
+
+
 def export_table(cache, table_key: str, out: str | Path, fmt: str) -> dict:
     """Write one table (layers, calibration and validation measurements, identity) as CSV or JSON."""
     tables = cache.tables(table_key)
@@ -373,7 +379,7 @@ def export_table(cache, table_key: str, out: str | Path, fmt: str) -> dict:
     rows = [{"record": "layer", "key": layer, "latency_ms": r["latency_ms"], "status": r["status"], "space": "",
              "spec": r["spec"], "result": r["result"]} for layer, r in sorted(cache.layers(table_key).items())]
     for purpose in ("calibration", "validation"):
-        for space in sorted({k.split(":", 1)[1] for k in info["models"] if k.startswith(purpose + ":")}):
+        for space in sorted(table_spaces(info, purpose)):
             rows += [{"record": purpose, "key": m["arch"], "latency_ms": m["latency_ms"], "status": "ok",
                       "space": space, "spec": {}, "result": m["result"]} for m in cache.models(table_key, purpose, space)]
     out = Path(out)

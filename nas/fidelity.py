@@ -118,6 +118,7 @@ class ResultStore:
         self.directory = Path(directory)
         self.path = self.directory / STORE_NAME
         self._lock = None
+        self._records: dict[str, dict] | None = None  # the writer's copy: no one else appends while it holds the lock
         if write:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock = open(self.directory / ".lock", "w")
@@ -138,9 +139,11 @@ class ResultStore:
                 f.truncate(data.rfind(b"\n") + 1)
 
     def load(self) -> dict[str, dict]:
+        if self._records is not None:
+            return dict(self._records)
         records: dict[str, dict] = {}
         if not self.path.exists():
-            return records
+            return self._keep(records)
         lines = self.path.read_text().splitlines()
         for n, line in enumerate(lines, start=1):
             if not line.strip():
@@ -152,6 +155,12 @@ class ResultStore:
                     break
                 raise ValueError(f"{self.path}:{n}: not a JSON line") from None
             records[record["key"]] = record
+        return self._keep(records)
+
+    def _keep(self, records: dict[str, dict]) -> dict[str, dict]:
+        """The writer keeps what it read (and appends to it) so it reads the file once; a reader always rereads."""
+        if self._lock is not None:
+            self._records = dict(records)
         return records
 
     def append(self, record: dict) -> None:
@@ -161,6 +170,8 @@ class ResultStore:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if self._records is not None:
+            self._records[record["key"]] = record
 
     def close(self) -> None:
         if self._lock is not None:

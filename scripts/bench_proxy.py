@@ -441,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         run = run_jobs(jobs, store, workers=args.workers, threads=args.threads, cache_dir=args.cache_dir,
                        deadline=deadline, max_jobs=args.max_jobs, progress=not args.no_progress,
                        work=lambda j: j.work(*sizes[dataset_key(j.dataset)]))
+        records = store.load()  # the writer's copy, with this run's records: the file is read once per run
     except JobCrashed as exc:
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 1
@@ -450,7 +451,6 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     for line in run.failed:
         print(f"bench_proxy: failed: {line}", file=sys.stderr)
-    records = ResultStore(args.results, write=False).load()
     stats = analyse(records, s["archs"], proxy=proxy, reference=reference, zero_cost=zero, top_k=args.top_k,
                     n_boot=args.bootstrap)
     stats["baseline"] = cost_against(records, proxy, baseline) if baseline else None

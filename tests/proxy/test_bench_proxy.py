@@ -65,6 +65,24 @@ def test_store_appends_reloads_and_drops_a_line_cut_by_a_kill(tmp_path):
         ["a", "b", "c"]
 
 
+def test_the_writer_reads_its_file_once_and_keeps_its_appends(tmp_path, monkeypatch):
+    """bench_proxy read results.jsonl three times per run (the check, run_jobs, the analysis): the writer holds the
+    lock, so the file can only change through its own appends, which it keeps."""
+    first = ResultStore(tmp_path)
+    first.append({"key": "a", "x": 1})
+    first.close()
+    reads = []
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self) or real(self, *a, **k))
+    store = ResultStore(tmp_path)
+    assert set(store.load()) == {"a"}
+    store.append({"key": "b", "x": 2})
+    assert set(store.load()) == {"a", "b"} and set(store.load()) == {"a", "b"}
+    assert len(reads) == 1
+    store.close()
+    assert set(ResultStore(tmp_path, write=False).load()) == {"a", "b"}
+
+
 def test_store_refuses_a_second_writer(tmp_path):
     first = ResultStore(tmp_path)
     with pytest.raises(StoreBusy, match="another bench_proxy"):

@@ -290,7 +290,7 @@ def _prepare_locked(cfg: DatasetConfig, out: Path, progress: bool) -> Path:
         for split, idx in (("train", train_idx), ("val", val_idx)):
             np.save(out / f"{split}_y.npy", src.labels[idx])
             x_path, done_path = out / f"{split}_x.u8", out / f"{split}_progress.json"
-            state = json.loads(done_path.read_text()) if done_path.exists() and x_path.exists() else {"done": 0}
+            state = _read_progress(done_path, x_path, len(idx))
             done = state["done"]
             skipped.extend(state.get("skipped", []))  # corrupt images met before an interruption stay counted
             split_skipped = list(state.get("skipped", []))
@@ -312,7 +312,7 @@ def _prepare_locked(cfg: DatasetConfig, out: Path, progress: bool) -> Path:
                             split_skipped.append(error)
                             warnings.warn(f"skipping corrupt image {error}", stacklevel=2)
                 x.flush()
-                done_path.write_text(json.dumps({"done": start + len(part), "skipped": split_skipped}))
+                _write_json(done_path, {"done": start + len(part), "skipped": split_skipped})
                 bar.update(len(part))
             bar.close()
             del x
@@ -339,10 +339,29 @@ def _prepare_locked(cfg: DatasetConfig, out: Path, progress: bool) -> Path:
     # positions in the source's full training set: which images were trained on and held out is auditable
     np.save(out / "train_source_indices.npy", origin[train_idx])
     np.save(out / "val_source_indices.npy", origin[val_idx])
-    tmp = out / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1, default=list))
-    os.replace(tmp, out / "meta.json")  # written last: its presence means the arrays are complete
+    _write_json(out / "meta.json", meta)  # written last: its presence means the arrays are complete
     return out
+
+
+def _write_json(path: Path, value: dict) -> None:
+    """Write-then-rename: a crash or Ctrl-C mid-write leaves the previous file whole, never a cut-off one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=list))
+    os.replace(tmp, path)
+
+
+def _read_progress(path: Path, x_path: Path, total: int) -> dict:
+    """The checkpoint of a split's interrupted preparation, or ``done: 0`` (start the split over) when there is none
+    or it cannot be trusted: a file cut off by a crash (written before writes were atomic), edited, or not ours.
+    Redoing a split costs minutes; refusing to prepare until a user finds and deletes the file costs more."""
+    try:
+        state = json.loads(path.read_text())
+        if (x_path.exists() and is_int(state["done"]) and 0 <= state["done"] <= total
+                and isinstance(state.get("skipped", []), list)):
+            return state
+    except (OSError, ValueError, KeyError, TypeError):  # missing, not JSON, not a mapping, no "done"
+        pass
+    return {"done": 0}
 
 
 def check_dataset(cfg: DatasetConfig, cache_dir: str | Path | None = None) -> str | None:

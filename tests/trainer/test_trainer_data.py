@@ -14,6 +14,8 @@ import nas.data as data_mod
 from nas.data import DatasetConfig, cache_root, load_dataset, prepare
 from mnas_common.sources import FASHION_MNIST_ROOT, read_idx
 
+_real_decode = data_mod._decode_file
+
 HAS_FMNIST = Path(FASHION_MNIST_ROOT, "train-labels-idx1-ubyte.gz").exists() or Path(
     FASHION_MNIST_ROOT, "train-labels-idx1-ubyte").exists()
 needs_fmnist = pytest.mark.skipif(not HAS_FMNIST, reason="Debian dataset-fashion-mnist not installed")
@@ -38,6 +40,21 @@ def write_folder(root: Path, classes: dict[str, int], size=(40, 30)) -> Path:
             arr += rng.integers(0, 30, arr.shape, dtype=np.uint8)
             Image.fromarray(arr).save(d / f"{wnid}_{i}.JPEG", quality=90)
     return root
+
+
+def interrupt_after(monkeypatch, n: int) -> None:
+    """Decoding fails after n images with KeyboardInterrupt (Ctrl-C mid-way, not a corrupt image); progress is
+    checkpointed every 4 images."""
+    real, calls = data_mod._decode_file, {"n": 0}
+
+    def flaky(path, resolution, channels):
+        calls["n"] += 1
+        if calls["n"] > n:
+            raise KeyboardInterrupt
+        return real(path, resolution, channels)
+
+    monkeypatch.setattr(data_mod, "_decode_file", flaky)
+    monkeypatch.setattr(data_mod, "FILE_CHUNK", 4)
 
 
 @needs_fmnist
@@ -164,17 +181,7 @@ def test_prepare_resumes_after_interruption(tmp_path, monkeypatch):
     cfg = DatasetConfig.from_config(dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3,
                                          images_per_class=10, val_per_class=2, seed=0))
     reference = prepare(cfg, tmp_path / "ref", progress=False)
-
-    real, calls = data_mod._decode_file, {"n": 0}
-
-    def flaky(path, resolution, channels):
-        calls["n"] += 1
-        if calls["n"] > 7:
-            raise KeyboardInterrupt  # the user pressed Ctrl-C mid-way (not a corrupt image)
-        return real(path, resolution, channels)
-
-    monkeypatch.setattr(data_mod, "_decode_file", flaky)
-    monkeypatch.setattr(data_mod, "FILE_CHUNK", 4)
+    interrupt_after(monkeypatch, 7)  # Ctrl-C, not a corrupt image
     with pytest.raises(KeyboardInterrupt):
         prepare(cfg, tmp_path / "c", progress=False)
     out = cache_root(tmp_path / "c") / cfg.key()
@@ -186,7 +193,7 @@ def test_prepare_resumes_after_interruption(tmp_path, monkeypatch):
 
     def counting(path, resolution, channels):
         seen.append(path)
-        return real(path, resolution, channels)
+        return _real_decode(path, resolution, channels)
 
     monkeypatch.setattr(data_mod, "_decode_file", counting)
     path = prepare(cfg, tmp_path / "c", progress=False)
@@ -223,21 +230,12 @@ def test_skipped_images_stay_counted_across_a_resume(tmp_path, monkeypatch):
         bad.write_bytes(b"\xff\xd8 truncated")  # every n01 image is corrupt: whichever chunk runs first meets one
     cfg = DatasetConfig.from_config(dict(name="imf", source="imagefolder", root=str(root), resolution=16,
                                          channels=3, images_per_class=6, val_per_class=2, seed=0))
-    real, calls = data_mod._decode_file, {"n": 0}
-
-    def flaky(path, resolution, channels):
-        calls["n"] += 1
-        if calls["n"] > 8:
-            raise KeyboardInterrupt
-        return real(path, resolution, channels)
-
-    monkeypatch.setattr(data_mod, "_decode_file", flaky)
-    monkeypatch.setattr(data_mod, "FILE_CHUNK", 4)
+    interrupt_after(monkeypatch, 8)
     monkeypatch.setenv("MNAS_DECODE_WORKERS", "2")
     with pytest.raises(KeyboardInterrupt), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepare(cfg, tmp_path / "c", progress=False)
-    monkeypatch.setattr(data_mod, "_decode_file", real)
+    monkeypatch.setattr(data_mod, "_decode_file", _real_decode)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         d = load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)
@@ -319,3 +317,22 @@ def test_check_dataset_names_a_missing_source_without_reading_it(tmp_path):
     assert "CIFAR-10 batches not found" in check_dataset(DatasetConfig(name="c", source="cifar10",
                                                                        root=str(tmp_path)), tmp_path)
     assert check_dataset(DatasetConfig(**fmnist()), tmp_path) is None
+
+
+@pytest.mark.parametrize("damage", ['{"done": 1', "", "[]", '{"done": "lots"}', '{"done": 999}'])
+def test_an_unreadable_progress_file_starts_the_split_over(tmp_path, monkeypatch, damage):
+    """A progress file cut off by a crash (or edited) blocked preparation with a JSON traceback for good."""
+    root = write_folder(tmp_path / "imnet", {"n01": 12, "n02": 12})
+    cfg = DatasetConfig.from_config(dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3,
+                                         images_per_class=10, val_per_class=2, seed=0))
+    reference = prepare(cfg, tmp_path / "ref", progress=False)
+    interrupt_after(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg, tmp_path / "c", progress=False)
+    out = cache_root(tmp_path / "c") / cfg.key()
+    (out / "train_progress.json").write_text(damage)
+    monkeypatch.setattr(data_mod, "_decode_file", _real_decode)
+    path = prepare(cfg, tmp_path / "c", progress=False)
+    for name in ("train_x.u8", "val_x.u8"):
+        assert np.array_equal(np.load(path / name), np.load(reference / name))
+    assert sorted(p.name for p in path.glob("*.tmp")) == [], "atomic writes leave no temporary file behind"

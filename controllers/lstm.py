@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mnas_common.checks import is_int
 from mnas_common.errors import first_line
 
 from controllers.base import Controller, Sample, check_param, is_number
@@ -35,7 +36,8 @@ class LSTMController(Controller):
         init_range: float = 0.1,
     ) -> None:
         super().__init__(num_choices, seed=seed)
-        check_param("hidden_size", hidden_size, isinstance(hidden_size, int) and hidden_size >= 1, "an int >= 1")
+        # is_int, not isinstance(int): True is an int to Python and would build a one-unit LSTM
+        check_param("hidden_size", hidden_size, is_int(hidden_size) and hidden_size >= 1, "an int >= 1")
         check_param("temperature", temperature, is_number(temperature) and temperature > 0, "a number > 0")
         check_param("tanh_constant", tanh_constant, tanh_constant is None or is_number(tanh_constant)
                     and tanh_constant > 0, "null or a number > 0")
@@ -53,7 +55,7 @@ class LSTMController(Controller):
         # Parameters are initialised from the controller's seed, independent of torch's global RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self.policy = LSTMPolicy(self.num_choices, hidden_size=hidden_size, temperature=float(temperature),
+            self.policy = LSTMPolicy(self.num_choices, hidden_size=int(hidden_size), temperature=float(temperature),
                                      tanh_constant=tanh_constant, init_range=float(init_range))
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=float(lr))
         self.baseline: float | None = None

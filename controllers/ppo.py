@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from mnas_common.checks import is_int
+
 from controllers.base import check_param, is_number
 from controllers.lstm import LSTMController
 from controllers.registry import register_controller
@@ -34,17 +36,17 @@ class PPOController(LSTMController):
         """``lstm_kwargs``: the policy/optimizer hyper-parameters of ``LSTMController`` (seed, hidden_size, ...)."""
         super().__init__(num_choices, lr=lr, **lstm_kwargs)
         check_param("clip_epsilon", clip_epsilon, is_number(clip_epsilon) and 0 < clip_epsilon < 1, "in (0, 1)")
-        check_param("epochs", epochs, isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1,
-                    "an int >= 1")
+        # is_int refuses bools: True is an int to Python, and minibatch_size=True would mean minibatches of one
+        check_param("epochs", epochs, is_int(epochs) and epochs >= 1, "an int >= 1")
         check_param("minibatch_size", minibatch_size, minibatch_size is None
-                    or isinstance(minibatch_size, int) and minibatch_size >= 1, "null or an int >= 1")
+                    or is_int(minibatch_size) and minibatch_size >= 1, "null or an int >= 1")
         check_param("normalize_advantages", normalize_advantages, isinstance(normalize_advantages, bool),
                     "true or false")
         check_param("target_kl", target_kl, target_kl is None or is_number(target_kl) and target_kl > 0,
                     "null or a number > 0")
         self.clip_epsilon = float(clip_epsilon)
-        self.epochs = epochs
-        self.minibatch_size = minibatch_size
+        self.epochs = int(epochs)
+        self.minibatch_size = None if minibatch_size is None else int(minibatch_size)
         self.normalize_advantages = normalize_advantages
         self.target_kl = None if target_kl is None else float(target_kl)
 

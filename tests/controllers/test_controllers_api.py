@@ -143,6 +143,14 @@ def test_evolution_with_single_choice_decisions_never_mutates_them():
         ({"num_choices": [2], "tournament_size": 100, "name": "evolution"}, "tournament_size must be"),
         ({"num_choices": [2], "clip_epsilon": 0.2, "name": "lstm_reinforce"}, "unknown hyper-parameter.*clip_eps"),
         ({"num_choices": [2], "seed": "x", "name": "random"}, "seed must be an int"),
+        # True is an int to Python: every int hyper-parameter refuses it by name
+        ({"num_choices": [2], "hidden_size": True, "name": "lstm_reinforce"}, "hidden_size must be an int >= 1"),
+        ({"num_choices": [2], "hidden_size": True, "name": "lstm_ppo"}, "hidden_size must be an int >= 1"),
+        ({"num_choices": [2], "minibatch_size": True, "name": "lstm_ppo"}, "minibatch_size must be null or an int"),
+        ({"num_choices": [2], "epochs": True, "name": "lstm_ppo"}, "epochs must be an int >= 1"),
+        ({"num_choices": [2], "population_size": True, "name": "evolution"}, "population_size must be"),
+        ({"num_choices": [2], "tournament_size": True, "name": "evolution"}, "tournament_size must be"),
+        ({"num_choices": [2], "seed": True, "name": "random"}, "seed must be an int"),
     ],
 )
 def test_bad_configuration_is_refused_with_the_field_named(kwargs, match):

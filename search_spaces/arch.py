@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 
 BLOCK_TYPES = ("cn", "ds", "ir")
 SKIP_OPS = ("none", "identity", "pool")
@@ -27,6 +28,15 @@ TOKEN_SEP = "_"
 _SKIP_TOKENS = {"noskip": "none", "poolskip": "pool"}
 _INT_TOKEN = re.compile(r"^(r|k|s|e|c)(\d+)$")
 _SE_TOKEN = re.compile(r"^se(\d+(?:\.\d+)?(?:e-?\d+)?)$")
+
+
+def _format_ratio(ratio: float) -> str:
+    """The shortest decimal that reads back as exactly ``ratio`` (``repr``'s digits), never in exponent form.
+
+    ``:g`` kept six digits (1/3 came back as 0.333333, outside a space that offers 1/3) and wrote 1e-05, whose
+    ``-`` is the stage separator.
+    """
+    return format(Decimal(repr(ratio)), "f")
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,7 @@ class BlockSpec:
             tokens.append(f"e{self.expansion}")
         tokens.append(f"c{self.out_channels}")
         if self.se_ratio > 0:
-            tokens.append(f"se{self.se_ratio:g}")
+            tokens.append(f"se{_format_ratio(self.se_ratio)}")
         if self.skip != "identity":
             tokens.append({"none": "noskip", "pool": "poolskip"}[self.skip])
         return TOKEN_SEP.join(tokens)

@@ -127,6 +127,22 @@ def test_any_spec_round_trips_through_the_grammar(blocks):
     assert parse_arch(format_arch(spec)) == spec
 
 
+@settings(max_examples=2000, deadline=None)
+@given(st.floats(min_value=0.0, max_value=1.0, exclude_max=True))
+def test_any_se_ratio_round_trips_exactly(ratio):
+    # '{:g}' wrote 1/3 as 0.333333 and 1e-05 with the stage separator '-' in it
+    spec = ArchSpec((BlockSpec("ir", 1, 3, 1, 16, expansion=6, se_ratio=ratio),))
+    assert parse_arch(format_arch(spec)) == spec
+
+
+def test_a_space_with_any_se_ratio_encodes_what_it_decodes():
+    space = SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}], se_ratios=[0.0, 1 / 3, 1e-5, 5e-324])
+    for se in range(4):
+        tokens = [0, 0, se, 0, 0, 0]
+        assert space.encode(space.decode(tokens)) == tokens
+    assert "_se0.00001" in space.decode([0, 0, 2, 0, 0, 0])
+
+
 def test_tokens_are_order_free_and_defaults_omitted():
     assert canonical("ir_c24_e6_s2_k3_r2_se0.25") == "ir_r2_k3_s2_e6_c24_se0.25"
     assert canonical("ds_r1_k3_s1_c16_se0") == "ds_r1_k3_s1_c16"

@@ -13,6 +13,7 @@ That is why a block's filter/layer decisions may have fewer options than the con
 from __future__ import annotations
 
 import math
+import re
 from itertools import product
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,13 +30,18 @@ DECISIONS = ("conv_op", "kernel", "se_ratio", "skip", "filters", "layers")
 CONV_OPS = {"conv": ("cn", 1), "ds": ("ds", 1)}
 
 
+# One spelling per op: ASCII digits, no leading zero. ``mbconv06`` (or ``mbconv٦``) decoded to MBConv e6, but
+# encode looks an architecture's op up by the name it writes back, ``mbconv6``, and found no such choice.
+_MBCONV = re.compile(r"mbconv([1-9][0-9]*)")
+
+
 def _conv_op(name: str) -> tuple[str, int]:
     """Config name -> (block type, expansion). ``mbconv<N>`` is MBConv with expansion N."""
-    if name in CONV_OPS:
+    if isinstance(name, str) and name in CONV_OPS:
         return CONV_OPS[name]
-    if name.startswith("mbconv") and name[6:].isdigit() and int(name[6:]) >= 1:
-        return ("ir", int(name[6:]))
-    raise ValueError(f"unknown conv op {name!r}; expected conv, ds or mbconv<expansion> (e.g. mbconv6)")
+    if isinstance(name, str) and (m := _MBCONV.fullmatch(name)):
+        return ("ir", int(m.group(1)))
+    raise ValueError(f"unknown conv op {name!r}; expected conv, ds or mbconv<expansion> (e.g. mbconv6, no leading 0)")
 
 
 def _conv_op_name(block_type: str, expansion: int) -> str:

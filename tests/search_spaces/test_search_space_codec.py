@@ -77,6 +77,13 @@ def test_space_refuses_bad_choice_lists():
         SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}], skip_ops=["residual"])
 
 
+@pytest.mark.parametrize("alias", ["mbconv06", "mbconv\u0666", "mbconv0", 6])
+def test_conv_ops_have_one_spelling(alias):
+    # 'mbconv06' was accepted as MBConv e6, and then encode found no 'mbconv6' among the choices
+    with pytest.raises(ValueError, match=r"^unknown conv op .*mbconv6, no leading 0\)$"):
+        SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}], conv_ops=["ds", alias])
+
+
 def test_tokens_round_trip_over_thousands_of_samples(space):
     tokens = space.sample_tokens(5000, seed=123)
     strings = [space.decode(t) for t in tokens]

@@ -27,6 +27,7 @@ from torch import nn
 
 from mnas_common.checks import (is_number, non_negative_int, non_negative_number, one_of, positive_int,
                                  positive_number)
+from mnas_common.errors import first_line
 from mnas_common.serial import Serializable
 
 # What a training computes, as a number: raise it with any change to this module that changes a trained child's
@@ -256,7 +257,12 @@ def evaluate(model: nn.Module, loader: BatchLoader, num_classes: int, autocast,
 
 
 def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    """Out of memory on any device: CUDA's, the CPU allocator's RuntimeError ("DefaultCPUAllocator: can't allocate
+    memory ... Error code 12 (Cannot allocate memory)") and Python's or numpy's MemoryError. All are a failure of the
+    moment (other work holds the memory), so the child is recorded transient, to be tried again, not as broken."""
+    text = str(exc).lower()
+    return (isinstance(exc, (torch.OutOfMemoryError, MemoryError))
+            or any(s in text for s in ("out of memory", "can't allocate memory", "cannot allocate memory")))
 
 
 def train_child(arch: str, data: Any, config: TrainerConfig, *, seed: int = 0, device: str | None = None,
@@ -343,7 +349,8 @@ def train_child(arch: str, data: Any, config: TrainerConfig, *, seed: int = 0, d
         result.status, result.error = "failed", str(exc)
     except Exception as exc:
         if _is_oom(exc):
-            result.status, result.error = "failed", f"out of memory on {dev}: {str(exc).splitlines()[0][:200]}"
+            # first_line: a bare MemoryError has no message (splitlines()[0] raised IndexError here)
+            result.status, result.error = "failed", f"out of memory on {dev}: {first_line(exc, limit=200)}"
             result.transient = True
             if dev.type == "cuda":
                 torch.cuda.empty_cache()

@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from nas.components import build
@@ -108,6 +110,27 @@ def test_out_of_memory_and_build_errors_are_failed_results(data, monkeypatch):
     monkeypatch.setattr(search_spaces, "build_model", broken)
     r = train_child(SMALL, data, quick(), seed=0)
     assert r.status == "failed" and r.error.startswith("build failed: KeyError")
+
+
+@pytest.mark.parametrize("allocate", [
+    lambda: torch.empty(1 << 52, dtype=torch.uint8),  # RuntimeError: DefaultCPUAllocator: can't allocate memory
+    lambda: np.empty(1 << 52, dtype=np.uint8),        # numpy's MemoryError: "Unable to allocate 4.00 PiB ..."
+    lambda: bytearray(1 << 52),                       # a bare MemoryError, no message at all
+], ids=["torch-cpu", "numpy", "python"])
+def test_cpu_out_of_memory_is_a_transient_failed_result(data, monkeypatch, allocate):
+    # a real allocation of 4 PiB, beyond any machine's memory and address space, inside the child's forward
+    import search_spaces
+
+    real = search_spaces.build_model
+
+    def hungry_model(*a, **kw):
+        model = real(*a, **kw)
+        model.forward = lambda *_a, **_kw: allocate()
+        return model
+
+    monkeypatch.setattr(search_spaces, "build_model", hungry_model)
+    r = train_child(SMALL, data, quick(), seed=0)
+    assert r.status == "failed" and r.error.startswith("out of memory on cpu: ") and r.transient, r.error
 
 
 @pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", -1), ("optimizer", "adam"),

@@ -78,7 +78,7 @@ def fashion_mnist(root: str | Path | None, *, download: bool = True) -> ArraySou
     Debian's ``dataset-fashion-mnist`` puts them in /usr/share/datasets/fashion-mnist. Where that is missing,
     torchvision's downloader is the fallback for users with internet.
     """
-    root = Path(root or FASHION_MNIST_ROOT)
+    root = Path(root or FASHION_MNIST_ROOT).expanduser()
     images, labels = _find(root, "train-images-idx3-ubyte"), _find(root, "train-labels-idx1-ubyte")
     if images is None or labels is None:
         if not download:
@@ -111,7 +111,7 @@ def fashion_mnist(root: str | Path | None, *, download: bool = True) -> ArraySou
 
 def cifar10(root: str | Path) -> ArraySource:
     """CIFAR-10 training set from the python batches (``cifar-10-batches-py/data_batch_{1..5}``)."""
-    root = Path(root)
+    root = Path(root).expanduser()
     base = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").exists() else root
     xs, ys = [], []
     for i in range(1, 6):
@@ -130,7 +130,7 @@ def image_folder(root: str | Path, classes: int | Sequence[str] | None, seed: in
 
     ``classes``: None for all, an int to draw that many classes with ``seed``, or an explicit list of wnids.
     """
-    root = Path(root)
+    root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
     train = root / "train" if (root / "train").is_dir() else root

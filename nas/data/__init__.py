@@ -44,7 +44,8 @@ FILE_CHUNK = 256
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
-    return Path(cache_dir) if cache_dir is not None else default_cache_dir("data")
+    # expanded here: a shell leaves the ~ of cache_dir=~/x alone (not a variable assignment)
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir("data")
 
 
 SOURCES = ("fashion_mnist", "cifar10", "imagefolder")
@@ -87,6 +88,10 @@ class DatasetConfig:
             raise ValueError(f"dataset.classes lists a class twice: {list(classes)}")
         if isinstance(classes, list):
             object.__setattr__(self, "classes", tuple(classes))
+        if isinstance(self.root, str):
+            # the shell leaves the ~ of dataset.root=~/data alone (not a variable assignment): expanded once here,
+            # the source, the cache key (~/x and /home/me/x are one cache) and the recorded config all agree
+            object.__setattr__(self, "root", os.path.expanduser(self.root))
         if self.source == "imagefolder" and not self.root:
             raise ValueError(f"dataset {self.name!r}: set dataset.root to an ImageNet-style folder (train/<wnid>/*.JPEG)")
 
@@ -370,7 +375,7 @@ def check_dataset(cfg: DatasetConfig, cache_dir: str | Path | None = None) -> st
     here (the download fails within seconds, with its own message, where there is no internet)."""
     if (cache_root(cache_dir) / cfg.key() / "meta.json").exists():
         return None
-    root = Path(cfg.root).expanduser() if cfg.root else None
+    root = Path(cfg.root) if cfg.root else None
     if cfg.source == "imagefolder" and (root is None or not root.is_dir()):
         return f"dataset {cfg.name}: image folder not found: {cfg.root} (set dataset.root or IMAGENET_ROOT)"
     if cfg.source == "cifar10":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 
 import nas.data as data_mod
 from nas.data import DatasetConfig, cache_root, load_dataset, prepare
+from mnas_common import sources
 from mnas_common.sources import FASHION_MNIST_ROOT, read_idx
 
 _real_decode = data_mod._decode_file
@@ -336,3 +338,39 @@ def test_an_unreadable_progress_file_starts_the_split_over(tmp_path, monkeypatch
     for name in ("train_x.u8", "val_x.u8"):
         assert np.array_equal(np.load(path / name), np.load(reference / name))
     assert sorted(p.name for p in path.glob("*.tmp")) == [], "atomic writes leave no temporary file behind"
+
+
+def write_cifar10(root: Path, per_class: int) -> Path:
+    """Real CIFAR-10 python batches (pickled dicts of uint8 rows), ``per_class`` images of each class in all."""
+    import pickle
+
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    labels = np.tile(np.arange(10), per_class)
+    rows = np.random.default_rng(0).integers(0, 256, (len(labels), 3 * 32 * 32), dtype=np.uint8)
+    for i, part in enumerate(np.array_split(np.arange(len(labels)), 5), start=1):
+        with open(base / f"data_batch_{i}", "wb") as f:
+            pickle.dump({b"data": rows[part], b"labels": labels[part].tolist()}, f)
+    return root
+
+
+def test_a_root_under_home_is_expanded_and_shares_the_cache(tmp_path, monkeypatch):
+    """dataset.root=~/data was read as ./~/data: the README's own nas.train example could not find CIFAR-10."""
+    import shlex
+
+    from nas.cli import check_command_line
+    from nas.data import check_dataset
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    write_cifar10(home / "data", per_class=3)
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines() if ln.startswith("python -m nas.train") and "dataset.root=" in ln)
+    # the README's overrides, as the shell passes them, on a tiny subset in a cache under ~ too
+    argv = shlex.split(line)[3:] + ["dataset.images_per_class=2", "dataset.val_per_class=1"]
+    cfg = DatasetConfig.from_config(check_command_line("train", argv).dataset)
+    assert cfg.root == str(home / "data") and check_dataset(cfg, "~/cache") is None
+    d = load_dataset(cfg, cache_dir="~/cache", progress=False)
+    assert d.num_classes == 10 and len(d.train) == 20 and d.path.parent == home / "cache"
+    assert replace(cfg, root="~/data").key() == cfg.key(), "~/data and its absolute path are one cache"
+    assert len(sources.cifar10("~/data").labels) == 30  # the sources expand it too (other callers than nas.data)

@@ -68,6 +68,24 @@ def _unique(values) -> tuple:
     return tuple(dict.fromkeys(values))
 
 
+def _integer(key: str, value) -> int:
+    """``value`` as an int, refusing what ``int()`` would truncate (16.5 -> 16), overflow on (inf) or fail on (NaN)
+    with a message that names no key; bools and strings are not counts either."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    raise ValueError(f"search space: {key} must be an integer, got {value!r}")
+
+
+def _real(key: str, value) -> float:
+    """``value`` as a finite float: a NaN multiplier passed ``m <= 0`` and failed later inside make_divisible."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        if math.isfinite(value):
+            return float(value)
+    raise ValueError(f"search space: {key} must be a finite number, got {value!r}")
+
+
 def _nonempty(name: str, values: Sequence) -> list:
     values = list(values)
     if not values:
@@ -97,11 +115,11 @@ class SearchSpace:
         conv_ops = _nonempty("conv_ops", conv_ops)
         for op in conv_ops:
             _conv_op(op)
-        kernel_sizes = _nonempty("kernel_sizes", [int(k) for k in kernel_sizes])
+        kernel_sizes = _nonempty("kernel_sizes", [_integer("kernel_sizes", k) for k in kernel_sizes])
         for k in kernel_sizes:
             if k < 1 or k % 2 == 0:
                 raise ValueError(f"search space: kernel_sizes must be odd positive integers, got {k}")
-        se_ratios = _nonempty("se_ratios", [float(r) for r in se_ratios])
+        se_ratios = _nonempty("se_ratios", [_real("se_ratios", r) for r in se_ratios])
         for r in se_ratios:
             if not 0 <= r < 1:
                 raise ValueError(f"search space: se_ratios must be in [0, 1), got {r}")
@@ -109,32 +127,25 @@ class SearchSpace:
         for s in skip_ops:
             if s not in SKIP_OPS:
                 raise ValueError(f"search space: unknown skip op {s!r}; expected one of {', '.join(SKIP_OPS)}")
-        filter_multipliers = _nonempty("filter_multipliers", [float(m) for m in filter_multipliers])
+        filter_multipliers = _nonempty("filter_multipliers", [_real("filter_multipliers", m)
+                                                              for m in filter_multipliers])
         if any(m <= 0 for m in filter_multipliers):
             raise ValueError(f"search space: filter_multipliers must be positive, got {filter_multipliers}")
-        layer_deltas = _nonempty("layer_deltas", [int(d) for d in layer_deltas])
+        layer_deltas = _nonempty("layer_deltas", [_integer("layer_deltas", d) for d in layer_deltas])
+        channel_divisor, min_layers = _integer("channel_divisor", channel_divisor), _integer("min_layers", min_layers)
         if min_layers < 1:
             raise ValueError(f"search space: min_layers must be >= 1, got {min_layers}")
+        if channel_divisor < 1:
+            raise ValueError(f"search space: channel_divisor must be >= 1, got {channel_divisor}")
 
-        self.config = {
-            "blocks": [dict(b) for b in blocks],
-            "conv_ops": conv_ops,
-            "kernel_sizes": kernel_sizes,
-            "se_ratios": se_ratios,
-            "skip_ops": skip_ops,
-            "filter_multipliers": filter_multipliers,
-            "layer_deltas": layer_deltas,
-            "channel_divisor": int(channel_divisor),
-            "min_layers": int(min_layers),
-        }
         self.blocks: list[BlockChoices] = []
         for i, block in enumerate(blocks, start=1):
+            keys = ("channels", "layers", "stride")
             try:
-                base_c, base_n, stride = int(block["channels"]), int(block["layers"]), int(block["stride"])
-            except (KeyError, TypeError, ValueError):
-                raise ValueError(
-                    f"search space: block {i} must have integer channels, layers and stride, got {dict(block)!r}"
-                ) from None
+                values = [block[key] for key in keys]
+            except (KeyError, TypeError):
+                raise ValueError(f"search space: block {i} needs channels, layers and stride, got {block!r}") from None
+            base_c, base_n, stride = (_integer(f"block {i} {key}", v) for key, v in zip(keys, values))
             if base_c < 1 or base_n < 1 or stride < 1:
                 raise ValueError(f"search space: block {i} values must be positive, got {dict(block)!r}")
             self.blocks.append(
@@ -148,6 +159,17 @@ class SearchSpace:
                     layers=_unique(max(min_layers, base_n + d) for d in layer_deltas),
                 )
             )
+        self.config = {
+            "blocks": [dict(b) for b in blocks],
+            "conv_ops": conv_ops,
+            "kernel_sizes": kernel_sizes,
+            "se_ratios": se_ratios,
+            "skip_ops": skip_ops,
+            "filter_multipliers": filter_multipliers,
+            "layer_deltas": layer_deltas,
+            "channel_divisor": channel_divisor,
+            "min_layers": min_layers,
+        }
         self.num_choices: list[int] = [len(opts) for b in self.blocks for opts in b.options()]
 
     @classmethod

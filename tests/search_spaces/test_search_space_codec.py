@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -82,6 +83,40 @@ def test_conv_ops_have_one_spelling(alias):
     # 'mbconv06' was accepted as MBConv e6, and then encode found no 'mbconv6' among the choices
     with pytest.raises(ValueError, match=r"^unknown conv op .*mbconv6, no leading 0\)$"):
         SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}], conv_ops=["ds", alias])
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"blocks": [{"channels": 16.5, "layers": 1, "stride": 1}]}, "block 1 channels must be an integer, got 16.5"),
+        ({"blocks": [{"channels": math.inf, "layers": 1, "stride": 1}]}, "block 1 channels must be an integer, got inf"),
+        ({"blocks": [{"channels": 16, "layers": math.nan, "stride": 1}]}, "block 1 layers must be an integer, got nan"),
+        ({"blocks": [{"channels": 16, "layers": 1, "stride": True}]}, "block 1 stride must be an integer, got True"),
+        ({"kernel_sizes": [3, math.inf]}, "kernel_sizes must be an integer, got inf"),
+        ({"kernel_sizes": [3.5]}, "kernel_sizes must be an integer, got 3.5"),
+        ({"layer_deltas": [0, math.nan]}, "layer_deltas must be an integer, got nan"),
+        ({"layer_deltas": [0.5]}, "layer_deltas must be an integer, got 0.5"),
+        ({"filter_multipliers": [1.0, math.nan]}, "filter_multipliers must be a finite number, got nan"),
+        ({"filter_multipliers": [math.inf]}, "filter_multipliers must be a finite number, got inf"),
+        ({"se_ratios": ["0.25"]}, "se_ratios must be a finite number, got '0.25'"),
+        ({"min_layers": math.nan}, "min_layers must be an integer, got nan"),
+        ({"channel_divisor": 8.5}, "channel_divisor must be an integer, got 8.5"),
+        ({"channel_divisor": 0}, "channel_divisor must be >= 1, got 0"),
+    ],
+)
+def test_space_refuses_numbers_that_are_not_what_the_key_counts(changes, message):
+    # int() truncated 16.5 to 16 and raised OverflowError / 'cannot convert float NaN' (naming no key) on inf / NaN
+    config = {"blocks": [{"channels": 16, "layers": 1, "stride": 1}], **changes}
+    with pytest.raises(ValueError, match=f"^search space: {re.escape(message)}$"):
+        SearchSpace(**config)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SearchSpace.from_config(config)
+
+
+def test_space_takes_integral_floats_as_counts():
+    space = SearchSpace(blocks=[{"channels": 16.0, "layers": 2.0, "stride": 1.0}], kernel_sizes=[3.0],
+                        layer_deltas=[-1.0, 0], channel_divisor=8.0, min_layers=1.0)
+    assert space.blocks[0].channels == (16, 24) and space.blocks[0].layers == (1, 2) and space.blocks[0].kernels == (3,)
 
 
 def test_tokens_round_trip_over_thousands_of_samples(space):

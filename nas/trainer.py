@@ -35,6 +35,7 @@ from mnas_common.serial import Serializable
 # (scripts/bench_proxy.py) are keyed by it, so results of an older trainer are never mixed with a newer one's.
 TRAINING_REVISION = 1
 OPTIMIZERS = ("sgd", "rmsprop")
+LOADER_POLL_SECONDS = 0.5  # how soon a consumer waiting for a batch notices that the loader thread has died
 SCHEDULES = ("cosine", "constant")
 
 
@@ -159,6 +160,7 @@ class BatchLoader:
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
         sentinel = object()
+        failure: list[BaseException] = []  # the producer's exception, raised in the consumer
 
         def work():
             try:
@@ -166,8 +168,8 @@ class BatchLoader:
                     if stop.is_set():
                         return
                     q.put(item)
-            except BaseException as exc:  # surfaced in the consumer
-                q.put(exc)
+            except BaseException as exc:
+                failure.append(exc)  # kept first: the consumer finds it even if the put below fails too
             q.put(sentinel)
 
         mean, std = self.mean.to(self.device), self.std.to(self.device)
@@ -176,12 +178,12 @@ class BatchLoader:
         try:
             while True:
                 start = time.perf_counter()
-                item = q.get()
+                item = self._next(q, thread, failure)
                 self.wait_seconds += time.perf_counter() - start
                 if item is sentinel:
+                    if failure:
+                        raise failure[0]
                     return
-                if isinstance(item, BaseException):
-                    raise item
                 x, y = item
                 x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
                 x = (x - mean) / std
@@ -195,6 +197,20 @@ class BatchLoader:
                     q.get_nowait()
                 except queue.Empty:
                     thread.join(0.01)
+
+    @staticmethod
+    def _next(q: queue.Queue, thread: threading.Thread, failure: list[BaseException]):
+        """The next item from the producer. If it died without handing one over (its put failed, e.g. out of memory
+        while handing over its own error), a plain ``q.get()`` would wait forever and hang the search: its
+        exception is raised instead. Polling costs nothing while batches flow: ``get`` returns as soon as one is put."""
+        while True:
+            try:
+                return q.get(timeout=LOADER_POLL_SECONDS)
+            except queue.Empty:
+                if not thread.is_alive() and q.empty():  # dead first, then empty: nothing more can arrive
+                    if failure:
+                        raise failure[0]
+                    raise RuntimeError("the batch loader thread died before its last batch")
 
 
 def check_device(device: str | None) -> str | None:

@@ -133,6 +133,56 @@ def test_cpu_out_of_memory_is_a_transient_failed_result(data, monkeypatch, alloc
     assert r.status == "failed" and r.error.startswith("out of memory on cpu: ") and r.transient, r.error
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the loader's death, on purpose
+def test_a_loader_thread_that_dies_raises_its_error_instead_of_hanging():
+    # An image read fails and handing that error over to the consumer fails too (as it may when memory runs out):
+    # the loader thread dies without a word. The consumer must raise the read's error, not wait for a batch forever.
+    import queue
+    import threading
+
+    from nas.trainer import BatchLoader
+
+    read_failed = threading.Event()
+
+    class FailingImages:
+        def __getitem__(self, idx):
+            read_failed.set()
+            raise OSError("read error on the cache volume")
+
+    class Split:
+        x, y = FailingImages(), np.zeros(8, dtype=np.int64)
+
+        def __len__(self):
+            return 8
+
+    def tracer(frame, event, arg):  # after the failed read, the loader thread's next Queue.put runs out of memory
+        if (event == "call" and frame.f_code is queue.Queue.put.__code__ and read_failed.is_set()
+                and threading.current_thread().name == "batch-loader"):
+            raise MemoryError("handing the error over")
+        return None
+
+    loader = BatchLoader(Split(), 4, mean=(0.5,), std=(0.5,), device=torch.device("cpu"), generator=None,
+                         augment=False, prefetch=2, channels_last=False, drop_last=False)
+    raised: list[BaseException] = []
+
+    def consume():
+        try:
+            list(loader)
+        except BaseException as exc:
+            raised.append(exc)
+
+    before = threading.gettrace()
+    threading.settrace(tracer)  # traces the threads started from now on: the consumer and its loader thread
+    try:
+        consumer = threading.Thread(target=consume, daemon=True)
+        consumer.start()
+        consumer.join(timeout=20)
+    finally:
+        threading.settrace(before)
+    assert not consumer.is_alive(), "the consumer still waits for a batch from a loader thread that died"
+    assert len(raised) == 1 and isinstance(raised[0], OSError) and "read error" in str(raised[0]), raised
+
+
 @pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", -1), ("optimizer", "adam"),
                                           ("schedule", "step"), ("lr", 0.0), ("label_smoothing", 1.0),
                                           ("amp", "maybe"), ("max_steps", 0), ("momentum", -0.1),

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from mnas_common.paths import config_dir
 
-from search_spaces.arch import canonical
+from search_spaces.arch import BLOCK_TYPES, TOKEN_SEP, canonical
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,12 @@ def resolve_arch(name_or_arch: str) -> str:
     name_or_arch = name_or_arch.strip()
     if name_or_arch in _REFERENCES:
         return _REFERENCES[name_or_arch].arch
-    if "_" not in name_or_arch:
+    # An architecture string starts with a block type; anything else is meant as a name, and a misspelt one
+    # ('mnasnet_a2') must not be reported as a stage with an unknown block type 'mnasnet'.
+    if name_or_arch.split(TOKEN_SEP)[0] not in BLOCK_TYPES:
         raise ValueError(
-            f"unknown architecture {name_or_arch!r}: not a reference name ({', '.join(list_references())}) "
-            "and not an architecture string"
+            f"unknown architecture {name_or_arch!r}: not a reference name (known: {', '.join(list_references())}) "
+            f"and not an architecture string (those start with a block type: {', '.join(BLOCK_TYPES)})"
         )
     return canonical(name_or_arch)
 

@@ -61,3 +61,10 @@ def test_an_infinite_width_and_a_negative_seed_are_one_line_naming_the_flag(caps
     assert main(["sample", "--seed", "-1"]) == 2  # was numpy's message, naming no flag
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("error: --width must be") and err[1] == "error: --seed must be >= 0, got -1"
+
+
+def test_a_misspelt_reference_is_one_line_listing_the_known_ones(capsys):
+    assert main(["info", "mnasnet_a2"]) == 2  # was "stage 1 ('mnasnet_a2'): unknown block type 'mnasnet'"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: unknown architecture 'mnasnet_a2': not a reference name" in err
+    assert "mnasnet_a1, mnasnet_b1, mobilenet_v2" in err

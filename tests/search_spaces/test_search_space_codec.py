@@ -249,3 +249,16 @@ def test_references_are_named_data():
 
     with pytest.raises(ValueError, match="already registered"):
         register_reference("mobilenet_v2", MBV2)
+
+
+@pytest.mark.parametrize("name", ["mnasnet_a2", "mobilenet_v3", "MnasNet_A1", "resnet50"])
+def test_a_misspelt_reference_name_is_named_with_the_known_ones(name):
+    # 'mnasnet_a2' was parsed as an architecture string: "stage 1: unknown block type 'mnasnet'"
+    known = "known: mnasnet_a1, mnasnet_b1, mobilenet_v2"
+    with pytest.raises(ValueError, match=rf"^unknown architecture '{name}': not a reference name \({known}\) and not"):
+        resolve_arch(name)
+
+
+def test_a_string_starting_with_a_block_type_is_still_read_as_an_architecture():
+    with pytest.raises(ValueError, match=r"^stage 1 \('ir_r1_k3_s1_c16'\): missing token\(s\) e$"):
+        resolve_arch("ir_r1_k3_s1_c16")

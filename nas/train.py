@@ -37,8 +37,10 @@ def run(cfg: DictConfig) -> dict:
     from nas.trainer import check_device, train_child
 
     resolve_arch(str(cfg.arch))  # ValueError naming the architecture: bad input, not a failed child
-    if not is_int(cfg.seed):
-        raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
+    # a seed both numpy and torch take: default_rng refuses a negative one and manual_seed one >= 2**64, and either
+    # would otherwise surface after the data is prepared, as a failed child instead of the config error it is
+    if not is_int(cfg.seed) or not 0 <= cfg.seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {cfg.seed!r}")
     threads = positive_int("threads", cfg.threads, allow_none=True)
     limit_gb = positive_number("max_memory_gb", cfg.max_memory_gb)
     trainer = build("trainer", cfg.trainer)

@@ -264,6 +264,20 @@ def test_train_cli_prints_a_final_json_line(tmp_path):
     assert bad.returncode == 2 and len(lines) == 1 and "dataset.bogus" in lines[0], bad.stderr
 
 
+@pytest.mark.parametrize("args, culprit", [
+    (["seed=-1"], "seed must be an integer in [0, 2**64), got -1"),
+    ([f"seed={2**64}"], "seed must be an integer in [0, 2**64)"),
+])
+def test_train_cli_refuses_bad_input_in_one_line_before_preparing_data(tmp_path, args, culprit):
+    env = {**os.environ, "MNAS_CACHE_DIR": str(tmp_path / "cache")}
+    bad = subprocess.run([sys.executable, "-m", "nas.train", f"arch={SMALL}", "dataset=tiny_fashion_mnist", *args],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and culprit in lines[0], \
+        (args, bad.stderr[-2000:])
+    assert bad.stdout == "" and not (tmp_path / "cache").exists()  # found before any data was prepared
+
+
 def test_mixed_precision_and_compile_paths_train_on_cpu(data):
     # The GPU speed options run here on the CPU: bfloat16 autocast, torch.compile (inductor) and channels_last.
     plain = train_child(SMALL, data, quick(epochs=1, amp="off", channels_last=False), seed=0)

@@ -8,6 +8,7 @@ stride, input size and activation; plus the fixed stem and the head (conv1x1, po
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
@@ -83,7 +84,12 @@ class LayerSpec:
 
     def block_spec(self) -> BlockSpec:
         """The one-layer block this layer is built from (``kind == 'layer'`` only)."""
-        se_ratio = self.se / self.cin if self.se else 0.0  # any ratio that gives the same SE width builds the same
+        # Any ratio that gives the same SE width builds the same layer. se_channels rounds and keeps at least 1, so
+        # the width can equal cin (cin 1, or 0.95 x 10 -> 10), where se / cin = 1.0 is no ratio a block may have:
+        # the largest float below 1 rounds back to cin.
+        if not 0 <= self.se <= self.cin:
+            raise ValueError(f"SE width {self.se} must be between 0 and the layer's input channels {self.cin}")
+        se_ratio = min(self.se / self.cin, math.nextafter(1.0, 0.0)) if self.se else 0.0
         return BlockSpec(block_type=self.block_type, repeats=1, kernel=self.kernel, stride=self.stride,
                          out_channels=self.cout, expansion=self.expansion if self.block_type == "ir" else 1,
                          se_ratio=se_ratio, skip=self.skip)

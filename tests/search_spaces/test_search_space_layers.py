@@ -6,12 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search_spaces import SearchSpace, build_model
+from search_spaces import SearchSpace, build_model, resolve_arch
 from search_spaces.builder import build_layer
-from search_spaces.layers import LayerSpec, effective_skip, network_layers, se_channels
+from search_spaces.layers import LayerSpec, block_layer, effective_skip, network_layers, se_channels
 
 EXAMPLES = ["ds_r1_k3_s1_c16_poolskip-cn_r2_k5_s2_c24_se0.25_poolskip-ir_r3_k3_s2_e6_c24_se0.25",
-            "mnasnet_a1", "mnasnet_b1", "mobilenet_v2"]
+            "mnasnet_a1", "mnasnet_b1", "mobilenet_v2",
+            # SE as wide as the layer's input: cin 1 (at least one channel) and round(0.95 x 10) = 10
+            "cn_r2_k3_s1_c1_se0.25-ir_r2_k3_s1_e6_c10_se0.95"]
 
 
 @pytest.mark.parametrize("arch", EXAMPLES + SearchSpace.default().sample(6, seed=11))
@@ -58,3 +60,14 @@ def test_layer_rules_and_keys():
     assert LayerSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError, match="layer kind"):
         LayerSpec("neck", 1, 1, 1)
+
+
+def test_a_layer_rebuilds_its_own_se_width():
+    # block_spec inverted the SE width as se / cin, which is 1.0 (no valid ratio) where the width equals cin
+    for arch in EXAMPLES:
+        for spec in network_layers(resolve_arch(arch), resolution=48, channels=3, num_classes=10)[1:-1]:
+            block = spec.block_spec()
+            assert se_channels(block.se_ratio, spec.cin) == spec.se, spec.key
+            assert block_layer(block, spec.cin, spec.size, True) == spec
+    with pytest.raises(ValueError, match="SE width 9 must be between 0 and the layer's input channels 8"):
+        LayerSpec("layer", 8, 8, 4, block_type="cn", se=9).block_spec()

@@ -51,7 +51,7 @@ def _info(args: argparse.Namespace) -> dict:
                 "kernel": block.kernel,
                 "stride": block.stride,
                 "expansion": block.expansion,
-                "out_channels": block.out_channels,
+                "out_channels": stage[-1].out_channels,  # the built model's, after --width (the stage string's is x1)
                 "se_ratio": block.se_ratio,
                 "skip": block.skip,
                 "out_resolution": res,

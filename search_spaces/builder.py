@@ -66,6 +66,7 @@ class SearchLayer(nn.Module):
 
     def __init__(self, block: BlockSpec, cin: int, cout: int, stride: int, act: str = "relu"):
         super().__init__()
+        self.out_channels = cout  # after the width multiplier: what describes the model (``info``) reports
         k = block.kernel
         se = se_channels(block.se_ratio, cin)
         body: list[nn.Module] = []

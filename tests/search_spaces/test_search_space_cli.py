@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from search_spaces import SearchSpace
 from search_spaces.__main__ import main
 from tests.conftest import ROOT
@@ -68,3 +70,25 @@ def test_a_misspelt_reference_is_one_line_listing_the_known_ones(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error: unknown architecture 'mnasnet_a2': not a reference name" in err
     assert "mnasnet_a1, mnasnet_b1, mobilenet_v2" in err
+
+
+@pytest.mark.parametrize("width", [0.5, 1.0, 1.3, 2.0])
+def test_info_prints_the_channels_the_width_multiplier_builds(capsys, width):
+    # the table printed the architecture's channels whatever --width was (c16 at 0.5 builds 8)
+    import torch
+
+    from search_spaces import build_model
+
+    arch = "ds_r1_k3_s1_c16-ir_r2_k5_s2_e3_c24_se0.25-cn_r1_k3_s1_c12_noskip"
+    assert main(["info", arch, "--width", str(width), "--resolution", "16", "--classes", "10", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    model = build_model(arch, num_classes=10, width_mult=width).eval()
+    x, built = model.stem(torch.zeros(1, 3, 16, 16)), []
+    with torch.no_grad():
+        for stage in model.blocks:
+            x = stage(x)
+            built.append(x.shape[1])
+    assert [b["out_channels"] for b in info["blocks"]] == built
+    assert main(["info", arch, "--width", str(width), "--resolution", "16", "--classes", "10"]) == 0
+    rows = capsys.readouterr().out.splitlines()[-3:]
+    assert [row.split()[2].split("x")[0] for row in rows] == [str(c) for c in built]

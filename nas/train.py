@@ -18,12 +18,33 @@ from omegaconf import DictConfig
 
 from mnas_common import paths
 from mnas_common.checks import is_int, positive_int, positive_number
+from mnas_common.errors import first_line
 from nas.cli import check_command_line, fail
 
 
 def log(message: str) -> None:
     """Plain progress lines on stderr (no bars: the output of a sweep stays readable); stdout is the JSON line."""
     print(f"[nas.train] {message}", file=sys.stderr, flush=True)
+
+
+def check_output(output) -> Path | None:
+    """The file ``output=`` names (None when unset), checked before anything is prepared or trained: a path that
+    cannot be written was found only when the result was written, after minutes of training that were then lost."""
+    if not output:
+        return None
+    path = Path(str(output))
+    if path.is_dir():
+        raise ValueError(f"output={output} is a directory; give the path of a file to write the result to")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):  # opened for appending: proves it writable and leaves an existing file as it is
+            pass
+    except OSError as exc:
+        raise ValueError(f"output={output} cannot be written: {first_line(exc)}") from None
+    if not existed:
+        path.unlink()  # created only to try it: no empty result file is left behind if the run fails
+    return path
 
 
 def run(cfg: DictConfig) -> dict:
@@ -56,6 +77,7 @@ def run(cfg: DictConfig) -> dict:
     if need > limit_gb * GiB:
         raise ValueError(f"{cfg.arch} is too large: an estimated {need / GiB:.1f} GB to train at batch "
                          f"{trainer.batch_size} exceeds max_memory_gb={limit_gb:g}")
+    output = check_output(cfg.output)  # last of the checks: it may create the output's directory
     if threads:
         torch.set_num_threads(threads)
     data = load_dataset(dataset, cache_dir=cfg.cache_dir)
@@ -71,8 +93,11 @@ def run(cfg: DictConfig) -> dict:
         log(f"failed: {result.error}")
     out = {"arch": str(cfg.arch), "seed": int(cfg.seed), "threads": cfg.threads, **result.to_dict(),
            "dataset": data.describe()}
-    if cfg.output:
-        Path(cfg.output).write_text(json.dumps(out, indent=1) + "\n")
+    if output:
+        try:
+            output.write_text(json.dumps(out, indent=1) + "\n")
+        except OSError as exc:  # checked writable above; the disk may still fill up while training
+            raise ValueError(f"output={cfg.output} cannot be written: {first_line(exc)}") from None
     return out
 
 

@@ -267,8 +267,12 @@ def test_train_cli_prints_a_final_json_line(tmp_path):
 @pytest.mark.parametrize("args, culprit", [
     (["seed=-1"], "seed must be an integer in [0, 2**64), got -1"),
     ([f"seed={2**64}"], "seed must be an integer in [0, 2**64)"),
+    (["output={tmp}"], "output={tmp} is a directory"),
+    (["output={tmp}/file/r.json"], "output={tmp}/file/r.json cannot be written"),  # its parent is a regular file
 ])
 def test_train_cli_refuses_bad_input_in_one_line_before_preparing_data(tmp_path, args, culprit):
+    (tmp_path / "file").write_text("")
+    args, culprit = [a.format(tmp=tmp_path) for a in args], culprit.format(tmp=tmp_path)
     env = {**os.environ, "MNAS_CACHE_DIR": str(tmp_path / "cache")}
     bad = subprocess.run([sys.executable, "-m", "nas.train", f"arch={SMALL}", "dataset=tiny_fashion_mnist", *args],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

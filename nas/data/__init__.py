@@ -260,6 +260,9 @@ def prepare(cfg: DatasetConfig, cache_dir: str | Path | None = None, *, progress
     """Build (or finish building) the prepared arrays of ``cfg``; returns their directory."""
     out = cache_root(cache_dir) / cfg.key()
     if (out / "meta.json").exists():
+        changed = _source_changed(cfg, out)
+        if changed:
+            raise DatasetUnavailable(changed)
         return out
     out.mkdir(parents=True, exist_ok=True)
     # one preparer per cache directory (parallel sweeps share it): the others wait, then find meta.json
@@ -275,7 +278,10 @@ def _prepare_locked(cfg: DatasetConfig, out: Path, progress: bool) -> Path:
 
     started = time.perf_counter()
     try:  # the source and what the config asks of it: a problem here is the user's to fix, in one line
+        # taken before reading: a file changed while this runs shows as a changed source next time, never as a match
+        fingerprint = _source_fingerprint(cfg)
         src = _load_source(cfg)
+        fingerprint = fingerprint or _source_fingerprint(cfg)  # nothing to list before a download
         origin = np.arange(len(src.labels))  # position of each image in the source (its file list or IDX file)
         if isinstance(src, sources.ArraySource):
             src, origin = _restrict_classes(src, cfg.classes, cfg.seed)
@@ -295,7 +301,7 @@ def _prepare_locked(cfg: DatasetConfig, out: Path, progress: bool) -> Path:
         for split, idx in (("train", train_idx), ("val", val_idx)):
             np.save(out / f"{split}_y.npy", src.labels[idx])
             x_path, done_path = out / f"{split}_x.u8", out / f"{split}_progress.json"
-            state = _read_progress(done_path, x_path, len(idx))
+            state = _read_progress(done_path, x_path, len(idx), fingerprint)
             done = state["done"]
             skipped.extend(state.get("skipped", []))  # corrupt images met before an interruption stay counted
             split_skipped = list(state.get("skipped", []))
@@ -317,7 +323,7 @@ def _prepare_locked(cfg: DatasetConfig, out: Path, progress: bool) -> Path:
                             split_skipped.append(error)
                             warnings.warn(f"skipping corrupt image {error}", stacklevel=2)
                 x.flush()
-                _write_json(done_path, {"done": start + len(part), "skipped": split_skipped})
+                _write_json(done_path, {"done": start + len(part), "skipped": split_skipped, "source": fingerprint})
                 bar.update(len(part))
             bar.close()
             del x
@@ -340,6 +346,7 @@ def _prepare_locked(cfg: DatasetConfig, out: Path, progress: bool) -> Path:
         "skipped_images": skipped,
         "prepare_seconds": time.perf_counter() - started,
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "source_fingerprint": fingerprint,
     }
     # positions in the source's full training set: which images were trained on and held out is auditable
     np.save(out / "train_source_indices.npy", origin[train_idx])
@@ -355,33 +362,66 @@ def _write_json(path: Path, value: dict) -> None:
     os.replace(tmp, path)
 
 
-def _read_progress(path: Path, x_path: Path, total: int) -> dict:
+def _read_progress(path: Path, x_path: Path, total: int, source: str | None) -> dict:
     """The checkpoint of a split's interrupted preparation, or ``done: 0`` (start the split over) when there is none
     or it cannot be trusted: a file cut off by a crash (written before writes were atomic), edited, or not ours.
-    Redoing a split costs minutes; refusing to prepare until a user finds and deletes the file costs more."""
+    Redoing a split costs minutes; refusing to prepare until a user finds and deletes the file costs more.
+    A checkpoint of another state of the source (fingerprint ``source``) is not resumed: its images and the new
+    file list would mix labels, or overrun an array sized for the old one."""
     try:
         state = json.loads(path.read_text())
         if (x_path.exists() and is_int(state["done"]) and 0 <= state["done"] <= total
                 and isinstance(state.get("skipped", []), list)):
-            return state
+            if state.get("source") == source:
+                return state
+            warnings.warn(f"{path}: the source changed since this preparation was interrupted; starting this split "
+                          "over", stacklevel=3)
     except (OSError, ValueError, KeyError, TypeError):  # missing, not JSON, not a mapping, no "done"
         pass
     return {"done": 0}
 
 
-def check_dataset(cfg: DatasetConfig, cache_dir: str | Path | None = None) -> str | None:
-    """A reason the dataset cannot be prepared (its source is missing), found without reading it; None when it is
-    already prepared or its source is there. Fashion-MNIST may still be downloaded, so its absence is not a problem
-    here (the download fails within seconds, with its own message, where there is no internet)."""
-    if (cache_root(cache_dir) / cfg.key() / "meta.json").exists():
+def _source_fingerprint(cfg: DatasetConfig) -> str | None:
+    files = sources.source_files(cfg.source, cfg.root, cfg.classes, cfg.seed)
+    return None if files is None else sources.fingerprint(files)
+
+
+def _source_changed(cfg: DatasetConfig, out: Path) -> str | None:
+    """Why the finished cache ``out`` no longer matches its source, or None.
+
+    A changed source is refused rather than rebuilt: rebuilding would change the images under a search being
+    resumed, or under another run reading this directory, and make new results incomparable with the old ones.
+    Deleting the directory is the user's decision. A source that is gone leaves its cache usable (that is what the
+    cache is for), and so does a cache prepared before fingerprints were recorded (nothing to compare with)."""
+    try:
+        recorded = json.loads((out / "meta.json").read_text()).get("source_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None  # a damaged meta.json is open_prepared's to name (and load_dataset's to rebuild)
+    if not recorded:
         return None
+    try:
+        current = _source_fingerprint(cfg)
+    except (OSError, ValueError):  # a class folder gone, a file vanished between listing and stat
+        current = "unlistable"
+    if current is None or current == recorded:
+        return None
+    return (f"dataset {cfg.name}: its source {cfg.root or sources.FASHION_MNIST_ROOT} changed (files added, removed "
+            f"or modified) since it was prepared in {out}; delete that directory to prepare it from the new files")
+
+
+def check_dataset(cfg: DatasetConfig, cache_dir: str | Path | None = None) -> str | None:
+    """A reason the dataset cannot be prepared (its source is missing) or its prepared cache cannot be used (its
+    source changed since), found without reading the source; None when it is prepared from the source as it is, or
+    the source is there. Fashion-MNIST may still be downloaded, so its absence is not a problem
+    here (the download fails within seconds, with its own message, where there is no internet)."""
+    out = cache_root(cache_dir) / cfg.key()
+    if (out / "meta.json").exists():
+        return _source_changed(cfg, out)
     root = Path(cfg.root) if cfg.root else None
     if cfg.source == "imagefolder" and (root is None or not root.is_dir()):
         return f"dataset {cfg.name}: image folder not found: {cfg.root} (set dataset.root or IMAGENET_ROOT)"
-    if cfg.source == "cifar10":
-        base = root / "cifar-10-batches-py" if root and (root / "cifar-10-batches-py").exists() else root
-        if base is None or not (base / "data_batch_1").exists():
-            return f"dataset {cfg.name}: CIFAR-10 batches not found in {cfg.root} (set dataset.root or CIFAR10_ROOT)"
+    if cfg.source == "cifar10" and not (root and sources.cifar10_batches(root)[0].exists()):
+        return f"dataset {cfg.name}: CIFAR-10 batches not found in {cfg.root} (set dataset.root or CIFAR10_ROOT)"
     return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -374,3 +375,60 @@ def test_a_root_under_home_is_expanded_and_shares_the_cache(tmp_path, monkeypatc
     assert d.num_classes == 10 and len(d.train) == 20 and d.path.parent == home / "cache"
     assert replace(cfg, root="~/data").key() == cfg.key(), "~/data and its absolute path are one cache"
     assert len(sources.cifar10("~/data").labels) == 30  # the sources expand it too (other callers than nas.data)
+
+
+@pytest.mark.parametrize("per_class", [10, None])
+def test_a_source_changed_during_an_interruption_is_prepared_again(tmp_path, monkeypatch, per_class):
+    """The resume took the old checkpoint over the new file list: labels of one listing with images of the other
+    (same split size), or an array sized for the old listing written past its end (images_per_class=null)."""
+    root = write_folder(tmp_path / "imnet", {"n01": 12, "n02": 12})
+    cfg = DatasetConfig.from_config(dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3,
+                                         images_per_class=per_class, val_per_class=2, seed=0))
+    interrupt_after(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg, tmp_path / "c", progress=False)
+    for i in range(3):  # new images sort first in their class: every position after them shifts
+        Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(root / "train" / "n02" / f"a{i}.JPEG")
+    monkeypatch.setattr(data_mod, "_decode_file", _real_decode)
+    with pytest.warns(UserWarning, match="source changed since this preparation was interrupted"):
+        path = prepare(cfg, tmp_path / "c", progress=False)
+    reference = prepare(cfg, tmp_path / "ref", progress=False)  # the changed folder, prepared in one go
+    for name in ("train_x.u8", "val_x.u8", "train_y.npy", "val_y.npy"):
+        assert np.array_equal(np.load(path / name), np.load(reference / name)), name
+
+
+def test_a_finished_cache_of_a_changed_source_is_refused_not_rebuilt(tmp_path):
+    """A finished cache was reused whatever had happened to its source since."""
+    import pickle
+    import shutil
+
+    from nas.data import DatasetUnavailable, check_dataset, open_prepared
+
+    root = write_cifar10(tmp_path / "c10", per_class=3)
+    cfg = DatasetConfig(name="c10", source="cifar10", root=str(root), resolution=32, images_per_class=2,
+                        val_per_class=1)
+    reader = load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)
+    before = np.array(reader.train.x)
+    batch = root / "cifar-10-batches-py" / "data_batch_3"
+    with open(batch, "rb") as f:
+        content = pickle.load(f)
+    content[b"data"] = 255 - content[b"data"]
+    with open(batch, "wb") as f:
+        pickle.dump(content, f)
+    later = batch.stat().st_mtime_ns + 10**9
+    os.utime(batch, ns=(later, later))  # edited a second later: the test's two writes can share one clock tick
+    message = f"dataset c10: its source {root} changed .* since it was prepared in {reader.path}; delete that"
+    with pytest.raises(DatasetUnavailable, match=message):
+        load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)
+    assert "changed" in check_dataset(cfg, tmp_path / "c"), "a search stops before it starts"
+    # the cache is left as it was: a run reading it keeps its images
+    assert np.array_equal(np.array(reader.train.x), before)
+    assert np.array_equal(np.array(open_prepared(reader.path).train.x), before)
+
+    shutil.rmtree(reader.path)  # what the message says to do
+    rebuilt = load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)
+    assert not np.array_equal(np.array(rebuilt.train.x), before)
+    root.rename(tmp_path / "moved")  # a source gone (moved, unmounted) leaves its cache usable
+    assert check_dataset(cfg, tmp_path / "c") is None
+    assert np.array_equal(np.array(load_dataset(cfg, cache_dir=tmp_path / "c", progress=False).train.x),
+                          np.array(rebuilt.train.x))

@@ -53,7 +53,7 @@ def run(cfg: DictConfig) -> dict:
     from search_spaces import profile_arch, resolve_arch
 
     from nas.components import build
-    from nas.data import load_dataset
+    from nas.data import cache_root, load_dataset
     from nas.evaluator import GiB
     from nas.trainer import check_device, train_child
 
@@ -80,7 +80,12 @@ def run(cfg: DictConfig) -> dict:
     output = check_output(cfg.output)  # last of the checks: it may create the output's directory
     if threads:
         torch.set_num_threads(threads)
-    data = load_dataset(dataset, cache_dir=cfg.cache_dir)
+    try:
+        data = load_dataset(dataset, cache_dir=cfg.cache_dir)
+    except OSError as exc:  # the cache cannot be written (read-only, no permission, not a directory, disk full)
+        # named here: an OSError of a failed write (ENOSPC) carries no path of its own
+        raise ValueError(f"cannot prepare dataset {dataset.name} in {cache_root(cfg.cache_dir)}: "
+                         f"{first_line(exc)}") from None
     log(f"training {cfg.arch} on {data.name} ({len(data.train)} train / {len(data.val)} held-out images, "
         f"{data.num_classes} classes, {data.resolution} px) for {trainer.epochs} epoch(s)"
         f"{f' (at most {trainer.max_steps} steps)' if trainer.max_steps else ''}, seed {int(cfg.seed)}")
@@ -105,8 +110,8 @@ def run(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> None:
     try:
         out = run(cfg)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+    except (ValueError, OSError) as exc:  # bad input, or a file the user's machine cannot read or write
+        fail(first_line(exc))
     print(json.dumps(out), flush=True)
     if out["status"] != "ok":
         sys.exit(1)

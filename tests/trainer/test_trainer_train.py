@@ -269,8 +269,10 @@ def test_train_cli_prints_a_final_json_line(tmp_path):
     ([f"seed={2**64}"], "seed must be an integer in [0, 2**64)"),
     (["output={tmp}"], "output={tmp} is a directory"),
     (["output={tmp}/file/r.json"], "output={tmp}/file/r.json cannot be written"),  # its parent is a regular file
+    # a cache that cannot be written (its parent a regular file: tests may run as root, whom chmod does not stop)
+    (["cache_dir={tmp}/file/cache"], "cannot prepare dataset tiny_fashion_mnist in {tmp}/file/cache: "),
 ])
-def test_train_cli_refuses_bad_input_in_one_line_before_preparing_data(tmp_path, args, culprit):
+def test_train_cli_bad_input_and_unwritable_paths_are_one_line_errors(tmp_path, args, culprit):
     (tmp_path / "file").write_text("")
     args, culprit = [a.format(tmp=tmp_path) for a in args], culprit.format(tmp=tmp_path)
     env = {**os.environ, "MNAS_CACHE_DIR": str(tmp_path / "cache")}
@@ -279,7 +281,7 @@ def test_train_cli_refuses_bad_input_in_one_line_before_preparing_data(tmp_path,
     lines = bad.stderr.strip().splitlines()
     assert bad.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and culprit in lines[0], \
         (args, bad.stderr[-2000:])
-    assert bad.stdout == "" and not (tmp_path / "cache").exists()  # found before any data was prepared
+    assert bad.stdout == "" and not (tmp_path / "cache").exists()  # nothing prepared or trained
 
 
 def test_mixed_precision_and_compile_paths_train_on_cpu(data):

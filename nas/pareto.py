@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from nas.front import front_mask, hypervolume
-from nas.record import export_fields
+from nas.record import ChildResult, export_fields
 from nas.store import STORE_NAME, RunStore, StoreError
 
 
@@ -99,7 +99,7 @@ def load_runs(run_dirs: Sequence[Path]) -> tuple[list[dict], list[dict]]:
             with RunStore(run, readonly=True) as store:
                 config = store.get_meta("config", {})
                 overrides = store.get_meta("overrides")
-                children = [c.to_dict() for c in store.children(committed_only=True)]
+                kids = store.children(committed_only=True)
                 references = store.references()
                 steps = store.steps()
                 if not isinstance(config, dict) or not (
@@ -108,21 +108,21 @@ def load_runs(run_dirs: Sequence[Path]) -> tuple[list[dict], list[dict]]:
         except StoreError as exc:
             damaged.append({"dir": run, "error": str(exc)})
             continue
-        runs.append({"dir": run, "overrides": overrides, "config": config, "children": children,
-                     "references": references, "steps": steps})
+        runs.append({"dir": run, "overrides": overrides, "config": config, "children": [c.to_dict() for c in kids],
+                     "measured": _measured(kids), "references": references, "steps": steps})
     if runs:
         _label_runs(runs)
     return runs, damaged
 
 
-def _measured(children: list[dict]) -> list[dict]:
-    """Successful children with a latency, one per architecture (the first evaluation)."""
-    seen, out = set(), []
+def _measured(children: list[ChildResult]) -> list[dict]:
+    """The points of the accuracy-latency plane (``ChildResult.measured``: the one definition, so a child with a
+    latency but no accuracy is never plotted), one per architecture (the first evaluation)."""
+    first: dict[str, ChildResult] = {}
     for c in children:
-        if c["status"] == "ok" and c["latency_ms"] is not None and c["arch"] not in seen:
-            seen.add(c["arch"])
-            out.append(c)
-    return out
+        if c.measured:
+            first.setdefault(c.arch, c)
+    return [c.to_dict() for c in first.values()]
 
 
 def _axes():
@@ -260,7 +260,7 @@ def export_runs(
     for run in runs:
         where = {"run": run["label"], "dir": str(run["dir"])}
         all_children += [{**where, **c} for c in run["children"]]
-        run["points"] = [{**where, **c} for c in _measured(run["children"])]
+        run["points"] = [{**where, **c} for c in run["measured"]]
         all_points.extend(run["points"])
     lat_ref = max((p["latency_ms"] for p in all_points), default=1.0) * 1.1
 
@@ -367,7 +367,7 @@ def _export_top(runs: list[dict], out: Path, k: int) -> list[dict]:
     from nas.components import build
 
     ranked = sorted(
-        ((c["reward"], c["arch"], run) for run in runs for c in _measured(run["children"]) if c["reward"] is not None),
+        ((c["reward"], c["arch"], run) for run in runs for c in run["measured"] if c["reward"] is not None),
         key=lambda t: -t[0],
     )
     chosen, seen = [], set()

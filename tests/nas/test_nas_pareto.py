@@ -274,3 +274,11 @@ def test_incumbent_curves_group_seeds_and_are_running_maxima(tmp_path):
     assert main([str(tmp_path / "s"), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "incumbent.png").stat().st_size > 0
     assert "incumbent.png" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_a_child_with_a_latency_but_no_accuracy_is_not_a_point(tmp_path):
+    # status ok, latency measured, top1 missing: not a point of the accuracy-latency plane (ChildResult.measured)
+    make_run(tmp_path / "run", [("ds_r1_k3_s1_c16", 0.7, 2.0, "ok"), ("ds_r1_k3_s1_c24", None, 1.0, "ok")])
+    assert main([str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
+    front = json.loads((tmp_path / "out" / "front.json").read_text())
+    assert [p["arch"] for p in front] == ["ds_r1_k3_s1_c16"]

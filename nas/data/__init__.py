@@ -301,7 +301,7 @@ def _prepare_locked(cfg: DatasetConfig, out: Path, progress: bool) -> Path:
         for split, idx in (("train", train_idx), ("val", val_idx)):
             np.save(out / f"{split}_y.npy", src.labels[idx])
             x_path, done_path = out / f"{split}_x.u8", out / f"{split}_progress.json"
-            state = _read_progress(done_path, x_path, len(idx), fingerprint)
+            state = _read_progress(done_path, x_path, (len(idx), *shape), fingerprint)
             done = state["done"]
             skipped.extend(state.get("skipped", []))  # corrupt images met before an interruption stay counted
             split_skipped = list(state.get("skipped", []))
@@ -362,23 +362,34 @@ def _write_json(path: Path, value: dict) -> None:
     os.replace(tmp, path)
 
 
-def _read_progress(path: Path, x_path: Path, total: int, source: str | None) -> dict:
+def _read_progress(path: Path, x_path: Path, shape: tuple[int, ...], source: str | None) -> dict:
     """The checkpoint of a split's interrupted preparation, or ``done: 0`` (start the split over) when there is none
     or it cannot be trusted: a file cut off by a crash (written before writes were atomic), edited, or not ours.
     Redoing a split costs minutes; refusing to prepare until a user finds and deletes the file costs more.
     A checkpoint of another state of the source (fingerprint ``source``) is not resumed: its images and the new
-    file list would mix labels, or overrun an array sized for the old one."""
+    file list would mix labels, or overrun an array sized for the old one. Nor is one whose image array is not the
+    split's (``shape``): numpy zero-extends a truncated one (the images it lost stayed black) and one of another
+    size was written past its end."""
     try:
         state = json.loads(path.read_text())
-        if (x_path.exists() and is_int(state["done"]) and 0 <= state["done"] <= total
-                and isinstance(state.get("skipped", []), list)):
-            if state.get("source") == source:
+        if is_int(state["done"]) and 0 <= state["done"] <= shape[0] and isinstance(state.get("skipped", []), list):
+            if state.get("source") != source:
+                warnings.warn(f"{path}: the source changed since this preparation was interrupted; starting this "
+                              "split over", stacklevel=3)
+            elif _holds(x_path, shape):
                 return state
-            warnings.warn(f"{path}: the source changed since this preparation was interrupted; starting this split "
-                          "over", stacklevel=3)
     except (OSError, ValueError, KeyError, TypeError):  # missing, not JSON, not a mapping, no "done"
         pass
     return {"done": 0}
+
+
+def _holds(x_path: Path, shape: tuple[int, ...]) -> bool:
+    """Whether ``x_path`` is a whole uint8 ``.npy`` array of ``shape`` (read-only, a short file fails to map)."""
+    try:
+        x = np.load(x_path, mmap_mode="r")
+    except (OSError, ValueError, EOFError):
+        return False
+    return x.shape == shape and x.dtype == np.uint8
 
 
 def _source_fingerprint(cfg: DatasetConfig) -> str | None:
@@ -432,9 +443,13 @@ def load_dataset(cfg: Mapping | DatasetConfig, cache_dir: str | Path | None = No
     try:
         return open_prepared(path)
     except DamagedDataset as exc:
-        warnings.warn(f"{exc}; rebuilding it", stacklevel=2)
         with open(path / ".lock", "w") as lock:  # the same lock as prepare: no one reads it while it is rebuilt
             fcntl.flock(lock, fcntl.LOCK_EX)
+            try:  # another process that met the same damage may have rebuilt it while this one waited
+                return open_prepared(path)
+            except (DamagedDataset, FileNotFoundError):
+                pass
+            warnings.warn(f"{exc}; rebuilding it", stacklevel=2)
             for item in path.iterdir():
                 if item.name != ".lock":
                     item.unlink()

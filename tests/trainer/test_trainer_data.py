@@ -227,6 +227,32 @@ def test_concurrent_prepares_build_once(tmp_path, monkeypatch):
     assert load_dataset(cfg, cache_dir=tmp_path, progress=False).train.x.shape == (60, 16, 16, 1)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "other shape"])
+def test_a_checkpoint_beside_an_image_array_not_of_its_split_starts_the_split_over(tmp_path, monkeypatch, damage):
+    """Resuming opened the split's array as it was on disk: numpy zero-extends a truncated one, so the images it had
+    lost stayed black in the finished cache, and one of another shape was written past its end (IndexError). Such a
+    checkpoint cannot be trusted: the split starts over and ends equal to a fresh build."""
+    root = write_folder(tmp_path / "imnet", {"n01": 12, "n02": 12})
+    cfg = DatasetConfig.from_config(dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3,
+                                         images_per_class=10, val_per_class=2, seed=0))
+    reference = data_mod.open_prepared(prepare(cfg, tmp_path / "ref", progress=False))
+    interrupt_after(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg, tmp_path / "c", progress=False)
+    out = cache_root(tmp_path / "c") / cfg.key()
+    x_path = out / "train_x.u8"
+    if damage == "truncated":
+        with open(x_path, "r+b") as f:
+            f.truncate(200)  # the .npy header and a few pixels
+    else:
+        np.save(x_path, np.zeros((5, 16, 16, 3), np.uint8), allow_pickle=False)
+        os.replace(str(x_path) + ".npy", x_path)
+    assert json.loads((out / "train_progress.json").read_text())["done"] > 0
+    monkeypatch.setattr(data_mod, "_decode_file", _real_decode)
+    d = load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)
+    assert np.array_equal(d.train.x, reference.train.x) and np.array_equal(d.val.x, reference.val.x)
+
+
 def test_skipped_images_stay_counted_across_a_resume(tmp_path, monkeypatch):
     root = write_folder(tmp_path / "imnet", {"n01": 10, "n02": 10})
     for bad in sorted((root / "train" / "n01").iterdir()):
@@ -310,6 +336,30 @@ def test_a_damaged_prepared_dataset_is_named_and_rebuilt(tmp_path, damage):
     with pytest.warns(UserWarning, match="is damaged.*rebuilding it"):
         rebuilt = load_dataset(fmnist(), cache_dir=tmp_path, progress=False)
     assert np.array_equal(np.array(rebuilt.train.x), expected[0]) and np.array_equal(rebuilt.train.y, expected[1])
+
+
+def test_a_cache_rebuilt_by_another_process_while_this_one_waited_is_kept(tmp_path, monkeypatch):
+    """Two processes that met the same damaged cache both rebuilt it: the second, once the first released the lock,
+    deleted the first's fresh build (under a run already reading it) and built it again. Under the lock, the cache
+    is looked at again first: here the other process's rebuild happened between the first look and the lock."""
+    root = write_folder(tmp_path / "imnet", {"n01": 6, "n02": 6})
+    cfg = DatasetConfig.from_config(dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3,
+                                         images_per_class=4, val_per_class=2, seed=0))
+    path = prepare(cfg, tmp_path / "c", progress=False)
+    before = (path / "train_x.u8").stat().st_ino
+    real, looks = data_mod.open_prepared, []
+
+    def stale_first_look(p):
+        looks.append(p)
+        if len(looks) == 1:
+            raise data_mod.DamagedDataset(f"prepared dataset {p} is damaged (as it was before the other rebuild)")
+        return real(p)
+
+    monkeypatch.setattr(data_mod, "open_prepared", stale_first_look)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "rebuilding it"
+        d = load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)
+    assert (path / "train_x.u8").stat().st_ino == before and len(d.train.y) == 8
 
 
 def test_check_dataset_names_a_missing_source_without_reading_it(tmp_path):

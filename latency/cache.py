@@ -38,6 +38,7 @@ from pathlib import Path
 
 SCHEMA_VERSION = 2  # 1 (implicit, user_version 0): absolute paths, no digests; 2: relative paths, digests, tables
 ARTIFACT_FIELDS = ("onnx_path", "tflite_path")
+CACHE_TABLES = frozenset({"conversions", "measurements", "latency_tables", "table_layers", "anchors", "table_models"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversions (
@@ -157,6 +158,10 @@ class LatencyCache:
             if row is None or row[0] != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {row and row[0]}")
             version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            # Its tables, then its indexes, views and triggers (SQLite's internal ones and the indexes it makes for
+            # primary keys are named sqlite_*)
+            names = [r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' "
+                                                     "ESCAPE '\\' ORDER BY type != 'table', name")]
         except sqlite3.DatabaseError as exc:
             raise LatencyCacheError(
                 f"latency cache {self.path} is corrupted or not a cache ({exc}); move it away to start a new one"
@@ -165,6 +170,15 @@ class LatencyCache:
             self.conn.close()
             raise LatencyCacheError(f"latency cache {self.path} has schema {version}, newer than this version "
                                     f"understands ({SCHEMA_VERSION}); upgrade mnasnet-search or use another cache")
+        # A new cache is a file with nothing in it; one with anything but the cache's tables is another program's
+        # database (a search's run.sqlite passed as --cache: both have user_version 0, as a schema-1 cache has),
+        # which creating the schema in it and switching it to WAL would change
+        if foreign := [name for name in names if name not in CACHE_TABLES]:
+            self.conn.close()
+            raise LatencyCacheError(
+                f"latency cache {self.path} is an SQLite database but not a latency cache (it holds "
+                f"{', '.join(foreign[:4])}{', ...' if len(foreign) > 4 else ''}); it was not modified: move it away "
+                "or use another cache path")
         # Creating or migrating the file: processes that open a new cache at the same moment (two device actors of
         # one node) find it locked while one of them switches it to WAL, which SQLite's busy timeout does not cover
         def set_up() -> None:

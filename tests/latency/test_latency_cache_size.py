@@ -5,13 +5,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sqlite3
 import time
 
 import pytest
 
 from latency import build_service
 from latency.__main__ import main
-from latency.cache import LatencyCache
+from latency.cache import LatencyCache, LatencyCacheError
 
 MB = 1_000_000
 SMALL = "ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c16"
@@ -115,6 +116,77 @@ def test_cache_commands_refuse_bad_input_in_one_line(cache, tmp_path, capsys, ar
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "none.sqlite").exists()  # nothing created where nothing was
+
+
+def _foreign_database(tmp_path, kind: str):
+    """Another program's SQLite file (user_version 0, as a new or schema-1 cache has): a table of its own, or a
+    search's run store with a child in it."""
+    if kind == "run store":
+        from nas.record import ChildResult
+        from nas.store import RunStore
+
+        with RunStore(tmp_path / "run") as store:
+            store.add_child(ChildResult(arch="ds_r1_k3_s1_c16", top1=0.5, latency_ms=3.0, params=10, macs=20, step=0,
+                                        idx=0, tokens=[0, 2]))
+        return tmp_path / "run" / "run.sqlite"
+    path = tmp_path / "other.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE notes (x TEXT)")
+        conn.execute("INSERT INTO notes VALUES ('keep me')")
+    conn.close()
+    return path
+
+
+@pytest.mark.parametrize("kind", ["table", "run store"])
+def test_another_programs_database_is_refused_and_not_modified(tmp_path, capsys, kind):
+    path = _foreign_database(tmp_path, kind)
+    before = path.read_bytes()
+    with pytest.raises(LatencyCacheError, match="is an SQLite database but not a latency cache"):
+        LatencyCache(path)
+    for argv in (["cache", "info"], ["cache", "prune", "--max-gb", "0"], ["table", "list"]):
+        assert main([*argv, "--cache", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "not a latency cache" in err and "not modified" in err and err.count("\n") == 1, err
+    assert path.read_bytes() == before
+    assert not path.with_name(path.name + "-wal").exists()
+
+
+def test_new_and_schema_1_caches_still_open(tmp_path):
+    empty = tmp_path / "empty" / "latency.sqlite"
+    empty.parent.mkdir()
+    empty.write_bytes(b"")  # an empty file is a new cache
+    LatencyCache(empty).close()
+    old = tmp_path / "old" / "latency.sqlite"
+    old.parent.mkdir()
+    with sqlite3.connect(old) as conn:  # as schema 1 wrote it: two tables, user_version 0
+        conn.execute("CREATE TABLE conversions (key TEXT PRIMARY KEY, arch TEXT NOT NULL, resolution INTEGER, "
+                     "channels INTEGER, num_classes INTEGER, status TEXT NOT NULL, record TEXT NOT NULL, "
+                     "created_at REAL NOT NULL)")
+        conn.execute("CREATE TABLE measurements (key TEXT PRIMARY KEY, conversion_key TEXT NOT NULL, arch TEXT NOT "
+                     "NULL, device TEXT NOT NULL, settings TEXT NOT NULL, result TEXT NOT NULL, created_at REAL NOT "
+                     "NULL)")
+        conn.execute("INSERT INTO measurements VALUES ('m', 'c', 'a', 'd', '{}', '{}', 0)")
+    conn.close()
+    for path in (empty, old):
+        cache = LatencyCache(path)
+        assert cache.count("latency_tables") == 0
+        cache.close()
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        conn.close()
+    cache = LatencyCache(old)
+    assert cache.count("measurements") == 1
+    cache.close()
+
+
+def test_read_only_commands_leave_a_cache_as_it_is(cache, capsys):
+    _model(cache, "a", 1, 0)
+    cache.close()
+    before = cache.path.read_bytes()
+    for argv in (["cache", "info"], ["table", "list"]):
+        assert main([*argv, "--cache", str(cache.path)]) == 0
+    capsys.readouterr()
+    assert cache.path.read_bytes() == before
 
 
 @pytest.mark.parametrize("value", [0, -1, "ten", True])

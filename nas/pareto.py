@@ -90,14 +90,17 @@ def _label_runs(runs: list[dict]) -> None:
         run["label"], run["group"] = label or run["dir"].name, group or "search"
 
 
-def load_runs(run_dirs: Sequence[Path]) -> tuple[list[dict], list[dict]]:
-    """The runs that read cleanly, and ``{"dir", "error"}`` for each damaged one (reported, never modified): one
-    damaged store in a sweep does not stop the report of the healthy runs."""
-    runs, damaged = [], []
+def load_runs(run_dirs: Sequence[Path]) -> tuple[list[dict], list[dict], list[Path]]:
+    """The runs that read cleanly, ``{"dir", "error"}`` for each damaged one (reported, never modified): one
+    damaged store in a sweep does not stop the report of the healthy runs, and the runs still starting."""
+    runs, damaged, starting = [], [], []
     for run in run_dirs:
         try:
             with RunStore(run, readonly=True) as store:
-                config = store.get_meta("config", {})
+                config = store.get_meta("config")
+                if config is None:  # a sweep's job just started: nas.run writes its config and overrides together,
+                    starting.append(run)  # once the store exists; read now, its empty overrides and config would
+                    continue  # change the other runs' labels (nothing shared) and hide their common target T
                 overrides = store.get_meta("overrides")
                 kids = store.children(committed_only=True)
                 references = store.references()
@@ -112,7 +115,7 @@ def load_runs(run_dirs: Sequence[Path]) -> tuple[list[dict], list[dict]]:
                      "measured": _measured(kids), "references": references, "steps": steps})
     if runs:
         _label_runs(runs)
-    return runs, damaged
+    return runs, damaged, starting
 
 
 def _measured(children: list[ChildResult]) -> list[dict]:
@@ -250,9 +253,10 @@ def export_runs(
 
     Damaged run stores are listed (``runs.csv``, ``summary.md``, the returned ``damaged``) and left out; only when
     no run can be read is it an error."""
-    runs, damaged = load_runs(find_runs(paths))
+    runs, damaged, starting = load_runs(find_runs(paths))
     if not runs:
-        raise ValueError("; ".join(d["error"] for d in damaged))
+        raise ValueError("; ".join([d["error"] for d in damaged]
+                                   + [f"no run to report: {d} is starting, no children yet" for d in starting]))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -320,11 +324,12 @@ def export_runs(
     if export_top > 0:
         exported = _export_top(runs, out / "export", export_top)
 
-    _write_summary(out / "summary.md", rows, front_rows, references, exported)
-    return {"runs": rows, "front": front_rows, "exported": exported, "damaged": damaged, "out": str(out)}
+    _write_summary(out / "summary.md", rows, front_rows, references, exported, starting)
+    return {"runs": rows, "front": front_rows, "exported": exported, "damaged": damaged, "starting": starting,
+            "out": str(out)}
 
 
-def _write_summary(path: Path, rows, front_rows, references, exported) -> None:
+def _write_summary(path: Path, rows, front_rows, references, exported, starting) -> None:
     lines = ["# Pareto summary", ""]
     lines += ["| run | children | failed | unique | best reward | best top-1 | min latency (ms) | front | hypervolume |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -340,6 +345,8 @@ def _write_summary(path: Path, rows, front_rows, references, exported) -> None:
     if damaged:
         lines += ["", "## Damaged run stores (left out, not modified)", ""]
         lines += [f"- `{r['dir']}`: {r['error']}" for r in damaged]
+    if starting:
+        lines += ["", "## Runs still starting (left out)", ""] + [f"- `{d}`: starting, no children yet" for d in starting]
     lines += ["", "## Front (all runs)", "",
               "| latency (ms) | latency | predicted (ms) | top-1 | MACs (M) | params (M) | run | architecture |",
               "|---:|---|---:|---:|---:|---:|---|---|"]
@@ -426,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for d in summary["damaged"]:
         print(f"warning: left out a damaged run: {d['error']}", file=sys.stderr)
+    for d in summary["starting"]:
+        print(f"note: left out {d}: starting, no children yet", file=sys.stderr)
     print((out / "summary.md").read_text())
     print(f"wrote {out}/front.csv, front.json, children.csv, runs.csv, pareto.png, incumbent.png, summary.md"
           + (f" and {len(summary['exported'])} exported models" if summary["exported"] else ""))

@@ -56,9 +56,9 @@ def test_hypervolume_by_hand():
         front_mask([0.1], [1.0, 2.0])
 
 
-def make_run(path, points, *, label_overrides=None, references=None, scores=None):
+def make_run(path, points, *, label_overrides=None, references=None, scores=None, config=None):
     with RunStore(path) as store:
-        store.set_meta("config", {"deploy": {"resolution": 32, "channels": 1, "num_classes": 10}})
+        store.set_meta("config", config or {"deploy": {"resolution": 32, "channels": 1, "num_classes": 10}})
         store.set_meta("overrides", label_overrides or [])
         for i, (arch, top1, lat, status) in enumerate(points):
             store.add_child(ChildResult(arch=arch, status=status, top1=top1, latency_ms=lat, macs=1000 * i,
@@ -282,3 +282,22 @@ def test_a_child_with_a_latency_but_no_accuracy_is_not_a_point(tmp_path):
     assert main([str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
     front = json.loads((tmp_path / "out" / "front.json").read_text())
     assert [p["arch"] for p in front] == ["ds_r1_k3_s1_c16"]
+
+
+def test_a_run_still_starting_is_left_out_and_changes_nothing_else(tmp_path, capsys):
+    from nas.pareto import _shared_target, find_runs, load_runs
+
+    common = ["+experiment=ablation_constraint", "budget=2"]
+    for job, reward in (("0", "soft"), ("1", "hard")):
+        make_run(tmp_path / "sweep" / job, POINTS[:2], label_overrides=[*common, f"reward={reward}"],
+                 config={"deploy": {}, "reward": {"target_ms": 5.0}})
+    RunStore(tmp_path / "sweep" / "2").close()  # a job just started: its store exists, its config is not written yet
+    runs = load_runs(find_runs([tmp_path / "sweep"]))[0]
+    assert [r["label"] for r in runs] == ["reward=soft", "reward=hard"] and _shared_target(runs) == 5.0
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert err == f"note: left out {tmp_path / 'sweep' / '2'}: starting, no children yet\n"
+    assert "starting, no children yet" in (tmp_path / "out" / "summary.md").read_text()
+    # only starting runs: nothing to report, one line
+    assert main([str(tmp_path / "sweep" / "2")]) == 2
+    assert capsys.readouterr().err == f"error: no run to report: {tmp_path / 'sweep' / '2'} is starting, no children yet\n"

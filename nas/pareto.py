@@ -370,11 +370,15 @@ def _write_summary(path: Path, rows, front_rows, references, exported, starting)
 
 
 def _export_top(runs: list[dict], out: Path, k: int) -> list[dict]:
-    """Top-K children by reward: architecture strings plus ONNX and TFLite files converted as the run did."""
+    """Top-K children by reward: architecture strings plus ONNX and TFLite files converted as the run did.
+
+    Every successful child is ranked, with a latency or not: an accuracy-only search (``measure_latency=false``)
+    has a reward and no latency, and converting needs none."""
     from nas.components import build
 
     ranked = sorted(
-        ((c["reward"], c["arch"], run) for run in runs for c in run["measured"] if c["reward"] is not None),
+        ((c["reward"], c["arch"], run) for run in runs for c in run["children"]
+         if c["status"] == "ok" and c["reward"] is not None),
         key=lambda t: -t[0],
     )
     chosen, seen = [], set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -301,3 +302,20 @@ def test_a_run_still_starting_is_left_out_and_changes_nothing_else(tmp_path, cap
     # only starting runs: nothing to report, one line
     assert main([str(tmp_path / "sweep" / "2")]) == 2
     assert capsys.readouterr().err == f"error: no run to report: {tmp_path / 'sweep' / '2'} is starting, no children yet\n"
+
+
+# Export: real conversions of tiny networks at a small input (conversions are cached in MNAS_CACHE_DIR)
+LATENCY = {"_target_": "latency.build_service", "runner": "host", "threads": 1, "workers": 1, "anchor": None}
+DEPLOYED = {"deploy": {"resolution": 32, "channels": 1, "num_classes": 10}, "latency": LATENCY}
+TINY = ["ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c16", "ds_r1_k5_s1_c8-ir_r1_k3_s2_e6_c16"]
+
+
+def test_children_without_a_latency_are_exported_by_reward(tmp_path):
+    # an accuracy-only search (measure_latency=false, reward=accuracy) times nothing; converting needs no latency
+    make_run(tmp_path / "run", [(TINY[0], 0.7, None, "ok"), (TINY[1], 0.8, None, "ok"), (TINY[0], None, None, "failed")],
+             config=DEPLOYED)
+    assert main([str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--export", "3"]) == 0
+    export = tmp_path / "out" / "export"
+    assert [e["arch"] for e in json.loads((export / "architectures.json").read_text())] == [TINY[1], TINY[0]]
+    assert (export / "top1" / "model.arch.txt").read_text() == TINY[1] + "\n"
+    assert Path(json.loads((export / "architectures.json").read_text())[1]["tflite"]).stat().st_size > 0

@@ -9,13 +9,14 @@ search continues bit-for-bit where it stopped.
 from __future__ import annotations
 
 import math
-import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
+from mnas_common.checks import is_seed
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,6 @@ def check_param(name: str, value: Any, ok: bool, requirement: str) -> None:
         raise ValueError(f"{name} must be {requirement}, got {value!r}")
 
 
-def is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
 class Controller(ABC):
     """Strategy interface used by the search loop (see docs/controllers.md)."""
 
@@ -79,7 +76,7 @@ class Controller(ABC):
 
     def __init__(self, num_choices: Sequence[int], *, seed: int = 0) -> None:
         self.num_choices = check_num_choices(num_choices)
-        check_param("seed", seed, hasattr(seed, "__index__") and not isinstance(seed, bool), "an int")
+        check_param("seed", seed, is_seed(seed), "an integer in [0, 2**64)")
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
 

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 import torch
 
-from mnas_common.checks import is_int
+from mnas_common.checks import is_int, is_number
 from mnas_common.errors import first_line
 
-from controllers.base import Controller, Sample, check_param, is_number
+from controllers.base import Controller, Sample, check_param
 from controllers.policy import LSTMPolicy
 
 

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import torch
 
-from mnas_common.checks import is_int
+from mnas_common.checks import is_int, is_number
 
-from controllers.base import check_param, is_number
+from controllers.base import check_param
 from controllers.lstm import LSTMController
 from controllers.registry import register_controller
 

@@ -49,6 +49,21 @@ def non_negative_number(name: str, value: Any) -> float:
     return float(value)
 
 
+SEED_LIMIT = 2**64  # torch.manual_seed takes seeds below it, numpy's default_rng no negative one
+
+
+def is_seed(value: Any) -> bool:
+    return is_int(value) and 0 <= value < SEED_LIMIT
+
+
+def seed(name: str, value: Any) -> int:
+    """``value`` if it is a seed every generator here takes (an integer in [0, 2**64)): another one would surface
+    later, as a failed child or a torch overflow message that names no field."""
+    if not is_seed(value):
+        raise ValueError(f"{name} must be an integer in [0, 2**64), got {value!r}")
+    return int(value)
+
+
 def one_of(name: str, value: Any, choices) -> Any:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnas_common.checks import is_int, positive_int
+from mnas_common.checks import is_int, is_seed, positive_int, seed
 from mnas_common.config import to_plain
 from mnas_common.errors import first_line
 
@@ -72,13 +72,11 @@ class Parts:
 def check_values(cfg) -> list[str]:
     """Problems with the top-level values of a search's config (each component checks its own when it is built)."""
     problems = []
-    for key in ("budget", "batch_size"):
+    for check, key in ((positive_int, "budget"), (positive_int, "batch_size"), (seed, "seed")):
         try:
-            positive_int(key, cfg.get(key))
+            check(key, cfg.get(key))
         except ValueError as exc:
             problems.append(str(exc))
-    if not is_int(cfg.get("seed")):
-        problems.append(f"seed must be an integer, got {cfg.get('seed')!r}")
     deploy = to_plain(cfg.get("deploy")) or {}
     for key in DEPLOY_KEYS:
         try:
@@ -125,7 +123,7 @@ def build_parts(cfg, run_dir: str | Path) -> Parts:
 
     parts.space = attempt("search_space", cfg.search_space)
     parts.reward = attempt("reward", cfg.reward)
-    if parts.space is not None and is_int(cfg.get("seed")):
+    if parts.space is not None and is_seed(cfg.get("seed")):
         parts.controller = attempt("controller", cfg.controller, num_choices=parts.space.num_choices, seed=cfg.seed)
     if (cfg.get("steady_state") is True and parts.controller is not None
             and not getattr(parts.controller, "asynchronous", False)):

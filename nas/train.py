@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mnas_common import paths
-from mnas_common.checks import is_int, positive_int, positive_number
+from mnas_common.checks import positive_int, positive_number, seed
 from mnas_common.errors import first_line
 from nas.cli import check_command_line, fail
 
@@ -58,10 +58,7 @@ def run(cfg: DictConfig) -> dict:
     from nas.trainer import check_device, train_child
 
     resolve_arch(str(cfg.arch))  # ValueError naming the architecture: bad input, not a failed child
-    # a seed both numpy and torch take: default_rng refuses a negative one and manual_seed one >= 2**64, and either
-    # would otherwise surface after the data is prepared, as a failed child instead of the config error it is
-    if not is_int(cfg.seed) or not 0 <= cfg.seed < 2**64:
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {cfg.seed!r}")
+    seed("seed", cfg.seed)  # before the data is prepared: a bad one would come back as a failed child
     threads = positive_int("threads", cfg.threads, allow_none=True)
     limit_gb = positive_number("max_memory_gb", cfg.max_memory_gb)
     trainer = build("trainer", cfg.trainer)

@@ -151,6 +151,9 @@ def test_evolution_with_single_choice_decisions_never_mutates_them():
         ({"num_choices": [2], "population_size": True, "name": "evolution"}, "population_size must be"),
         ({"num_choices": [2], "tournament_size": True, "name": "evolution"}, "tournament_size must be"),
         ({"num_choices": [2], "seed": True, "name": "random"}, "seed must be an int"),
+        # torch's generator overflowed on a seed >= 2**64 with a message naming no field
+        ({"num_choices": [2], "seed": 2**64, "name": "lstm_ppo"}, r"seed must be an integer in \[0, 2\*\*64\)"),
+        ({"num_choices": [2], "seed": -1, "name": "random"}, r"seed must be an integer in \[0, 2\*\*64\)"),
     ],
 )
 def test_bad_configuration_is_refused_with_the_field_named(kwargs, match):

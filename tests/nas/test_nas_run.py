@@ -198,6 +198,7 @@ def test_an_oversized_child_is_a_failed_child_not_an_out_of_memory_kill(tmp_path
     ("+deploy.size=3", "unknown config key 'deploy.size'"),
     ("evaluator=nope", "Could not find 'evaluator/nope'"),
     ("trainer.lr=nan", "trainer.lr must be a positive number"),
+    (f"seed={2**64}", "error: seed must be an integer in [0, 2**64), got 18446744073709551616"),  # was torch's
 ])
 def test_bad_command_lines_are_one_error_line_with_exit_2(tmp_path, override, message):
     line = one_error_line(cli(tmp_path / "run", override))

@@ -157,9 +157,12 @@ def _table_validate(args: argparse.Namespace) -> int:
 
 
 def _table_list(args: argparse.Namespace) -> int:
-    cache = _open_cache(args, must_exist=False)
-    tables = cache.tables()
-    cache.close()
+    path = _cache_file(args)
+    tables = []
+    if path.is_file():  # listing creates nothing: a mistyped --cache left an empty cache (and its folders) behind
+        cache = _open_cache(args)
+        tables = cache.tables()
+        cache.close()
     if args.json:
         print(json.dumps(tables))
         return 0
@@ -200,12 +203,17 @@ def _table_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_file(args: argparse.Namespace) -> Path:
+    from latency.service import default_cache_dir
+
+    return Path(args.cache) if args.cache else default_cache_dir() / "latency.sqlite"
+
+
 def _open_cache(args: argparse.Namespace, *, must_exist: bool = True):
     """The cache ``--cache`` names (default: the shared one); ``must_exist``: refuse to create one where none is."""
     from latency.cache import LatencyCache
-    from latency.service import default_cache_dir
 
-    path = Path(args.cache) if args.cache else default_cache_dir() / "latency.sqlite"
+    path = _cache_file(args)
     if must_exist and not path.is_file():
         raise ValueError(f"no latency cache at {path} (--cache)")
     return LatencyCache(path)

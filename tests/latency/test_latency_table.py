@@ -288,8 +288,14 @@ def test_cli_paths_and_an_unusable_validation_are_one_line(built, micro, tmp_pat
     listed = _cli("table", "list", "--cache", str(cache.parent), "--json")  # the cache's directory names its file
     assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 1, listed.stderr
     new = tmp_path / "new-cache"  # a directory to be: it was created as a SQLite file of that name
-    listed = _cli("table", "list", "--cache", str(new), "--json")
-    assert listed.returncode == 0 and (new / "latency.sqlite").is_file(), listed.stderr
+    exported = _cli("table", "export", "--format", "json", "--out", str(tmp_path / "t.json"), "--space", micro,
+                    *common, "--cache", str(cache))
+    assert exported.returncode == 0, exported.stderr
+    imported = _cli("table", "import", str(tmp_path / "t.json"), "--cache", str(new))
+    assert imported.returncode == 0 and (new / "latency.sqlite").is_file(), imported.stderr
+    missing = tmp_path / "typo" / "cache.sqlite"  # listing created an empty cache (and its folders) where none was
+    listed = _cli("table", "list", "--cache", str(missing), "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [] and not missing.parent.exists(), listed.stderr
     out = _cli("table", "export", "--format", "json", "--out", str(tmp_path), "--space", micro, *common,
                "--cache", str(cache))
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "is a directory" in out.stderr, out.stderr

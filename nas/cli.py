@@ -120,8 +120,19 @@ def check_command_line(config_name: str, argv: list[str], *, strict_keys: bool =
     except ConfigError:
         raise
     except Exception as exc:
-        raise ConfigError(" ".join(str(exc).split())) from None
+        message = " ".join(str(exc).split())
+        raise ConfigError(message + (_tilde_hint(argv) if "Lexer" in message else "")) from None
     return first
+
+
+def _tilde_hint(argv: list[str]) -> str:
+    """Hydra's grammar has no ``~`` in an unquoted value and the shell does not expand ``key=~/x`` (not a variable
+    assignment): the lexer's message names neither, so say what to write instead."""
+    tilde = next((a for a in argv if "=~" in a), None)
+    if tilde is None:
+        return ""
+    key, value = tilde.split("=", 1)
+    return f" (a value starting with ~ must be quoted for Hydra: \"{key}='{value}'\", or use $HOME)"
 
 
 class Interrupted(KeyboardInterrupt):

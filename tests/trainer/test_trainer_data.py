@@ -425,6 +425,11 @@ def test_a_root_under_home_is_expanded_and_shares_the_cache(tmp_path, monkeypatc
     assert d.num_classes == 10 and len(d.train) == 20 and d.path.parent == home / "cache"
     assert replace(cfg, root="~/data").key() == cfg.key(), "~/data and its absolute path are one cache"
     assert len(sources.cifar10("~/data").labels) == 30  # the sources expand it too (other callers than nas.data)
+    # unquoted, Hydra's lexer refuses the ~ with a message naming neither the quoting nor $HOME
+    from nas.cli import ConfigError
+
+    with pytest.raises(ConfigError, match=r"""must be quoted for Hydra: "dataset.root='~/data'", or use \$HOME"""):
+        check_command_line("train", ["arch=mnasnet_a1", "dataset=cifar10", "dataset.root=~/data"])
 
 
 @pytest.mark.parametrize("per_class", [10, None])

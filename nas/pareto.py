@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnas_common.errors import first_line
 from nas.front import front_mask, hypervolume
 from nas.record import ChildResult, export_fields
 from nas.store import STORE_NAME, RunStore, StoreError
@@ -320,11 +321,13 @@ def export_runs(
     fig.savefig(out / "incumbent.png")
     plt.close(fig)
 
+    # The summary goes with the tables before the export (minutes of conversion, which may fail), then again with
+    # the export: summary.md never describes an earlier report.
+    _write_summary(out / "summary.md", rows, front_rows, references, [], starting)
     exported = []
     if export_top > 0:
         exported = _export_top(runs, out / "export", export_top)
-
-    _write_summary(out / "summary.md", rows, front_rows, references, exported, starting)
+        _write_summary(out / "summary.md", rows, front_rows, references, exported, starting)
     return {"runs": rows, "front": front_rows, "exported": exported, "damaged": damaged, "starting": starting,
             "out": str(out)}
 
@@ -364,13 +367,16 @@ def _write_summary(path: Path, rows, front_rows, references, exported, starting)
         for name, ref in sorted(references.items()):
             lines.append(f"| {name} | {_fmt(ref.get('latency_ms'), '.2f')} | {_fmt(ref.get('top1'), '.4f')} |")
     if exported:
-        lines += ["", "## Exported", ""] + [f"- `{e['arch']}`: {e.get('tflite', '')}" for e in exported]
+        lines += ["", "## Exported", ""]
+        lines += [f"- `{e['arch']}`: " + (f"not exported: {e['error']}" if "error" in e else e["tflite"]) for e in exported]
     lines += ["", "![accuracy vs latency](pareto.png)", "", "![best reward so far](incumbent.png)", ""]
     path.write_text("\n".join(lines))
 
 
 def _export_top(runs: list[dict], out: Path, k: int) -> list[dict]:
-    """Top-K children by reward: architecture strings plus ONNX and TFLite files converted as the run did.
+    """Top-K children by reward: architecture strings plus ONNX and TFLite files converted as the run did. A model
+    that cannot be exported (its conversion fails or mismatches PyTorch, as a ``latency.mode=predict`` run's children
+    were never converted) keeps its rank with an ``error`` instead of files; the others are exported.
 
     Every successful child is ranked, with a latency or not: an accuracy-only search (``measure_latency=false``)
     has a reward and no latency, and converting needs none."""
@@ -395,22 +401,26 @@ def _export_top(runs: list[dict], out: Path, k: int) -> list[dict]:
         for rank, (reward, arch, run) in enumerate(chosen, start=1):
             config = run["config"]
             key = json.dumps(config.get("latency"), sort_keys=True)
-            if key not in services:
-                services[key] = build("latency", {**config["latency"], "work_dir": str(out / "work")})
-            deploy = config["deploy"]
-            files = services[key].export(
-                arch,
-                out / f"top{rank}",
-                resolution=deploy["resolution"],
-                channels=deploy["channels"],
-                num_classes=deploy["num_classes"],
-            )
-            exported.append({"rank": rank, "reward": reward, "arch": arch, "run": run["label"], "dir": str(run["dir"]),
-                             **{k: str(v) for k, v in files.items()}})
+            entry = {"rank": rank, "reward": reward, "arch": arch, "run": run["label"], "dir": str(run["dir"])}
+            try:
+                if key not in services:
+                    services[key] = build("latency", {**config.get("latency", {}), "work_dir": str(out / "work")})
+                deploy = config["deploy"]
+                files = services[key].export(
+                    arch,
+                    out / f"top{rank}",
+                    resolution=deploy["resolution"],
+                    channels=deploy["channels"],
+                    num_classes=deploy["num_classes"],
+                )
+            except (RuntimeError, ValueError) as exc:  # this model only (an OSError writing the export is not)
+                exported.append({**entry, "error": first_line(exc)})
+                continue
+            exported.append({**entry, **{k: str(v) for k, v in files.items()}})
     finally:
         for service in services.values():
             service.close()
-    (out / "architectures.txt").write_text("".join(e["arch"] + "\n" for e in exported))
+    (out / "architectures.txt").write_text("".join(e["arch"] + "\n" for e in exported if "error" not in e))
     (out / "architectures.json").write_text(json.dumps(exported, indent=2))
     return exported
 
@@ -439,9 +449,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: left out a damaged run: {d['error']}", file=sys.stderr)
     for d in summary["starting"]:
         print(f"note: left out {d}: starting, no children yet", file=sys.stderr)
+    for e in summary["exported"]:
+        if "error" in e:
+            print(f"warning: top{e['rank']} {e['arch']} not exported: {e['error']}", file=sys.stderr)
     print((out / "summary.md").read_text())
+    models = sum("error" not in e for e in summary["exported"])
     print(f"wrote {out}/front.csv, front.json, children.csv, runs.csv, pareto.png, incumbent.png, summary.md"
-          + (f" and {len(summary['exported'])} exported models" if summary["exported"] else ""))
+          + (f" and {models} exported models" if models else ""))
     return 0
 
 

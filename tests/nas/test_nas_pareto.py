@@ -319,3 +319,22 @@ def test_children_without_a_latency_are_exported_by_reward(tmp_path):
     assert [e["arch"] for e in json.loads((export / "architectures.json").read_text())] == [TINY[1], TINY[0]]
     assert (export / "top1" / "model.arch.txt").read_text() == TINY[1] + "\n"
     assert Path(json.loads((export / "architectures.json").read_text())[1]["tflite"]).stat().st_size > 0
+
+
+def test_a_model_that_cannot_be_exported_is_skipped_with_its_reason(tmp_path, capsys):
+    # the best child comes from a run whose conversions cannot pass its (impossible) tolerance: a conversion mismatch
+    strict = {**DEPLOYED, "latency": {**LATENCY, "tolerance_abs": 1e-15, "tolerance_rel": 1e-15}}
+    make_run(tmp_path / "sweep" / "0", [(TINY[1], 0.8, 2.0, "ok")], label_overrides=["strict"], config=strict)
+    make_run(tmp_path / "sweep" / "1", [(TINY[0], 0.7, 1.0, "ok")], label_overrides=["default"], config=DEPLOYED)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.md").write_text("an old report")
+    assert main([str(tmp_path / "sweep"), "--out", str(out), "--export", "2"]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if "not exported" in line]
+    assert len(warning) == 1 and f"top1 {TINY[1]} not exported: cannot export {TINY[1]}: conversion mismatch" in warning[0]
+    exported = json.loads((out / "export" / "architectures.json").read_text())
+    assert [(e["rank"], e["arch"], "error" in e) for e in exported] == [(1, TINY[1], True), (2, TINY[0], False)]
+    assert not (out / "export" / "top1").exists() and (out / "export" / "top2" / "model.tflite").stat().st_size > 0
+    assert (out / "export" / "architectures.txt").read_text() == TINY[0] + "\n"
+    summary = (out / "summary.md").read_text()
+    assert f"`{TINY[1]}`: not exported: cannot export" in summary and "| strict |" in summary

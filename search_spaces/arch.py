@@ -39,6 +39,9 @@ def _format_ratio(ratio: float) -> str:
     return format(Decimal(repr(ratio)), "f")
 
 
+MAX_VALUE = 2**20  # any number in a block (channels, repeats, ...): larger than any network that can be built
+
+
 @dataclass(frozen=True)
 class BlockSpec:
     """One searchable block: ``repeats`` copies of one layer design; only the first layer has ``stride``."""
@@ -59,6 +62,8 @@ class BlockSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value > MAX_VALUE:  # c10**22 reached torch as a C overflow traceback (64-bit sizes)
+                raise ValueError(f"{name} must be at most {MAX_VALUE:,}, got {value:,}")
         if self.kernel % 2 == 0:
             raise ValueError(f"kernel must be odd (same padding), got {self.kernel}")
         if self.block_type != "ir" and self.expansion != 1:

@@ -22,7 +22,7 @@ import numpy as np
 
 from mnas_common.config import to_plain
 
-from search_spaces.arch import SKIP_OPS, ArchSpec, BlockSpec, parse_arch
+from search_spaces.arch import MAX_VALUE, SKIP_OPS, ArchSpec, BlockSpec, parse_arch
 from search_spaces.width import make_divisible
 
 DECISIONS = ("conv_op", "kernel", "se_ratio", "skip", "filters", "layers")
@@ -148,6 +148,13 @@ class SearchSpace:
             base_c, base_n, stride = (_integer(f"block {i} {key}", v) for key, v in zip(keys, values))
             if base_c < 1 or base_n < 1 or stride < 1:
                 raise ValueError(f"search space: block {i} values must be positive, got {dict(block)!r}")
+            widest = max(filter_multipliers) * base_c  # 1e308 x 16 was inf, an OverflowError in make_divisible
+            if not widest <= MAX_VALUE:
+                raise ValueError(f"search space: block {i} channels {base_c} x filter multiplier "
+                                 f"{max(filter_multipliers)} = {widest:g} is more than {MAX_VALUE:,} channels")
+            if base_n + max(layer_deltas) > MAX_VALUE:
+                raise ValueError(f"search space: block {i} layers {base_n} + {max(layer_deltas)} is more than "
+                                 f"{MAX_VALUE:,} layers")
             self.blocks.append(
                 BlockChoices(
                     stride=stride,

@@ -102,6 +102,10 @@ def test_conv_ops_have_one_spelling(alias):
         ({"min_layers": math.nan}, "min_layers must be an integer, got nan"),
         ({"channel_divisor": 8.5}, "channel_divisor must be an integer, got 8.5"),
         ({"channel_divisor": 0}, "channel_divisor must be >= 1, got 0"),
+        # 1e308 x 16 was inf: an OverflowError traceback from make_divisible
+        ({"filter_multipliers": [1.0, 1e308]},
+         "block 1 channels 16 x filter multiplier 1e+308 = inf is more than 1,048,576 channels"),
+        ({"layer_deltas": [0, 2**21]}, "block 1 layers 1 + 2097152 is more than 1,048,576 layers"),
     ],
 )
 def test_space_refuses_numbers_that_are_not_what_the_key_counts(changes, message):
@@ -212,6 +216,9 @@ def test_grammar_expresses_channels_outside_the_choice_lists(space):
         ("ds_r1_k4_s1_c16", r"kernel must be odd"),
         ("ds_r0_k3_s1_c16", r"repeats must be a positive integer"),
         ("ds_r1_k3_s1_e6_c16", r"expansion applies only to 'ir'"),
+        # reached torch as a C-level overflow traceback (sizes are 64-bit)
+        ("ir_r1_k3_s1_e6_c99999999999999999999999", r"stage 1 .*out_channels must be at most 1,048,576"),
+        ("ds_r2000000_k3_s1_c16", r"repeats must be at most 1,048,576"),
         ("ds_r1_k3_s1_c16_se1.5", r"se ratio must be in \[0, 1\)"),
         ("", r"non-empty"),
     ],

@@ -4,7 +4,8 @@ The same code path as a search's children (``nas.data.load_dataset`` + ``nas.tra
 check what a child would score before spending a search on it. The last stdout line is the JSON result (with the
 dataset description under ``dataset``); the exit status is 1 when the child failed while training (NaN loss, out of
 memory). Bad input (an architecture that does not parse, an unknown or invalid config field, a bad override) is one
-``error: ...`` line on stderr and exit status 2, found before any data is prepared.
+``error: ...`` line on stderr and exit status 2, found before any data is prepared; a dataset that cannot be
+prepared (its cache directory unwritable, its source unreadable) is the same one line, found while preparing it.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ non-dominated children (maximum accuracy, minimum latency) and writes:
 - ``incumbent.png``: best reward so far against children evaluated, per configuration (median and quartiles over
   seeds when runs differ only by seed): the incumbent-over-time plot NAS comparisons report;
 - ``summary.md``: the tables above in Markdown;
-- with ``--export K``: ``export/`` with the top-K architectures by reward as strings, ONNX and TFLite files.
+- with ``--export K``: ``export/`` with the top-K architectures by reward as strings, ONNX and TFLite files
+  (replacing an earlier ``export/`` whole).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import csv
 import json
 import math
 import os
+import shutil
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -349,7 +352,8 @@ def _write_summary(path: Path, rows, front_rows, references, exported, starting)
         lines += ["", "## Damaged run stores (left out, not modified)", ""]
         lines += [f"- `{r['dir']}`: {r['error']}" for r in damaged]
     if starting:
-        lines += ["", "## Runs still starting (left out)", ""] + [f"- `{d}`: starting, no children yet" for d in starting]
+        lines += ["", "## Runs still starting (left out)", ""]
+        lines += [f"- `{d}`: starting, no children yet" for d in starting]
     lines += ["", "## Front (all runs)", "",
               "| latency (ms) | latency | predicted (ms) | top-1 | MACs (M) | params (M) | run | architecture |",
               "|---:|---|---:|---:|---:|---:|---|---|"]
@@ -368,7 +372,8 @@ def _write_summary(path: Path, rows, front_rows, references, exported, starting)
             lines.append(f"| {name} | {_fmt(ref.get('latency_ms'), '.2f')} | {_fmt(ref.get('top1'), '.4f')} |")
     if exported:
         lines += ["", "## Exported", ""]
-        lines += [f"- `{e['arch']}`: " + (f"not exported: {e['error']}" if "error" in e else e["tflite"]) for e in exported]
+        lines += [f"- `{e['arch']}`: " + (f"not exported: {e['error']}" if "error" in e else e["tflite"])
+                  for e in exported]
     lines += ["", "![accuracy vs latency](pareto.png)", "", "![best reward so far](incumbent.png)", ""]
     path.write_text("\n".join(lines))
 
@@ -394,34 +399,47 @@ def _export_top(runs: list[dict], out: Path, k: int) -> list[dict]:
             chosen.append((reward, arch, run))
         if len(chosen) == k:
             break
-    out.mkdir(parents=True, exist_ok=True)
+    # Written beside ``out`` and swapped in at the end: ``out`` then holds this export alone (no top3 left from an
+    # earlier --export 3), and an export that fails leaves the previous one as it was.
+    new = out.with_name(f".{out.name}.{os.getpid()}.new")
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir(parents=True)
     exported = []
     services: dict[str, object] = {}
     try:
-        for rank, (reward, arch, run) in enumerate(chosen, start=1):
-            config = run["config"]
-            key = json.dumps(config.get("latency"), sort_keys=True)
-            entry = {"rank": rank, "reward": reward, "arch": arch, "run": run["label"], "dir": str(run["dir"])}
-            try:
-                if key not in services:
-                    services[key] = build("latency", {**config.get("latency", {}), "work_dir": str(out / "work")})
-                deploy = config["deploy"]
-                files = services[key].export(
-                    arch,
-                    out / f"top{rank}",
-                    resolution=deploy["resolution"],
-                    channels=deploy["channels"],
-                    num_classes=deploy["num_classes"],
-                )
-            except (RuntimeError, ValueError) as exc:  # this model only (an OSError writing the export is not)
-                exported.append({**entry, "error": first_line(exc)})
-                continue
-            exported.append({**entry, **{k: str(v) for k, v in files.items()}})
-    finally:
-        for service in services.values():
-            service.close()
-    (out / "architectures.txt").write_text("".join(e["arch"] + "\n" for e in exported if "error" not in e))
-    (out / "architectures.json").write_text(json.dumps(exported, indent=2))
+        with ExitStack() as stack:  # every service closed (its workers stopped) before the swap
+            for rank, (reward, arch, run) in enumerate(chosen, start=1):
+                config = run["config"]
+                key = json.dumps(config.get("latency"), sort_keys=True)
+                entry = {"rank": rank, "reward": reward, "arch": arch, "run": run["label"], "dir": str(run["dir"])}
+                try:
+                    if key not in services:
+                        services[key] = stack.enter_context(
+                            build("latency", {**config.get("latency", {}), "work_dir": str(new / "work")}))
+                    deploy = config["deploy"]
+                    files = services[key].export(
+                        arch,
+                        new / f"top{rank}",
+                        resolution=deploy["resolution"],
+                        channels=deploy["channels"],
+                        num_classes=deploy["num_classes"],
+                    )
+                except (RuntimeError, ValueError) as exc:  # this model only (an OSError writing the export is not)
+                    exported.append({**entry, "error": first_line(exc)})
+                    continue
+                final = {f: str(out / f"top{rank}" / Path(files[f]).name) for f in ("onnx", "tflite")}  # once swapped
+                exported.append({**entry, **{k: str(v) for k, v in files.items()}, **final})
+        shutil.rmtree(new / "work", ignore_errors=True)  # the workers' logs and calibration data: not the export
+        (new / "architectures.txt").write_text("".join(e["arch"] + "\n" for e in exported if "error" not in e))
+        (new / "architectures.json").write_text(json.dumps(exported, indent=2))
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    old = out.with_name(f".{out.name}.{os.getpid()}.old")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(new, out)
+    shutil.rmtree(old, ignore_errors=True)
     return exported
 
 

@@ -301,7 +301,8 @@ def test_a_run_still_starting_is_left_out_and_changes_nothing_else(tmp_path, cap
     assert "starting, no children yet" in (tmp_path / "out" / "summary.md").read_text()
     # only starting runs: nothing to report, one line
     assert main([str(tmp_path / "sweep" / "2")]) == 2
-    assert capsys.readouterr().err == f"error: no run to report: {tmp_path / 'sweep' / '2'} is starting, no children yet\n"
+    starting = tmp_path / "sweep" / "2"
+    assert capsys.readouterr().err == f"error: no run to report: {starting} is starting, no children yet\n"
 
 
 # Export: real conversions of tiny networks at a small input (conversions are cached in MNAS_CACHE_DIR)
@@ -312,8 +313,8 @@ TINY = ["ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c16", "ds_r1_k5_s1_c8-ir_r1_k3_s2_e6_c16"
 
 def test_children_without_a_latency_are_exported_by_reward(tmp_path):
     # an accuracy-only search (measure_latency=false, reward=accuracy) times nothing; converting needs no latency
-    make_run(tmp_path / "run", [(TINY[0], 0.7, None, "ok"), (TINY[1], 0.8, None, "ok"), (TINY[0], None, None, "failed")],
-             config=DEPLOYED)
+    make_run(tmp_path / "run", [(TINY[0], 0.7, None, "ok"), (TINY[1], 0.8, None, "ok"),
+                                (TINY[0], None, None, "failed")], config=DEPLOYED)
     assert main([str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--export", "3"]) == 0
     export = tmp_path / "out" / "export"
     assert [e["arch"] for e in json.loads((export / "architectures.json").read_text())] == [TINY[1], TINY[0]]
@@ -331,10 +332,30 @@ def test_a_model_that_cannot_be_exported_is_skipped_with_its_reason(tmp_path, ca
     (out / "summary.md").write_text("an old report")
     assert main([str(tmp_path / "sweep"), "--out", str(out), "--export", "2"]) == 0
     warning = [line for line in capsys.readouterr().err.splitlines() if "not exported" in line]
-    assert len(warning) == 1 and f"top1 {TINY[1]} not exported: cannot export {TINY[1]}: conversion mismatch" in warning[0]
+    assert len(warning) == 1
+    assert f"top1 {TINY[1]} not exported: cannot export {TINY[1]}: conversion mismatch" in warning[0]
     exported = json.loads((out / "export" / "architectures.json").read_text())
     assert [(e["rank"], e["arch"], "error" in e) for e in exported] == [(1, TINY[1], True), (2, TINY[0], False)]
     assert not (out / "export" / "top1").exists() and (out / "export" / "top2" / "model.tflite").stat().st_size > 0
     assert (out / "export" / "architectures.txt").read_text() == TINY[0] + "\n"
     summary = (out / "summary.md").read_text()
     assert f"`{TINY[1]}`: not exported: cannot export" in summary and "| strict |" in summary
+
+
+def test_export_again_replaces_the_earlier_export(tmp_path, monkeypatch):
+    from latency.service import LatencyService
+
+    make_run(tmp_path / "run", [(TINY[0], 0.7, 1.0, "ok"), (TINY[1], 0.8, 2.0, "ok")], config=DEPLOYED)
+    for k in (2, 1):  # a smaller K second: no top2 may be left from the first
+        assert main([str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--export", str(k)]) == 0
+    listing = ["architectures.json", "architectures.txt", "top1"]
+    assert sorted(p.name for p in (tmp_path / "out" / "export").iterdir()) == listing
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporary directory left
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(LatencyService, "export", disk_full)  # an export that fails keeps the earlier one
+    assert main([str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--export", "2"]) == 2
+    assert sorted(p.name for p in (tmp_path / "out" / "export").iterdir()) == listing
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]

@@ -102,11 +102,15 @@ def load_runs(run_dirs: Sequence[Path]) -> tuple[list[dict], list[dict], list[Pa
         try:
             with RunStore(run, readonly=True) as store:
                 config = store.get_meta("config")
-                if config is None:  # a sweep's job just started: nas.run writes its config and overrides together,
-                    starting.append(run)  # once the store exists; read now, its empty overrides and config would
-                    continue  # change the other runs' labels (nothing shared) and hide their common target T
-                overrides = store.get_meta("overrides")
                 kids = store.children(committed_only=True)
+                # A sweep's job just started: nas.run writes its config and overrides together once the store exists.
+                # Read now, its empty overrides and config would change the other runs' labels (nothing shared) and
+                # hide their common target T. (A store the search engine wrote alone has children and no config.)
+                if config is None and not kids:
+                    starting.append(run)
+                    continue
+                config = {} if config is None else config
+                overrides = store.get_meta("overrides")
                 references = store.references()
                 steps = store.steps()
                 if not isinstance(config, dict) or not (

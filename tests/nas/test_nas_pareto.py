@@ -293,6 +293,10 @@ def test_a_run_still_starting_is_left_out_and_changes_nothing_else(tmp_path, cap
         make_run(tmp_path / "sweep" / job, POINTS[:2], label_overrides=[*common, f"reward={reward}"],
                  config={"deploy": {}, "reward": {"target_ms": 5.0}})
     RunStore(tmp_path / "sweep" / "2").close()  # a job just started: its store exists, its config is not written yet
+    with RunStore(tmp_path / "engine") as store:  # a store the search engine wrote alone (its API): children, no config
+        store.add_child(ChildResult(arch=TINY[0], status="ok", top1=0.7, latency_ms=1.0, step=0, idx=0, tokens=[0]))
+        store.commit_step(0, {0: 0.7}, {}, {})
+    assert [r["dir"] for r in load_runs([tmp_path / "engine"])[0]] == [tmp_path / "engine"]
     runs = load_runs(find_runs([tmp_path / "sweep"]))[0]
     assert [r["label"] for r in runs] == ["reward=soft", "reward=hard"] and _shared_target(runs) == 5.0
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 
+from mnas_common.checks import did_you_mean
 from mnas_common.config import to_plain
 
 from controllers.base import Controller
@@ -61,7 +62,8 @@ def build(name: str, num_choices: Sequence[int], *, seed: int = 0, **kwargs) -> 
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise ValueError(
-            f"controller '{name}' got unknown hyper-parameter(s) {', '.join(unknown)}; "
+            f"controller '{name}' got unknown hyper-parameter(s) {', '.join(unknown)}"
+            f"{did_you_mean(unknown[0], accepted)}; "
             f"accepted: {', '.join(sorted(accepted)) or 'none'}"
         )
     return cls(to_plain(num_choices), seed=seed, **{k: to_plain(v) for k, v in kwargs.items()})

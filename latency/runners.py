@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnas_common.checks import non_negative_int, non_negative_number, positive_int
+from mnas_common.checks import did_you_mean, non_negative_int, non_negative_number, positive_int
 
 REMOTE_DIR = "/data/local/tmp"
 WAIT_FOR_DEVICE_S = 30.0  # how long one retry waits for a dropped phone to come back (adb wait-for-device)
@@ -412,6 +412,7 @@ def make_runner(config: dict):
     known = set(cls.__dataclass_fields__) - {"name", "_model", "_binary_pushed"}
     unknown = sorted(set(config) - known)
     if unknown:
-        raise ValueError(f"unknown latency field(s) for runner {name!r}: {', '.join(unknown)}")
+        raise ValueError(f"unknown latency field(s) for runner {name!r}: {', '.join(unknown)}"
+                         f"{did_you_mean(unknown[0], known)}")
     return cls(**config)
 

@@ -6,6 +6,7 @@ is an error instead of one class.
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 from typing import Any
@@ -70,8 +71,15 @@ def one_of(name: str, value: Any, choices) -> Any:
     return value
 
 
+def did_you_mean(name: str, known) -> str:
+    """`` (did you mean X?)`` for the known name closest to a misspelt ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, [str(k) for k in known], n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def known_fields(section: str, given, known) -> None:
     """Refuse keys a config section does not define (a misspelt key must not be silently ignored)."""
     unknown = sorted(set(given) - set(known))
     if unknown:
-        raise ValueError(f"unknown {section} field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise ValueError(f"unknown {section} field(s) {', '.join(unknown)}{did_you_mean(unknown[0], known)}; "
+                         f"known: {', '.join(sorted(known))}")

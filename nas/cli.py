@@ -14,9 +14,10 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from mnas_common.checks import did_you_mean
 from mnas_common.paths import config_dir
 
-from nas.components import ConfigError, did_you_mean
+from nas.components import ConfigError
 
 # Hydra flags after which the command line is Hydra's own business (help, config printing, completion)
 _HYDRA_ONLY = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion", "-sc",

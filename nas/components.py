@@ -12,11 +12,11 @@ config group, never a ``TypeError`` traceback from inside Hydra.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from mnas_common.checks import did_you_mean
 from mnas_common.config import to_plain
 from mnas_common.errors import cause_of, first_line
 
@@ -37,11 +37,6 @@ def _accepted(target) -> tuple[set[str], bool]:
         return set(), True
     names = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
     return names, any(p.kind is p.VAR_KEYWORD for p in params)
-
-
-def did_you_mean(name: str, known) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def build(group: str, config: Mapping | Any, **runtime) -> Any:

@@ -142,6 +142,7 @@ def test_evolution_with_single_choice_decisions_never_mutates_them():
         ({"num_choices": [2], "hidden_size": 0, "name": "lstm_reinforce"}, "hidden_size must be"),
         ({"num_choices": [2], "tournament_size": 100, "name": "evolution"}, "tournament_size must be"),
         ({"num_choices": [2], "clip_epsilon": 0.2, "name": "lstm_reinforce"}, "unknown hyper-parameter.*clip_eps"),
+        ({"num_choices": [2], "hiden_size": 9, "name": "lstm_ppo"}, r"hiden_size \(did you mean hidden_size\?\)"),
         ({"num_choices": [2], "seed": "x", "name": "random"}, "seed must be an int"),
         # True is an int to Python: every int hyper-parameter refuses it by name
         ({"num_choices": [2], "hidden_size": True, "name": "lstm_reinforce"}, "hidden_size must be an int >= 1"),

@@ -101,6 +101,8 @@ def test_bad_arguments_raise(host_service):
         build_service("phone")
     with pytest.raises(ValueError, match="unknown latency field"):
         build_service("host", serial="x")
+    with pytest.raises(ValueError, match=r"num_run \(did you mean num_runs\?\)"):  # the suggestion was missing
+        build_service("host", num_run=3)
 
 
 def test_corrupted_cache_is_reported_not_overwritten(tmp_path):

@@ -140,6 +140,7 @@ def test_image_folder_classes_by_count_and_list(tmp_path):
     ({"images_per_class": 50}, "fewer than"),
     ({"resolution": 3}, "resolution"),
     ({"bogus": 1}, "bogus"),
+    ({"image_per_class": 1}, r"image_per_class \(did you mean images_per_class\?\)"),
     ({"source": "mnist"}, "source"),
     ({"classes": True}, "dataset.classes"),
     ({"classes": []}, "dataset.classes"),

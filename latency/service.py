@@ -548,8 +548,11 @@ class LatencyService:
         pin_cpu: bool = PIN_CPU_DEFAULT,
         anchor: str | None = None,
         cache_max_gb: float | None = CACHE_MAX_GB_DEFAULT,
+        check_only: bool = False,
         **runner_fields,
     ):
+        """``check_only``: check every field and value, then stop, before a cache is opened or a device asked (what a
+        dry run of a config for a device that is not here can check)."""
         positive_int("latency.workers", workers)
         if not tolerance_abs > 0 or not tolerance_rel > 0:
             raise ValueError("latency.tolerance_abs and latency.tolerance_rel must be > 0")
@@ -566,6 +569,9 @@ class LatencyService:
         runner_fields = paths
         self.runner_config = {"runner": runner, **runner_fields}
         self.runner = make_runner(self.runner_config)  # validates the fields now, in one line
+        self.anchor = _checked_anchor(anchor, runner)
+        if check_only:
+            return
         self.workers = workers
         self.cache_path = Path(cache_path) if cache_path else default_cache_dir() / "latency.sqlite"
         self.models_dir = self.cache_path.parent / "models"
@@ -575,7 +581,6 @@ class LatencyService:
         self.tolerance_abs, self.tolerance_rel = float(tolerance_abs), float(tolerance_rel)
         self.fast_convert = fast_convert
         self.pin_cpu = pin_cpu
-        self.anchor = _checked_anchor(anchor, runner)
         self._anchor_info: dict | None = None
         self._anchor_lock = threading.Lock()
         self.gate = HostGate.for_runner(self.runner, self.device_locks_dir, quiet=quiet)

@@ -102,8 +102,13 @@ def check_latency(config: dict | None, service=None) -> tuple[Any, list[str]]:
     except Exception as exc:
         if service is not None:
             service.close()
-        message = first_line(exc)
-        return None, [message if message.startswith("latency") else f"latency: {message}"]
+        return None, [latency_problem(exc)]
+
+
+def latency_problem(exc: BaseException) -> str:
+    """One line for a latency config's problem, naming the section."""
+    message = first_line(exc)
+    return message if message.startswith("latency") else f"latency: {message}"
 
 
 def size_guard(arch: str, *, deploy: dict, data_shape: tuple[int, int, int] | None, batch_size: int,

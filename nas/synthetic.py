@@ -16,7 +16,8 @@ from collections import deque
 
 from mnas_common.checks import non_negative_number, positive_int
 
-from nas.evaluator import Evaluator, child_seed
+from nas.components import build
+from nas.evaluator import Evaluator, LatencyModes, child_seed, latency_problem
 from nas.record import ChildResult, LatencySource
 
 
@@ -70,7 +71,7 @@ class SyntheticEvaluator(Evaluator):
     def __init__(self, *, failure_rate: float = 0.0, seconds: float = 0.0, capacity: int = 1, deploy: dict | None = None,
                  seed: int = 0, trainer=None, dataset=None, latency=None, threads=None):
         """``trainer``, ``dataset``, ``latency`` and ``threads`` are what the search passes every evaluator; a
-        synthetic child needs none of them."""
+        synthetic child needs none of them (the latency config is checked, see :meth:`check`)."""
         if not 0 <= non_negative_number("evaluator.failure_rate", failure_rate) <= 1:
             raise ValueError(f"evaluator.failure_rate must be in [0, 1], got {failure_rate!r}")
         self.failure_rate = float(failure_rate)
@@ -78,8 +79,22 @@ class SyntheticEvaluator(Evaluator):
         self.capacity = positive_int("evaluator.capacity", capacity)
         self.resolution = int((deploy or {}).get("resolution", 224))
         self.seed = seed
+        self.latency = latency
         self.submitted: list[str] = []  # every evaluation ever asked for, in order (what tests count)
         self._queue: deque[str] = deque()
+
+    def check(self) -> list[str]:
+        """The latency config's fields and values, as a real evaluator checks them (a typo such as
+        ``latency.num_run`` is a dry run's to find), but no cache opened and no device asked: a dry run is for a
+        config whose phone may not be here."""
+        if self.latency is None:
+            return []
+        try:
+            config = LatencyModes.split(self.latency)[1]
+            build("latency", {**config, "check_only": True})
+        except Exception as exc:
+            return [latency_problem(exc)]
+        return []
 
     def submit(self, arch: str) -> None:
         self.submitted.append(arch)

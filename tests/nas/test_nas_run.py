@@ -56,13 +56,21 @@ def committed(run_dir: Path) -> list[tuple]:
                                       "+dataset.foo=1", "+trainer.foo=1", "budget=0", "measure_references=[nope]",
                                       "deploy.resolution=0", "evaluator.failure_rate=2", "+evaluator.foo=1",
                                       "steady_state=true", "pareto.export_top=-1", "pareto.enabled=maybe",
-                                      "measure_references=mnasnet_a1"])
+                                      "measure_references=mnasnet_a1",
+                                      # a dry run (evaluator=synthetic) never looked at the latency config
+                                      "+latency.num_run=3", "latency.num_runs=-3"])
 def test_a_rejected_config_writes_nothing_and_the_corrected_one_runs(tmp_path, override):
     with pytest.raises(ConfigError) as info:
         search(tmp_path, override)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "run.sqlite").exists()
     assert search(tmp_path)["children"] == 4
+
+
+def test_a_dry_run_of_a_phone_config_checks_its_fields_but_needs_no_phone(tmp_path):
+    assert search(tmp_path / "ok", "latency=adb", "latency.serial=S1")["children"] == 4
+    with pytest.raises(ConfigError, match=r"latency.cpu_mask must be a hex CPU mask such as f0, got 'xyz'"):
+        search(tmp_path / "bad", "latency=adb", "latency.cpu_mask=xyz")
 
 
 def test_every_problem_is_named_in_one_error(tmp_path):

@@ -30,6 +30,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from mnas_common.errors import first_line
 from nas.front import front_mask, hypervolume
@@ -406,6 +407,7 @@ def _export_top(runs: list[dict], out: Path, k: int) -> list[dict]:
     # Written beside ``out`` and swapped in at the end: ``out`` then holds this export alone (no top3 left from an
     # earlier --export 3), and an export that fails leaves the previous one as it was.
     new = out.with_name(f".{out.name}.{os.getpid()}.new")
+    _remove_abandoned(out)
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir(parents=True)
     exported = []
@@ -429,10 +431,11 @@ def _export_top(runs: list[dict], out: Path, k: int) -> list[dict]:
                         num_classes=deploy["num_classes"],
                     )
                 except (RuntimeError, ValueError) as exc:  # this model only (an OSError writing the export is not)
-                    exported.append({**entry, "error": first_line(exc)})
+                    # the service's "cannot export <arch>: " would name the architecture a second time
+                    exported.append({**entry, "error": first_line(exc).removeprefix(f"cannot export {arch}: ")})
                     continue
                 final = {f: str(out / f"top{rank}" / Path(files[f]).name) for f in ("onnx", "tflite")}  # once swapped
-                exported.append({**entry, **{k: str(v) for k, v in files.items()}, **final})
+                exported.append({**entry, **files, **final})  # max_abs_err stays a number
         shutil.rmtree(new / "work", ignore_errors=True)  # the workers' logs and calibration data: not the export
         (new / "architectures.txt").write_text("".join(e["arch"] + "\n" for e in exported if "error" not in e))
         (new / "architectures.json").write_text(json.dumps(exported, indent=2))
@@ -445,6 +448,15 @@ def _export_top(runs: list[dict], out: Path, k: int) -> list[dict]:
     os.replace(new, out)
     shutil.rmtree(old, ignore_errors=True)
     return exported
+
+
+def _remove_abandoned(out: Path) -> None:
+    """The temporary directories beside ``out`` of an export killed before its swap (``.export.<pid>.new`` or
+    ``.old``), whose process is gone: nothing else removes them."""
+    for path in out.parent.glob(f".{out.name}.*.*"):
+        pid, _, suffix = path.name[len(out.name) + 2:].partition(".")
+        if suffix in ("new", "old") and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

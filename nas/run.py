@@ -297,8 +297,12 @@ def run_search(cfg, run_dir: str | Path, *, overrides: list[str] | None = None) 
         from nas.pareto import export_runs
 
         try:
-            export_runs([run_dir], run_dir / "pareto", export_top=pareto.get("export_top", 0))
+            report = export_runs([run_dir], run_dir / "pareto", export_top=pareto.get("export_top", 0))
         except (OSError, ValueError, RuntimeError) as exc:  # the search itself is done and stored: say so, go on
             log.warning("the Pareto export to %s failed (%s); the run is complete: export it again with "
                         "python -m nas.pareto %s", run_dir / "pareto", first_line(exc), run_dir)
+        else:  # a model that could not be exported was said only in summary.md and architectures.json
+            for e in report["exported"]:
+                if "error" in e:
+                    log.warning("top%d %s not exported: %s", e["rank"], e["arch"], e["error"])
     return summary

@@ -162,6 +162,18 @@ def test_a_failed_pareto_export_does_not_fail_a_finished_search(tmp_path, caplog
     assert "Pareto export" in caplog.text and "python -m nas.pareto" in caplog.text
 
 
+def test_a_model_the_end_of_search_export_skips_is_logged(tmp_path, caplog, monkeypatch):
+    """Said only in summary.md and architectures.json: a user watching the search saw nothing."""
+    from latency.service import LatencyService
+
+    def mismatch(self, arch, *args, **kwargs):
+        raise RuntimeError(f"cannot export {arch}: conversion mismatch: max abs error 1e-07 > 1e-15")
+
+    monkeypatch.setattr(LatencyService, "export", mismatch)
+    search(tmp_path, "budget=2", "pareto.enabled=true", "pareto.export_top=1")
+    assert "top1 " in caplog.text and "not exported: conversion mismatch" in caplog.text
+
+
 def test_budget_is_exact_and_never_below_what_the_store_holds(tmp_path):
     assert search(tmp_path, "budget=3", "batch_size=2")["children"] == 3
     assert len(committed(tmp_path)) == 3

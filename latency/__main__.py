@@ -188,11 +188,12 @@ def _table_export(args: argparse.Namespace) -> int:
 
 
 def _table_import(args: argparse.Namespace) -> int:
-    from latency.table import import_table
+    from latency.table import import_table, read_export
 
+    export = read_export(args.file)  # before the cache is opened: a refused file creates no cache where none was
     cache = _open_cache(args, must_exist=False)  # importing into a new cache creates it
     try:
-        summary = import_table(cache, args.file)
+        summary = import_table(cache, export)
     finally:
         cache.close()
     print(json.dumps(summary) if args.json else

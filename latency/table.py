@@ -412,11 +412,9 @@ def _write_export(tmp: Path, fmt: str, table_key: str, header: dict, rows: list[
         raise ValueError(f"--format must be csv or json, got {fmt!r}")
 
 
-def import_table(cache, path: str | Path) -> dict:
-    """Read a CSV or JSON written by :func:`export_table` into ``cache`` (rows of the same table are replaced).
-
-    The whole file is read and checked before anything is written, and it is written in one transaction: a file
-    that is refused leaves the cache as it was."""
+def read_export(path: str | Path) -> dict:
+    """The content of a CSV or JSON written by :func:`export_table`, read and checked whole (nothing is written):
+    ``{path, identity, key, meta, anchor, rows}``. A file that is not a table export is one ``ValueError`` line."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -439,11 +437,27 @@ def import_table(cache, path: str | Path) -> dict:
                 raise ValueError("the file has a drift anchor but its settings name none")
         checked = [_checked_row(row) for row in rows]
         key = identity_key(identity)
-        counts = {"layer": 0, "calibration": 0, "validation": 0}
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path} is not a latency table export ({first_line(exc, with_type=True)})") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: {first_line(exc)}") from None
+    return {"path": path, "identity": identity, "key": key, "meta": meta, "anchor": anchor, "rows": checked}
+
+
+def import_table(cache, export: str | Path | dict) -> dict:
+    """Write an export (a file, or what :func:`read_export` read from one) into ``cache``; rows of the same table
+    are replaced.
+
+    The whole file is read and checked before anything is written, and it is written in one transaction: a file
+    that is refused leaves the cache as it was."""
+    export = export if isinstance(export, dict) else read_export(export)
+    identity, key, anchor = export["identity"], export["key"], export["anchor"]
+    counts = {"layer": 0, "calibration": 0, "validation": 0}
+    try:
         with cache.batch():  # all of it or, should a write fail, none of it
             if not cache.tables(key):
                 cache.put_table(key, identity, {})
-            for name, value in meta.items():  # merged per space: this cache's records of its other spaces stay
+            for name, value in export["meta"].items():  # merged per space: this cache's other spaces' records stay
                 cache.update_table_meta(key, (name,), lambda old, new=value: (
                     {**old, **new} if isinstance(old, dict) and isinstance(new, dict) else new))
             scale = 1.0
@@ -453,16 +467,14 @@ def import_table(cache, path: str | Path) -> dict:
                 kept = cache.put_anchor(anchor_key(identity["device"], identity["settings"]),
                                         identity["settings"]["anchor"], identity["device"], identity["settings"], anchor)
                 scale = float(kept["ref_ms"]) / float(anchor["ref_ms"])
-            for kind, row_key, space, spec, latency_ms, result in checked:
+            for kind, row_key, space, spec, latency_ms, result in export["rows"]:
                 if kind == "layer":
                     cache.put_layer(key, row_key, spec, _rescaled(result, scale))
                 else:
                     cache.put_model(key, kind, space, row_key, latency_ms * scale, _rescaled(result, scale))
                 counts[kind] += 1
-    except (KeyError, TypeError, AttributeError, json.JSONDecodeError, csv.Error) as exc:
-        raise ValueError(f"{path} is not a latency table export ({first_line(exc, with_type=True)})") from None
     except ValueError as exc:
-        raise ValueError(f"{path}: {first_line(exc)}") from None
+        raise ValueError(f"{export['path']}: {first_line(exc)}") from None
     return {"table_key": key, "device": identity["device"], **counts, "anchor_scale": scale}
 
 

@@ -291,6 +291,9 @@ def test_cli_paths_and_an_unusable_validation_are_one_line(built, micro, tmp_pat
     exported = _cli("table", "export", "--format", "json", "--out", str(tmp_path / "t.json"), "--space", micro,
                     *common, "--cache", str(cache))
     assert exported.returncode == 0, exported.stderr
+    (tmp_path / "bad.json").write_text('{"format": "something else"}')
+    refused = _cli("table", "import", str(tmp_path / "bad.json"), "--cache", str(new))  # it created the cache first
+    assert refused.returncode == 2 and "not a" in refused.stderr and not new.exists(), refused.stderr
     imported = _cli("table", "import", str(tmp_path / "t.json"), "--cache", str(new))
     assert imported.returncode == 0 and (new / "latency.sqlite").is_file(), imported.stderr
     missing = tmp_path / "typo" / "cache.sqlite"  # listing created an empty cache (and its folders) where none was

@@ -39,9 +39,10 @@ def _conv_op(name: str) -> tuple[str, int]:
     """Config name -> (block type, expansion). ``mbconv<N>`` is MBConv with expansion N."""
     if isinstance(name, str) and name in CONV_OPS:
         return CONV_OPS[name]
-    if isinstance(name, str) and (m := _MBCONV.fullmatch(name)):
+    if isinstance(name, str) and (m := _MBCONV.fullmatch(name)) and int(m.group(1)) <= MAX_VALUE:
         return ("ir", int(m.group(1)))
-    raise ValueError(f"unknown conv op {name!r}; expected conv, ds or mbconv<expansion> (e.g. mbconv6, no leading 0)")
+    raise ValueError(f"unknown conv op {name!r}; expected conv, ds or mbconv<expansion> (e.g. mbconv6, no leading 0, "
+                     f"at most mbconv{MAX_VALUE})")
 
 
 def _conv_op_name(block_type: str, expansion: int) -> str:
@@ -117,8 +118,8 @@ class SearchSpace:
             _conv_op(op)
         kernel_sizes = _nonempty("kernel_sizes", [_integer("kernel_sizes", k) for k in kernel_sizes])
         for k in kernel_sizes:
-            if k < 1 or k % 2 == 0:
-                raise ValueError(f"search space: kernel_sizes must be odd positive integers, got {k}")
+            if k < 1 or k % 2 == 0 or k > MAX_VALUE:
+                raise ValueError(f"search space: kernel_sizes must be odd integers in [1, {MAX_VALUE:,}], got {k}")
         se_ratios = _nonempty("se_ratios", [_real("se_ratios", r) for r in se_ratios])
         for r in se_ratios:
             if not 0 <= r < 1:
@@ -152,20 +153,23 @@ class SearchSpace:
             if not widest <= MAX_VALUE:
                 raise ValueError(f"search space: block {i} channels {base_c} x filter multiplier "
                                  f"{max(filter_multipliers)} = {widest:g} is more than {MAX_VALUE:,} channels")
-            if base_n + max(layer_deltas) > MAX_VALUE:
-                raise ValueError(f"search space: block {i} layers {base_n} + {max(layer_deltas)} is more than "
-                                 f"{MAX_VALUE:,} layers")
-            self.blocks.append(
-                BlockChoices(
-                    stride=stride,
-                    conv_ops=tuple(conv_ops),
-                    kernels=tuple(kernel_sizes),
-                    se_ratios=tuple(se_ratios),
-                    skips=tuple(skip_ops),
-                    channels=_unique(make_divisible(m * base_c, channel_divisor) for m in filter_multipliers),
-                    layers=_unique(max(min_layers, base_n + d) for d in layer_deltas),
-                )
+            choices = BlockChoices(
+                stride=stride,
+                conv_ops=tuple(conv_ops),
+                kernels=tuple(kernel_sizes),
+                se_ratios=tuple(se_ratios),
+                skips=tuple(skip_ops),
+                channels=_unique(make_divisible(m * base_c, channel_divisor) for m in filter_multipliers),
+                layers=_unique(max(min_layers, base_n + d) for d in layer_deltas),
             )
+            # what the block offers, as every architecture string must hold it: a larger number passed here and
+            # then failed every decode in the middle of a search, naming neither the block nor the key
+            for key, value in (("channels", max(choices.channels)), ("layers", max(choices.layers)),
+                               ("stride", stride)):
+                if value > MAX_VALUE:
+                    raise ValueError(f"search space: block {i} offers {key} {value:,}, more than {MAX_VALUE:,} (after "
+                                     "filter_multipliers, layer_deltas, channel_divisor and min_layers)")
+            self.blocks.append(choices)
         self.config = {
             "blocks": [dict(b) for b in blocks],
             "conv_ops": conv_ops,

@@ -78,10 +78,10 @@ def test_space_refuses_bad_choice_lists():
         SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}], skip_ops=["residual"])
 
 
-@pytest.mark.parametrize("alias", ["mbconv06", "mbconv\u0666", "mbconv0", 6])
+@pytest.mark.parametrize("alias", ["mbconv06", "mbconv\u0666", "mbconv0", 6, "mbconv2000000"])
 def test_conv_ops_have_one_spelling(alias):
     # 'mbconv06' was accepted as MBConv e6, and then encode found no 'mbconv6' among the choices
-    with pytest.raises(ValueError, match=r"^unknown conv op .*mbconv6, no leading 0\)$"):
+    with pytest.raises(ValueError, match=r"^unknown conv op .*mbconv6, no leading 0, at most mbconv1048576\)$"):
         SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}], conv_ops=["ds", alias])
 
 
@@ -105,7 +105,16 @@ def test_conv_ops_have_one_spelling(alias):
         # 1e308 x 16 was inf: an OverflowError traceback from make_divisible
         ({"filter_multipliers": [1.0, 1e308]},
          "block 1 channels 16 x filter multiplier 1e+308 = inf is more than 1,048,576 channels"),
-        ({"layer_deltas": [0, 2**21]}, "block 1 layers 1 + 2097152 is more than 1,048,576 layers"),
+        ({"layer_deltas": [0, 2**21]}, "block 1 offers layers 2,097,153, more than 1,048,576 (after "
+                                        "filter_multipliers, layer_deltas, channel_divisor and min_layers)"),
+        # each was accepted here, and then every decode failed mid-search naming neither the block nor the key
+        ({"channel_divisor": 2**21}, "block 1 offers channels 2,097,152, more than 1,048,576 (after "
+                                     "filter_multipliers, layer_deltas, channel_divisor and min_layers)"),
+        ({"min_layers": 2**21}, "block 1 offers layers 2,097,152, more than 1,048,576 (after "
+                                "filter_multipliers, layer_deltas, channel_divisor and min_layers)"),
+        ({"blocks": [{"channels": 16, "layers": 1, "stride": 2**21}]}, "block 1 offers stride 2,097,152, more than "
+         "1,048,576 (after filter_multipliers, layer_deltas, channel_divisor and min_layers)"),
+        ({"kernel_sizes": [3, 2**21 + 1]}, "kernel_sizes must be odd integers in [1, 1,048,576], got 2097153"),
     ],
 )
 def test_space_refuses_numbers_that_are_not_what_the_key_counts(changes, message):

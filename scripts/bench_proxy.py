@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mnas_common import paths  # noqa: E402
-from mnas_common.checks import positive_int  # noqa: E402
+from mnas_common.checks import is_seed, positive_int  # noqa: E402
 from mnas_common.config import to_plain  # noqa: E402
 from mnas_common.errors import first_line  # noqa: E402
 
@@ -57,6 +57,9 @@ def _ints(text: str, name: str) -> list[int]:
         raise BadInput(f"{name} must be comma-separated integers, got {text!r}") from None
     if not values or len(set(values)) != len(values):
         raise BadInput(f"{name} must list at least one seed, each once, got {text!r}")
+    for value in values:  # a negative one came back as a failed job, stored for good
+        if not is_seed(value):
+            raise BadInput(f"{name}: each seed must be an integer in [0, 2**64), got {value}")
     return values
 
 

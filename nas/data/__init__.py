@@ -30,6 +30,7 @@ import numpy as np
 
 from mnas_common import sources
 from mnas_common.checks import is_int, known_fields, one_of, positive_int
+from mnas_common.checks import seed as check_seed
 from mnas_common.config import to_plain
 from mnas_common.errors import first_line
 from mnas_common.paths import cache_dir as default_cache_dir
@@ -71,8 +72,7 @@ class DatasetConfig:
             raise ValueError(f"dataset.channels must be null, 1 or 3, got {self.channels!r}")
         positive_int("dataset.images_per_class", self.images_per_class, allow_none=True)
         positive_int("dataset.val_per_class", self.val_per_class)
-        if not is_int(self.seed):
-            raise ValueError(f"dataset.seed must be an integer, got {self.seed!r}")
+        check_seed("dataset.seed", self.seed)  # numpy refused a negative one after the source was read, naming no field
         classes = self.classes
         if isinstance(classes, bool) or not (
             classes is None or isinstance(classes, int) or

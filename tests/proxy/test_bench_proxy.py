@@ -231,6 +231,8 @@ def test_reference_holds_out_the_proxys_images_and_trains_on_none_of_them(tmp_pa
     (["--workers", "0"], "--workers"),
     (["--seeds", "0,0"], "--seeds"),
     (["--seeds", "a"], "--seeds"),
+    (["--seeds", "0,-1"], "each seed must be an integer in [0, 2**64), got -1"),  # stored as a failed job for good
+    (["--reference-seeds", "-2"], "--reference-seeds"),
     (["--zero-cost", "grad_norm"], "grad_norm"),
     (["--reference", "epochs=3"], "--reference"),
     (["--reference", "dataset.val_per_class=7"], "val_per_class"),

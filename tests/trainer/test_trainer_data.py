@@ -148,6 +148,7 @@ def test_image_folder_classes_by_count_and_list(tmp_path):
     ({"classes": ["n01"]}, "at least 2 classes"),
     ({"classes": ["n01", "n01"]}, "lists a class twice"),
     ({"val_per_class": True}, "dataset.val_per_class"),
+    ({"seed": -1}, r"dataset.seed must be an integer in \[0, 2\*\*64\), got -1"),  # numpy's, after reading
 ])
 def test_bad_input_gives_clear_errors(tmp_path, change, message):
     root = write_folder(tmp_path / "imnet", {"n01": 6, "n02": 6})

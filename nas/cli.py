@@ -122,18 +122,19 @@ def check_command_line(config_name: str, argv: list[str], *, strict_keys: bool =
         raise
     except Exception as exc:
         message = " ".join(str(exc).split())
-        raise ConfigError(message + (_tilde_hint(argv) if "Lexer" in message else "")) from None
+        raise ConfigError(message + tilde_hint(message, argv)) from None
     return first
 
 
-def _tilde_hint(argv: list[str]) -> str:
+def tilde_hint(message: str, argv: list[str]) -> str:
     """Hydra's grammar has no ``~`` in an unquoted value and the shell does not expand ``key=~/x`` (not a variable
-    assignment): the lexer's message names neither, so say what to write instead."""
+    assignment): the lexer's message names neither, so say what to write instead. ``$HOME`` is expanded by the
+    shell in any key; a quoted ``~`` only where the key's reader expands it (``dataset.root``, ``cache_dir``)."""
     tilde = next((a for a in argv if "=~" in a), None)
-    if tilde is None:
+    if tilde is None or "Lexer" not in message:
         return ""
     key, value = tilde.split("=", 1)
-    return f" (a value starting with ~ must be quoted for Hydra: \"{key}='{value}'\", or use $HOME)"
+    return f" (Hydra cannot read an unquoted ~: write {key}=$HOME{value[1:]})"
 
 
 class Interrupted(KeyboardInterrupt):

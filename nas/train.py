@@ -33,7 +33,7 @@ def check_output(output) -> Path | None:
     cannot be written was found only when the result was written, after minutes of training that were then lost."""
     if not output:
         return None
-    path = Path(str(output))
+    path = Path(str(output)).expanduser()  # output='~/r.json' (quoted for Hydra) made a directory named ~
     if path.is_dir():
         raise ValueError(f"output={output} is a directory; give the path of a file to write the result to")
     existed = path.exists()

@@ -304,3 +304,13 @@ def test_train_cli_refuses_an_architecture_too_large_for_memory(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "too large" in lines[0] and "max_memory_gb" in lines[0]
+
+
+def test_an_output_under_home_is_expanded(tmp_path, monkeypatch):
+    """output='~/r.json' (quoted, as Hydra needs) was taken literally: a directory named ~ in the working directory."""
+    from nas.train import check_output
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert check_output("~/results/r.json") == tmp_path / "home" / "results" / "r.json"
+    assert (tmp_path / "home" / "results").is_dir() and not (tmp_path / "~").exists()

@@ -373,7 +373,7 @@ def _read_progress(path: Path, x_path: Path, shape: tuple[int, ...], source: str
     try:
         state = json.loads(path.read_text())
         if is_int(state["done"]) and 0 <= state["done"] <= shape[0] and isinstance(state.get("skipped", []), list):
-            if state.get("source") != source:
+            if "source" in state and state["source"] != source:  # a checkpoint from before fingerprints: resumed
                 warnings.warn(f"{path}: the source changed since this preparation was interrupted; starting this "
                               "split over", stacklevel=3)
             elif _holds(x_path, shape):

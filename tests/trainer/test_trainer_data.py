@@ -459,6 +459,25 @@ def test_a_source_changed_during_an_interruption_is_prepared_again(tmp_path, mon
         assert np.array_equal(np.load(path / name), np.load(reference / name)), name
 
 
+def test_a_checkpoint_from_before_fingerprints_is_resumed_without_a_warning(tmp_path, monkeypatch):
+    """Read as a changed source: the split started over with a false "the source changed" warning."""
+    root = write_folder(tmp_path / "imnet", {"n01": 12, "n02": 12})
+    cfg = DatasetConfig.from_config(dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3,
+                                         images_per_class=10, val_per_class=2, seed=0))
+    interrupt_after(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg, tmp_path / "c", progress=False)
+    progress = cache_root(tmp_path / "c") / cfg.key() / "train_progress.json"
+    state = json.loads(progress.read_text())
+    progress.write_text(json.dumps({k: v for k, v in state.items() if k != "source"}))
+    decoded = []
+    monkeypatch.setattr(data_mod, "_decode_file", lambda *a: decoded.append(a) or _real_decode(*a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare(cfg, tmp_path / "c", progress=False)
+    assert len(decoded) == 24 - state["done"]  # resumed: only what the checkpoint had not done
+
+
 def test_a_finished_cache_of_a_changed_source_is_refused_not_rebuilt(tmp_path):
     """A finished cache was reused whatever had happened to its source since."""
     import pickle

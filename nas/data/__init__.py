@@ -392,9 +392,12 @@ def _holds(x_path: Path, shape: tuple[int, ...]) -> bool:
     return x.shape == shape and x.dtype == np.uint8
 
 
-def _source_fingerprint(cfg: DatasetConfig) -> str | None:
+def _source_fingerprint(cfg: DatasetConfig) -> dict | None:
+    """``{dir, files}``: where the source's files were listed, and their fingerprint; None with nothing to list."""
     files = sources.source_files(cfg.source, cfg.root, cfg.classes, cfg.seed)
-    return None if files is None else sources.fingerprint(files)
+    if files is None:
+        return None
+    return {"dir": str(Path(files[0]).parent) if files else "", "files": sources.fingerprint(files)}
 
 
 def _source_changed(cfg: DatasetConfig, out: Path) -> str | None:
@@ -415,6 +418,14 @@ def _source_changed(cfg: DatasetConfig, out: Path) -> str | None:
     except (OSError, ValueError):  # a class folder gone, a file vanished between listing and stat
         current = "unlistable"
     if current is None or current == recorded:
+        return None
+    if isinstance(current, dict) and not isinstance(recorded, dict):  # recorded before the folder was: files only
+        current = current["files"]
+    elif isinstance(current, dict) and current["dir"] != recorded.get("dir"):
+        # read from another folder now, as Fashion-MNIST is once its Debian package is installed after a download
+        # (same images, other files): the folder it was prepared from is not the one listed, as if it were gone
+        return None
+    if current == recorded:
         return None
     return (f"dataset {cfg.name}: its source {cfg.root or sources.FASHION_MNIST_ROOT} changed (files added, removed "
             f"or modified) since it was prepared in {out}; delete that directory to prepare it from the new files")

@@ -478,6 +478,35 @@ def test_a_checkpoint_from_before_fingerprints_is_resumed_without_a_warning(tmp_
     assert len(decoded) == 24 - state["done"]  # resumed: only what the checkpoint had not done
 
 
+@needs_fmnist
+def test_a_cache_prepared_from_the_download_is_kept_once_the_package_is_installed(tmp_path, monkeypatch):
+    """Fashion-MNIST is read from dataset.root when its files are there, else from torchvision's download folder. A
+    cache prepared from the download was refused as a changed source once the files appeared in the root (the Debian
+    package installed later): the same images in other files, and every search stopped until it was deleted."""
+    import gzip
+    import shutil
+
+    monkeypatch.setenv("MNAS_CACHE_DIR", str(tmp_path / "cache"))
+    download = tmp_path / "cache" / "downloads" / "FashionMNIST" / "raw"  # as torchvision leaves it: unpacked
+    download.mkdir(parents=True)
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (download / stem).write_bytes(gzip.decompress(Path(FASHION_MNIST_ROOT, f"{stem}.gz").read_bytes()))
+    cfg = fmnist(root=str(tmp_path / "packaged"))  # nothing there yet: read from the download
+    first = np.array(load_dataset(cfg, tmp_path / "c", progress=False).train.x)
+    (tmp_path / "packaged").mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):  # installed: other files
+        shutil.copy(Path(FASHION_MNIST_ROOT, name), tmp_path / "packaged" / name)
+    assert data_mod.check_dataset(DatasetConfig.from_config(cfg), tmp_path / "c") is None
+    assert np.array_equal(load_dataset(cfg, tmp_path / "c", progress=False).train.x, first)
+    shutil.rmtree(tmp_path / "packaged")  # the folder it was prepared from, changed, still counts
+    labels = download / "train-labels-idx1-ubyte"
+    later = labels.stat().st_mtime_ns + 10**9
+    os.utime(labels, ns=(later, later))
+    with pytest.raises(data_mod.DatasetUnavailable, match="changed"):
+        load_dataset(cfg, tmp_path / "c", progress=False)
+
+
 def test_a_finished_cache_of_a_changed_source_is_refused_not_rebuilt(tmp_path):
     """A finished cache was reused whatever had happened to its source since."""
     import pickle

@@ -331,7 +331,9 @@ def export_runs(
 
     # The summary goes with the tables before the export (minutes of conversion, which may fail), then again with
     # the export: summary.md never describes an earlier report.
-    _write_summary(out / "summary.md", rows, front_rows, references, [], starting)
+    # an export/ already there is an earlier report's: kept (a user's export is not removed), and said so
+    _write_summary(out / "summary.md", rows, front_rows, references, [], starting,
+                   earlier_export=(out / "export").is_dir())
     exported = []
     if export_top > 0:
         exported = _export_top(runs, out / "export", export_top)
@@ -340,7 +342,7 @@ def export_runs(
             "out": str(out)}
 
 
-def _write_summary(path: Path, rows, front_rows, references, exported, starting) -> None:
+def _write_summary(path: Path, rows, front_rows, references, exported, starting, earlier_export=False) -> None:
     lines = ["# Pareto summary", ""]
     lines += ["| run | children | failed | unique | best reward | best top-1 | min latency (ms) | front | hypervolume |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -379,6 +381,9 @@ def _write_summary(path: Path, rows, front_rows, references, exported, starting)
         lines += ["", "## Exported", ""]
         lines += [f"- `{e['arch']}`: " + (f"not exported: {e['error']}" if "error" in e else e["tflite"])
                   for e in exported]
+    elif earlier_export:
+        lines += ["", "## Exported", "", "`export/` is an earlier report's, not made from these runs now "
+                  "(`python -m nas.pareto ... --export K` makes it again)."]
     lines += ["", "![accuracy vs latency](pareto.png)", "", "![best reward so far](incumbent.png)", ""]
     path.write_text("\n".join(lines))
 

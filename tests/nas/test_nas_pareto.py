@@ -359,6 +359,8 @@ def test_export_again_replaces_the_earlier_export(tmp_path, monkeypatch):
     listing = ["architectures.json", "architectures.txt", "top1"]
     assert sorted(p.name for p in (tmp_path / "out" / "export").iterdir()) == listing
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporary directory left
+    assert main([str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0  # no --export: the earlier one is kept,
+    assert "`export/` is an earlier report's" in (tmp_path / "out" / "summary.md").read_text()  # and said to be
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -366,4 +368,5 @@ def test_export_again_replaces_the_earlier_export(tmp_path, monkeypatch):
     monkeypatch.setattr(LatencyService, "export", disk_full)  # an export that fails keeps the earlier one
     assert main([str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--export", "2"]) == 2
     assert sorted(p.name for p in (tmp_path / "out" / "export").iterdir()) == listing
+    assert "`export/` is an earlier report's" in (tmp_path / "out" / "summary.md").read_text()
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]

@@ -362,7 +362,7 @@ def _write_json(path: Path, value: dict) -> None:
     os.replace(tmp, path)
 
 
-def _read_progress(path: Path, x_path: Path, shape: tuple[int, ...], source: str | None) -> dict:
+def _read_progress(path: Path, x_path: Path, shape: tuple[int, ...], source: dict | None) -> dict:
     """The checkpoint of a split's interrupted preparation, or ``done: 0`` (start the split over) when there is none
     or it cannot be trusted: a file cut off by a crash (written before writes were atomic), edited, or not ours.
     Redoing a split costs minutes; refusing to prepare until a user finds and deletes the file costs more.
@@ -373,7 +373,7 @@ def _read_progress(path: Path, x_path: Path, shape: tuple[int, ...], source: str
     try:
         state = json.loads(path.read_text())
         if is_int(state["done"]) and 0 <= state["done"] <= shape[0] and isinstance(state.get("skipped", []), list):
-            if "source" in state and state["source"] != source:  # a checkpoint from before fingerprints: resumed
+            if "source" in state and state["source"] != source:  # (one from before fingerprints has none: resumed)
                 warnings.warn(f"{path}: the source changed since this preparation was interrupted; starting this "
                               "split over", stacklevel=3)
             elif _holds(x_path, shape):
@@ -417,15 +417,13 @@ def _source_changed(cfg: DatasetConfig, out: Path) -> str | None:
         current = _source_fingerprint(cfg)
     except (OSError, ValueError):  # a class folder gone, a file vanished between listing and stat
         current = "unlistable"
-    if current is None or current == recorded:
-        return None
-    if isinstance(current, dict) and not isinstance(recorded, dict):  # recorded before the folder was: files only
-        current = current["files"]
-    elif isinstance(current, dict) and current["dir"] != recorded.get("dir"):
+    if isinstance(current, dict) and isinstance(recorded, dict) and current["dir"] != recorded.get("dir"):
         # read from another folder now, as Fashion-MNIST is once its Debian package is installed after a download
         # (same images, other files): the folder it was prepared from is not the one listed, as if it were gone
         return None
-    if current == recorded:
+    if isinstance(current, dict) and not isinstance(recorded, dict):
+        current = current["files"]  # recorded before the folder was: its files only
+    if current is None or current == recorded:
         return None
     return (f"dataset {cfg.name}: its source {cfg.root or sources.FASHION_MNIST_ROOT} changed (files added, removed "
             f"or modified) since it was prepared in {out}; delete that directory to prepare it from the new files")

@@ -41,7 +41,7 @@ RIDGE_ALPHA = 3e-3  # on standardised features; chosen by 5 x 10-fold cross-vali
 RESIDUAL_MIN = 150  # calibration models before the learned residual is tried (it cost accuracy below ~100, README)
 RESIDUAL_FOLDS = 10  # the cross-validation that decides whether the residual pays ...
 RESIDUAL_GAIN = 0.97  # ... by cutting the cross-validated relative RMSE by 3% or more (host table: by 10%)
-RESIDUAL_SCHEME = 1  # bump when the residual's model or its cross-validation changes: stored decisions are then redone
+RESIDUAL_SCHEME = 2  # bump when the residual's model or its cross-validation changes: stored decisions are then redone
 
 
 class LatencyTableMissing(ValueError):
@@ -133,18 +133,30 @@ FEATURES = (tuple(f"sum_{g}" for g in GROUPS) + tuple(f"sum_level{i}" for i in r
 
 @dataclass
 class Calibration:
-    """Ridge regression of measured latency on :func:`features` (standardised; the intercept is not penalised)."""
+    """Ridge regression of measured latency on :func:`features` (standardised; the intercept is not penalised).
+
+    A prediction is kept within the ratios of measured latency to table sum that the calibration models showed
+    (``ratio_low`` .. ``ratio_high``): a linear fit extrapolates without limit, and a few calibration models fitted
+    with the full feature set had predicted a negative latency for a network smaller than all of them.
+    """
 
     alpha: float = RIDGE_ALPHA
     mean: list[float] = field(default_factory=list)
     scale: list[float] = field(default_factory=list)
     coef: list[float] = field(default_factory=list)
     intercept: float = 0.0
+    ratio_low: float = 0.0
+    ratio_high: float = math.inf
     n: int = 0
 
     @staticmethod
     def matrix(rows: Sequence[dict]) -> np.ndarray:
         return np.array([[r[name] for name in FEATURES] for r in rows], dtype=float)
+
+    @staticmethod
+    def layer_sum(rows: Sequence[dict]) -> np.ndarray:
+        """Each network's table sum (every layer's table latency, stem and head included)."""
+        return np.array([sum(r[f"sum_{g}"] for g in GROUPS) for r in rows], dtype=float)
 
     def fit(self, rows: Sequence[dict], y: Sequence[float]) -> Calibration:
         x, y = self.matrix(rows), np.asarray(y, dtype=float)
@@ -162,11 +174,17 @@ class Calibration:
         beta = np.linalg.solve(zw.T @ zw + penalty, zw.T @ yw)
         self.mean, self.scale = mean.tolist(), scale.tolist()
         self.intercept, self.coef = float(beta[0]), beta[1:].tolist()
+        total = self.layer_sum(rows)
+        ratios = y[total > 0] / total[total > 0]
+        if len(ratios):
+            self.ratio_low, self.ratio_high = float(ratios.min()), float(ratios.max())
         return self
 
     def predict(self, rows: Sequence[dict]) -> np.ndarray:
         z = (self.matrix(rows) - np.asarray(self.mean)) / np.asarray(self.scale)
-        return self.intercept + z @ np.asarray(self.coef)
+        linear = self.intercept + z @ np.asarray(self.coef)
+        total = self.layer_sum(rows)
+        return np.where(total > 0, np.clip(linear, self.ratio_low * total, self.ratio_high * total), linear)
 
 
 SHAPE_WIDTH = 7  # numbers per block in arch_shape
@@ -377,7 +395,7 @@ class Predictor:
         """The predicted latency, and whether the learned residual was applied to it."""
         row = self._features(arch)
         if self.calibration is None:
-            return float(sum(row[f"sum_{g}"] for g in GROUPS)), False
+            return float(Calibration.layer_sum([row])[0]), False
         ridge = self.calibration.predict([row])
         shape = arch_shape(arch)
         if self.residual is None or not self.residual.applies(shape):

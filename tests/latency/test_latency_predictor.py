@@ -201,3 +201,28 @@ def test_a_failed_metadata_write_leaves_no_transaction_open(tmp_path):
     cache.set_table_meta("k", ("b",), 2)  # the next write works, and the failed one left nothing
     assert cache.tables("k")[0]["meta"] == {"a": 1, "b": 2}
     cache.close()
+
+
+def test_the_calibration_never_predicts_outside_the_latency_to_table_sum_ratios_it_was_fitted_on():
+    """Ten noisy calibration models (as a small table's build gives) and a network far smaller than all of them: the
+    linear fit alone predicts a negative latency there (a CI run met -0.014 ms); the calibration gives the lowest
+    ratio it measured times the network's table sum instead, and leaves predictions inside the range alone."""
+    archs = SearchSpace.default().sample(11, seed=7)
+    rng = np.random.default_rng(7)
+    rows = []
+    for arch in archs:
+        specs = network_layers(arch, **SHAPE)
+        rows.append(features(specs, [_layer_ms(spec) for spec in specs]))
+    small = {name: value * 0.05 for name, value in rows.pop().items()}
+    y = Calibration.layer_sum(rows) * rng.uniform(0.5, 1.5, len(rows))
+    calibration = Calibration().fit(rows, y)
+    assert (calibration.ratio_low, calibration.ratio_high) == (min(y / Calibration.layer_sum(rows)),
+                                                               max(y / Calibration.layer_sum(rows)))
+
+    z = (Calibration.matrix([small]) - np.asarray(calibration.mean)) / np.asarray(calibration.scale)
+    assert calibration.intercept + float((z @ np.asarray(calibration.coef))[0]) < 0  # what the linear fit alone says
+    predicted = calibration.predict([small])[0]
+    assert predicted == pytest.approx(calibration.ratio_low * Calibration.layer_sum([small])[0]) and predicted > 0
+
+    fitted = calibration.predict(rows) / Calibration.layer_sum(rows)
+    assert np.all((fitted >= calibration.ratio_low - 1e-12) & (fitted <= calibration.ratio_high + 1e-12))

@@ -36,6 +36,7 @@ from mnas_common.serial import Serializable
 TRAINING_REVISION = 1
 OPTIMIZERS = ("sgd", "rmsprop")
 LOADER_POLL_SECONDS = 0.5  # how soon a consumer waiting for a batch notices that the loader thread has died
+LOADER_NOTE = "raised in the batch loader thread, reading the prepared images"  # a child's error says where
 SCHEDULES = ("cosine", "constant")
 
 
@@ -182,7 +183,7 @@ class BatchLoader:
                 self.wait_seconds += time.perf_counter() - start
                 if item is sentinel:
                     if failure:
-                        raise failure[0]
+                        raise _from_loader(failure[0])
                     return
                 x, y = item
                 x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
@@ -209,8 +210,21 @@ class BatchLoader:
             except queue.Empty:
                 if not thread.is_alive() and q.empty():  # dead first, then empty: nothing more can arrive
                     if failure:
-                        raise failure[0]
+                        raise _from_loader(failure[0])
                     raise RuntimeError("the batch loader thread died before its last batch")
+
+
+def _from_loader(exc: BaseException) -> BaseException:
+    """``exc`` with :data:`LOADER_NOTE` added (once): a child's error then says that the images could not be read,
+    not that the model failed. The exception itself is unchanged, so out of memory is still recognised as such."""
+    if LOADER_NOTE not in getattr(exc, "__notes__", ()):
+        exc.add_note(LOADER_NOTE)
+    return exc
+
+
+def _where(exc: BaseException) -> str:
+    """`` (raised in the batch loader thread, ...)`` for an error the loader raised, else nothing."""
+    return f" ({LOADER_NOTE})" if LOADER_NOTE in getattr(exc, "__notes__", ()) else ""
 
 
 def check_device(device: str | None) -> str | None:
@@ -366,10 +380,11 @@ def train_child(arch: str, data: Any, config: TrainerConfig, *, seed: int = 0, d
     except Exception as exc:
         if _is_oom(exc):
             # first_line: a bare MemoryError has no message (splitlines()[0] raised IndexError here)
-            result.status, result.error = "failed", f"out of memory on {dev}: {first_line(exc, limit=200)}"
+            result.status, result.error = "failed", f"out of memory on {dev}: {first_line(exc, limit=200)}{_where(exc)}"
             result.transient = True
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
         else:
-            result.status, result.error = "failed", f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            result.status, result.error = ("failed", f"{exc.__class__.__name__}: "
+                                           f"{str(exc).splitlines()[0][:300] if str(exc) else ''}{_where(exc)}")
     return result

@@ -183,6 +183,23 @@ def test_a_loader_thread_that_dies_raises_its_error_instead_of_hanging():
     assert len(raised) == 1 and isinstance(raised[0], OSError) and "read error" in str(raised[0]), raised
 
 
+@pytest.mark.parametrize("error, start", [(OSError("[Errno 5] Input/output error"), "OSError: [Errno 5]"),
+                                          (MemoryError("Unable to allocate 96.0 MiB"), "out of memory on cpu: ")])
+def test_a_child_failed_by_the_batch_loader_says_so(data, monkeypatch, error, start):
+    # the images could not be read: the child's error must not read as if the model had failed
+    from nas.trainer import BatchLoader
+
+    def unreadable(self):
+        raise error
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(BatchLoader, "_batches", unreadable)
+    r = train_child(SMALL, data, quick(), seed=0)
+    assert r.status == "failed" and r.error.startswith(start), r.error
+    assert r.error.endswith("(raised in the batch loader thread, reading the prepared images)"), r.error
+    assert r.transient == isinstance(error, MemoryError)
+
+
 @pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", -1), ("optimizer", "adam"),
                                           ("schedule", "step"), ("lr", 0.0), ("label_smoothing", 1.0),
                                           ("amp", "maybe"), ("max_steps", 0), ("momentum", -0.1),

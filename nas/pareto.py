@@ -455,6 +455,12 @@ def _export_top(runs: list[dict], out: Path, k: int) -> list[dict]:
     return exported
 
 
+def export_failures(exported: list[dict]) -> list[str]:
+    """One line per model of ``exported`` (``export_runs``'s ``summary["exported"]``) that could not be exported:
+    ``top{rank} {arch} not exported: {reason}``; said by this command and by a search's own export."""
+    return [f"top{e['rank']} {e['arch']} not exported: {e['error']}" for e in exported if "error" in e]
+
+
 def _remove_abandoned(out: Path) -> None:
     """The temporary directories beside ``out`` of an export killed before its swap (``.export.<pid>.new`` or
     ``.old``), whose process is gone: nothing else removes them."""
@@ -488,9 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: left out a damaged run: {d['error']}", file=sys.stderr)
     for d in summary["starting"]:
         print(f"note: left out {d}: starting, no children yet", file=sys.stderr)
-    for e in summary["exported"]:
-        if "error" in e:
-            print(f"warning: top{e['rank']} {e['arch']} not exported: {e['error']}", file=sys.stderr)
+    for line in export_failures(summary["exported"]):
+        print(f"warning: {line}", file=sys.stderr)
     print((out / "summary.md").read_text())
     models = sum("error" not in e for e in summary["exported"])
     print(f"wrote {out}/front.csv, front.json, children.csv, runs.csv, pareto.png, incumbent.png, summary.md"

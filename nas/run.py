@@ -294,7 +294,7 @@ def run_search(cfg, run_dir: str | Path, *, overrides: list[str] | None = None) 
         parts.close()
     pareto = to_plain(cfg.get("pareto")) or {}
     if pareto.get("enabled"):
-        from nas.pareto import export_runs
+        from nas.pareto import export_failures, export_runs
 
         try:
             report = export_runs([run_dir], run_dir / "pareto", export_top=pareto.get("export_top", 0))
@@ -302,7 +302,6 @@ def run_search(cfg, run_dir: str | Path, *, overrides: list[str] | None = None) 
             log.warning("the Pareto export to %s failed (%s); the run is complete: export it again with "
                         "python -m nas.pareto %s", run_dir / "pareto", first_line(exc), run_dir)
         else:  # a model that could not be exported was said only in summary.md and architectures.json
-            for e in report["exported"]:
-                if "error" in e:
-                    log.warning("top%d %s not exported: %s", e["rank"], e["arch"], e["error"])
+            for line in export_failures(report["exported"]):
+                log.warning("%s", line)
     return summary

@@ -152,6 +152,7 @@ class LatencyCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()  # one connection, used by the service's threads: one statement at a time
         self._batch = False  # inside batch(): writes join its transaction
+        self.conn = None
         try:
             self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None, check_same_thread=False)
             row = self.conn.execute("PRAGMA quick_check").fetchone()
@@ -163,6 +164,8 @@ class LatencyCache:
             names = [r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' "
                                                      "ESCAPE '\\' ORDER BY type != 'table', name")]
         except sqlite3.DatabaseError as exc:
+            if self.conn is not None:  # refused: nothing of it stays open
+                self.conn.close()
             raise LatencyCacheError(
                 f"latency cache {self.path} is corrupted or not a cache ({exc}); move it away to start a new one"
             ) from None

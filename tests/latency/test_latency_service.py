@@ -114,6 +114,27 @@ def test_corrupted_cache_is_reported_not_overwritten(tmp_path):
     assert path.read_bytes() == garbage
 
 
+def test_a_refused_cache_leaves_no_connection_open(tmp_path, monkeypatch):
+    """A corrupted file's connection was left to garbage collection; every refusal now closes it."""
+    from latency.cache import LatencyCache
+
+    opened = []
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **kw: opened.append(connect(*a, **kw)) or opened[-1])
+    corrupted, foreign = tmp_path / "corrupted.sqlite", tmp_path / "foreign.sqlite"
+    corrupted.write_bytes(b"this is not sqlite" * 100)
+    with connect(foreign) as other:
+        other.execute("CREATE TABLE children (x)")
+    other.close()
+    for path, reason in ((corrupted, "corrupted"), (foreign, "not a latency cache")):
+        with pytest.raises(LatencyCacheError, match=reason):
+            LatencyCache(path)
+    assert len(opened) == 2
+    for conn in opened:
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            conn.execute("SELECT 1")
+
+
 def test_cache_survives_restart_and_key_includes_settings(host_service, latency_root):
     first = host_service.measure(SMALL, resolution=32, num_classes=10)
     with build_service("host", warmup_runs=2, num_runs=5, workers=1,

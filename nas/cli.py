@@ -19,6 +19,18 @@ from mnas_common.paths import config_dir
 
 from nas.components import ConfigError
 
+def _register_resolvers() -> None:
+    """``${expanduser:...}``: a quoted ``run_dir='~/runs/x'`` is a run in the home directory, not in a directory
+    named ``~`` (Hydra's run directory is ``${expanduser:${run_dir}}``, configs/hydra/default.yaml)."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("expanduser", lambda path: os.path.expanduser(str(path)), replace=True)
+
+
+_register_resolvers()
+
 # Hydra flags after which the command line is Hydra's own business (help, config printing, completion)
 _HYDRA_ONLY = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion", "-sc",
                "-p", "--package", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir",
@@ -129,7 +141,8 @@ def check_command_line(config_name: str, argv: list[str], *, strict_keys: bool =
 def tilde_hint(message: str, argv: list[str]) -> str:
     """Hydra's grammar has no ``~`` in an unquoted value and the shell does not expand ``key=~/x`` (not a variable
     assignment): the lexer's message names neither, so say what to write instead. ``$HOME`` is expanded by the
-    shell in any key; a quoted ``~`` only where the key's reader expands it (``dataset.root``, ``cache_dir``)."""
+    shell in any key; a quoted ``~`` only where the key's reader expands it (``run_dir``, ``dataset.root``,
+    ``cache_dir``)."""
     tilde = next((a for a in argv if "=~" in a), None)
     if tilde is None or "Lexer" not in message:
         return ""

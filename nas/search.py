@@ -84,7 +84,7 @@ def main() -> None:
             sweep = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.sweep.dir=")]
             problems = check_run_dir(Path(sweep[-1] if sweep else "multirun"), "hydra.sweep.dir")
         elif cfg is not None:
-            problems = check_run_dir(Path(cfg.run_dir))
+            problems = check_run_dir(Path(cfg.run_dir).expanduser())
         if problems:
             raise ConfigError(problems)
     except ConfigError as exc:

@@ -389,3 +389,14 @@ def test_a_refused_command_leaves_the_runs_hydra_record_as_it_was(tmp_path):
     assert "lstm_ppo" in record and "budget=2" in (tmp_path / ".hydra" / "overrides.yaml").read_text()
     assert "different search" in one_error_line(cli(tmp_path, "budget=2", "controller=random"))
     assert (tmp_path / ".hydra" / "config.yaml").read_text() == record
+
+
+def test_a_quoted_run_dir_under_home_is_a_run_in_the_home_directory(tmp_path):
+    """run_dir='~/runs/x' (quoted, as Hydra needs) made a directory named ~ in the working directory."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(ROOT), "MNAS_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "nas.search", *FAST, "run_dir='~/runs/x'", "budget=2"]
+    result = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not (work / "~").exists() and len(committed(home / "runs" / "x")) == 2

@@ -6,7 +6,7 @@ DashboardAgent``, ``ray::RuntimeEnvAgent``) linger for a minute or more, holding
 session of its own so that it outlives the search, waits for the search to die and kills the processes the instance
 had when it started (identified by pid *and* start time, so a reused pid is never touched).
 
-    python -m nas.ray_reaper PARENT_PID        # reads "pid start_time" lines on stdin, then watches PARENT_PID
+    python -m nas.ray_reaper PARENT_PID START  # reads "pid start_time" lines on stdin, then watches PARENT_PID
 """
 
 from __future__ import annotations
@@ -25,6 +25,17 @@ def start_time(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return None
+
+
+def alive(pid: int, start: str | None) -> bool:
+    """Whether the process ``pid`` that started at ``start`` still runs: not gone, not another process that reuses its
+    pid, and not a zombie (dead, waiting for its parent to collect its exit status: a killed search whose parent does
+    not wait for it at once)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return len(fields) > 19 and fields[19] == start and fields[0] not in ("Z", "X")
 
 
 def descendants(pid: int) -> list[int]:
@@ -56,7 +67,8 @@ def is_ray(pid: int) -> bool:
 def watch(parent: int) -> subprocess.Popen:
     """Start a reaper for Ray's processes now below ``parent`` (call right after ``ray.init()``)."""
     procs = [(pid, start_time(pid)) for pid in descendants(parent) if is_ray(pid)]
-    reaper = subprocess.Popen([sys.executable, "-m", "nas.ray_reaper", str(parent)], stdin=subprocess.PIPE,
+    reaper = subprocess.Popen([sys.executable, "-m", "nas.ray_reaper", str(parent), str(start_time(parent))],
+                              stdin=subprocess.PIPE,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                               text=True, cwd=str(Path(__file__).resolve().parents[1]))
     reaper.stdin.write("".join(f"{pid} {start}\n" for pid, start in procs if start))
@@ -66,9 +78,10 @@ def watch(parent: int) -> subprocess.Popen:
 
 def main() -> int:
     parent = int(sys.argv[1])
+    parent_start = sys.argv[2] if len(sys.argv) > 2 else start_time(parent)
     procs = [(int(pid), start) for pid, start in (line.split() for line in sys.stdin if line.strip())]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the search stopped us: it shut Ray down itself
-    while start_time(parent) is not None:
+    while alive(parent, parent_start):
         time.sleep(0.5)
     for pid, start in procs:
         if start_time(pid) == start:

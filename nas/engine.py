@@ -142,7 +142,9 @@ class Search:
         if self._resumed:
             return
         self._resumed = True
-        self.history = self.store.children(committed_only=True)
+        # the pending children too, though only the committed ones are history: a damaged one is found here, before
+        # the search writes anything, not when its step is resampled (the store was written by then)
+        self.history = [c for c in self.store.children() if c.committed_step is not None]
         for child in self.history:
             self._account(child)
         last = self.store.last_step()
@@ -177,10 +179,13 @@ class Search:
         on resume) and architectures already evaluated in this run. Returns the rest: arch -> its indices."""
         pending = self.store.pending_children(batch.step) if store else {}
         todo: dict[str, list[int]] = {}
+        siblings: dict[str, ChildResult] = {}  # arch -> its evaluation stored in this step before an interruption
         for idx, arch in enumerate(batch.archs):
             stored = pending.get(idx)
             if stored is not None and stored.tokens == batch.tokens[idx]:
                 self._place(batch, [idx], stored, reused=stored.reused, store=False, evaluation=False)
+                if not stored.reused:
+                    siblings.setdefault(arch, stored)
             elif self.reuse and arch in self.evaluated:
                 self._place(batch, [idx], self.evaluated[arch], reused=True, store=store)
             else:
@@ -188,6 +193,11 @@ class Search:
                     log.warning("step %d child %d in the store differs from the resampled one; re-evaluating",
                                 batch.step, idx)
                 todo.setdefault(arch, []).append(idx)
+        # Within a step an architecture is evaluated once and its other indices are copies, reuse_evaluations or
+        # not; each copy is its own row, so an interruption can fall between them. A copy not stored yet is made
+        # from the stored evaluation, as it would have been: not evaluated a second time.
+        for arch in [a for a in todo if a in siblings]:
+            self._place(batch, todo.pop(arch), siblings[arch], reused=True, store=store)
         return todo
 
     def _place(self, batch: Batch, idxs: list[int], result: ChildResult, *, reused: bool = False,
@@ -198,7 +208,7 @@ class Search:
             if evaluation:
                 child = dataclasses.replace(result.evaluation(), step=batch.step, idx=idx, tokens=batch.tokens[idx],
                                             log_prob=batch.log_probs[idx], reused=reused or j > 0)
-                batch.evaluated += not child.reused
+            batch.evaluated += not child.reused  # a stored child counts as it did when evaluated before a resume
             child.reward = self._reward(child)
             if store:
                 self.store.add_child(child)

@@ -94,6 +94,72 @@ def test_resume_after_an_interruption_is_identical_to_an_uninterrupted_run(tmp_p
     # nothing that finished before the interruption is evaluated again
     assert len(interrupted.evaluations) + len(resumed.evaluations) == len(reference.evaluations)
     assert not set(interrupted.evaluations) & set(resumed.evaluations)
+    # and each step's statistics count what was evaluated, also where that was before the interruption
+    assert evaluated_per_step(tmp_path / "run") == evaluated_per_step(tmp_path / "reference")
+
+
+def evaluated_per_step(run_dir) -> list[float]:
+    with RunStore(run_dir, readonly=True) as store:
+        return [step["children/evaluated"] for step in store.steps()]
+
+
+ONE_ARCH = SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}], conv_ops=["ds"], kernel_sizes=[3],
+                       se_ratios=[0.0], skip_ops=["identity"], filter_multipliers=[1.0], layer_deltas=[0])
+
+
+def one_arch_search(run_dir, evaluator, **kwargs) -> Search:
+    """Random search over a one-choice space: every child of a step is the same architecture."""
+    return Search(space=ONE_ARCH, controller=build_controller("random", ONE_ARCH.num_choices),
+                  reward=MnasNetReward(target_ms=5), evaluator=evaluator, store=RunStore(run_dir), **kwargs)
+
+
+def test_an_interruption_between_the_rows_of_one_evaluation_does_not_evaluate_it_again(tmp_path):
+    """reuse_evaluations=false: a step's copies of one architecture are still one evaluation, stored a row per
+    index. Killed after the first row, the resumed run evaluated the architecture a second time."""
+    reference = one_arch_search(tmp_path / "reference", FakeEvaluator(), budget=3, batch_size=3,
+                                reuse_evaluations=False)
+    reference.run()
+    reference.store.close()
+
+    interrupted = one_arch_search(tmp_path / "run", FakeEvaluator(), budget=3, batch_size=3, reuse_evaluations=False)
+    add_child = interrupted.store.add_child
+
+    def killed_after_one_row(child):
+        add_child(child)
+        raise KeyboardInterrupt  # as kill -9 right after the row's transaction
+
+    interrupted.store.add_child = killed_after_one_row
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    interrupted.store.close()
+    evaluator = FakeEvaluator()
+    resumed = one_arch_search(tmp_path / "run", evaluator, budget=3, batch_size=3, reuse_evaluations=False)
+    resumed.run()
+    resumed.store.close()
+    assert evaluator.evaluations == []
+    assert committed(tmp_path / "run") == committed(tmp_path / "reference")
+    assert [r[-1] for r in committed(tmp_path / "run")] == [False, True, True]
+
+
+def test_a_damaged_pending_child_is_found_when_the_run_resumes(tmp_path):
+    """It was found only when its step was sampled again, after nas.run had written the run's metadata, though the
+    error says the store was not modified."""
+    import sqlite3
+
+    from nas.store import StoreError
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, FakeEvaluator(stop_after=2))
+    with sqlite3.connect(tmp_path / "run.sqlite") as conn:
+        assert conn.execute("UPDATE children SET result = '{\"arch\": \"x\", \"top1\": ' "
+                            "WHERE step = 0 AND idx = 1 AND committed_step IS NULL").rowcount == 1
+    conn.close()
+    s = search(tmp_path, FakeEvaluator())
+    try:
+        with pytest.raises(StoreError, match="child 0/1 is damaged"):
+            s.resume()  # nas.run resumes before it writes anything
+    finally:
+        s.store.close()
 
 
 def test_identical_architectures_are_evaluated_once_and_reused(tmp_path):

@@ -37,6 +37,7 @@ import json
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,14 @@ _TRIGGERS = [
     _refuse("steps_are_final", "UPDATE", "steps", "", "a committed step cannot be changed"),
     _refuse("steps_stay", "DELETE", "steps", "", "a committed step cannot be deleted"),
 ]
+
+
+def sqlite_uri(path: str | Path, **params: str) -> str:
+    """The SQLite ``file:`` URI of ``path``, every byte of it that is not plain percent-encoded: written raw, a ``#``
+    or ``?`` in a run directory's name ends the path early and a ``%XX`` is decoded (so ``exp#1`` and ``exp#2``
+    would share the store ``exp``), and a path starting with ``//`` is read as a host name."""
+    uri = "file://" + urllib.parse.quote(os.fsencode(os.path.abspath(path)))
+    return uri + ("?" + urllib.parse.urlencode(params) if params else "")
 
 
 class StoreError(RuntimeError):
@@ -180,7 +189,7 @@ class RunStore:
             raise
 
     def _connect(self) -> None:
-        uri = f"file:{self.path}?mode=ro" if self.readonly else f"file:{self.path}"
+        uri = sqlite_uri(self.path, mode="ro") if self.readonly else sqlite_uri(self.path)
         self.conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
         existing = self.path.exists() and self.path.stat().st_size > 0
         row = self.conn.execute("PRAGMA quick_check").fetchone()

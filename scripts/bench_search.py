@@ -66,8 +66,10 @@ def timed(run_dir: Path, budget: int) -> dict:
 
 
 def stored(run_dir: Path) -> int:
+    from nas.store import sqlite_uri
+
     try:
-        with sqlite3.connect(f"file:{run_dir / 'run.sqlite'}?mode=ro", uri=True) as conn:
+        with sqlite3.connect(sqlite_uri(run_dir / "run.sqlite", mode="ro"), uri=True) as conn:
             return conn.execute("SELECT COUNT(*) FROM children WHERE committed_step IS NOT NULL").fetchone()[0]
     except sqlite3.Error:
         return 0

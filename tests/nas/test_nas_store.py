@@ -272,3 +272,24 @@ def test_lock_file_names_the_holder(tmp_path):
     with RunStore(tmp_path):
         info = json.loads((tmp_path / "run.lock").read_text())
         assert info["pid"] == os.getpid() and info["since"] <= time.time()
+
+
+@pytest.mark.parametrize("name", ["exp#1", "run?x", "run%41b", "ünï cödé"])
+def test_run_directory_names_are_not_read_as_uri_syntax(tmp_path, name):
+    # raw in a file: URI, '#' and '?' ended the path (exp#1 and exp#2 shared the store exp) and %41 became 'A'
+    run_dir = tmp_path / name
+    with RunStore(run_dir) as store:
+        store.set_meta("name", name)
+    assert sorted(os.listdir(tmp_path)) == [name]
+    assert sorted(os.listdir(run_dir)) == ["run.lock", "run.sqlite"]
+    with RunStore(run_dir, readonly=True) as store:
+        assert store.get_meta("name") == name
+
+
+def test_a_run_directory_starting_with_two_slashes(tmp_path):
+    # POSIX keeps a leading '//', which a raw 'file://...' URI read as a host name
+    with RunStore("/" + str(tmp_path)) as store:
+        store.set_meta("x", 1)
+    assert (tmp_path / "run.sqlite").exists()
+    with RunStore("/" + str(tmp_path), readonly=True) as store:
+        assert store.get_meta("x") == 1

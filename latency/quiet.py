@@ -153,17 +153,12 @@ class HostGate:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["locks_dir"], state["name"])
 
-    def _fds(self) -> threading.local:
-        """This thread's own descriptors of the two lock files (opened once per thread and process)."""
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid():  # first use in this thread, or a forked child's copy
-            self.locks_dir.mkdir(parents=True, exist_ok=True)
-            local.gate = os.open(self.gate_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            local.work = os.open(self.work_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            local.long_gate = os.open(self.long_gate_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            local.long_work = os.open(self.long_work_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            local.pid, local.busy_depth, local.long = os.getpid(), 0, False
-        return local
+    def _fds(self) -> _ThreadLocks:
+        """This thread's own descriptors of the lock files (opened once per thread and process)."""
+        locks = getattr(self._local, "locks", None)
+        if locks is None or locks.pid != os.getpid():  # first use in this thread, or a forked child's copy
+            locks = self._local.locks = _ThreadLocks(self)
+        return locks
 
     @staticmethod
     def _enter_shared(turnstile: int, work: int) -> None:
@@ -178,6 +173,9 @@ class HostGate:
         """One piece of the search's own work (``long``: a conversion); waits while a timing runs. Nested calls in
         one thread are free."""
         fds = self._fds()
+        if fds.quiet:
+            raise RuntimeError("busy() called inside quiet() in the same thread: its shared locks would end the "
+                               "timing's quiet window")
         if fds.busy_depth == 0:
             if long:
                 self._enter_shared(fds.long_gate, fds.long_work)
@@ -211,14 +209,47 @@ class HostGate:
         start = time.monotonic()
         locks = (fds.long_gate, fds.long_work, fds.gate, fds.work)
         taken = []
+        if fds.quiet:
+            raise RuntimeError("quiet() called inside quiet() in the same thread: the inner one would end the "
+                               "outer one's window")
         try:
             for fd in locks:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 taken.append(fd)
+            fds.quiet = True
             yield QuietWindow(self.mode, waited_s=time.monotonic() - start)
         finally:
+            fds.quiet = False
             for fd in reversed(taken):
                 fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+class _ThreadLocks:
+    """One thread's descriptors of a :class:`HostGate`'s four lock files and what the thread holds. They are closed
+    when the thread ends (its ``threading.local`` goes, and this with it): a thread pool's short-lived threads had
+    left four open descriptors each."""
+
+    def __init__(self, gate: HostGate):
+        gate.locks_dir.mkdir(parents=True, exist_ok=True)
+        self.pid = os.getpid()
+        self._opened: list[int] = []
+        self.gate, self.work, self.long_gate, self.long_work = (
+            self._open(path) for path in (gate.gate_path, gate.work_path, gate.long_gate_path, gate.long_work_path))
+        self.busy_depth, self.long, self.quiet = 0, False, False
+
+    def _open(self, path: Path) -> int:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        self._opened.append(fd)
+        return fd
+
+    def __del__(self) -> None:
+        if getattr(self, "pid", None) != os.getpid():  # a forked child's copy: the numbers may be another's by now
+            return
+        for fd in getattr(self, "_opened", ()):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 @contextmanager

@@ -213,6 +213,54 @@ def test_threads_of_one_process_exclude_each_other_and_nesting(tmp_path):
     assert entered.wait(WAIT_S)
 
 
+def test_busy_or_quiet_inside_a_timing_of_the_same_thread_is_refused_and_the_window_stays_quiet(tmp_path, ctx):
+    """busy() inside quiet() in one thread had turned the timing's exclusive locks into shared ones and released
+    them: another process's training step ran for the rest of the timing. A nested quiet() ended the window too."""
+    locks, log, release = tmp_path / "locks", tmp_path / "log", tmp_path / "release"
+    gate = HostGate(locks)
+    with gate.quiet():
+        for nested in (gate.busy, gate.quiet):
+            with pytest.raises(RuntimeError, match="inside quiet"):
+                with nested():
+                    pass
+        step = ctx.Process(target=_hold, args=("busy", "step", str(locks), str(log), str(release)))
+        step.start()
+        _until(lambda: "step wants" in _events(log), "the step to ask")
+        time.sleep(0.5)
+        assert "step in" not in _events(log)  # the window is still quiet after the refused nesting
+    _until(lambda: "step in" in _events(log), "the step to run after the timing")
+    release.touch()
+    step.join(WAIT_S)
+    with gate.busy():  # and the thread's state is clean: it can work and time again
+        pass
+    with gate.quiet():
+        pass
+
+
+def test_the_lock_descriptors_of_a_thread_are_closed_when_it_ends(tmp_path):
+    """Each thread that used the gate had left its four descriptors open: a pool's short-lived threads ran the
+    process out of descriptors (about 255 threads at the usual limit of 1024)."""
+    import gc
+
+    gate = HostGate(tmp_path / "locks")
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def one_step():
+        with gate.busy():
+            pass
+
+    one_step()  # this thread's own, kept
+    before = open_fds()
+    for _ in range(50):
+        thread = threading.Thread(target=one_step)
+        thread.start()
+        thread.join()
+    gc.collect()
+    assert open_fds() <= before + 4
+
+
 def test_gate_for_runner_and_picklable(tmp_path):
     import pickle
 

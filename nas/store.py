@@ -146,8 +146,15 @@ class _WriterLock:
                 who = "another process"
             raise StoreLocked(f"run {path.parent} is being written by another search ({who}); wait for it to finish "
                               "or stop it, or choose another run_dir") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "since": time.time()}).encode(), 0)
+        try:
+            os.ftruncate(self.fd, 0)
+            me = {"pid": os.getpid(), "host": os.uname().nodename, "since": time.time()}
+            os.pwrite(self.fd, json.dumps(me).encode(), 0)
+        except BaseException:
+            # a full disk: without this the descriptor, and so the lock, stayed open for the life of the process
+            # and the same process retrying after space was freed was refused as "another search"
+            self.release()
+            raise
 
     def release(self) -> None:
         if self.fd is not None:

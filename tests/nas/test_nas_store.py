@@ -293,3 +293,15 @@ def test_a_run_directory_starting_with_two_slashes(tmp_path):
     assert (tmp_path / "run.sqlite").exists()
     with RunStore("/" + str(tmp_path), readonly=True) as store:
         assert store.get_meta("x") == 1
+
+
+def test_a_failed_lock_file_write_releases_the_lock(tmp_path, monkeypatch):
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "pwrite", full)
+        with pytest.raises(StoreError, match="No space left"):
+            RunStore(tmp_path)
+    with RunStore(tmp_path) as store:  # the same process again, space freed: not refused as "another search"
+        store.set_meta("x", 1)

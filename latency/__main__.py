@@ -364,9 +364,13 @@ def main(argv: list[str] | None = None) -> int:
     from mnas_common.checks import non_negative_int, positive_int
     from mnas_common.errors import first_line
 
-    cache = Path(args.cache) if getattr(args, "cache", None) else None
-    if cache is not None and (cache.is_dir() or not cache.exists() and not cache.suffix):
-        args.cache = str(cache / "latency.sqlite")  # the cache's directory (a new one too) names its file
+    # ~ expanded here, once, for every subcommand and before the file/directory decision: a quoted --cache='~/x'
+    # (or --cache=~/x, which the shell leaves alone) was the home directory's cache to measure and predict but a
+    # folder named ~ in the working directory to table list/import and cache info/prune
+    cache = Path(args.cache).expanduser() if getattr(args, "cache", None) else None
+    if cache is not None:  # the cache's directory (a new one too) names its file
+        directory = cache.is_dir() or not cache.exists() and not cache.suffix
+        args.cache = str(cache / "latency.sqlite" if directory else cache)
     try:
         for name in ("n", "workers", "batch"):
             if getattr(args, name, None) is not None:

@@ -55,8 +55,8 @@ def built(tmp_path_factory, micro):
     return {"cache": cache, "summary": summary}
 
 
-def _cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "latency", *args], capture_output=True, text=True, cwd=ROOT,
+def _cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "latency", *args], capture_output=True, text=True, cwd=cwd,
                           env=env or os.environ.copy(), timeout=timeout)
 
 
@@ -481,6 +481,31 @@ def test_host_only_flags_with_the_adb_runner_are_one_line():
     out = _cli("measure", SMALL, "--runner", "adb", "--rounds", "5", "--pin-cpu")
     assert out.returncode == 2 and out.stderr == \
         "error: --rounds, --pin-cpu: settings of the host runner, not of --runner adb\n", out.stderr
+
+
+def test_a_cache_under_the_home_directory_is_one_cache_to_every_command(tmp_path):
+    """``--cache='~/x'`` (quoted, or ``--cache=~/x``: the shell expands neither) was expanded by measure and predict
+    but not by table list/import or cache info/prune: import made a folder named ~ in the working directory, list
+    said "no latency tables", info and prune "no latency cache"."""
+    export = tmp_path / "empty.json"  # an empty table: nothing to build
+    export.write_text(json.dumps({"format": "mnasnet-search latency table", "version": 1, "device": "adb:Pixel 2",
+                                  "settings": {"runner": "adb"}, "versions": {}, "resolution": 16, "channels": 3,
+                                  "num_classes": 10, "meta": {}, "rows": []}))
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "caches.d").mkdir()  # a directory whose name has a suffix: told from a file after ~ is expanded
+    env = dict(os.environ, HOME=str(tmp_path), PYTHONPATH=str(ROOT))
+    for where, file in (("~/l.sqlite", tmp_path / "l.sqlite"),
+                        ("~/caches.d", tmp_path / "caches.d" / "latency.sqlite")):
+        imported = _cli("table", "import", str(export), f"--cache={where}", env=env, cwd=work)
+        assert imported.returncode == 0 and file.is_file(), imported.stderr
+        listed = _cli("table", "list", f"--cache={where}", "--json", env=env, cwd=work)
+        assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 1, listed.stderr
+        info = _cli("cache", "info", f"--cache={where}", "--json", env=env, cwd=work)
+        assert info.returncode == 0 and json.loads(info.stdout)["cache"] == str(file), info.stderr
+        pruned = _cli("cache", "prune", f"--cache={where}", "--max-gb", "1", env=env, cwd=work)
+        assert pruned.returncode == 0, pruned.stderr
+    assert list(work.iterdir()) == []
 
 
 def test_an_import_merges_the_tables_metadata_per_space(built, tmp_path):

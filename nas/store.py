@@ -18,7 +18,8 @@ The contract (what is persisted when, who may write, what a reader may assume):
 - **Committed rows are immutable.** Triggers refuse any UPDATE or DELETE of a committed child and of a step, so no
   code path, and no second process that slipped past the lock, can rewrite a result the search already learnt from.
 - **Readers** (``nas.pareto``, TensorBoard, a notebook) open the file read-only at any time (WAL mode) and see
-  committed steps only when they ask for ``committed_only``.
+  committed steps only when they ask for ``committed_only``. In a run directory they cannot write (another user's
+  finished run) they read a private copy of the store, see :meth:`RunStore._private_copy`.
 - **Verified on read.** Before a search writes anything it checks the file (SQLite ``quick_check``), the schema
   version, every stored child's JSON and the controller state it resumes from (its hash, then ``torch.load``). A
   damaged store is reported in one line and never modified.
@@ -35,7 +36,9 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterable, Sequence
@@ -54,6 +57,8 @@ _COLUMNS = columns()
 _PLACEMENT = [f.name for f in dataclasses.fields(ChildResult) if f.metadata.get("placement")]
 _JSON_COLUMNS = {"tokens"}
 _BOOL_COLUMNS = {"reused"}
+# what SQLite says when it cannot create a WAL store's -shm (or -wal) next to the store: the directory is not writable
+_NEEDS_A_WRITABLE_DIRECTORY = ("readonly database", "unable to open database file")
 
 
 def _schema() -> list[str]:
@@ -112,6 +117,15 @@ class StoreError(RuntimeError):
 
 class StoreLocked(StoreError):
     """Another process is writing this run."""
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is written (None: no such file)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _dumps_state(state: Any) -> bytes:
@@ -174,6 +188,7 @@ class RunStore:
             self.path = self.path / STORE_NAME
         self.readonly = readonly
         self._lock: _WriterLock | None = None
+        self._copy: tempfile.TemporaryDirectory | None = None
         if readonly and not self.path.exists():
             raise StoreError(f"no run store at {self.path}")
         if not readonly:
@@ -183,7 +198,13 @@ class RunStore:
             except OSError as exc:
                 raise StoreError(f"cannot write run directory {self.path.parent}: {exc.strerror or exc}") from None
         try:
-            self._connect()
+            try:
+                self._connect(self.path)
+            except sqlite3.OperationalError as exc:
+                if not readonly or not any(m in str(exc) for m in _NEEDS_A_WRITABLE_DIRECTORY):
+                    raise
+                self._close_connection()
+                self._connect(self._private_copy(exc))
         except sqlite3.OperationalError as exc:
             self.close()
             what = "cannot read" if readonly else "cannot open for writing"
@@ -195,8 +216,9 @@ class RunStore:
             self.close()
             raise
 
-    def _connect(self) -> None:
-        uri = sqlite_uri(self.path, mode="ro") if self.readonly else sqlite_uri(self.path)
+    def _connect(self, db: Path) -> None:
+        """Open ``db`` (this store, or the private copy a reader reads) and check it."""
+        uri = sqlite_uri(db, mode="ro") if self.readonly else sqlite_uri(db)
         self.conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
         existing = self.path.exists() and self.path.stat().st_size > 0
         row = self.conn.execute("PRAGMA quick_check").fetchone()
@@ -213,6 +235,35 @@ class RunStore:
             return
         self.conn.execute("PRAGMA journal_mode=WAL")
         self._migrate(tables, version)
+
+    def _private_copy(self, why: sqlite3.OperationalError) -> Path:
+        """The store and its ``-wal`` copied to a private temporary directory that :meth:`close` removes; the path
+        of the copy. SQLite reads a WAL store only where it can create its ``-shm`` index next to it, which a reader
+        of a run directory it cannot write (another user's finished run) cannot do. The ``-wal`` is copied with it,
+        never ignored (as ``immutable=1`` would): a search killed by ``kill -9`` leaves committed children there.
+        The copy is the store as it was when it was opened; the original is never touched."""
+        try:
+            self._copy = tempfile.TemporaryDirectory(prefix="mnas-run-store-")
+            copy = Path(self._copy.name) / self.path.name
+            files = {self.path: copy, self.path.with_name(self.path.name + "-wal"): copy.with_name(copy.name + "-wal")}
+            for _ in range(3):  # a writer that started meanwhile could pair the store with a -wal of another moment
+                before = {src: _signature(src) for src in files}
+                for src, dst in files.items():
+                    if before[src] is None:
+                        dst.unlink(missing_ok=True)
+                    else:
+                        shutil.copyfile(src, dst)
+                if {src: _signature(src) for src in files} == before:
+                    return copy
+            raise OSError(f"{self.path} kept changing while it was copied")
+        except OSError as exc:
+            where = self.path.parent
+            reason = (f"the run directory {where} is not writable by this user, and SQLite needs to create "
+                      f"{self.path.name}-shm there to read it" if not os.access(where, os.W_OK) else str(why))
+            raise StoreError(f"cannot read run store {self.path}: {reason}; copying it to a temporary directory "
+                             f"({tempfile.gettempdir()}) failed too ({exc.strerror or exc}): set TMPDIR to a writable "
+                             "directory with room for it, or read it as the owner of the run directory; "
+                             "it was not modified") from None
 
     def _migrate(self, tables: set[str], version: int | None) -> None:
         """Create a new store, or bring an older one to this schema: add what is missing, rewrite nothing."""
@@ -231,11 +282,17 @@ class RunStore:
         self._write(statements)
 
     # ------------------------------------------------------------------ housekeeping
-    def close(self) -> None:
+    def _close_connection(self) -> None:
         conn = getattr(self, "conn", None)
         if conn is not None:
             conn.close()
             self.conn = None
+
+    def close(self) -> None:
+        self._close_connection()
+        if self._copy is not None:
+            self._copy.cleanup()
+            self._copy = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None

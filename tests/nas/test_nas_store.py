@@ -305,3 +305,50 @@ def test_a_failed_lock_file_write_releases_the_lock(tmp_path, monkeypatch):
             RunStore(tmp_path)
     with RunStore(tmp_path) as store:  # the same process again, space freed: not refused as "another search"
         store.set_meta("x", 1)
+
+
+def test_a_reader_of_a_run_directory_it_cannot_write_reads_a_private_copy(tmp_path, monkeypatch):
+    # CI runs as root, whom directory permissions do not stop: the first open fails as SQLite fails for another user
+    # (it cannot create run.sqlite-shm next to a WAL store); checked by hand as user nobody too
+    import shutil
+    import tempfile
+    import urllib.parse
+
+    from nas.store import sqlite_uri
+
+    killed = tmp_path / "killed"  # a search killed by kill -9: committed rows still in run.sqlite-wal, no -shm
+    killed.mkdir()
+    with RunStore(tmp_path / "run") as store:
+        store.add_child(child("a", 0.5, 3.0))
+        store.commit_step(0, {0: 0.1}, {}, {})
+        store.add_child(child("b", 0.6, 2.0, step=1))
+        for name in ("run.sqlite", "run.sqlite-wal"):
+            shutil.copyfile(tmp_path / "run" / name, killed / name)
+    assert (killed / "run.sqlite-wal").stat().st_size > 0
+    before = {p.name: p.read_bytes() for p in killed.iterdir()}
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    connect, opened = sqlite3.connect, []
+
+    def not_writable(database, *args, **kwargs):
+        opened.append(database)
+        if database.startswith(sqlite_uri(killed)):
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        return connect(database, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", not_writable)
+    with RunStore(killed, readonly=True) as store:
+        assert [c.arch for c in store.children(committed_only=True)] == ["a"]
+        assert store.pending_children(1)[0].arch == "b"
+        copy = urllib.parse.unquote(opened[-1].removeprefix("file://").split("?")[0])
+        assert os.path.dirname(os.path.dirname(copy)) == str(tmp_path / "tmp")
+    assert os.listdir(tmp_path / "tmp") == []  # the copy is removed on close
+    assert {p.name: p.read_bytes() for p in killed.iterdir()} == before  # the original is never touched
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    with pytest.raises(StoreError, match="copying it to a temporary directory .* failed too .No space left"):
+        RunStore(killed, readonly=True)
+    assert os.listdir(tmp_path / "tmp") == []

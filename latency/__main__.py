@@ -31,15 +31,22 @@ def _runner_fields(args: argparse.Namespace) -> dict:
     fields["anchor"] = args.anchor if args.anchor is not None else (DEFAULT_ANCHOR if args.runner == "host" else None)
     host_only = [flag for flag, given in (("--rounds", args.rounds is not None), ("--pin-cpu", args.pin_cpu),
                                           ("--no-quiet", args.no_quiet)) if given]
+    # typed flags only (None when not given): $ANDROID_SERIAL and $TFLITE_BENCHMARK_MODEL set for the phone do not
+    # make a host measurement an error, but --cpu-mask f0 or --serial S on the host were dropped without a word
+    adb_only = [flag for flag, given in (("--serial", args.serial is not None), ("--binary", args.binary is not None),
+                                         ("--cpu-mask", args.cpu_mask is not None), ("--no-xnnpack", args.no_xnnpack))
+                if given]
     if args.runner == "host":
         fields.update(rounds=3 if args.rounds is None else args.rounds, pin_cpu=args.pin_cpu, quiet=not args.no_quiet)
-        if args.no_xnnpack:
-            raise ValueError("--no-xnnpack is a setting of the adb runner (the host interpreter always uses XNNPACK)")
+        if adb_only:
+            raise ValueError(f"{', '.join(adb_only)}: settings of the adb runner, not of --runner host"
+                             + (" (the host interpreter always uses XNNPACK)" if args.no_xnnpack else ""))
     elif host_only:
         raise ValueError(f"{', '.join(host_only)}: settings of the host runner, not of --runner {args.runner}")
     else:
-        fields.update(serial=args.serial, benchmark_binary=args.binary, cpu_mask=args.cpu_mask,
-                      use_xnnpack=not args.no_xnnpack)
+        serial = os.environ.get("ANDROID_SERIAL") if args.serial is None else args.serial
+        binary = os.environ.get("TFLITE_BENCHMARK_MODEL") if args.binary is None else args.binary
+        fields.update(serial=serial, benchmark_binary=binary, cpu_mask=args.cpu_mask, use_xnnpack=not args.no_xnnpack)
     return fields
 
 
@@ -278,9 +285,9 @@ class _Parser(argparse.ArgumentParser):
 def _parsers() -> argparse.ArgumentParser:
     runner = argparse.ArgumentParser(add_help=False)
     runner.add_argument("--runner", choices=("host", "adb"), default="host")
-    runner.add_argument("--serial", default=os.environ.get("ANDROID_SERIAL"),
+    runner.add_argument("--serial", default=None,
                         help="adb device serial (default: $ANDROID_SERIAL, else the only attached device)")
-    runner.add_argument("--binary", default=os.environ.get("TFLITE_BENCHMARK_MODEL"),
+    runner.add_argument("--binary", default=None,
                         help="local path of benchmark_model (adb runner; default: $TFLITE_BENCHMARK_MODEL)")
     runner.add_argument("--cpu-mask", default=None, help="taskset mask on the phone, e.g. f0")
     runner.add_argument("--threads", type=int, default=1)
@@ -294,6 +301,11 @@ def _parsers() -> argparse.ArgumentParser:
     runner.add_argument("--anchor", default=None,
                         help="host: the drift anchor timed in every round (default mnasnet_b1, as configs/latency/"
                              "host.yaml; 'none' for no drift correction)")
+    # the cache alone (table list/import, cache info/prune): they time nothing, so they take no runner flags
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--cache", default=None, help="the cache: its SQLite file or the directory holding "
+                       "latency.sqlite (default ~/.cache/mnasnet-search/latency)")
+    where.add_argument("--json", action="store_true")
     runner.add_argument("--cache", default=None, help="the cache: its SQLite file or the directory holding "
                         "latency.sqlite, created if new (default ~/.cache/mnasnet-search/latency)")
     runner.add_argument("--json", action="store_true")
@@ -332,18 +344,14 @@ def _parsers() -> argparse.ArgumentParser:
     v = tsub.add_parser("validate", parents=[runner, shape, space], help="measure N held-out architectures")
     v.add_argument("--n", type=int, default=200)
     v.add_argument("--workers", type=int, default=2)
-    tsub.add_parser("list", parents=[runner], help="tables in the cache")
+    tsub.add_parser("list", parents=[where], help="tables in the cache")
     e = tsub.add_parser("export", parents=[runner, shape, space, pick], help="write a table as CSV or JSON")
     e.add_argument("--format", choices=("csv", "json"), required=True)
     e.add_argument("--out", required=True)
-    i = tsub.add_parser("import", parents=[runner], help="read a table written by 'table export'")
+    i = tsub.add_parser("import", parents=[where], help="read a table written by 'table export'")
     i.add_argument("file")
     c = sub.add_parser("cache", help="what the latency cache holds; trim its converted models")
     csub = c.add_subparsers(dest="cache_command", required=True)
-    where = argparse.ArgumentParser(add_help=False)
-    where.add_argument("--cache", default=None, help="the cache: its SQLite file or the directory holding latency.sqlite "
-                        "(default ~/.cache/mnasnet-search/latency)")
-    where.add_argument("--json", action="store_true")
     csub.add_parser("info", parents=[where], help="conversions, timings, tables and the converted models' size")
     pr = csub.add_parser("prune", parents=[where], help="remove the least recently used converted models")
     pr.add_argument("--max-gb", type=float, required=True, help="keep at most this many GB of converted models")

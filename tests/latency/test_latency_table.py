@@ -508,6 +508,27 @@ def test_a_cache_under_the_home_directory_is_one_cache_to_every_command(tmp_path
     assert list(work.iterdir()) == []
 
 
+def test_adb_only_flags_with_the_host_runner_and_runner_flags_of_cache_commands_are_refused(tmp_path):
+    """--serial, --binary and --cpu-mask (even an invalid mask) were dropped without a word on the host, and table
+    list/import took every runner flag and used none; the phone's environment variables are no error on the host."""
+    bad = "ir_r1_k4_s1_e6_c16"  # an architecture refused before anything is converted or timed
+    cache = ["--cache", str(tmp_path / "latency.sqlite")]
+    out = _cli("measure", bad, "--runner", "host", "--cpu-mask", "zz", *cache)
+    assert out.returncode == 2 and out.stderr == "error: --cpu-mask: settings of the adb runner, not of --runner host\n"
+    out = _cli("predict", bad, "--serial", "S", "--binary", "b", "--no-xnnpack", *cache)
+    assert out.returncode == 2 and out.stderr.startswith(
+        "error: --serial, --binary, --no-xnnpack: settings of the adb runner, not of --runner host"), out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr
+    env = dict(os.environ, ANDROID_SERIAL="S", TFLITE_BENCHMARK_MODEL=str(tmp_path / "benchmark_model"))
+    out = _cli("measure", bad, *cache, env=env)
+    assert out.returncode == 2 and "kernel must be odd" in out.stderr and "adb" not in out.stderr, out.stderr
+    for argv in (["table", "list", "--runner", "host"], ["table", "import", str(tmp_path / "t.json"), "--serial", "S"],
+                 ["table", "list", "--threads", "2", "--cache", str(tmp_path / "latency.sqlite")]):
+        out = _cli(*argv)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and "unrecognized arguments" in out.stderr, argv
+        assert out.stdout == "", argv
+
+
 def test_an_import_merges_the_tables_metadata_per_space(built, tmp_path):
     """Importing a table this cache holds already kept the rows of both but replaced the metadata wholesale: the
     build-time records and validation figures of this cache's other spaces were lost."""

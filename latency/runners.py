@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnas_common.checks import did_you_mean, non_negative_int, non_negative_number, positive_int
+from mnas_common.checks import did_you_mean, non_negative_int, non_negative_number, positive_int, positive_number
 
 REMOTE_DIR = "/data/local/tmp"
 WAIT_FOR_DEVICE_S = 30.0  # how long one retry waits for a dropped phone to come back (adb wait-for-device)
@@ -260,6 +260,10 @@ class AdbRunner:
         if self.cpu_mask is not None and not re.fullmatch(r"[0-9a-fA-F]+", str(self.cpu_mask)):
             raise ValueError(f"latency.cpu_mask must be a hex CPU mask such as f0, got {self.cpu_mask!r}")
         non_negative_number("latency.cooldown_s", self.cooldown_s)
+        # retries=-1 never called the push (the binary never reached the phone; a misleading chmod error followed),
+        # a timeout <= 0 failed every adb command
+        non_negative_int("latency.retries", self.retries)
+        positive_number("latency.timeout_s", self.timeout_s)
 
     # -- adb plumbing
     def _adb_path(self) -> str:

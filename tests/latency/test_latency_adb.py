@@ -181,3 +181,23 @@ def test_a_model_the_phone_cannot_run_is_the_models_failure_not_the_moments(phon
         result = service.time({**conversion, "key": "e" * 64, "tflite_path": str(garbage),
                                "artifacts": {**conversion["artifacts"], "tflite_path": file_digest(garbage)}})
     assert result.status == "failed" and not result.extra.get("transient"), (result.error, result.extra)
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("retries", -1, "latency.retries must be a non-negative integer, got -1"),
+    ("retries", True, "latency.retries must be a non-negative integer, got True"),
+    ("timeout_s", -5, "latency.timeout_s must be a positive number, got -5"),
+    ("timeout_s", 0, "latency.timeout_s must be a positive number, got 0"),
+    ("timeout_s", float("inf"), "latency.timeout_s must be a positive number, got inf"),
+])
+def test_negative_retries_or_timeout_are_refused_in_one_line(field, value, says):
+    """retries=-1 never called the push (the binary never reached the phone, and a misleading chmod error followed);
+    a timeout <= 0 failed every adb command. The host runner has neither field: a config giving it one is refused."""
+    with pytest.raises(ValueError) as err:
+        AdbRunner(**{field: value})
+    assert str(err.value) == says
+    with pytest.raises(ValueError) as err:  # a config's dry run (latency.retries=-1 in Hydra) checks it before any run
+        build_service("adb", check_only=True, **{field: value})
+    assert str(err.value) == says
+    with pytest.raises(ValueError, match=f"unknown latency field.s. for runner 'host': {field}"):
+        build_service("host", check_only=True, **{field: 1})

@@ -20,9 +20,10 @@ import time
 import types
 from pathlib import Path
 
-from mnas_common.checks import positive_int
+from mnas_common.checks import is_number, positive_int
 
 from nas.record import ChildResult, export_fields
+from nas.store import LOCK_NAME, STORE_NAME
 
 
 def _writable(path: Path) -> str | None:
@@ -36,6 +37,28 @@ def _writable(path: Path) -> str | None:
         return f"{path} is not writable"
     if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
         return f"cannot create {path} ({parent} is not writable)"
+    return None
+
+
+# What the run itself writes in its directory (nas.store, Hydra's job log, nas.run's record and Pareto export): a
+# logger's file there would be written into the store, or fail after the store was created
+RUN_FILES = (STORE_NAME, f"{STORE_NAME}-wal", f"{STORE_NAME}-shm", LOCK_NAME, "search.log", ".hydra", "pareto")
+
+
+def _relative_path(name: str, value) -> str:
+    """``value`` as a logger's path under the run directory: a non-empty string."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a file name or path (relative to run_dir), got {value!r}")
+    return value
+
+
+def _run_file(name: str, run_dir: Path, path: str) -> str | None:
+    """A reason ``run_dir / path`` is, or lies under, one of the run's own files (:data:`RUN_FILES`), or None."""
+    target = (Path(run_dir) / path).resolve()
+    for own_name in RUN_FILES:
+        own = (Path(run_dir) / own_name).resolve()
+        if target == own or own in target.parents:
+            return f"{name}={path} is the run's own {own_name}: name another path"
     return None
 
 
@@ -63,8 +86,13 @@ class ProgressBar(Logger):
     every ``refresh_s`` seconds, also while no child finishes), ETA."""
 
     def __init__(self, *, enabled: bool = True, refresh_s: float = 2.0):
+        if not isinstance(enabled, bool):
+            raise ValueError(f"logger.progress.enabled must be true or false, got {enabled!r}")
         self.enabled = enabled
-        self.refresh_s = refresh_s
+        if not is_number(refresh_s) or refresh_s < 0:
+            raise ValueError("logger.progress.refresh_s must be a number of seconds >= 0 (0: no refresh between "
+                             f"children), got {refresh_s!r}")
+        self.refresh_s = float(refresh_s)
         self.bar = None
         self.search = None
         self._stop = threading.Event()
@@ -117,13 +145,14 @@ class TensorBoard(Logger):
     """
 
     def __init__(self, *, log_dir: str = "tb", scatter_every: int = 5):
-        self.log_dir = log_dir
+        self.log_dir = _relative_path("logger.tensorboard.log_dir", log_dir)
         self.scatter_every = positive_int("logger.tensorboard.scatter_every", scatter_every)
         self.writer = None
         self.points: list[ChildResult] = []
 
     def check(self, run_dir: Path) -> list[str]:
-        return [p for p in [_writable(Path(run_dir) / self.log_dir / "events")] if p]
+        own = _run_file("logger.tensorboard.log_dir", run_dir, self.log_dir)
+        return [own] if own else [p for p in [_writable(Path(run_dir) / self.log_dir / "events")] if p]
 
     def on_start(self, search) -> None:
         # tensorboard imports TensorFlow (seconds, C++ log lines) unless its "notf" switch exists (the module the
@@ -183,11 +212,12 @@ class EventLog(Logger):
     interrupt while a logger before this one handled the step) gets it when the run resumes, ``recovered: true``."""
 
     def __init__(self, *, path: str = "events.jsonl"):
-        self.path = path
+        self.path = _relative_path("logger.events.path", path)
         self.file = None
 
     def check(self, run_dir: Path) -> list[str]:
-        return [p for p in [_writable(Path(run_dir) / self.path)] if p]
+        own = _run_file("logger.events.path", run_dir, self.path)
+        return [own] if own else [p for p in [_writable(Path(run_dir) / self.path)] if p]
 
     def _write(self, event: str, **fields) -> None:
         self.file.write(json.dumps({"event": event, "time": time.time(), **fields}) + "\n")
@@ -247,13 +277,14 @@ class CsvLog(Logger):
     rewritten from the store when a run starts and appended as steps commit."""
 
     def __init__(self, *, path: str = "children.csv"):
-        self.path = path
+        self.path = _relative_path("logger.csv.path", path)
         self.file = None
         self.writer = None
         self.step_children: list[ChildResult] = []
 
     def check(self, run_dir: Path) -> list[str]:
-        return [p for p in [_writable(Path(run_dir) / self.path)] if p]
+        own = _run_file("logger.csv.path", run_dir, self.path)
+        return [own] if own else [p for p in [_writable(Path(run_dir) / self.path)] if p]
 
     def on_start(self, search) -> None:
         path = Path(search.run_dir) / self.path

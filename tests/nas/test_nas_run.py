@@ -7,6 +7,7 @@ Most searches here use ``evaluator=synthetic`` (no training, no conversion): the
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -308,6 +309,25 @@ def test_unusable_run_dir_and_logger_paths_are_one_error_line(tmp_path):
     assert f"cannot create {tmp_path / 'file' / 'events.jsonl'}" in line
     (tmp_path / "adir").mkdir()
     assert "is a directory" in one_error_line(cli(tmp_path / "run", f"logger.events.path={tmp_path / 'adir'}"))
+    assert not (tmp_path / "run" / "run.sqlite").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("logger.progress.refresh_s=fast", "logger.progress.refresh_s must be a number of seconds >= 0"),
+    ("logger.progress.refresh_s=-1", "logger.progress.refresh_s must be a number of seconds >= 0"),
+    ("logger.progress.enabled=2", "logger.progress.enabled must be true or false"),
+    ("logger.events.path=null", "logger.events.path must be a file name or path"),
+    ("logger.csv.path=null", "logger.csv.path must be a file name or path"),
+    ("logger.tensorboard.log_dir=null", "logger.tensorboard.log_dir must be a file name or path"),
+    ("logger.events.path=run.sqlite", "logger.events.path=run.sqlite is the run's own run.sqlite"),
+    ("logger.csv.path=pareto/children.csv", "logger.csv.path=pareto/children.csv is the run's own pareto"),
+    ("logger.tensorboard.log_dir=.hydra", "logger.tensorboard.log_dir=.hydra is the run's own .hydra"),
+])
+def test_bad_logger_settings_are_refused_before_the_run_is_written(tmp_path, override, message):
+    """A bad refresh_s or a null path was a traceback (exit 1) once the store was written; a path onto the run's own
+    store had the event log's lines appended into run.sqlite."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        search(tmp_path / "run", "logger=[progress,events,csv,tensorboard]", override)
     assert not (tmp_path / "run" / "run.sqlite").exists()
 
 

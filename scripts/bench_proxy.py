@@ -222,11 +222,18 @@ def make_jobs(args, s: dict) -> tuple[list, list, list]:
              for seed in args.seed_list for a in s["archs"]]
     reference = [Job("reference", a, seed, s["reference_dataset"], trainer=s["reference_trainer"], **common)
                  for seed in args.reference_seed_list for a in s["archs"]]
-    # training-free scores are computed on the CPU (float64) whatever --device: their records say so
-    zero = [Job("zero_cost", a, seed, s["proxy_dataset"], score=name, batch_size=args.zero_cost_batch,
-                threads=args.threads, device="cpu")
+    zero = [zero_cost_job(args, a, seed, s["proxy_dataset"], name, args.zero_cost_batch)
             for name in args.score_list for seed in args.seed_list for a in s["archs"]]
     return proxy, reference, zero
+
+
+def zero_cost_job(args, arch: str, seed: int, dataset: dict, score: str, batch_size: int):
+    """A training-free score's job: computed on the CPU (float64) whatever --device, and its record says so (the
+    benchmark's jobs and the summary's look-ups both build it here, so their keys agree)."""
+    from nas.fidelity import Job
+
+    return Job("zero_cost", arch, seed, dataset, score=score, batch_size=batch_size, threads=args.threads,
+               device="cpu")
 
 
 def baseline_jobs(args, s: dict) -> list:
@@ -339,8 +346,8 @@ def summary(args, s: dict, records: dict) -> list[dict]:
             jobs = [Job("proxy", a, seed, rec["dataset"], trainer=rec["trainer"], **common)
                     for seed in args.seed_list for a in archs]
         else:
-            jobs = [Job("zero_cost", a, seed, rec["dataset"], score=rec["score"], batch_size=rec["batch_size"],
-                        **common) for seed in args.seed_list for a in archs]
+            jobs = [zero_cost_job(args, a, seed, rec["dataset"], rec["score"], rec["batch_size"])
+                    for seed in args.seed_list for a in archs]
         return analyse(records, archs, proxy=jobs, reference=reference, top_k=args.top_k, n_boot=args.bootstrap)
 
     usable = []

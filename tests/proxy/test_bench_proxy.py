@@ -503,3 +503,35 @@ def test_a_worker_that_dies_stops_the_run_in_one_line_and_keeps_what_finished(tm
     assert list(store.load()) == [quick.key()]
     assert not workers()
     store.close()
+
+
+def test_a_summary_on_cuda_keeps_the_training_free_rows(tmp_path, capsys, monkeypatch):
+    """The summary looked the scores up under --device (cuda) while they are stored as run, on the CPU: their rows
+    vanished with --device cuda."""
+    from types import SimpleNamespace
+
+    import nas.trainer
+    from nas.fidelity import dataset_key, setting_key
+
+    monkeypatch.setattr(nas.trainer, "check_device", lambda device: None)  # a machine with a GPU
+    bench, argv, _, _ = summary_setup(tmp_path)
+    argv = [*argv, "--device", "cuda", "--json"]
+    args = bench.parse_args(argv)
+    s = bench.settings(args)
+    proxy, reference, zero = bench.make_jobs(SimpleNamespace(**{**vars(args), "score_list": ["synflow"]}), s)
+    store = ResultStore(tmp_path)
+    for job in proxy + reference + zero:
+        top1 = 0.5 + 0.1 * s["archs"].index(job.arch)
+        r = {**record(job, top1), "trainer": job.trainer, "dataset": job.dataset, "threads": job.threads,
+             "device": job.device, "batch_size": job.batch_size,
+             "dataset_key": dataset_key(job.dataset), "setting": None}
+        if job.kind == "train":
+            r["setting"] = setting_key(job.trainer, job.dataset)
+        else:
+            r["result"] = {"synflow": top1, "seconds": 0.1, "error": None}
+        store.append(r)
+    store.close()
+    capsys.readouterr()
+    assert bench.main(argv) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    assert len(rows) == 2 and [r["proxy"] for r in rows if r["proxy"].startswith("synflow (training-free")], rows

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -61,6 +62,39 @@ def _ints(text: str, name: str) -> list[int]:
         if not is_seed(value):
             raise BadInput(f"{name}: each seed must be an integer in [0, 2**64), got {value}")
     return values
+
+
+def _writable_dir(flag: str, value: str, directory: Path) -> None:
+    """``directory`` exists and is writable, or can be made: its nearest existing ancestor is a writable directory
+    (checked before any job runs, not found out after all of them)."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:  # exists() is False under a file too
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BadInput(f"{flag} {value}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInput(f"{flag} {value}: cannot write in {existing}")
+
+
+def _plot_path(plot: str) -> str:
+    """The file --plot writes: without an extension matplotlib adds its default one (fig -> fig.png), so that is the
+    path checked and printed; the format must be one matplotlib writes and the folder one that can be written."""
+    from matplotlib import rcParams
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    if plot.endswith(("/", os.sep)) or Path(plot).is_dir():
+        raise BadInput(f"--plot {plot} is a directory: name the image file (e.g. {Path(plot) / 'fidelity.png'})")
+    ext = os.path.splitext(plot)[1][1:]  # as savefig reads it
+    if not ext:
+        ext = rcParams["savefig.format"]
+        plot = f"{plot.rstrip('.')}.{ext}"
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if ext.lower() not in kinds:
+        raise BadInput(f"--plot {plot}: matplotlib cannot write '.{ext}' files (it writes {', '.join(sorted(kinds))})")
+    _writable_dir("--plot", plot, Path(plot).parent)
+    if Path(plot).exists() and not os.access(plot, os.W_OK):
+        raise BadInput(f"--plot {plot}: the file cannot be written")
+    return plot
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -115,13 +149,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     if problem := check_device(args.device):
         raise BadInput(problem.replace("trainer.device", "--device"))
-    if args.plot and Path(args.plot).suffix:
-        from matplotlib.backend_bases import FigureCanvasBase
-
-        kinds = FigureCanvasBase.get_supported_filetypes()
-        if Path(args.plot).suffix[1:].lower() not in kinds:
-            raise BadInput(f"--plot {args.plot}: matplotlib cannot write {Path(args.plot).suffix!r} files "
-                           f"(it writes {', '.join(sorted(kinds))})")
+    if args.plot:
+        args.plot = _plot_path(args.plot)
     args.seed_list = _ints(args.seeds, "--seeds")
     args.reference_seed_list = _ints(args.reference_seeds, "--reference-seeds")
     args.score_list = [] if args.zero_cost.strip() in ("", "none") else [s.strip() for s in args.zero_cost.split(",")]

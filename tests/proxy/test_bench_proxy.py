@@ -535,3 +535,16 @@ def test_a_summary_on_cuda_keeps_the_training_free_rows(tmp_path, capsys, monkey
     assert bench.main(argv) == 0
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
     assert len(rows) == 2 and [r["proxy"] for r in rows if r["proxy"].startswith("synflow (training-free")], rows
+
+
+def test_a_plot_that_cannot_be_written_is_refused_before_any_job(tmp_path):
+    """A --plot under a file (or a folder that cannot be made) was found out only when the figure was saved, after
+    every job had run: a traceback and no --json line. A --plot without an extension printed a path matplotlib
+    did not write (it adds .png)."""
+    bench = load_script()
+    (tmp_path / "results.jsonl").write_text("")
+    for plot in (tmp_path / "results.jsonl" / "fig.png", tmp_path / "results.jsonl" / "sub" / "fig", tmp_path):
+        with pytest.raises(bench.BadInput, match="^--plot "):  # main: one error line, exit 2 (as every BadInput)
+            bench.parse_args(["--plot", str(plot)])
+    assert bench.parse_args(["--plot", str(tmp_path / "new" / "fig")]).plot == str(tmp_path / "new" / "fig.png")
+    assert bench.parse_args(["--plot", "fig.svg"]).plot == "fig.svg"

@@ -159,6 +159,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [s for s in args.score_list if s not in SCORES]
     if unknown:
         raise BadInput(f"unknown training-free score(s) {', '.join(unknown)}; known: {', '.join(SCORES)}, none")
+    if "naswot" in args.score_list and args.zero_cost_batch < 2:  # every job failed, and was stored so for good
+        raise BadInput(f"--zero-cost-batch must be >= 2 for naswot (it compares images), got {args.zero_cost_batch}")
     for flag, items in (("--reference", args.reference), ("--baseline", args.baseline)):
         for item in items:
             if "=" not in item or not item.split("=", 1)[0].startswith(("trainer.", "dataset.")):

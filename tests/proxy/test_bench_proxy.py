@@ -234,6 +234,7 @@ def test_reference_holds_out_the_proxys_images_and_trains_on_none_of_them(tmp_pa
     (["--seeds", "0,-1"], "each seed must be an integer in [0, 2**64), got -1"),  # stored as a failed job for good
     (["--reference-seeds", "-2"], "--reference-seeds"),
     (["--zero-cost", "grad_norm"], "grad_norm"),
+    (["--zero-cost-batch", "1"], "--zero-cost-batch must be >= 2 for naswot"),  # every naswot job stored as failed
     (["--reference", "epochs=3"], "--reference"),
     (["--reference", "dataset.val_per_class=7"], "val_per_class"),
     (["--reference", "dataset.seed=3"], "dataset.seed"),
@@ -548,3 +549,7 @@ def test_a_plot_that_cannot_be_written_is_refused_before_any_job(tmp_path):
             bench.parse_args(["--plot", str(plot)])
     assert bench.parse_args(["--plot", str(tmp_path / "new" / "fig")]).plot == str(tmp_path / "new" / "fig.png")
     assert bench.parse_args(["--plot", "fig.svg"]).plot == "fig.svg"
+
+
+def test_a_one_image_batch_is_refused_only_for_naswot():
+    assert load_script().parse_args(["--zero-cost", "synflow", "--zero-cost-batch", "1"]).zero_cost_batch == 1

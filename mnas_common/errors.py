@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 
 def first_line(value: object, *, limit: int = 500, with_type: bool = False) -> str:
     """The first non-empty line of ``value`` (an exception or any text), at most ``limit`` characters.
@@ -27,3 +29,11 @@ def cause_of(exc: BaseException) -> BaseException:
         seen.add(id(exc))
         exc = exc.__cause__
     return exc
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose bad command lines are one line, ``error: PROG: ...``, and exit 2 (not the whole
+    usage): as every other bad input of the command-line tools."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}\n")

@@ -154,6 +154,8 @@ class ResultStore:
                 if n == len(lines):  # cut short by a kill (read-only readers do not repair the file)
                     break
                 raise ValueError(f"{self.path}:{n}: not a JSON line") from None
+            if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+                raise ValueError(f"{self.path}:{n}: not a record (a JSON object with a \"key\")")
             records[record["key"]] = record
         return self._keep(records)
 

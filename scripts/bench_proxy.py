@@ -40,11 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mnas_common import paths  # noqa: E402
 from mnas_common.checks import is_seed, positive_int  # noqa: E402
 from mnas_common.config import to_plain  # noqa: E402
-from mnas_common.errors import first_line  # noqa: E402
+from mnas_common.errors import OneLineParser, first_line  # noqa: E402
 
 REFERENCES = "mobilenet_v2,mnasnet_a1,mnasnet_b1"
 # fields that define which images are held out: the reference must share them with the proxy
 SPLIT_FIELDS = ("source", "root", "classes", "seed", "val_per_class", "channels")
+
+# what --summary reads of each stored record
+SUMMARY_FIELDS = {"train": ("kind", "role", "setting", "threads", "device", "trainer", "dataset", "result"),
+                  "zero_cost": ("kind", "score", "batch_size", "dataset_key", "dataset", "result")}
 
 
 class BadInput(ValueError):
@@ -98,7 +102,7 @@ def _plot_path(plot: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    ap = OneLineParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the proxy, e.g. trainer.epochs=1 "
                     "dataset.images_per_class=1000 (applied after the experiment)")
@@ -151,6 +155,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise BadInput(problem.replace("trainer.device", "--device"))
     if args.plot:
         args.plot = _plot_path(args.plot)
+    if args.cache_dir is not None:
+        _writable_dir("--cache-dir", args.cache_dir, Path(args.cache_dir))
     args.seed_list = _ints(args.seeds, "--seeds")
     args.reference_seed_list = _ints(args.reference_seeds, "--reference-seeds")
     args.score_list = [] if args.zero_cost.strip() in ("", "none") else [s.strip() for s in args.zero_cost.split(",")]
@@ -446,7 +452,13 @@ def main(argv: list[str] | None = None) -> int:
     baseline = baseline_jobs(args, s)
     if args.summary:
         try:
-            records = ResultStore(args.results, write=False).load()
+            store = ResultStore(args.results, write=False)
+            records = store.load()
+            for key, r in records.items():  # the summary reads every record: one from elsewhere is no KeyError
+                fields = SUMMARY_FIELDS["zero_cost" if r.get("kind") == "zero_cost" else "train"]
+                if missing := [f for f in fields if f not in r]:
+                    raise ValueError(f"{store.path}: the record {key!r} lacks {', '.join(missing)}: "
+                                     "not a bench_proxy record")
         except ValueError as exc:  # a damaged results file: one line, nothing written
             print(f"error: {first_line(exc)}", file=sys.stderr)
             return 2
@@ -467,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         check_held_out(proxy_data, reference_data)
         baseline_data = load_dataset(s["baseline_dataset"], cache_dir=args.cache_dir, progress=not args.no_progress) \
             if baseline else None
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # a cache that cannot be read or written, too
         store.close()
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2

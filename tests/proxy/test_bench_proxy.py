@@ -553,3 +553,33 @@ def test_a_plot_that_cannot_be_written_is_refused_before_any_job(tmp_path):
 
 def test_a_one_image_batch_is_refused_only_for_naswot():
     assert load_script().parse_args(["--zero-cost", "synflow", "--zero-cost-batch", "1"]).zero_cost_batch == 1
+
+
+@pytest.mark.parametrize("line, says", [
+    ('{"note": "not a record"}', "results.jsonl:2: not a record"),
+    ('[1, 2]', "results.jsonl:2: not a record"),
+    ('{"key": "x", "result": {}}', "lacks kind, role, setting"),
+])
+def test_a_json_line_that_is_no_record_is_one_line_and_left_as_it_was(tmp_path, capsys, line, says):
+    bench, argv, _, _ = summary_setup(tmp_path)
+    (tmp_path / "results.jsonl").write_text('{"key": "a", "kind": "zero_cost", "score": "synflow", "batch_size": 2, '
+                                            f'"dataset_key": "d", "dataset": {{}}, "result": {{}}}}\n{line}\n')
+    before = (tmp_path / "results.jsonl").read_bytes()
+    assert bench.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and says in err, err
+    assert (tmp_path / "results.jsonl").read_bytes() == before
+
+
+def test_a_cache_dir_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    bench = load_script()
+    with pytest.raises(bench.BadInput, match="^--cache-dir .*file is not a directory"):
+        bench.parse_args(["--cache-dir", str(tmp_path / "file" / "data")])
+
+
+def test_a_bad_command_line_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        load_script().parse_args(["--archs", "abc"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "--archs" in err, err

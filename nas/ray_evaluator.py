@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnas_common.checks import non_negative_number, positive_int, positive_number
+from mnas_common.checks import known_fields, non_negative_number, positive_int, positive_number
 from mnas_common.errors import first_line
 
 from latency.result import transient
@@ -47,6 +47,27 @@ log = logging.getLogger("nas.ray")
 TRAIN, CONVERT, TIME = "train", "convert", "time"
 CLUSTER_PROBE_S = 5.0  # how long the check waits for a cluster's head to answer
 RAY_CLIENT_PORT = 10001  # a ray:// address without a port
+RAY_RESOURCE_UNIT = 1e-4  # Ray refuses a fractional resource finer than this (at ray.remote, once Ray has started)
+
+
+def _resource(name: str, value, *, zero: bool = False) -> float:
+    """A CPU or GPU amount for one actor: a number > 0 (``zero``: >= 0), in Ray's units of 0.0001."""
+    amount = (non_negative_number if zero else positive_number)(name, value)
+    if 0 < amount < RAY_RESOURCE_UNIT:
+        raise ValueError(f"{name} must be {'0 or ' if zero else ''}at least {RAY_RESOURCE_UNIT:g} (Ray's finest "
+                         f"fraction of a resource), got {value!r}")
+    return amount
+
+
+def _serials(value) -> list[str] | None:
+    """``evaluator.devices.serials``: null (every advertised phone) or a list of adb serials."""
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
+            isinstance(s, str) and s.strip() for s in value):
+        example = f" (one phone: evaluator.devices.serials=[{value}])" if isinstance(value, str) else ""
+        raise ValueError(f"evaluator.devices.serials must be null or a list of adb serials, got {value!r}{example}")
+    return list(value)
 
 
 def cluster_problem(address: str | None, timeout_s: float = CLUSTER_PROBE_S) -> str | None:
@@ -83,12 +104,41 @@ def cluster_problem(address: str | None, timeout_s: float = CLUSTER_PROBE_S) -> 
     if not host or not port.isdigit():
         return f"evaluator.address={address}: expected host:port, got {target!r}"
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            return None
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as sock:
+            if _speaks_grpc(sock, timeout_s):
+                return None
     except OSError as exc:
         stale = "; the address of the last ray start here: has that cluster stopped?" if address == "auto" else ""
         return (f"evaluator.address={address}: no Ray cluster answers at {target} "
                 f"({exc.strerror or first_line(exc)}{stale}); {hint}")
+    return (f"evaluator.address={address}: {target} answers, but not as a Ray head (Ray speaks gRPC there: the "
+            f"dashboard's port or another server? the head's port is 6379 unless ray start --port said otherwise, "
+            f"ray:// uses {RAY_CLIENT_PORT}); {hint}")
+
+
+# The client's half of an HTTP/2 handshake: the connection preface and an empty SETTINGS frame (RFC 9113, 3.4)
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _speaks_grpc(sock, timeout_s: float) -> bool:
+    """Whether the server on ``sock`` answers an HTTP/2 preface with a SETTINGS frame, as a gRPC server (a Ray head's
+    GCS, the Ray client server) does at once; an HTTP/1 server, or one that says nothing, does not. Without this an
+    open port of anything else passed, and ``ray.init`` retried it for minutes. With TLS (``RAY_USE_TLS``) the
+    server expects a TLS handshake first: the open port is all that is checked."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return True
+    sock.settimeout(timeout_s)
+    try:
+        sock.sendall(_HTTP2_PREFACE)
+        head = b""
+        while len(head) < 9:  # the server's first frame header: length (3), type (1), flags (1), stream (4)
+            chunk = sock.recv(9 - len(head))
+            if not chunk:
+                return False
+            head += chunk
+    except OSError:  # reset, or no answer within the probe's time
+        return False
+    return head[3] == 4 and head[5:9] == bytes(4)
 
 
 # ---------------------------------------------------------------------------------------------------- actors
@@ -266,16 +316,21 @@ class RayEvaluator(Evaluator):
             self.latency = absolute_paths(self.latency)
         self.deploy, self.seed = dict(deploy), seed
         self.address = address
-        self.trainers = {"actors": 2, "num_cpus": 1, "num_gpus": 0, "threads": threads or 1, **(trainers or {})}
-        self.converters = {"actors": 1, "num_cpus": 1, **(converters or {})}
-        self.devices = {"serials": None, "num_cpus": 1, **(devices or {})}
+        self.trainers = {"actors": 2, "num_cpus": 1, "num_gpus": 0, "threads": threads or 1}
+        self.converters = {"actors": 1, "num_cpus": 1}
+        self.devices = {"serials": None, "num_cpus": 1}
+        for section, fields, given in (("trainers", self.trainers, trainers), ("converters", self.converters, converters),
+                                       ("devices", self.devices, devices)):
+            known_fields(f"evaluator.{section}", given or {}, fields)  # a misspelt num_gpu was ignored in silence
+            fields.update(given or {})
         positive_int("evaluator.trainers.actors", self.trainers["actors"])
-        positive_number("evaluator.trainers.num_cpus", self.trainers["num_cpus"])
-        non_negative_number("evaluator.trainers.num_gpus", self.trainers["num_gpus"])
+        _resource("evaluator.trainers.num_cpus", self.trainers["num_cpus"])
+        _resource("evaluator.trainers.num_gpus", self.trainers["num_gpus"], zero=True)
         positive_int("evaluator.trainers.threads", self.trainers["threads"])
         positive_int("evaluator.converters.actors", self.converters["actors"])
-        positive_number("evaluator.converters.num_cpus", self.converters["num_cpus"])
-        non_negative_number("evaluator.devices.num_cpus", self.devices["num_cpus"])
+        _resource("evaluator.converters.num_cpus", self.converters["num_cpus"])
+        _resource("evaluator.devices.num_cpus", self.devices["num_cpus"], zero=True)
+        self.devices["serials"] = _serials(self.devices["serials"])
         self.max_attempts = positive_int("evaluator.max_attempts", max_attempts)
         self.max_child_memory_gb = positive_number("evaluator.max_child_memory_gb", max_child_memory_gb)
         if dataset_transfer not in ("path", "object_store"):
@@ -376,13 +431,25 @@ class RayEvaluator(Evaluator):
         except ray.exceptions.RayError as exc:  # one died in its constructor, or with its node
             raise EvaluatorStopped(f"the {what} actors cannot start: {_why(exc)}") from None
 
-    def _demand(self) -> dict[str, float]:
-        """Logical resources the actors ask for (phones aside)."""
+    def _demand(self, phones: list[str]) -> dict[str, float]:
+        """Logical resources the actors ask for (phones aside), with ``phones`` (the advertised phones, of which
+        :meth:`_timing_serials` picks those timed on: one device actor each; host timing has one)."""
         t, c, d = self.trainers, self.converters, self.devices
         cpus = t["actors"] * t["num_cpus"]
         if self.latency is not None and self.modes.measures:
-            cpus += c["actors"] * c["num_cpus"] + d["num_cpus"] * max(1, len(d["serials"] or []))
+            devices = len(self._timing_serials(phones)) if self.latency.get("runner") == "adb" else 1
+            cpus += c["actors"] * c["num_cpus"] + d["num_cpus"] * max(1, devices)
         return {"CPU": cpus, "GPU": t["actors"] * t["num_gpus"]}
+
+    def _timing_serials(self, advertised: list[str]) -> list[str]:
+        """The phones to time on: ``devices.serials``, else the latency config's serial, else every advertised one."""
+        return list(self.devices["serials"] or self.latency.get("serial") and [self.latency["serial"]] or advertised)
+
+    @staticmethod
+    def _advertised_phones() -> list[str]:
+        import ray
+
+        return sorted(k[len("phone_"):] for k in ray.cluster_resources() if k.startswith("phone_"))
 
     def _init_ray(self) -> None:
         import signal
@@ -392,12 +459,13 @@ class RayEvaluator(Evaluator):
         resources = {}
         if self.address is None and self.latency is not None and self.latency.get("runner") == "adb":
             resources = {f"phone_{serial}": 1 for serial in _local_phones(self.latency)}
+        phones = sorted(serial[len("phone_"):] for serial in resources)
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         kwargs = {}
         if self.address is None:
             # Ray's CPUs are logical (admission, not isolation): on a small machine the actors may ask for more
             # than its cores, as the local evaluator's trainer and latency workers already share them
-            kwargs["num_cpus"] = max(os.cpu_count() or 1, int(-(-self._demand()["CPU"] // 1)))
+            kwargs["num_cpus"] = max(os.cpu_count() or 1, int(-(-self._demand(phones)["CPU"] // 1)))
         # Ray's own console output is kept to errors (its logs stay under /tmp/ray/session_*/logs): the search's
         # progress bar and one-line errors are what a user reads
         try:
@@ -421,7 +489,7 @@ class RayEvaluator(Evaluator):
 
         have = ray.cluster_resources()
         short = [f"{need:g} {kind} (the cluster has {have.get(kind, 0):g})"
-                 for kind, need in self._demand().items() if need > have.get(kind, 0) + 1e-9]
+                 for kind, need in self._demand(self._advertised_phones()).items() if need > have.get(kind, 0) + 1e-9]
         if short:
             raise EvaluatorStopped(f"the Ray actors need {' and '.join(short)}: lower evaluator.trainers.actors or "
                                    "their num_cpus/num_gpus, or add nodes")
@@ -433,9 +501,8 @@ class RayEvaluator(Evaluator):
         if latency.get("runner") != "adb":
             cls = ray.remote(num_cpus=num_cpus, max_restarts=0)(DeviceActor)
             return _Pool(TIME, lambda: cls.remote(latency), 1)
-        serials = self.devices["serials"] or latency.get("serial") and [latency["serial"]]
-        advertised = sorted(k[len("phone_"):] for k in ray.cluster_resources() if k.startswith("phone_"))
-        serials = list(serials or advertised)
+        advertised = self._advertised_phones()
+        serials = self._timing_serials(advertised)
         missing = [s for s in serials if s not in advertised]
         if not serials or missing:
             raise EvaluatorStopped(

@@ -7,6 +7,8 @@ test servers listen where Ray would connect."""
 from __future__ import annotations
 
 import socket
+import threading
+from contextlib import contextmanager
 
 import pytest
 
@@ -29,11 +31,47 @@ def test_null_starts_ray_here_and_needs_no_cluster():
     assert cluster_problem(None) is None
 
 
+@contextmanager
+def _server(answer: bytes):
+    """A server on the head's host that reads what a client sends and answers ``answer`` to every connection."""
+    server = socket.create_server((_head_host(), 0))
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.recv(1024)
+                conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+        thread.join(5)
+
+
+GRPC_SETTINGS = bytes([0, 0, 6, 4, 0, 0, 0, 0, 0]) + bytes([0, 3, 0, 0, 0, 100])  # a server's first HTTP/2 frame
+
+
 def test_an_address_where_a_head_listens_passes():
-    with socket.create_server((_head_host(), 0)) as server:
-        port = server.getsockname()[1]
+    with _server(GRPC_SETTINGS) as port:  # answers an HTTP/2 preface as Ray's GCS and client server (gRPC) do
         assert cluster_problem(f"127.0.0.1:{port}") is None
         assert cluster_problem(f"ray://{_head_host()}:{port}") is None
+
+
+@pytest.mark.parametrize("answer", [b"HTTP/1.0 400 Bad request\r\n\r\n", b""], ids=["http1", "silent"])
+def test_an_address_where_another_server_listens_is_one_line(answer):
+    """Any open port passed (a dashboard's, pasted by mistake), and ray.init then retried it for minutes."""
+    with _server(answer) as port:
+        address = f"{_head_host()}:{port}"
+        problem = cluster_problem(address, timeout_s=2)
+    assert problem.startswith(f"evaluator.address={address}: {address} answers, but not as a Ray head")
+    assert "\n" not in problem
 
 
 @pytest.mark.parametrize("form", ["{0}", "ray://{0}"])

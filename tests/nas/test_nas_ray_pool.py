@@ -211,3 +211,33 @@ def test_a_stage_that_raises_or_gives_up_is_the_clusters_failure_and_hybrid_keep
         child = evaluator._done.popleft()
         assert child.ok and child.latency_ms == 12.0 and str(child.latency_source) == "predicted", stage
         assert child.extra["latency_measurement_failed"].startswith(f"{stage}: "), stage
+
+
+@pytest.mark.parametrize("section, value, message", [
+    ("trainers", {"num_cpus": 0.00001}, "evaluator.trainers.num_cpus must be at least 0.0001"),  # Ray's traceback
+    ("trainers", {"num_gpus": 0.00001}, "evaluator.trainers.num_gpus must be 0 or at least 0.0001"),
+    ("converters", {"num_cpus": 0.00005}, "evaluator.converters.num_cpus must be at least 0.0001"),
+    ("trainers", {"num_gpu": 1}, "unknown evaluator.trainers field(s) num_gpu (did you mean num_gpus?)"),
+    ("converters", {"actor": 2}, "unknown evaluator.converters field(s) actor (did you mean actors?)"),
+    ("devices", {"serials": "FAKEA"}, "evaluator.devices.serials must be null or a list of adb serials, got 'FAKEA' "
+                                      "(one phone: evaluator.devices.serials=[FAKEA])"),
+    ("devices", {"serials": ["A", ""]}, "evaluator.devices.serials must be null or a list of adb serials"),
+])
+def test_actor_settings_are_checked_when_the_evaluator_is_built(section, value, message):
+    """A resource finer than Ray's unit was a traceback once Ray had started; a misspelt key was ignored; a single
+    serial was split into its characters (F, A, K, E, A)."""
+    with pytest.raises(ValueError) as refused:
+        RayEvaluator(trainer=None, dataset=None, deploy={}, latency=None, **{section: value})
+    assert str(refused.value).startswith(message)
+
+
+def test_the_phones_a_search_times_on_count_in_the_cpus_it_needs(fake_ray):
+    """devices.serials null (every advertised phone) counted one device actor: with two phones the check passed
+    and an actor waited for a CPU for ten minutes instead of the search being refused at once."""
+    fake_ray.resources.update(CPU=4.0, phone_A=1.0, phone_B=1.0)  # 2 trainers + 1 converter + 2 devices = 5
+    evaluator = RayEvaluator(trainer=None, dataset=None, deploy={}, latency={"runner": "adb"})
+    with pytest.raises(EvaluatorStopped, match=r"^the Ray actors need 5 CPU \(the cluster has 4\)"):
+        evaluator._check_resources()
+    chosen = RayEvaluator(trainer=None, dataset=None, deploy={}, latency={"runner": "adb"},
+                          devices={"serials": ["A"]})
+    chosen._check_resources()  # one phone chosen: 4 CPUs are enough

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from latency.runners import AdbRunner, DeviceError, HostRunner
 from latency.table import CALIBRATION_DEFAULT
+from mnas_common.errors import OneLineParser
 
 
 def _runner_fields(args: argparse.Namespace) -> dict:
@@ -275,13 +276,6 @@ def _cache_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad command lines get one line, ``error: ...``, and exit 2 (as every other bad input)."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {self.prog}: {message}\n")
-
-
 def _parsers() -> argparse.ArgumentParser:
     runner = argparse.ArgumentParser(add_help=False)
     runner.add_argument("--runner", choices=("host", "adb"), default="host")
@@ -320,7 +314,7 @@ def _parsers() -> argparse.ArgumentParser:
                                                       "instead of asking the attached one")
     pick.add_argument("--table", default=None, help="table key (or a unique prefix) from 'table list'")
 
-    parser = _Parser(prog="python -m latency", description=__doc__,
+    parser = OneLineParser(prog="python -m latency", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("measure", parents=[runner, shape], help="convert ARCH to TFLite and time it")

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from mnas_common.errors import first_line
+from mnas_common.errors import OneLineParser, first_line
 from nas.front import front_mask, hypervolume
 from nas.record import ChildResult, export_fields
 from nas.store import STORE_NAME, RunStore, StoreError
@@ -471,8 +471,8 @@ def _remove_abandoned(out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nas.pareto", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m nas.pareto", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run directories, or directories containing runs (sweeps)")
     parser.add_argument("--out", default=None, help="output directory (default: <first run>/pareto)")
     parser.add_argument("--export", type=int, default=0, metavar="K", help="also export the top-K as ONNX/TFLite")

@@ -13,7 +13,6 @@ at batch 64, median of repeated runs in this process. Goal: sample 64 + one PPO 
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
@@ -151,7 +150,9 @@ def overhead(args, num_choices) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from mnas_common.errors import OneLineParser  # bad command lines: one error line, exit 2
+
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=int, default=3072, help="samples per controller and seed")
     parser.add_argument("--batch", type=int, default=32, help="samples per controller update")

@@ -59,7 +59,6 @@ Usage: .venv/bin/python scripts/bench_latency.py [--resolution 224] [--repeats 5
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import os
 import shutil
@@ -107,7 +106,9 @@ def _scratch(prefix: str, keep: bool) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from mnas_common.errors import OneLineParser  # bad command lines: one error line, exit 2
+
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--runs", type=int, default=30)

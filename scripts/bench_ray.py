@@ -24,7 +24,6 @@ every interface. ``python scripts/bench_ray.py --json`` ends with one JSON line 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import heapq
 import json
@@ -294,7 +293,9 @@ def simulate_all(args, costs: list[dict], tmp: Path, out: dict) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from mnas_common.errors import OneLineParser  # bad command lines: one error line, exit 2
+
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=int, default=56,
                         help="children of each real search in part 1 (56: the quickstart's own, what make search runs)")
     parser.add_argument("--children", type=int, default=8000, help="children of each simulated search")

@@ -96,7 +96,9 @@ def kill_and_resume(run_dir: Path, budget: int) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from mnas_common.errors import OneLineParser  # bad command lines: one error line, exit 2
+
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=int, default=8000, help="the largest budget (also 1,000 and 4,000)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     parser.add_argument("--drive", help=argparse.SUPPRESS)  # internal: one driver run in this process

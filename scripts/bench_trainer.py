@@ -12,7 +12,6 @@ Measured side by side in one run (rounds interleave the models so a busy machine
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -59,7 +58,9 @@ def main() -> int:
 
     from search_spaces import build_model
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from mnas_common.errors import OneLineParser  # bad command lines: one error line, exit 2
+
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=12)

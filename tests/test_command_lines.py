@@ -1,0 +1,24 @@
+"""Every command-line tool answers a bad command line with one line, ``error: ...``, and exit 2 (argparse's default
+was the whole usage, then the error: up to 15 lines)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+TOOLS = [["-m", "nas.pareto", "run"], ["-m", "latency", "measure", "mnasnet_b1"], ["scripts/bench_proxy.py"],
+         ["scripts/bench_ray.py"], ["scripts/bench_latency.py"], ["scripts/bench_controllers.py"],
+         ["scripts/bench_search.py"], ["scripts/bench_trainer.py"]]
+
+
+@pytest.mark.parametrize("tool", TOOLS, ids=lambda tool: tool[-1] if tool[0] != "-m" else tool[1])
+def test_an_unknown_flag_is_one_error_line(tool):
+    result = subprocess.run([sys.executable, *tool, "--no-such-flag"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert "unrecognized arguments: --no-such-flag" in result.stderr

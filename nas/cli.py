@@ -120,7 +120,7 @@ def check_command_line(config_name: str, argv: list[str], *, strict_keys: bool =
                 try:
                     cfg = compose(config_name=config_name, overrides=job)
                 except Exception as exc:
-                    raise ConfigError(where + " ".join(str(exc).split())) from None
+                    raise ConfigError(where + hydra_message(exc)) from None
                 problems = []
                 if strict_keys:
                     problems += [f"unknown config key {key!r}{did_you_mean(key, known)}"
@@ -133,9 +133,15 @@ def check_command_line(config_name: str, argv: list[str], *, strict_keys: bool =
     except ConfigError:
         raise
     except Exception as exc:
-        message = " ".join(str(exc).split())
+        message = hydra_message(exc)
         raise ConfigError(message + tilde_hint(message, argv)) from None
     return first
+
+
+def hydra_message(exc: BaseException) -> str:
+    """Hydra's message on one line, without the config search path it appends to a missing config (the same three
+    providers every time, longer than the message itself)."""
+    return " ".join(str(exc).split()).split(" Config search path:", 1)[0]
 
 
 def tilde_hint(message: str, argv: list[str]) -> str:

@@ -25,7 +25,7 @@ def _compose(overrides: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nas.cli import tilde_hint
+    from nas.cli import hydra_message, tilde_hint
     from nas.data import DatasetConfig, cache_root, load_dataset, prepare
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - start
         data = load_dataset(dataset, cfg.cache_dir, progress=False)
     except Exception as exc:  # bad overrides, missing folders, unknown classes: one readable line
-        message = " ".join(str(exc).split())  # Hydra's messages span lines: keep the error to one line
+        message = hydra_message(exc)  # Hydra's messages span lines: keep the error to one line
         print(f"error: {exc.__class__.__name__}: {message}{tilde_hint(message, overrides)}", file=sys.stderr)
         return 2
     info = data.describe()

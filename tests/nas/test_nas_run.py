@@ -224,6 +224,7 @@ def test_an_oversized_child_is_a_failed_child_not_an_out_of_memory_kill(tmp_path
 def test_bad_command_lines_are_one_error_line_with_exit_2(tmp_path, override, message):
     line = one_error_line(cli(tmp_path / "run", override))
     assert message in line
+    assert "Config search path" not in line  # Hydra's providers, appended to a missing config: noise
     assert not (tmp_path / "run" / "run.sqlite").exists()
 
 

@@ -279,6 +279,10 @@ def test_train_cli_prints_a_final_json_line(tmp_path):
                          cwd=ROOT, env=env, capture_output=True, text=True)
     lines = bad.stderr.strip().splitlines()
     assert bad.returncode == 2 and len(lines) == 1 and "dataset.bogus" in lines[0], bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "nas.data", "info", "dataset=nope"], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "Could not find 'dataset/nope'" in bad.stderr
+    assert "Config search path" not in bad.stderr  # Hydra's providers, appended to a missing config: noise
 
 
 @pytest.mark.parametrize("args, culprit", [

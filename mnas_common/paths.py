@@ -17,3 +17,22 @@ def config_dir() -> Path:
     import configs
 
     return Path(configs.__file__).resolve().parent
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path``, or its nearest ancestor that exists (``exists()`` is False under a regular file too)."""
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing
+
+
+def directory_problem(directory: str | Path) -> str | None:
+    """Why files cannot be written in ``directory`` (made if missing), found before any work; None when they can:
+    its nearest existing ancestor must be a directory this process may write in."""
+    existing = nearest_existing(Path(directory))
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write in {existing} (read-only)"
+    return None

@@ -21,6 +21,7 @@ import types
 from pathlib import Path
 
 from mnas_common.checks import is_number, positive_int
+from mnas_common.paths import nearest_existing
 
 from nas.record import ChildResult, export_fields
 from nas.store import LOCK_NAME, STORE_NAME
@@ -28,9 +29,7 @@ from nas.store import LOCK_NAME, STORE_NAME
 
 def _writable(path: Path) -> str | None:
     """A reason ``path`` (a file to create or append to) cannot be written, or None."""
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = nearest_existing(path.parent)
     if path.is_dir():
         return f"{path} is a directory (name a file)"
     if path.exists() and not os.access(path, os.W_OK):

@@ -25,6 +25,7 @@ from typing import Any
 from mnas_common.checks import is_int, is_seed, positive_int, seed
 from mnas_common.config import to_plain
 from mnas_common.errors import first_line
+from mnas_common.paths import directory_problem
 
 from nas.components import ConfigError, build, strip_targets
 from nas.engine import Search
@@ -165,14 +166,8 @@ def build_parts(cfg, run_dir: str | Path) -> Parts:
 
 
 def check_run_dir(run_dir: Path, name: str = "run_dir") -> list[str]:
-    existing = run_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return [f"{name} {run_dir}: {existing} is not a directory"]
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return [f"{name} {run_dir} cannot be written ({existing} is read-only)"]
-    return []
+    problem = directory_problem(run_dir)
+    return [f"{name} {run_dir}: {problem}"] if problem else []
 
 
 def environment() -> dict:

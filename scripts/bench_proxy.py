@@ -69,15 +69,10 @@ def _ints(text: str, name: str) -> list[int]:
 
 
 def _writable_dir(flag: str, value: str, directory: Path) -> None:
-    """``directory`` exists and is writable, or can be made: its nearest existing ancestor is a writable directory
-    (checked before any job runs, not found out after all of them)."""
-    existing = directory
-    while not existing.exists() and existing != existing.parent:  # exists() is False under a file too
-        existing = existing.parent
-    if not existing.is_dir():
-        raise BadInput(f"{flag} {value}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise BadInput(f"{flag} {value}: cannot write in {existing}")
+    """``directory`` exists and is writable, or can be made (checked before any job runs, not found out after all
+    of them)."""
+    if problem := paths.directory_problem(directory):
+        raise BadInput(f"{flag} {value}: {problem}")
 
 
 def _plot_path(plot: str) -> str:

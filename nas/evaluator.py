@@ -112,16 +112,17 @@ def latency_problem(exc: BaseException) -> str:
 
 
 def size_guard(arch: str, *, deploy: dict, data_shape: tuple[int, int, int] | None, batch_size: int,
-               optimizer_slots: int, limit_gb: float) -> tuple[Any, str | None]:
+               optimizer_slots: int, limit_gb: float, converts: bool = True) -> tuple[Any, str | None]:
     """Profile ``arch`` at the deployment input (exact params/MACs, on the meta device) and refuse it when its
-    estimated memory for conversion, or for training at ``data_shape`` = (resolution, channels, classes), exceeds
+    estimated memory for conversion (``converts``: a run that may convert it, not one without latency or with
+    ``latency.mode=predict``), or for training at ``data_shape`` = (resolution, channels, classes), exceeds
     ``limit_gb``. Returns ``(profile, reason)``; ``reason`` is None for an architecture that fits."""
     from search_spaces import profile_arch
 
     profile = profile_arch(arch, resolution=deploy["resolution"], in_channels=deploy["channels"],
                            num_classes=deploy["num_classes"])
     limit = limit_gb * GiB
-    if profile.inference_bytes() > limit:
+    if converts and profile.inference_bytes() > limit:
         return profile, (f"too large: an estimated {profile.inference_bytes() / GiB:.1f} GB to convert at "
                          f"{deploy['resolution']} px exceeds the limit of {limit_gb:g} GB (max_child_memory_gb)")
     if data_shape is not None:
@@ -169,6 +170,9 @@ def check_scores(scores: Sequence[str] | None, batch_size: int) -> tuple[tuple[s
     ``evaluator.score_batch_size``, checked the same way for any evaluator."""
     from nas.zero_cost import SCORES
 
+    if isinstance(scores, str):  # split into its letters, it was refused naming those
+        raise ValueError(f"evaluator.scores must be a list of training-free scores, got {scores!r} (one score: "
+                         f"evaluator.scores=[{scores}])")
     scores = tuple(scores or ())
     unknown = [name for name in scores if name not in SCORES]
     if unknown or len(set(scores)) != len(scores):
@@ -416,7 +420,8 @@ class LocalEvaluator(Evaluator):
             profile, too_large = size_guard(
                 arch, deploy=self.deploy, batch_size=self.trainer.batch_size,
                 data_shape=(data.resolution, data.channels, data.num_classes) if data is not None else None,
-                optimizer_slots=2 if self.trainer.optimizer == "rmsprop" else 1, limit_gb=self.max_child_memory_gb)
+                optimizer_slots=2 if self.trainer.optimizer == "rmsprop" else 1, limit_gb=self.max_child_memory_gb,
+                converts=self.service is not None and self.modes.measures)
             child.params, child.macs = profile.params, profile.macs
             if too_large:
                 child.fail(too_large)

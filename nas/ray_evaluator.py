@@ -542,7 +542,8 @@ class RayEvaluator(Evaluator):
         try:
             profile, too_large = size_guard(
                 arch, deploy=self.deploy, data_shape=self._data_shape, batch_size=self.trainer.batch_size,
-                optimizer_slots=2 if self.trainer.optimizer == "rmsprop" else 1, limit_gb=self.max_child_memory_gb)
+                optimizer_slots=2 if self.trainer.optimizer == "rmsprop" else 1, limit_gb=self.max_child_memory_gb,
+                converts=self.latency is not None and self.modes.measures)
             child.params, child.macs = profile.params, profile.macs
             if too_large:
                 child.fail(too_large)

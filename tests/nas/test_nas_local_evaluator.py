@@ -102,7 +102,35 @@ def test_training_free_scores_are_stored_with_each_child(tmp_path):
     assert evaluator(tmp_path, latency=False).scores == ()  # off by default: nothing computed
 
 
+def test_the_conversion_estimate_counts_only_where_a_child_may_be_converted(tmp_path):
+    """Without latency (or with latency.mode=predict) no child is converted; a child that trains within the limit
+    was failed, for good, as too large to convert at the deployment resolution."""
+    from types import SimpleNamespace
+
+    from nas.evaluator import size_guard
+    from search_spaces import profile_arch, resolve_arch
+
+    deploy = {"resolution": 224, "channels": 3, "num_classes": 1000}
+    arch = resolve_arch("mnasnet_a1")
+    convert = profile_arch(arch, resolution=224, in_channels=3, num_classes=1000).inference_bytes() / 2**30
+    train = profile_arch(arch, resolution=16, in_channels=1, num_classes=4).training_bytes(16, 1) / 2**30
+    limit = (convert + train) / 2
+    assert train < limit < convert
+    guard = dict(deploy=deploy, data_shape=(16, 1, 4), batch_size=16, optimizer_slots=1, limit_gb=limit)
+    assert "to convert at 224 px" in size_guard(arch, **guard)[1]
+    assert size_guard(arch, **guard, converts=False)[1] is None
+
+    ev = LocalEvaluator(trainer=TRAINER, dataset=DATASET, latency=None, deploy=deploy, max_child_memory_gb=limit)
+    ev.data = SimpleNamespace(resolution=16, channels=1, num_classes=4)  # what start() prepares
+    ev.submit(arch)
+    (child, *_), = ev._queue
+    assert child.ok, child.error
+
+
 @pytest.mark.parametrize("kwargs, culprit", [({"scores": ["synflow", "nope"]}, "evaluator.scores"),
+                                             ({"scores": "synflow"}, "evaluator.scores must be a list of training-"
+                                                                     "free scores, got 'synflow' (one score: "
+                                                                     "evaluator.scores=[synflow])"),
                                              ({"scores": ["naswot", "naswot"]}, "evaluator.scores"),
                                              ({"score_batch_size": 0}, "evaluator.score_batch_size")])
 def test_bad_score_settings_are_one_line_naming_the_field(kwargs, culprit, tmp_path):

@@ -26,14 +26,17 @@ def _unit(arch: str, salt: str) -> float:
     return (zlib.crc32(f"{salt}:{arch}".encode()) % 1_000_003) / 1_000_003
 
 
-def synthetic_measurements(arch: str, resolution: int = 224) -> tuple[float, float, int, int]:
-    """(top-1, latency ms, params, MACs) of ``arch``: MACs and parameters counted from the block specs with the
-    usual formulas, latency about 1 ms per 60 M MACs plus a per-layer overhead, accuracy saturating in capacity."""
+def synthetic_measurements(arch: str, resolution: int = 224, channels: int = 3,
+                           num_classes: int = 1000) -> tuple[float, float, int, int]:
+    """(top-1, latency ms, params, MACs) of ``arch`` for a ``resolution`` x ``resolution`` x ``channels`` input and
+    ``num_classes`` classes: MACs and parameters counted from the block specs with the usual formulas, latency about
+    1 ms per 60 M MACs plus a per-layer overhead, accuracy saturating in capacity."""
     from search_spaces import parse_arch, resolve_arch
 
     spec = parse_arch(resolve_arch(arch))
     res, cin = math.ceil(resolution / 2), 32
-    macs, params, layers = res * res * 27 * cin, 27 * cin, 1
+    stem = 9 * channels * cin  # the 3x3 stem convolution
+    macs, params, layers = res * res * stem, stem, 1
     for block in spec.blocks:
         for i in range(block.repeats):
             stride = block.stride if i == 0 else 1
@@ -53,8 +56,8 @@ def synthetic_measurements(arch: str, resolution: int = 224) -> tuple[float, flo
                 p, m = p + 2 * cin * se, m + 2 * cin * se
             params, macs, layers = params + p, macs + m, layers + 1
             res, cin = out_res, cout
-    params += cin * 1280 + 1280 * 1000
-    macs += res * res * cin * 1280 + 1280 * 1000
+    params += cin * 1280 + 1280 * num_classes
+    macs += res * res * cin * 1280 + 1280 * num_classes
     latency = 0.4 + macs / 60e6 + 0.02 * layers
     latency *= 0.97 + 0.06 * _unit(arch, "latency")
     top1 = 0.55 + 0.33 * (1 - math.exp(-macs / 150e6)) + 0.08 * (1 - math.exp(-params / 2e6))
@@ -64,7 +67,11 @@ def synthetic_measurements(arch: str, resolution: int = 224) -> tuple[float, flo
 
 class SyntheticEvaluator(Evaluator):
     """Closed-form children (see the module docstring). ``failure_rate`` of the architectures fail (always the
-    same ones), ``seconds`` of sleep simulate work, ``capacity`` children are in flight at once."""
+    same ones), ``seconds`` of sleep simulate work, ``capacity`` children are in flight at once.
+
+    The children have the shape of the run's: no latency without one (``measure_latency=false``), a predicted one
+    with ``latency.mode=predict`` (the closed form stands in for both the predictor and the device, so ``hybrid``
+    children are all measured ones)."""
 
     synthetic = True
 
@@ -77,9 +84,12 @@ class SyntheticEvaluator(Evaluator):
         self.failure_rate = float(failure_rate)
         self.seconds = non_negative_number("evaluator.seconds", seconds)
         self.capacity = positive_int("evaluator.capacity", capacity)
-        self.resolution = int((deploy or {}).get("resolution", 224))
+        deploy = deploy or {}
+        self.input = (int(deploy.get("resolution", 224)), int(deploy.get("channels", 3)),
+                      int(deploy.get("num_classes", 1000)))
         self.seed = seed
         self.latency = latency
+        self.modes = LatencyModes.split(latency)[0] if latency is not None else None
         self.submitted: list[str] = []  # every evaluation ever asked for, in order (what tests count)
         self._queue: deque[str] = deque()
 
@@ -110,9 +120,17 @@ class SyntheticEvaluator(Evaluator):
         child = ChildResult(arch=arch, seed=child_seed(self.seed, arch))
         if _unit(arch, "failure") < self.failure_rate:
             return child.fail("train: loss is nan at epoch 1, step 3 (synthetic failure)")
-        top1, latency, child.params, child.macs = synthetic_measurements(arch, self.resolution)
-        child.top1, child.latency_ms, child.latency_source = top1, latency, LatencySource.MEASURED
+        child.top1, latency, child.params, child.macs = synthetic_measurements(arch, *self.input)
+        if self.modes is None:  # measure_latency=false: the run has no latency
+            return child
+        child.latency_ms = latency
+        if self.modes.measures:
+            child.latency_source = LatencySource.MEASURED
+        else:
+            child.latency_source, child.latency_predicted_ms = LatencySource.PREDICTED, latency
         return child
 
     def status(self) -> str:
-        return f"in flight {len(self._queue)}/{self.capacity}"
+        running = min(len(self._queue), self.capacity)
+        queued = len(self._queue) - running
+        return f"in flight {running}/{self.capacity}" + (f" queued {queued}" if queued else "")

@@ -373,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     if cache is not None:  # the cache's directory (a new one too) names its file
         directory = cache.is_dir() or not cache.exists() and not cache.suffix
         args.cache = str(cache / "latency.sqlite" if directory else cache)
+    for name in ("out", "file"):  # table export --out=~/t.csv and a quoted table import '~/t.csv' alike
+        if getattr(args, name, None):
+            setattr(args, name, str(Path(getattr(args, name)).expanduser()))
     try:
         for name in ("n", "workers", "batch"):
             if getattr(args, name, None) is not None:

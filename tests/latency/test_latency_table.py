@@ -505,6 +505,13 @@ def test_a_cache_under_the_home_directory_is_one_cache_to_every_command(tmp_path
         assert info.returncode == 0 and json.loads(info.stdout)["cache"] == str(file), info.stderr
         pruned = _cli("cache", "prune", f"--cache={where}", "--max-gb", "1", env=env, cwd=work)
         assert pruned.returncode == 0, pruned.stderr
+    # the table files too: export --out=~/x wrote a folder named ~ in the working directory, import '~/x' found none
+    key = json.loads(listed.stdout)[0]["table_key"]
+    exported = _cli("table", "export", "--table", key, "--format", "csv", "--out=~/shared.csv", "--cache=~/l.sqlite",
+                    env=env, cwd=work)
+    assert exported.returncode == 0 and (tmp_path / "shared.csv").is_file(), exported.stderr
+    imported = _cli("table", "import", "~/shared.csv", "--cache=~/again.sqlite", env=env, cwd=work)
+    assert imported.returncode == 0 and (tmp_path / "again.sqlite").is_file(), imported.stderr
     assert list(work.iterdir()) == []
 
 

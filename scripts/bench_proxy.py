@@ -148,6 +148,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     if problem := check_device(args.device):
         raise BadInput(problem.replace("trainer.device", "--device"))
+    if args.plot and args.summary:  # the figure is one proxy setting's against the reference; the summary has many
+        raise BadInput("--plot draws one proxy setting's figure and --summary draws none: drop --plot, or run "
+                       "without --summary (the stored jobs are not run again)")
     if args.plot:
         args.plot = _plot_path(args.plot)
     if args.cache_dir is not None:

@@ -549,6 +549,8 @@ def test_a_plot_that_cannot_be_written_is_refused_before_any_job(tmp_path):
             bench.parse_args(["--plot", str(plot)])
     assert bench.parse_args(["--plot", str(tmp_path / "new" / "fig")]).plot == str(tmp_path / "new" / "fig.png")
     assert bench.parse_args(["--plot", "fig.svg"]).plot == "fig.svg"
+    with pytest.raises(bench.BadInput, match="^--plot draws one proxy setting's figure and --summary draws none"):
+        bench.parse_args(["--summary", "--plot", "fig.png"])  # --plot was ignored without a word
 
 
 def test_a_one_image_batch_is_refused_only_for_naswot():

@@ -22,3 +22,20 @@ def test_an_unknown_flag_is_one_error_line(tool):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
     assert "unrecognized arguments: --no-such-flag" in result.stderr
+
+
+@pytest.mark.parametrize("argv", [[], ["prep"], ["--no-such-flag"]])
+def test_nas_data_without_a_known_command_is_one_error_line(argv):
+    """python -m nas.data printed only its usage line (no error: naming what was wrong) and took --help for a bad
+    command."""
+    result = subprocess.run([sys.executable, "-m", "nas.data", *argv], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert (f"unknown command {argv[0]!r}" if argv else "no command") in result.stderr
+
+
+def test_nas_data_help_is_the_usage_on_stdout():
+    result = subprocess.run([sys.executable, "-m", "nas.data", "--help"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("usage: python -m nas.data {prepare,info}")

@@ -29,8 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     from nas.data import DatasetConfig, cache_root, load_dataset, prepare
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("prepare", "info"):
-        print(USAGE, file=sys.stderr)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"{USAGE}\n\n{__doc__.strip()}")
+        return 0
+    if not argv or argv[0] not in ("prepare", "info"):  # one error line, as every other command's
+        what = f"unknown command {argv[0]!r}" if argv else "no command"
+        print(f"error: {what}: prepare or info ({USAGE})", file=sys.stderr)
         return 2
     command, overrides = argv[0], argv[1:]
     try:

@@ -30,6 +30,7 @@ from nas.components import ConfigError  # noqa: E402
 from nas.data import DatasetUnavailable  # noqa: E402
 from nas.evaluator import EvaluatorStopped  # noqa: E402
 from nas.store import RunStore, StoreError  # noqa: E402
+from rewards import RewardOverflow  # noqa: E402
 
 
 def _committed(run_dir: Path) -> str:
@@ -61,7 +62,7 @@ def _app(cfg: DictConfig) -> dict:
     try:
         with interrupts():
             summary = run_search(cfg, run_dir, overrides=list(hydra_cfg.overrides.task))
-    except (ConfigError, StoreError, EvaluatorStopped, DatasetUnavailable) as exc:
+    except (ConfigError, StoreError, EvaluatorStopped, DatasetUnavailable, RewardOverflow) as exc:
         fail(str(exc))
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (interrupts()), also when Ray re-raised it as its own
         stop = as_interrupted(exc)

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from rewards.objective import AccuracyReward, MacsReward, MnasNetReward, check_accuracy, pareto_reward
+from rewards.objective import AccuracyReward, MacsReward, MnasNetReward, RewardOverflow, check_accuracy, pareto_reward
 
-__all__ = ["AccuracyReward", "MacsReward", "MnasNetReward", "check_accuracy", "pareto_reward"]
+__all__ = ["AccuracyReward", "MacsReward", "MnasNetReward", "RewardOverflow", "check_accuracy", "pareto_reward"]

@@ -36,6 +36,14 @@ def pareto_reward(accuracy: float, cost: float, target: float, alpha: float, bet
     return accuracy * (cost / target) ** (alpha if cost <= target else beta)
 
 
+MAX_FACTOR = 1e6  # (COST/T)^w beyond this: the cost alone decides every reward, and the controllers' float32
+# statistics (advantages, Adam's squared gradients) overflow a little further on
+
+
+class RewardOverflow(ValueError):
+    """(COST/T)^w beyond :data:`MAX_FACTOR` (or a float): the target or an exponent is far off the costs searched."""
+
+
 class AccuracyReward:
     """R = ACC: accuracy alone, the single-objective baseline (ignores latency and MACs)."""
 
@@ -96,7 +104,19 @@ class _ParetoReward(AccuracyReward):
         cost = _finite(self.cost_field, cost)
         if cost <= 0:
             raise ValueError(f"{self.cost_field} must be > 0, got {cost!r}")
-        return pareto_reward(acc, cost, self._target, self.alpha, self.beta)
+        w = self.alpha if cost <= self._target else self.beta
+        try:
+            factor = (cost / self._target) ** w
+        except OverflowError:
+            factor = math.inf
+        if not factor <= MAX_FACTOR:
+            exponent = "alpha" if cost <= self._target else "beta"
+            raise RewardOverflow(
+                f"reward {self.name!r}: ({self.cost_field} {cost:g} / {self.target_field} {self._target:g}) ** "
+                f"{exponent} {w:g} = {factor:.3g}, beyond {MAX_FACTOR:g}: the cost would outweigh any accuracy and "
+                f"overflow the controller's statistics; set {self.target_field} near the costs searched, or "
+                f"{exponent} nearer 0")
+        return acc * factor
 
     def describe(self) -> dict:
         return {"name": self.name, "kind": self.kind,

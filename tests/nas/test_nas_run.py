@@ -68,6 +68,13 @@ def test_a_rejected_config_writes_nothing_and_the_corrected_one_runs(tmp_path, o
     assert search(tmp_path)["children"] == 4
 
 
+def test_a_reward_beyond_what_the_controller_can_take_is_one_error_line(tmp_path):
+    """alpha -50 with a target far above the children's latency was an OverflowError traceback mid-search."""
+    line = one_error_line(cli(tmp_path, "reward.alpha=-50", "target_ms=1e9"))
+    assert re.fullmatch(r"error: reward 'soft': \(latency_ms \S+ / target_ms 1e\+09\) \*\* alpha -50 = inf, beyond "
+                        r"1e\+06: .*, or alpha nearer 0", line), line
+
+
 def test_a_dry_run_of_a_phone_config_checks_its_fields_but_needs_no_phone(tmp_path):
     assert search(tmp_path / "ok", "latency=adb", "latency.serial=S1")["children"] == 4
     with pytest.raises(ConfigError, match=r"latency.cpu_mask must be a hex CPU mask such as f0, got 'xyz'"):

@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from rewards import AccuracyReward, MacsReward, MnasNetReward, pareto_reward
+from rewards import AccuracyReward, MacsReward, MnasNetReward, RewardOverflow, pareto_reward
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -76,6 +76,17 @@ def test_numpy_scalars_are_accepted():
 def test_pareto_reward_pure_function():
     assert pareto_reward(0.5, 100.0, 50.0, 0.0, -1.0) == pytest.approx(0.25)
     assert pareto_reward(0.5, 25.0, 50.0, -0.5, -1.0) == pytest.approx(0.5 * math.sqrt(2))
+
+
+def test_a_reward_the_controller_cannot_take_is_refused_naming_the_setting():
+    """alpha -50 with a target far above the costs raised OverflowError (a traceback); -20 gave 1e182, and the
+    controller's sampling died later on a NaN probability."""
+    with pytest.raises(RewardOverflow, match=r"\(latency_ms 0.5 / target_ms 1e\+09\) \*\* alpha -50 = inf, beyond "
+                                             r"1e\+06: .* set target_ms near the costs searched, or alpha nearer 0$"):
+        MnasNetReward(target_ms=1e9, alpha=-50)(accuracy=0.5, latency_ms=0.5)
+    # a factor below 1 never overflows, and one up to 1e6 is a reward: the search goes on
+    assert MacsReward(beta=-2)(accuracy=0.5, macs=3e14) == pytest.approx(0.5e-12)
+    assert MnasNetReward(target_ms=75, alpha=-1)(accuracy=0.5, latency_ms=75e-6) == pytest.approx(0.5e6)
 
 
 @pytest.mark.parametrize(

@@ -357,6 +357,7 @@ class LocalEvaluator(Evaluator):
         self.threads = positive_int("threads", threads, allow_none=True)
         self.max_child_memory_gb = positive_number("evaluator.max_child_memory_gb", max_child_memory_gb)
         self.data = None
+        self._source_checked = False
         self.service = None
         self._queue: deque[tuple[ChildResult, Future | None, dict | None]] = deque()
 
@@ -365,7 +366,9 @@ class LocalEvaluator(Evaluator):
         from nas.data import check_dataset
         from nas.trainer import check_device
 
-        problems = [p for p in (check_dataset(self.dataset), check_device(self.trainer.device)) if p]
+        dataset_problem = check_dataset(self.dataset)
+        self._source_checked = dataset_problem is None  # start() need not fingerprint the source again
+        problems = [p for p in (dataset_problem, check_device(self.trainer.device)) if p]
         self.service, latency_problems = check_latency(self.latency_config, self.service)
         if self.service is not None and not latency_problems:
             latency_problems = self.modes.load(self.service, self.deploy)
@@ -378,7 +381,7 @@ class LocalEvaluator(Evaluator):
 
         if self.threads:  # training runs in this process: its torch threads are the search's ``threads``
             torch.set_num_threads(self.threads)
-        self.data = load_dataset(self.dataset)
+        self.data = load_dataset(self.dataset, source_checked=self._source_checked)
         if self.latency_config is not None and self.service is None:
             self.service = build("latency", self.latency_config)
         if self.service is not None:

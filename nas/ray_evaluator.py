@@ -349,13 +349,16 @@ class RayEvaluator(Evaluator):
         self._done: deque[ChildResult] = deque()
         self._ship = False
         self._data_shape = None
+        self._source_checked = False
 
     # ------------------------------------------------------------------ life cycle
     def check(self) -> list[str]:
         from nas.data import check_dataset
         from nas.trainer import check_device
 
-        problems = [p for p in (check_dataset(self.dataset), cluster_problem(self.address)) if p]
+        dataset_problem = check_dataset(self.dataset)
+        self._source_checked = dataset_problem is None  # start() need not fingerprint the source again
+        problems = [p for p in (dataset_problem, cluster_problem(self.address)) if p]
         if self.trainers["num_gpus"] == 0:  # with GPUs the trainer actors find them on their nodes
             problems += [p for p in (check_device(self.trainer.device),) if p]
         if self.latency is not None:  # the fields now; the devices on their nodes once the cluster is up
@@ -375,7 +378,7 @@ class RayEvaluator(Evaluator):
 
         from nas.data import load_dataset
 
-        data = load_dataset(self.dataset)  # prepared once, here; the actors open it (see _open_dataset)
+        data = load_dataset(self.dataset, source_checked=self._source_checked)  # prepared once, here; the actors open it (see _open_dataset)
         self._data_shape = (data.resolution, data.channels, data.num_classes)
         if not ray.is_initialized():
             self._init_ray()

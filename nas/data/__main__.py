@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         path = prepare(dataset, cfg.cache_dir)
         seconds = time.perf_counter() - start
-        data = load_dataset(dataset, cfg.cache_dir, progress=False)
+        data = load_dataset(dataset, cfg.cache_dir, progress=False, source_checked=True)  # prepare() checked it
     except Exception as exc:  # bad overrides, missing folders, unknown classes: one readable line
         message = hydra_message(exc)  # Hydra's messages span lines: keep the error to one line
         print(f"error: {exc.__class__.__name__}: {message}{tilde_hint(message, overrides)}", file=sys.stderr)

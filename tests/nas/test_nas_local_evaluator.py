@@ -48,6 +48,27 @@ def test_children_are_trained_and_timed_for_real(tmp_path):
 
 
 @needs_fmnist
+def test_the_source_is_fingerprinted_once_from_check_to_start(tmp_path, monkeypatch):
+    """check() compared the prepared cache with its source, then start() listed and fingerprinted the source again
+    (about a second per 50,000 files of an ImageNet subset); start() without check() still compares."""
+    import nas.data as data_mod
+
+    data_mod.load_dataset(DATASET, progress=False)  # prepared: check and start both compare it with its source
+    calls = []
+    real = data_mod._source_fingerprint
+    monkeypatch.setattr(data_mod, "_source_fingerprint", lambda cfg: calls.append(cfg) or real(cfg))
+    for checked in (True, False):
+        calls.clear()
+        ev = evaluator(tmp_path, latency=False)
+        try:
+            assert not checked or ev.check() == []
+            ev.start(tmp_path)
+        finally:
+            ev.close()
+        assert len(calls) == 1, checked
+
+
+@needs_fmnist
 def test_a_child_that_fails_training_is_a_failed_result(tmp_path):
     ev = evaluator(tmp_path, latency=False, trainer=TrainerConfig(epochs=1, batch_size=16, lr=1e30, warmup_steps=0))
     ev.start(tmp_path)

@@ -92,6 +92,7 @@ class Search:
         self.evaluated: dict[str, ChildResult] = {}  # arch -> its first evaluation, for reuse
         self.committed = self.next_step = 0
         self._resumed = False
+        self._pending: dict[int, dict[int, ChildResult]] = {}  # step -> idx -> child stored, not committed
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
@@ -144,7 +145,11 @@ class Search:
         self._resumed = True
         # the pending children too, though only the committed ones are history: a damaged one is found here, before
         # the search writes anything, not when its step is resampled (the store was written by then)
-        self.history = [c for c in self.store.children() if c.committed_step is not None]
+        children = self.store.children()
+        self.history = [c for c in children if c.committed_step is not None]
+        for child in children:  # kept for the step they belong to, which is sampled again next: not read twice
+            if child.committed_step is None:
+                self._pending.setdefault(child.step, {})[child.idx] = child
         for child in self.history:
             self._account(child)
         last = self.store.last_step()
@@ -177,7 +182,9 @@ class Search:
     def _take_stored(self, batch: Batch, *, store: bool = True) -> dict[str, list[int]]:
         """Place what needs no evaluation: children stored before an interruption (the same batch is sampled again
         on resume) and architectures already evaluated in this run. Returns the rest: arch -> its indices."""
-        pending = self.store.pending_children(batch.step) if store else {}
+        # what resume() read: rows not committed are the interrupted step's (this process commits every step it
+        # stores children of before it samples the next)
+        pending = self._pending.pop(batch.step, {}) if store else {}
         todo: dict[str, list[int]] = {}
         siblings: dict[str, ChildResult] = {}  # arch -> its evaluation stored in this step before an interruption
         for idx, arch in enumerate(batch.archs):

@@ -98,6 +98,27 @@ def test_resume_after_an_interruption_is_identical_to_an_uninterrupted_run(tmp_p
     assert evaluated_per_step(tmp_path / "run") == evaluated_per_step(tmp_path / "reference")
 
 
+def test_a_resumed_run_reads_each_stored_child_once(tmp_path, monkeypatch):
+    """resume() read every row, the interrupted step's too (to find a damaged one before anything is written), and
+    the step sampled again read its stored children a second time."""
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, FakeEvaluator(stop_after=6))
+    with RunStore(tmp_path, readonly=True) as store:
+        stored = [(c.step, c.idx) for c in store.children()]
+        assert len(stored) > len(store.children(committed_only=True))  # the interrupted step holds stored children
+    read = []
+    children = RunStore.children
+
+    def counted(self, **kwargs):
+        rows = children(self, **kwargs)
+        read.extend((c.step, c.idx) for c in rows)
+        return rows
+
+    monkeypatch.setattr(RunStore, "children", counted)
+    run(tmp_path, FakeEvaluator())
+    assert sorted(read) == sorted(stored)
+
+
 def evaluated_per_step(run_dir) -> list[float]:
     with RunStore(run_dir, readonly=True) as store:
         return [step["children/evaluated"] for step in store.steps()]

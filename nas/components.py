@@ -52,6 +52,9 @@ def build(group: str, config: Mapping | Any, **runtime) -> Any:
         target = get_object(path)
     except Exception:
         raise ConfigError(f"{group}: unknown _target_ {path!r}") from None
+    if given := sorted(set(fields) & set(runtime)):  # the search's value would replace it without a word
+        raise ConfigError(f"{group}.{given[0]}: set by the search, not by the {group} config"
+                          + ("; set the top-level seed=N instead" if given[0] == "seed" else ""))
     kwargs = {**fields, **runtime}
     accepted, var_kwargs = _accepted(target)
     unknown = sorted(set(kwargs) - accepted) if not var_kwargs else []
@@ -65,7 +68,10 @@ def build(group: str, config: Mapping | Any, **runtime) -> Any:
     except Exception as exc:
         cause = cause_of(exc)
         message = first_line(cause, with_type=not isinstance(cause, ValueError))
-        raise ConfigError(message if message.startswith(group) else f"{group}: {message}") from None
+        # "reward_for_invalid must be ..." starts with "reward" but names no group; "reward: ...", "reward.x ...",
+        # "dataset 'tiny': ..." and "evaluator=ray: ..." do
+        named = message.startswith(tuple(group + c for c in ":. ="))
+        raise ConfigError(message if named else f"{group}: {message}") from None
 
 
 def strip_targets(value: Any) -> Any:

@@ -130,6 +130,12 @@ def build_parts(cfg, run_dir: str | Path) -> Parts:
             and not getattr(parts.controller, "asynchronous", False)):
         problems.append(f"steady_state=true needs an asynchronous controller (random, evolution); "
                         f"{parts.controller.name!r} learns from whole batches (on-policy)")
+    population = getattr(parts.controller, "population_size", None)
+    if population is not None and is_int(cfg.get("budget")) and population >= cfg.budget:
+        problems.append(f"controller.population_size {population} >= budget {cfg.budget}: aging evolution samples "
+                        "at random until its population is full, so no child would be a mutation (this run would be "
+                        "the random search, child for child); use controller=evolution_small or set "
+                        "controller.population_size and controller.tournament_size below the budget")
     trainer = attempt("trainer", cfg.trainer)
     dataset = attempt("dataset", cfg.dataset)
     measure = cfg.get("measure_latency") is True

@@ -227,6 +227,14 @@ def test_an_oversized_child_is_a_failed_child_not_an_out_of_memory_kill(tmp_path
     ("evaluator=nope", "Could not find 'evaluator/nope'"),
     ("trainer.lr=nan", "trainer.lr must be a positive number"),
     (f"seed={2**64}", "error: seed must be an integer in [0, 2**64), got 18446744073709551616"),  # was torch's
+    # aging evolution with a population no smaller than the budget was the random search, child for child
+    ("controller=evolution", "controller.population_size 64 >= budget 4: aging evolution samples at random until"),
+    # the search's seed replaced it without a word, though it entered the run's identity
+    ("+controller.seed=5", "error: controller.seed: set by the search, not by the controller config; set the "
+                           "top-level seed=N instead"),
+    ("+controller.num_choices=[2,2]", "error: controller.num_choices: set by the search, not by the controller"),
+    # a reward's message that starts with 'reward' but names no group got no 'reward:' prefix
+    ("reward.reward_for_invalid=inf", "error: reward: reward_for_invalid must be a finite number, got inf"),
 ])
 def test_bad_command_lines_are_one_error_line_with_exit_2(tmp_path, override, message):
     line = one_error_line(cli(tmp_path / "run", override))
@@ -283,7 +291,8 @@ def test_sweep_jobs_are_the_ones_hydra_runs():
     jobs = _sweep_jobs("-m", "+experiment=ablation_controllers", "seed=5")
     assert len(jobs) == 4 and jobs[0] == ["controller=lstm_ppo", "seed=5", "+experiment=ablation_controllers"]
     assert [j[0] for j in _sweep_jobs("-m", "controller=glob(*)")] == [
-        "controller=evolution", "controller=lstm_ppo", "controller=lstm_reinforce", "controller=random"]
+        "controller=evolution", "controller=evolution_small", "controller=lstm_ppo", "controller=lstm_reinforce",
+        "controller=random"]
     assert len(_sweep_jobs("hydra.mode=MULTIRUN", "seed=1,2")) == 2
     with pytest.raises(ConfigError, match="is a sweep"):
         _sweep_jobs("seed=1,2")

@@ -298,7 +298,8 @@ def test_the_ray_processes_of_a_search_die_with_it(ray_cluster, tmp_path):
 def test_steady_state_keeps_every_trainer_busy_with_no_batch_barrier(ray_cluster, tmp_path):
     run_dir = tmp_path / "run"
     summary = run_search(config(*on_cluster(ray_cluster, "evaluator.trainers.actors=3"), *FAST,
-                                "controller=evolution", "steady_state=true", "budget=8", "batch_size=1"), run_dir)
+                                "controller=evolution", "controller.population_size=4", "controller.tournament_size=2",
+                                "steady_state=true", "budget=8", "batch_size=1"), run_dir)
     kids = committed(run_dir)
     assert summary["children"] == len(kids) == 8 and [(c.step, c.idx) for c in kids] == [(i, 0) for i in range(8)]
     events = [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]

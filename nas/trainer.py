@@ -239,8 +239,10 @@ def check_device(device: str | None) -> str | None:
         return f"trainer.device={device} but this machine has no CUDA GPU that torch can use"
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         return f"trainer.device={device} but this machine has {torch.cuda.device_count()} CUDA device(s)"
+    if dev.type == "mps" and not torch.backends.mps.is_available():  # passed, and then every child failed
+        return f"trainer.device={device} but torch cannot use an Apple GPU (MPS) on this machine"
     if dev.type not in ("cpu", "cuda", "mps"):
-        return f"trainer.device={device}: only cpu and cuda are supported"
+        return f"trainer.device={device}: only cpu, cuda and mps are supported"
     return None
 
 

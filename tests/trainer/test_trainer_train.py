@@ -335,3 +335,27 @@ def test_an_output_under_home_is_expanded(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert check_output("~/results/r.json") == tmp_path / "home" / "results" / "r.json"
     assert (tmp_path / "home" / "results").is_dir() and not (tmp_path / "~").exists()
+
+
+def test_the_readme_python_api_example_runs(tmp_path, monkeypatch):
+    """The README's example built the trainer with TrainerConfig(**cfg.trainer): a TypeError on _target_."""
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("Python API (what `nas.search` calls):\n\n```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.setenv("MNAS_CACHE_DIR", str(tmp_path))
+    with initialize_config_dir(version_base=None, config_dir=str(ROOT / "configs")):
+        cfg = compose(config_name="train", overrides=["dataset=tiny_fashion_mnist", "trainer.epochs=1",
+                                                      "+trainer.max_steps=2"])
+    scope = {"cfg": cfg}
+    exec(code.replace('"mnasnet_b1"', repr(SMALL)), scope)  # a small network: the API is under test, not its cost
+    assert scope["result"].status == "ok", scope["result"].error
+
+
+def test_a_training_device_torch_cannot_use_is_refused(monkeypatch):
+    """device=mps passed the check on a machine without MPS, and then every child failed."""
+    from nas.trainer import check_device
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert check_device("mps") == "trainer.device=mps but torch cannot use an Apple GPU (MPS) on this machine"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert check_device("mps") is None
+    assert check_device("xpu") == "trainer.device=xpu: only cpu, cuda and mps are supported"

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from mnas_common.checks import is_seed
+from mnas_common.errors import first_line
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def check_param(name: str, value: Any, ok: bool, requirement: str) -> None:
 
 
 class Controller(ABC):
-    """Strategy interface used by the search loop (see docs/controllers.md)."""
+    """Strategy interface used by the search loop (see the README's "Controllers and rewards" section)."""
 
     name: str = "controller"
     #: True when ``update`` may take children one at a time, in any order, while others are still being evaluated
@@ -98,7 +99,10 @@ class Controller(ABC):
 
     @abstractmethod
     def load_state_dict(self, state: dict) -> None:
-        """Restore a ``state_dict()``; refuses a state from another controller or search space."""
+        """Restore a ``state_dict()``; refuses a state from another controller or search space.
+
+        A refused state leaves the controller exactly as it was: implementations check every field first
+        (``_check_base_state`` and their own) and only then change anything (``_apply_base_state``)."""
 
     # -- helpers shared by the implementations ---------------------------------------------------------
 
@@ -147,7 +151,9 @@ class Controller(ABC):
         return {"name": self.name, "num_choices": list(self.num_choices), "seed": self.seed,
                 "rng": self.generator.get_state().clone()}
 
-    def _load_base_state(self, state: dict) -> None:
+    def _check_base_state(self, state: dict) -> tuple[torch.Tensor, int]:
+        """Check the fields every controller state holds, changing nothing; returns (rng, seed) for
+        ``_apply_base_state``, to be called only once the subclass has checked its own fields too."""
         if not isinstance(state, dict):
             raise ValueError(f"state must be a dict from state_dict(), got {type(state).__name__}")
         missing = [k for k in ("name", "num_choices", "rng") if k not in state]
@@ -159,5 +165,16 @@ class Controller(ABC):
             raise ValueError(
                 f"state num_choices {list(state['num_choices'])} differ from this controller's {list(self.num_choices)}"
             )
-        self.generator.set_state(state["rng"].clone())
-        self.seed = int(state.get("seed", self.seed))
+        seed = state.get("seed", self.seed)
+        check_param("state seed", seed, is_seed(seed), "an integer in [0, 2**64)")
+        rng = state["rng"]
+        try:
+            torch.Generator().set_state(rng)  # a scratch generator: torch checks type and size
+        except (TypeError, RuntimeError, ValueError) as exc:
+            raise ValueError(f"state rng is not a torch.Generator state: {first_line(exc)}") from None
+        return rng.clone(), int(seed)
+
+    def _apply_base_state(self, checked: tuple[torch.Tensor, int]) -> None:
+        rng, seed = checked
+        self.generator.set_state(rng)
+        self.seed = seed

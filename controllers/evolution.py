@@ -90,8 +90,21 @@ class EvolutionController(Controller):
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self._load_base_state(state)
+        """Restore population and RNG; ``population_size`` and ``tournament_size`` are this controller's (a
+        population larger than ``population_size`` keeps its youngest members). A refused state changes nothing."""
+        base = self._check_base_state(state)
         if "population" not in state:
             raise ValueError("state is missing 'population'; is it an 'evolution' state_dict()?")
-        population = [(list(map(int, t)), float(r)) for t, r in state["population"]]
+        entries = state["population"]
+        if not isinstance(entries, (list, tuple)) or not all(
+            isinstance(e, (list, tuple)) and len(e) == 2 for e in entries
+        ):
+            raise ValueError("state population must be a list of (tokens, reward) pairs")
+        population = []
+        if entries:
+            try:
+                population = list(zip(*self._check_batch([t for t, _ in entries], [r for _, r in entries])))
+            except ValueError as exc:
+                raise ValueError(f"state population: {exc}") from None
+        self._apply_base_state(base)
         self.population = population[max(0, len(population) - self.population_size):]  # a smaller config

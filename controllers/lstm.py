@@ -49,6 +49,7 @@ class LSTMController(Controller):
         check_param("grad_clip", grad_clip, grad_clip is None or is_number(grad_clip) and grad_clip > 0,
                     "null or a number > 0")
         check_param("init_range", init_range, is_number(init_range) and init_range > 0, "a number > 0")
+        self.lr = float(lr)
         self.entropy_weight = float(entropy_weight)
         self.baseline_decay = float(baseline_decay)
         self.grad_clip = None if grad_clip is None else float(grad_clip)
@@ -57,7 +58,7 @@ class LSTMController(Controller):
             torch.manual_seed(self.seed)
             self.policy = LSTMPolicy(self.num_choices, hidden_size=int(hidden_size), temperature=float(temperature),
                                      tanh_constant=tanh_constant, init_range=float(init_range))
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=float(lr))
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.lr)
         self.baseline: float | None = None
         self.updates = 0
 
@@ -112,14 +113,71 @@ class LSTMController(Controller):
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self._load_base_state(state)
+        """Restore parameters, Adam moments, baseline, update count and RNG from ``state_dict()``.
+
+        Hyper-parameters are this controller's, not the state's: ``lr`` included (Adam keeps it in its state, and
+        a controller configured with another ``lr`` would otherwise train at the saved one). Everything is checked
+        first, the policy and optimizer by loading them into scratch copies; a refused state changes nothing.
+        """
+        base = self._check_base_state(state)
         for key in ("policy", "optimizer", "baseline", "updates"):
             if key not in state:
                 raise ValueError(f"state is missing '{key}'; is it a '{self.name}' state_dict()?")
+        baseline, updates = state["baseline"], state["updates"]
+        check_param("state baseline", baseline, baseline is None or is_number(baseline), "null or a finite number")
+        check_param("state updates", updates, is_int(updates) and updates >= 0, "an int >= 0")
+        # one deepcopy of both: the scratch optimizer steps the scratch policy's parameters
+        policy, optimizer = copy.deepcopy((self.policy, self.optimizer))
+        self._load_policy(policy, state["policy"])
+        self._load_optimizer(optimizer, policy, copy.deepcopy(state["optimizer"]))
+        # checked: from here on nothing can fail
+        self._apply_base_state(base)
+        self.policy.load_state_dict(policy.state_dict())
+        self.optimizer.load_state_dict(optimizer.state_dict())  # the scratch's own copies: no aliasing of `state`
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        self.baseline = None if baseline is None else float(baseline)
+        self.updates = int(updates)
+
+    @staticmethod
+    def _load_policy(policy: LSTMPolicy, loaded: object) -> None:
+        """Load ``loaded`` into ``policy``, or a one-line ValueError naming the first parameter that does not fit."""
+        prefix = "state policy does not fit this controller"
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{prefix}: expected a dict of tensors, got {type(loaded).__name__}")
+        own = policy.state_dict()
+        for name, value in own.items():
+            theirs = loaded.get(name)
+            if theirs is None:
+                raise ValueError(f"{prefix}: {name} is missing")
+            if not isinstance(theirs, torch.Tensor):
+                raise ValueError(f"{prefix}: {name} is a {type(theirs).__name__}, not a tensor")
+            if theirs.shape != value.shape:
+                raise ValueError(f"{prefix}: {name} shape {list(theirs.shape)} in the state vs {list(value.shape)} "
+                                 "here (hidden_size?)")
+        extra = sorted(set(loaded) - set(own))
+        if extra:
+            raise ValueError(f"{prefix}: unexpected {', '.join(map(str, extra))}")
         try:
-            self.policy.load_state_dict(state["policy"])
-        except RuntimeError as exc:
-            raise ValueError(f"state policy does not fit this controller (hidden_size?): {first_line(exc)}") from None
-        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
-        self.baseline = None if state["baseline"] is None else float(state["baseline"])
-        self.updates = int(state["updates"])
+            policy.load_state_dict(loaded)
+        except RuntimeError as exc:  # anything the checks above did not foresee
+            raise ValueError(f"{prefix}: {first_line(exc)}") from None
+
+    @staticmethod
+    def _load_optimizer(optimizer: torch.optim.Optimizer, policy: LSTMPolicy, loaded: object) -> None:
+        """Load ``loaded`` into ``optimizer`` (over ``policy``), or a one-line ValueError. Adam only checks the
+        number of parameters per group; moments of another shape would load and fail at the first step."""
+        prefix = "state optimizer does not fit this controller"
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{prefix}: expected an optimizer state_dict(), got {type(loaded).__name__}")
+        try:
+            optimizer.load_state_dict(loaded)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+            raise ValueError(f"{prefix}: {first_line(exc, with_type=isinstance(exc, KeyError))}") from None
+        names = {id(p): name for name, p in policy.named_parameters()}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                for key, value in optimizer.state.get(p, {}).items():
+                    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                        raise ValueError(f"{prefix}: {key} of {names[id(p)]} shape {list(value.shape)} in the state "
+                                         f"vs {list(p.shape)} here (hidden_size?)")

@@ -39,4 +39,4 @@ class RandomController(Controller):
         return self._base_state()
 
     def load_state_dict(self, state: dict) -> None:
-        self._load_base_state(state)
+        self._apply_base_state(self._check_base_state(state))

@@ -2,8 +2,12 @@
 epochs over each batch, so one expensive batch of evaluated children teaches the policy more than once.
 
 Each sequence is one action (its log-probability is the sum over decisions). Advantages are reward minus the
-moving-average baseline, normalised over the batch; an optional approximate-KL early stop ends the epochs when
-the policy has moved too far from the one that sampled the batch.
+moving-average baseline ``b`` (``baseline_decay``); with ``normalize_advantages`` (the default) they are then
+centred on the batch mean and divided by the batch std. Subtracting the batch mean removes any constant, ``b``
+included, so the baseline only shapes the update with ``normalize_advantages=false`` (or in a batch of one child,
+which is not normalised); it is logged as ``controller/baseline`` either way. Kept as it is: the published
+benchmark figures were made with it. An optional approximate-KL early stop ends the epochs when the policy has
+moved too far from the one that sampled the batch.
 """
 
 from __future__ import annotations

@@ -75,3 +75,17 @@ def test_tanh_constant_bounds_how_far_from_uniform_the_policy_can_be():
     # each decision's logits lie in [-c, c]: log p >= -2c - log k per decision
     assert all(lp >= uniform - 2 * 0.05 * len(CHOICES) - 1e-5 for lp in squashed.sample(200).log_probs)
     assert min(free.sample(200).log_probs) < uniform - 1.0
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_ppo_baseline_shapes_the_update_only_without_advantage_normalisation(normalize):
+    """What configs/controller/lstm_ppo.yaml says of baseline_decay: the batch mean subtracted by the normalisation
+    cancels the baseline (up to float rounding), so only normalize_advantages=false feels it."""
+    after = []
+    for baseline in (0.0, 0.9):
+        ctl = build("lstm_ppo", CHOICES, seed=0, hidden_size=16, lr=0.05, normalize_advantages=normalize)
+        ctl.baseline = baseline
+        ctl.update([GOOD, BAD, GOOD], [1.0, 0.0, 0.5])
+        after.append(ctl.log_prob([GOOD, BAD]))
+    moved = max(abs(a - b) for a, b in zip(*after))
+    assert (moved < 1e-5) if normalize else (moved > 1e-2)

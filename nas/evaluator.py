@@ -12,6 +12,7 @@ owns (worker processes, the latency service).
 
 from __future__ import annotations
 
+import logging
 import time
 import zlib
 from abc import ABC, abstractmethod
@@ -27,6 +28,8 @@ from mnas_common.errors import first_line
 
 from nas.components import build
 from nas.record import ChildResult, LatencySource, Status
+
+log = logging.getLogger("nas.evaluator")
 
 GiB = 2**30
 
@@ -382,6 +385,8 @@ class LocalEvaluator(Evaluator):
         if self.threads:  # training runs in this process: its torch threads are the search's ``threads``
             torch.set_num_threads(self.threads)
         self.data = load_dataset(self.dataset, source_checked=self._source_checked)
+        if note := self.trainer.schedule_note(len(self.data.train)):
+            log.warning(note)
         if self.latency_config is not None and self.service is None:
             self.service = build("latency", self.latency_config)
         if self.service is not None:

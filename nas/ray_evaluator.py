@@ -379,6 +379,8 @@ class RayEvaluator(Evaluator):
         from nas.data import load_dataset
 
         data = load_dataset(self.dataset, source_checked=self._source_checked)  # prepared once, here; the actors open it (see _open_dataset)
+        if note := self.trainer.schedule_note(len(data.train)):
+            log.warning(note)
         self._data_shape = (data.resolution, data.channels, data.num_classes)
         if not ray.is_initialized():
             self._init_ray()

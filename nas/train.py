@@ -84,6 +84,8 @@ def run(cfg: DictConfig) -> dict:
         # named here: an OSError of a failed write (ENOSPC) carries no path of its own
         raise ValueError(f"cannot prepare dataset {dataset.name} in {cache_root(cfg.cache_dir)}: "
                          f"{first_line(exc)}") from None
+    if note := trainer.schedule_note(len(data.train)):
+        log(f"warning: {note}")
     log(f"training {cfg.arch} on {data.name} ({len(data.train)} train / {len(data.val)} held-out images, "
         f"{data.num_classes} classes, {data.resolution} px) for {trainer.epochs} epoch(s)"
         f"{f' (at most {trainer.max_steps} steps)' if trainer.max_steps else ''}, seed {int(cfg.seed)}")

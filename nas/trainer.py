@@ -84,6 +84,20 @@ class TrainerConfig:
         if self.device is not None and not isinstance(self.device, str):
             raise ValueError(f"trainer.device must be null, cpu or cuda[:N], got {self.device!r}")
 
+    def total_steps(self, num_train: int) -> int:
+        """Optimisation steps of a child trained on ``num_train`` images: what the learning-rate schedule spans
+        (a last partial batch is dropped, unless there is only one)."""
+        per_epoch = num_train // self.batch_size if num_train >= self.batch_size else math.ceil(num_train / self.batch_size)
+        return min(self.epochs * per_epoch, self.max_steps or self.epochs * per_epoch)
+
+    def schedule_note(self, num_train: int) -> str | None:
+        """Why the schedule does not do what the settings say on ``num_train`` images (a warning), or None."""
+        total = self.total_steps(num_train)
+        if self.warmup_steps and self.warmup_steps >= total:
+            return (f"trainer.warmup_steps {self.warmup_steps} >= the {total} steps a child trains on {num_train} "
+                    f"images: the learning rate never reaches trainer.lr {self.lr:g}; lower warmup_steps")
+        return None
+
 
 @dataclass
 class TrainResult(Serializable):
@@ -332,10 +346,7 @@ def train_child(arch: str, data: Any, config: TrainerConfig, *, seed: int = 0, d
         train_loader = BatchLoader(data.train, config.batch_size, mean=data.mean, std=data.std, device=dev,
                                    generator=rng, augment=config.augment, prefetch=config.prefetch,
                                    channels_last=config.channels_last, drop_last=len(data.train) >= config.batch_size)
-        steps_per_epoch = len(train_loader)
-        total_steps = config.epochs * steps_per_epoch
-        if config.max_steps:
-            total_steps = min(total_steps, config.max_steps)
+        total_steps = config.total_steps(len(data.train))
         optimizer = _optimizer(model, config)
         criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         scaler = torch.amp.GradScaler(enabled=use_amp and amp_dtype == torch.float16)

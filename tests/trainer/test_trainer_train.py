@@ -359,3 +359,30 @@ def test_a_training_device_torch_cannot_use_is_refused(monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert check_device("mps") is None
     assert check_device("xpu") == "trainer.device=xpu: only cpu, cuda and mps are supported"
+
+
+def test_a_warmup_longer_than_the_training_is_named(data, caplog):
+    """trainer=proxy (warmup 100) on a small subset trained every child inside the warmup, the learning rate
+    never at its configured peak, without a word."""
+    config = quick(epochs=2, warmup_steps=40, max_steps=None)
+    result = train_child(SMALL, data, config, seed=0)
+    assert result.steps == config.total_steps(len(data.train)) == 2 * (len(data.train) // 32)  # the schedule's span
+    assert config.schedule_note(len(data.train)) == (
+        f"trainer.warmup_steps 40 >= the {result.steps} steps a child trains on {len(data.train)} images: the "
+        "learning rate never reaches trainer.lr 0.1; lower warmup_steps")
+    assert quick(warmup_steps=5).schedule_note(len(data.train)) is None
+    assert quick(warmup_steps=5, max_steps=5).schedule_note(len(data.train)) is not None  # max_steps caps the span
+    assert TrainerConfig(batch_size=128, epochs=1, warmup_steps=1).total_steps(20) == 1  # one partial batch
+
+    from nas.evaluator import LocalEvaluator
+
+    ev = LocalEvaluator(trainer=config, dataset=DatasetConfig(name="fm10", source="fashion_mnist",
+                                                              root=FASHION_MNIST_ROOT, resolution=16,
+                                                              images_per_class=60, val_per_class=20),
+                        latency=None, deploy={"resolution": 32, "channels": 1, "num_classes": 10}, seed=0)
+    with caplog.at_level("WARNING", logger="nas.evaluator"):
+        try:
+            ev.start(Path(data.path).parent)
+        finally:
+            ev.close()
+    assert "trainer.warmup_steps 40 >= the" in caplog.text

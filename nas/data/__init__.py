@@ -20,6 +20,7 @@ import json
 import os
 import time
 import warnings
+import zipfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,6 +43,11 @@ FORMAT_VERSION = 2
 # images written between progress checkpoints: a resumed prepare redoes at most one chunk
 ARRAY_CHUNK = 2048
 FILE_CHUNK = 256
+# what reading a damaged prepared file raises: missing, cut off, garbage, not what prepare wrote (numpy: ValueError,
+# EOFError, BadZipFile for bytes starting "PK"), a meta.json that is not JSON or lacks a field. Any other OSError
+# (too many open files, out of memory, a disk's I/O error) is the machine's, not the file's: it propagates and
+# nothing is deleted or started over, since rebuilding a healthy cache costs minutes and fails for the same reason.
+DAMAGE = (FileNotFoundError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile)
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -381,7 +387,7 @@ def _read_progress(path: Path, x_path: Path, shape: tuple[int, ...], source: dic
                               "split over", stacklevel=3)
             elif _holds(x_path, shape):
                 return state
-    except (OSError, ValueError, KeyError, TypeError):  # missing, not JSON, not a mapping, no "done"
+    except DAMAGE:  # missing, not JSON, not a mapping, no "done" (EMFILE and friends: not a reason to start over)
         pass
     return {"done": 0}
 
@@ -390,7 +396,7 @@ def _holds(x_path: Path, shape: tuple[int, ...]) -> bool:
     """Whether ``x_path`` is a whole uint8 ``.npy`` array of ``shape`` (read-only, a short file fails to map)."""
     try:
         x = np.load(x_path, mmap_mode="r")
-    except (OSError, ValueError, EOFError):
+    except DAMAGE:
         return False
     return x.shape == shape and x.dtype == np.uint8
 
@@ -450,8 +456,9 @@ def check_dataset(cfg: DatasetConfig, cache_dir: str | Path | None = None) -> st
 
 def load_dataset(cfg: Mapping | DatasetConfig, cache_dir: str | Path | None = None, *, progress: bool = True,
                  source_checked: bool = False) -> PreparedDataset:
-    """Prepare the dataset if needed and open its memory-mapped splits; a damaged cache is rebuilt.
-    ``source_checked`` as for :func:`prepare`."""
+    """Prepare the dataset if needed and open its memory-mapped splits; a damaged cache is rebuilt (damaged as
+    :func:`open_prepared` says: an OSError of the machine, such as too many open files, propagates and deletes
+    nothing). ``source_checked`` as for :func:`prepare`."""
     cfg = cfg if isinstance(cfg, DatasetConfig) else DatasetConfig.from_config(cfg)
     path = prepare(cfg, cache_dir, progress=progress, source_checked=source_checked)
     try:
@@ -476,14 +483,16 @@ class DatasetUnavailable(ValueError):
 
 
 class DamagedDataset(ValueError):
-    """A prepared dataset directory whose files are missing, truncated or not what ``prepare`` wrote."""
+    """A prepared dataset directory whose files are missing, truncated or not what ``prepare`` wrote (``DAMAGE``)."""
 
 
 def open_prepared(path: str | Path) -> PreparedDataset:
     """Open a finished prepared directory (memory-mapped, nothing is read until used).
 
     Every array is checked against the shapes and sizes ``meta.json`` records (a missing, truncated or garbage
-    ``.u8``/``.npy`` file raises :class:`DamagedDataset` naming the directory, instead of a numpy error later).
+    ``.u8``/``.npy`` file, or a meta.json that is not JSON or lacks a field, raises :class:`DamagedDataset` naming
+    the directory, instead of a numpy error later). Any other OSError (too many open files, out of memory, an I/O
+    error) is not damage: it propagates unchanged, and :func:`load_dataset` deletes nothing.
     """
     path = Path(path)
     if not (path / "meta.json").exists():
@@ -500,18 +509,19 @@ def open_prepared(path: str | Path) -> PreparedDataset:
             if y.size and not (0 <= int(y.min()) and int(y.max()) < meta["num_classes"]):
                 raise ValueError(f"{name} labels outside [0, {meta['num_classes']})")
             splits[name] = Split(x, y)
-    except (OSError, ValueError, KeyError, EOFError) as exc:
+        return PreparedDataset(  # inside: a meta.json without one of these fields is damage too
+            name=meta["name"],
+            num_classes=meta["num_classes"],
+            channels=meta["channels"],
+            resolution=meta["resolution"],
+            train=splits["train"],
+            val=splits["val"],
+            class_names=meta["class_names"],
+            mean=tuple(meta["mean"]),
+            std=tuple(meta["std"]),
+            path=path,
+            info={k: meta[k] for k in ("seed", "images_per_class", "val_per_class", "skipped_images",
+                                       "prepare_seconds")},
+        )
+    except DAMAGE as exc:
         raise DamagedDataset(f"prepared dataset {path} is damaged ({first_line(exc, with_type=True)})") from None
-    return PreparedDataset(
-        name=meta["name"],
-        num_classes=meta["num_classes"],
-        channels=meta["channels"],
-        resolution=meta["resolution"],
-        train=splits["train"],
-        val=splits["val"],
-        class_names=meta["class_names"],
-        mean=tuple(meta["mean"]),
-        std=tuple(meta["std"]),
-        path=path,
-        info={k: meta[k] for k in ("seed", "images_per_class", "val_per_class", "skipped_images", "prepare_seconds")},
-    )

@@ -1,7 +1,8 @@
 """``python -m nas.data prepare dataset=NAME [dataset.root=...] [dataset.images_per_class=...]``
 
 Builds the prepared uint8 cache of a dataset config once (progress bar; resumable: an interrupted run continues
-where it stopped) and prints its size and time. ``python -m nas.data info dataset=NAME`` prints the description of a prepared dataset (builds nothing).
+where it stopped) and prints its size and time. ``python -m nas.data info dataset=NAME`` prints the description of a
+prepared dataset (builds nothing, changes nothing: a damaged one is named, for ``prepare`` to rebuild).
 Arguments are Hydra-style overrides of ``configs/train.yaml`` (only ``dataset`` and ``cache_dir`` are used).
 """
 
@@ -26,7 +27,8 @@ def _compose(overrides: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     from nas.cli import hydra_message, tilde_hint
-    from nas.data import DatasetConfig, cache_root, load_dataset, prepare
+    from nas.data import DamagedDataset, DatasetConfig, DatasetUnavailable, cache_root, check_dataset, load_dataset, \
+        open_prepared, prepare
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["-h"], ["--help"]):
@@ -40,12 +42,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = _compose(overrides)
         dataset = DatasetConfig.from_config(cfg.dataset)
-        if command == "info" and not (cache_root(cfg.cache_dir) / dataset.key() / "meta.json").exists():
-            raise FileNotFoundError(f"dataset {dataset.name!r} is not prepared yet: run python -m nas.data prepare")
         start = time.perf_counter()
-        path = prepare(dataset, cfg.cache_dir)
+        if command == "info":  # opened as it is: load_dataset would rebuild a damaged one (minutes for ImageNet)
+            path = cache_root(cfg.cache_dir) / dataset.key()
+            if not (path / "meta.json").exists():
+                raise FileNotFoundError(f"dataset {dataset.name!r} is not prepared yet: run python -m nas.data prepare")
+            changed = check_dataset(dataset, cfg.cache_dir)  # its source changed since: as prepare refuses it
+            if changed:
+                raise DatasetUnavailable(changed)
+            try:
+                data = open_prepared(path)
+            except DamagedDataset as exc:
+                raise DamagedDataset(f"{exc}; run python -m nas.data prepare with the same arguments to rebuild "
+                                     "it") from None
+        else:
+            path = prepare(dataset, cfg.cache_dir)
+            data = load_dataset(dataset, cfg.cache_dir, progress=False, source_checked=True)  # prepare() checked it
         seconds = time.perf_counter() - start
-        data = load_dataset(dataset, cfg.cache_dir, progress=False, source_checked=True)  # prepare() checked it
     except Exception as exc:  # bad overrides, missing folders, unknown classes: one readable line
         message = hydra_message(exc)  # Hydra's messages span lines: keep the error to one line
         print(f"error: {exc.__class__.__name__}: {message}{tilde_hint(message, overrides)}", file=sys.stderr)

@@ -60,6 +60,22 @@ def interrupt_after(monkeypatch, n: int) -> None:
     monkeypatch.setattr(data_mod, "FILE_CHUNK", 4)
 
 
+def folder_of_24(tmp_path: Path, images_per_class: int | None = 10) -> DatasetConfig:
+    """Two classes of 12 JPEGs, 2 held out per class."""
+    root = write_folder(tmp_path / "imnet", {"n01": 12, "n02": 12})
+    return DatasetConfig.from_config(dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3,
+                                          images_per_class=images_per_class, val_per_class=2, seed=0))
+
+
+def interrupted(cfg: DatasetConfig, cache_dir: Path, monkeypatch) -> Path:
+    """The directory of a preparation of ``cfg`` interrupted (Ctrl-C, not a corrupt image) after 7 images, with a
+    checkpoint at 4; decoding stays interrupting until the test restores ``_decode_file``."""
+    interrupt_after(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg, cache_dir, progress=False)
+    return cache_root(cache_dir) / cfg.key()
+
+
 @needs_fmnist
 def test_fashion_mnist_subset_shapes_labels_and_split(tmp_path):
     d = load_dataset(fmnist(), cache_dir=tmp_path, progress=False)
@@ -182,14 +198,9 @@ def test_corrupt_image_is_skipped_with_warning_and_counted(tmp_path):
 
 
 def test_prepare_resumes_after_interruption(tmp_path, monkeypatch):
-    root = write_folder(tmp_path / "imnet", {"n01": 12, "n02": 12})
-    cfg = DatasetConfig.from_config(dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3,
-                                         images_per_class=10, val_per_class=2, seed=0))
+    cfg = folder_of_24(tmp_path)
     reference = prepare(cfg, tmp_path / "ref", progress=False)
-    interrupt_after(monkeypatch, 7)  # Ctrl-C, not a corrupt image
-    with pytest.raises(KeyboardInterrupt):
-        prepare(cfg, tmp_path / "c", progress=False)
-    out = cache_root(tmp_path / "c") / cfg.key()
+    out = interrupted(cfg, tmp_path / "c", monkeypatch)
     assert not (out / "meta.json").exists()
     done = json.loads((out / "train_progress.json").read_text())["done"]
     assert 0 < done < 20
@@ -234,14 +245,9 @@ def test_a_checkpoint_beside_an_image_array_not_of_its_split_starts_the_split_ov
     """Resuming opened the split's array as it was on disk: numpy zero-extends a truncated one, so the images it had
     lost stayed black in the finished cache, and one of another shape was written past its end (IndexError). Such a
     checkpoint cannot be trusted: the split starts over and ends equal to a fresh build."""
-    root = write_folder(tmp_path / "imnet", {"n01": 12, "n02": 12})
-    cfg = DatasetConfig.from_config(dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3,
-                                         images_per_class=10, val_per_class=2, seed=0))
+    cfg = folder_of_24(tmp_path)
     reference = data_mod.open_prepared(prepare(cfg, tmp_path / "ref", progress=False))
-    interrupt_after(monkeypatch, 7)
-    with pytest.raises(KeyboardInterrupt):
-        prepare(cfg, tmp_path / "c", progress=False)
-    out = cache_root(tmp_path / "c") / cfg.key()
+    out = interrupted(cfg, tmp_path / "c", monkeypatch)
     x_path = out / "train_x.u8"
     if damage == "truncated":
         with open(x_path, "r+b") as f:
@@ -318,7 +324,7 @@ def test_image_folder_selection_and_held_out_split_are_fixed_by_seed(tmp_path):
 
 
 @needs_fmnist
-@pytest.mark.parametrize("damage", ["truncated", "missing", "garbage", "labels"])
+@pytest.mark.parametrize("damage", ["truncated", "missing", "garbage", "labels", "meta not json", "meta field"])
 def test_a_damaged_prepared_dataset_is_named_and_rebuilt(tmp_path, damage):
     good = load_dataset(fmnist(), cache_dir=tmp_path, progress=False)
     expected = np.array(good.train.x), good.train.y.copy()
@@ -331,6 +337,12 @@ def test_a_damaged_prepared_dataset_is_named_and_rebuilt(tmp_path, damage):
         target.unlink()
     elif damage == "garbage":
         target.write_bytes(np.random.default_rng(0).bytes(target.stat().st_size))
+    elif damage == "meta not json":
+        (path / "meta.json").write_text('{"name": "fm", "num_cl')
+    elif damage == "meta field":  # a KeyError after the arrays were checked: a traceback, not named
+        meta = json.loads((path / "meta.json").read_text())
+        del meta["mean"]
+        (path / "meta.json").write_text(json.dumps(meta))
     else:
         np.save(path / "train_y.npy", np.full(60, 99))
     with pytest.raises(data_mod.DamagedDataset, match=f"prepared dataset {path} is damaged"):
@@ -377,14 +389,9 @@ def test_check_dataset_names_a_missing_source_without_reading_it(tmp_path):
 @pytest.mark.parametrize("damage", ['{"done": 1', "", "[]", '{"done": "lots"}', '{"done": 999}'])
 def test_an_unreadable_progress_file_starts_the_split_over(tmp_path, monkeypatch, damage):
     """A progress file cut off by a crash (or edited) blocked preparation with a JSON traceback for good."""
-    root = write_folder(tmp_path / "imnet", {"n01": 12, "n02": 12})
-    cfg = DatasetConfig.from_config(dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3,
-                                         images_per_class=10, val_per_class=2, seed=0))
+    cfg = folder_of_24(tmp_path)
     reference = prepare(cfg, tmp_path / "ref", progress=False)
-    interrupt_after(monkeypatch, 7)
-    with pytest.raises(KeyboardInterrupt):
-        prepare(cfg, tmp_path / "c", progress=False)
-    out = cache_root(tmp_path / "c") / cfg.key()
+    out = interrupted(cfg, tmp_path / "c", monkeypatch)
     (out / "train_progress.json").write_text(damage)
     monkeypatch.setattr(data_mod, "_decode_file", _real_decode)
     path = prepare(cfg, tmp_path / "c", progress=False)
@@ -443,12 +450,9 @@ def test_a_root_under_home_is_expanded_and_shares_the_cache(tmp_path, monkeypatc
 def test_a_source_changed_during_an_interruption_is_prepared_again(tmp_path, monkeypatch, per_class):
     """The resume took the old checkpoint over the new file list: labels of one listing with images of the other
     (same split size), or an array sized for the old listing written past its end (images_per_class=null)."""
-    root = write_folder(tmp_path / "imnet", {"n01": 12, "n02": 12})
-    cfg = DatasetConfig.from_config(dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3,
-                                         images_per_class=per_class, val_per_class=2, seed=0))
-    interrupt_after(monkeypatch, 7)
-    with pytest.raises(KeyboardInterrupt):
-        prepare(cfg, tmp_path / "c", progress=False)
+    cfg = folder_of_24(tmp_path, images_per_class=per_class)
+    root = Path(cfg.root)
+    interrupted(cfg, tmp_path / "c", monkeypatch)
     for i in range(3):  # new images sort first in their class: every position after them shifts
         Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(root / "train" / "n02" / f"a{i}.JPEG")
     monkeypatch.setattr(data_mod, "_decode_file", _real_decode)
@@ -461,13 +465,8 @@ def test_a_source_changed_during_an_interruption_is_prepared_again(tmp_path, mon
 
 def test_a_checkpoint_from_before_fingerprints_is_resumed_without_a_warning(tmp_path, monkeypatch):
     """Read as a changed source: the split started over with a false "the source changed" warning."""
-    root = write_folder(tmp_path / "imnet", {"n01": 12, "n02": 12})
-    cfg = DatasetConfig.from_config(dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3,
-                                         images_per_class=10, val_per_class=2, seed=0))
-    interrupt_after(monkeypatch, 7)
-    with pytest.raises(KeyboardInterrupt):
-        prepare(cfg, tmp_path / "c", progress=False)
-    progress = cache_root(tmp_path / "c") / cfg.key() / "train_progress.json"
+    cfg = folder_of_24(tmp_path)
+    progress = interrupted(cfg, tmp_path / "c", monkeypatch) / "train_progress.json"
     state = json.loads(progress.read_text())
     progress.write_text(json.dumps({k: v for k, v in state.items() if k != "source"}))
     decoded = []
@@ -542,3 +541,89 @@ def test_a_finished_cache_of_a_changed_source_is_refused_not_rebuilt(tmp_path):
     assert check_dataset(cfg, tmp_path / "c") is None
     assert np.array_equal(np.array(load_dataset(cfg, cache_dir=tmp_path / "c", progress=False).train.x),
                           np.array(rebuilt.train.x))
+
+
+def _files(path: Path) -> dict[str, tuple[int, int, int]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir()}
+
+
+def _too_many_open_files(monkeypatch) -> None:
+    """Opening an image array fails as a process with a full descriptor table does (EMFILE): the file is healthy."""
+    import errno
+
+    real = np.load
+
+    def load(file, *args, **kwargs):
+        if str(file).endswith("_x.u8"):
+            raise OSError(errno.EMFILE, "Too many open files", str(file))
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(np, "load", load)
+
+
+def test_an_oserror_of_the_machine_is_not_damage_and_deletes_nothing(tmp_path, monkeypatch):
+    """Any OSError counted as damage: with the file table full (EMFILE) load_dataset deleted every file of a healthy
+    cache to rebuild it, and a rebuild failing for the same reason (or with the source gone) lost the cache."""
+    import errno
+
+    root = write_folder(tmp_path / "imnet", {"n01": 6, "n02": 6})
+    cfg = DatasetConfig.from_config(dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3,
+                                         images_per_class=4, val_per_class=2, seed=0))
+    path = prepare(cfg, tmp_path / "c", progress=False)
+    before = _files(path)
+    _too_many_open_files(monkeypatch)
+    with pytest.raises(OSError) as raised:
+        data_mod.open_prepared(path)
+    assert raised.value.errno == errno.EMFILE and not isinstance(raised.value, data_mod.DamagedDataset)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "rebuilding it"
+        with pytest.raises(OSError) as raised:
+            load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)
+    assert raised.value.errno == errno.EMFILE and _files(path) == before
+    monkeypatch.undo()
+    assert len(load_dataset(cfg, cache_dir=tmp_path / "c", progress=False).train) == 8
+
+
+def test_an_oserror_of_the_machine_does_not_start_an_interrupted_split_over(tmp_path, monkeypatch):
+    """The checkpoint's array could not be opened (EMFILE) and was taken for damaged: the split started over,
+    overwriting what an interrupted preparation had written (hours of JPEG decoding for ImageNet)."""
+    import errno
+
+    cfg = folder_of_24(tmp_path)
+    out = interrupted(cfg, tmp_path / "c", monkeypatch)
+    kept = ("train_x.u8", "train_progress.json")  # (the labels are saved again on every start, the same)
+    before = [(_files(out)[name], (out / name).read_bytes()) for name in kept]
+    monkeypatch.setattr(data_mod, "_decode_file", _real_decode)
+    _too_many_open_files(monkeypatch)
+    with pytest.raises(OSError) as raised:
+        prepare(cfg, tmp_path / "c", progress=False)
+    assert raised.value.errno == errno.EMFILE
+    assert [(_files(out)[name], (out / name).read_bytes()) for name in kept] == before
+
+
+def _imagenet_args(root: Path, cache: Path) -> list[str]:
+    return ["dataset=imagenet_subset", f"dataset.root={root}", "dataset.classes=null", "dataset.images_per_class=4",
+            "dataset.val_per_class=2", "dataset.resolution=16", f"cache_dir={cache}"]
+
+
+def test_nas_data_info_names_a_damaged_cache_and_changes_nothing(tmp_path, capsys):
+    """info, documented to build nothing, called load_dataset: a damaged cache was deleted and rebuilt (minutes for
+    ImageNet) by a command meant to describe it."""
+    from nas.data.__main__ import main
+
+    args = _imagenet_args(write_folder(tmp_path / "imnet", {"n01": 6, "n02": 6}), tmp_path / "c")
+    assert main(["prepare", *args]) == 0
+    path = Path(json.loads(capsys.readouterr().out)["path"])
+    assert main(["info", *args]) == 0 and json.loads(capsys.readouterr().out)["num_train"] == 8
+    target = path / "train_x.u8"
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    before = _files(path)
+    assert main(["info", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"error: DamagedDataset: prepared dataset {path} is damaged (ValueError: ") and err.endswith(
+        "); run python -m nas.data prepare with the same arguments to rebuild it\n"), err
+    assert _files(path) == before
+    with pytest.warns(UserWarning, match="rebuilding it"):
+        assert main(["prepare", *args]) == 0  # prepare rebuilds it, as the error says
+    assert main(["info", *args]) == 0

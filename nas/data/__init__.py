@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import time
 import warnings
 import zipfile
@@ -43,6 +44,10 @@ FORMAT_VERSION = 2
 # images written between progress checkpoints: a resumed prepare redoes at most one chunk
 ARRAY_CHUNK = 2048
 FILE_CHUNK = 256
+# floats (4 bytes each) resized at once from an array source: 2,048 Fashion-MNIST images at 1,024 px are 8 GiB
+RESIZE_FLOATS = 2**26
+# the largest dataset.resolution: above any proxy or deployment input (224 px); 100,000 px asked 10 GB per image
+MAX_RESOLUTION = 1024
 # what reading a damaged prepared file raises: missing, cut off, garbage, not what prepare wrote (numpy: ValueError,
 # EOFError, BadZipFile for bytes starting "PK"), a meta.json that is not JSON or lacks a field. Any other OSError
 # (too many open files, out of memory, a disk's I/O error) is the machine's, not the file's: it propagates and
@@ -51,8 +56,16 @@ DAMAGE = (FileNotFoundError, ValueError, EOFError, KeyError, TypeError, zipfile.
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
-    # expanded here: a shell leaves the ~ of cache_dir=~/x alone (not a variable assignment)
-    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir("data")
+    """Where prepared datasets live, absolute: ``cache_dir``, or None for ``$MNAS_CACHE_DIR/data``, else
+    ``~/.cache/mnasnet-search/data``. An empty one is refused: ``cache_dir=$UNSET`` was the current directory."""
+    if cache_dir is None:
+        return default_cache_dir("data")
+    if isinstance(cache_dir, str) and not cache_dir.strip():
+        raise ValueError(f"cache_dir is empty; leave it out (or null) for the default $MNAS_CACHE_DIR/data, else "
+                         f"~/.cache/mnasnet-search/data (here {default_cache_dir('data')})")
+    # expanded here: a shell leaves the ~ of cache_dir=~/x alone (not a variable assignment); absolute, as workers
+    # that change directory open the prepared dataset by its path
+    return Path(cache_dir).expanduser().absolute()
 
 
 SOURCES = ("fashion_mnist", "cifar10", "imagefolder")
@@ -72,8 +85,8 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         one_of("dataset.source", self.source, SOURCES)
-        if not is_int(self.resolution) or self.resolution < 8:
-            raise ValueError(f"dataset.resolution must be an integer >= 8, got {self.resolution!r}")
+        if not is_int(self.resolution) or not 8 <= self.resolution <= MAX_RESOLUTION:
+            raise ValueError(f"dataset.resolution must be an integer in [8, {MAX_RESOLUTION}], got {self.resolution!r}")
         if self.channels is not None and (not is_int(self.channels) or self.channels not in (1, 3)):
             raise ValueError(f"dataset.channels must be null, 1 or 3, got {self.channels!r}")
         positive_int("dataset.images_per_class", self.images_per_class, allow_none=True)
@@ -161,16 +174,18 @@ class PreparedDataset:
         }
 
 
-def _select(labels: np.ndarray, num_classes: int, per_class: int | None, val_per_class: int, seed: int, where: str):
-    """Per class: shuffle with ``seed``, hold out ``val_per_class``, keep ``per_class`` for training."""
+def _select(labels: np.ndarray, class_names: list[str], per_class: int | None, val_per_class: int, seed: int,
+            where: str):
+    """Per class: shuffle with ``seed``, hold out ``val_per_class``, keep ``per_class`` for training. A class
+    too small is named by its name (wnid, folder, Fashion-MNIST name), not its position in the chosen list."""
     rng = np.random.default_rng(seed)
     train_idx, val_idx = [], []
-    for c in range(num_classes):
+    for c, name in enumerate(class_names):
         idx = np.flatnonzero(labels == c)
         need = val_per_class + (per_class or 1)
         if len(idx) < need:
             raise ValueError(
-                f"{where}: class {c} has {len(idx)} images, fewer than val_per_class + images_per_class = {need}"
+                f"{where}: class {name!r} has {len(idx)} images, fewer than val_per_class + images_per_class = {need}"
             )
         idx = rng.permutation(idx)
         val_idx.append(idx[:val_per_class])
@@ -295,7 +310,7 @@ def _prepare_locked(cfg: DatasetConfig, out: Path, progress: bool) -> Path:
         if isinstance(src, sources.ArraySource):
             src, origin = _restrict_classes(src, cfg.classes, cfg.seed)
         num_classes = len(src.class_names)
-        train_idx, val_idx = _select(src.labels, num_classes, cfg.images_per_class, cfg.val_per_class, cfg.seed,
+        train_idx, val_idx = _select(src.labels, src.class_names, cfg.images_per_class, cfg.val_per_class, cfg.seed,
                                      f"dataset {cfg.name}")
     except (OSError, ValueError) as exc:
         message = first_line(exc)
@@ -304,6 +319,7 @@ def _prepare_locked(cfg: DatasetConfig, out: Path, progress: bool) -> Path:
     native = src.images.shape[-1] if isinstance(src, sources.ArraySource) else 3
     channels = cfg.channels or native
     shape = (cfg.resolution, cfg.resolution, channels)
+    _check_space(cfg, out, {"train": len(train_idx), "val": len(val_idx)}, shape)
     skipped: list[str] = []
     # Pillow releases the GIL while decoding and resizing, so threads spread JPEG preparation over the cores
     with ThreadPoolExecutor(max_workers=decode_workers()) as pool:
@@ -319,8 +335,11 @@ def _prepare_locked(cfg: DatasetConfig, out: Path, progress: bool) -> Path:
             bar = tqdm(total=len(idx), initial=done, desc=f"prepare {cfg.name}/{split}", unit="img", disable=not progress)
             for start in range(done, len(idx), chunk):
                 part = idx[start : start + chunk]
-                if isinstance(src, sources.ArraySource):
-                    x[start : start + len(part)] = _resize_array(src.images[part], cfg.resolution, channels)
+                if isinstance(src, sources.ArraySource):  # resized in pieces: the floats of a chunk grow as res**2
+                    step = max(1, RESIZE_FLOATS // (cfg.resolution * cfg.resolution * channels))
+                    for at in range(0, len(part), step):
+                        x[start + at : start + at + step] = _resize_array(src.images[part[at : at + step]],
+                                                                          cfg.resolution, channels)
                 else:
                     files = [src.files[i] for i in part]
                     decoded = pool.map(lambda f: _decode_or_error(f, cfg.resolution, channels), files)
@@ -362,6 +381,35 @@ def _prepare_locked(cfg: DatasetConfig, out: Path, progress: bool) -> Path:
     np.save(out / "val_source_indices.npy", origin[val_idx])
     _write_json(out / "meta.json", meta)  # written last: its presence means the arrays are complete
     return out
+
+
+def _size(n: float) -> str:
+    """``n`` bytes for a reader: 144.3 KiB, 1.5 TiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _check_space(cfg: DatasetConfig, out: Path, counts: dict[str, int], shape: tuple[int, ...]) -> None:
+    """Refuse, before any array is created, a preparation the disk of ``out`` cannot hold. The arrays are sparse
+    files: numpy creates them at full size at once and the disk fills only as images are written, so without
+    this an oversized one failed hours in (``dataset.resolution=100000``: a 1.6 TB file, then an allocator error).
+    What an interrupted preparation already wrote is on the disk already and not counted again."""
+    need = 0
+    for split, n in counts.items():
+        x_bytes = n * int(np.prod(shape))
+        try:
+            written = (out / f"{split}_x.u8").stat().st_blocks * 512
+        except (FileNotFoundError, AttributeError):  # not started (st_blocks: POSIX only)
+            written = 0
+        need += max(0, x_bytes - written) + 3 * 8 * n  # images; labels and source positions (int64)
+    free = shutil.disk_usage(out).free
+    if need > free:
+        raise DatasetUnavailable(f"dataset {cfg.name}: its prepared arrays need {_size(need)} more at "
+                                 f"{cfg.resolution} px but {out.parent} has {_size(free)} free; lower "
+                                 f"dataset.resolution or dataset.images_per_class, or set cache_dir to a larger disk")
 
 
 def _write_json(path: Path, value: dict) -> None:
@@ -479,7 +527,8 @@ def load_dataset(cfg: Mapping | DatasetConfig, cache_dir: str | Path | None = No
 
 class DatasetUnavailable(ValueError):
     """The dataset's source is missing or unreadable, or does not hold what the config asks of it (classes, images
-    per class); the message is one line naming the dataset and the problem."""
+    per class), or the cache's disk cannot hold its arrays; the message is one line naming the dataset and the
+    problem."""
 
 
 class DamagedDataset(ValueError):

@@ -627,3 +627,78 @@ def test_nas_data_info_names_a_damaged_cache_and_changes_nothing(tmp_path, capsy
     with pytest.warns(UserWarning, match="rebuilding it"):
         assert main(["prepare", *args]) == 0  # prepare rebuilds it, as the error says
     assert main(["info", *args]) == 0
+
+
+def test_an_empty_cache_dir_is_refused_not_the_current_directory(tmp_path, monkeypatch):
+    """cache_dir=$UNSET_VAR (empty) was Path("."): the dataset was prepared into the current directory, and its
+    relative path recorded."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MNAS_CACHE_DIR", str(tmp_path / "env"))
+    for empty in ("", "  "):
+        with pytest.raises(ValueError, match=r"cache_dir is empty; leave it out \(or null\) for the default "
+                                             r"\$MNAS_CACHE_DIR/data, else ~/.cache/mnasnet-search/data"):
+            cache_root(empty)
+    assert cache_root("rel") == tmp_path / "rel" and cache_root(Path("rel")).is_absolute()
+    assert cache_root(None) == tmp_path / "env" / "data"
+
+
+def test_nas_data_prepare_with_an_empty_cache_dir_is_one_error_line(tmp_path, monkeypatch, capsys):
+    from nas.data.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare", "dataset=imagenet_subset", f"dataset.root={tmp_path}", "cache_dir="]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ValueError: cache_dir is empty"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_class_too_small_is_named_by_its_name_not_its_position(tmp_path):
+    """"class 1 has 3 images": the position in the chosen list, which the user never wrote."""
+    root = write_folder(tmp_path / "imnet", {"n01": 6, "n02": 3})
+    cfg = dict(name="imf", source="imagefolder", root=str(root), resolution=16, channels=3, images_per_class=2,
+               val_per_class=2)
+    with pytest.raises(data_mod.DatasetUnavailable, match="dataset imf: class 'n02' has 3 images, fewer than "
+                                                          "val_per_class \\+ images_per_class = 4"):
+        load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)
+    write_cifar10(tmp_path / "cifar", per_class=3)
+    with pytest.raises(data_mod.DatasetUnavailable, match="class 'cat' has 3 images"):
+        load_dataset(dict(name="c10", source="cifar10", root=str(tmp_path / "cifar"), classes=["cat", "ship"],
+                          val_per_class=2, images_per_class=2), cache_dir=tmp_path / "c", progress=False)
+
+
+def test_an_absurd_resolution_is_refused_by_the_config():
+    """dataset.resolution=100000 was accepted: 10 GB per image (checked on the config alone: preparing it would
+    take the machine's memory)."""
+    assert DatasetConfig(resolution=1024).resolution == 1024
+    for bad in (1025, 100000):
+        with pytest.raises(ValueError, match=rf"dataset.resolution must be an integer in \[8, 1024\], got {bad}"):
+            DatasetConfig(resolution=bad)
+
+
+def test_arrays_the_disk_cannot_hold_are_refused_before_they_are_created(tmp_path, monkeypatch):
+    """dataset.resolution=100000 created a 1.6 TB sparse file, then died in the allocator; the arrays' size is now
+    compared with the free space of the cache's disk first, in one line naming both."""
+    import collections
+
+    root = write_folder(tmp_path / "imnet", {"n01": 6, "n02": 6})
+    cfg = DatasetConfig.from_config(dict(name="imf", source="imagefolder", root=str(root), resolution=64, channels=3,
+                                         images_per_class=4, val_per_class=2, seed=0))
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(data_mod.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 50_000, 50_000))
+    need = 12 * 64 * 64 * 3 + 12 * 24  # images, labels and source positions: 147,744 bytes
+    with pytest.raises(data_mod.DatasetUnavailable, match=r"^dataset imf: its prepared arrays need 144\.3 KiB more "
+                                                          r"at 64 px but .* has 48\.8 KiB free; lower"):
+        prepare(cfg, tmp_path / "c", progress=False)
+    assert not list((cache_root(tmp_path / "c") / cfg.key()).glob("*_x.u8"))
+    monkeypatch.setattr(data_mod.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - need, need))
+    assert len(load_dataset(cfg, cache_dir=tmp_path / "c", progress=False).train) == 8  # just enough
+
+
+def test_an_array_source_resized_in_pieces_equals_one_resize(tmp_path, monkeypatch):
+    """2,048 images resized at once as floats: 8 GiB of Fashion-MNIST at 1,024 px, 25 GiB in colour."""
+    write_cifar10(tmp_path / "cifar", per_class=8)
+    cfg = dict(name="c10", source="cifar10", root=str(tmp_path / "cifar"), resolution=40, val_per_class=2)
+    whole = load_dataset(cfg, cache_dir=tmp_path / "a", progress=False)
+    monkeypatch.setattr(data_mod, "RESIZE_FLOATS", 3 * 40 * 40 * 3)  # three images a piece
+    pieces = load_dataset(cfg, cache_dir=tmp_path / "b", progress=False)
+    assert np.array_equal(whole.train.x, pieces.train.x) and np.array_equal(whole.val.x, pieces.val.x)

@@ -36,6 +36,7 @@ from mnas_common.checks import seed as check_seed
 from mnas_common.config import to_plain
 from mnas_common.errors import first_line
 from mnas_common.paths import cache_dir as default_cache_dir
+from mnas_common.paths import directory_problem
 
 __all__ = ["DamagedDataset", "DatasetConfig", "DatasetUnavailable", "PreparedDataset", "Split", "cache_root",
            "check_dataset", "load_dataset", "open_prepared", "prepare"]
@@ -499,6 +500,8 @@ def check_dataset(cfg: DatasetConfig, cache_dir: str | Path | None = None) -> st
         return f"dataset {cfg.name}: image folder not found: {cfg.root} (set dataset.root or IMAGENET_ROOT)"
     if cfg.source == "cifar10" and not (root and sources.cifar10_batches(root)[0].exists()):
         return f"dataset {cfg.name}: CIFAR-10 batches not found in {cfg.root} (set dataset.root or CIFAR10_ROOT)"
+    if problem := directory_problem(out):  # to be prepared: a search found this only after writing its store
+        return f"dataset {cfg.name}: cannot prepare it in {out.parent}: {problem} (cache_dir or MNAS_CACHE_DIR)"
     return None
 
 

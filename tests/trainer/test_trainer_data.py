@@ -384,6 +384,11 @@ def test_check_dataset_names_a_missing_source_without_reading_it(tmp_path):
     assert "CIFAR-10 batches not found" in check_dataset(DatasetConfig(name="c", source="cifar10",
                                                                        root=str(tmp_path)), tmp_path)
     assert check_dataset(DatasetConfig(**fmnist()), tmp_path) is None
+    # a cache it cannot be prepared in: a search wrote its store, then died in the dataset's mkdir with a traceback
+    (tmp_path / "file").write_text("")
+    assert check_dataset(DatasetConfig(**fmnist()), tmp_path / "file" / "cache") == (
+        f"dataset {fmnist()['name']}: cannot prepare it in {tmp_path / 'file' / 'cache'}: {tmp_path / 'file'} is not "
+        "a directory (cache_dir or MNAS_CACHE_DIR)")
 
 
 @pytest.mark.parametrize("damage", ['{"done": 1', "", "[]", '{"done": "lots"}', '{"done": 999}'])

@@ -5,7 +5,7 @@ Knows nothing of controllers, training or latency. ``torch`` is imported only wh
 
 from __future__ import annotations
 
-from search_spaces.arch import ArchSpec, BlockSpec, canonical, format_arch, parse_arch
+from search_spaces.arch import ArchSpec, BlockSpec, canonical, format_arch, network_spec, parse_arch
 from search_spaces.references import get_reference, list_references, register_reference, resolve_arch
 from search_spaces.space import SearchSpace
 from search_spaces.width import make_divisible
@@ -21,6 +21,7 @@ __all__ = [
     "get_reference",
     "list_references",
     "make_divisible",
+    "network_spec",
     "parse_arch",
     "profile_arch",
     "register_reference",

@@ -10,11 +10,13 @@ Tokens: ``r<repeats>`` ``k<kernel>`` ``s<stride>`` ``e<expansion>`` (``ir`` only
 ``se<ratio>`` (optional, default 0) and the skip op: absent = identity residual, ``noskip``, ``poolskip``.
 
 This module is pure Python (no torch) so controllers, caches and CSVs can handle architectures as strings.
-``format_arch(parse_arch(s))`` is the canonical form of ``s``; ``parse_arch(format_arch(a)) == a`` always.
+``format_arch(parse_arch(s))`` is ``s`` with its tokens in order; ``parse_arch(format_arch(a)) == a`` always;
+:func:`canonical` also writes a skip op that changes nothing as the default, so one network has one string.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -156,6 +158,35 @@ def format_arch(spec: ArchSpec) -> str:
     return spec.to_string()
 
 
+STEM_CHANNELS = 32  # the fixed stem's output: the first block's input
+
+
+def effective_skip(skip: str, cin: int, cout: int, stride: int) -> str:
+    """The skip op a layer really has: identity needs stride 1 and equal channels, pool needs equal channels."""
+    if cin != cout:
+        return "none"
+    if skip == "identity":
+        return "identity" if stride == 1 else "none"
+    return skip
+
+
+def network_spec(spec: ArchSpec) -> ArchSpec:
+    """``spec`` with every skip op that changes nothing written as the default (identity): one spelling per
+    network. A block's skip applies from its second layer on, so only a one-layer block can have an inert one: where
+    the channels change (all three skips are dropped) or its stride is 2 (``noskip`` is what identity becomes).
+    Networks as the search builds them (the 32-channel stem, width multiplier 1)."""
+    blocks, cin = [], STEM_CHANNELS
+    for block in spec.blocks:
+        if block.repeats == 1 and block.skip != "identity":
+            applied = effective_skip(block.skip, cin, block.out_channels, block.stride)
+            if applied == effective_skip("identity", cin, block.out_channels, block.stride):
+                block = dataclasses.replace(block, skip="identity")
+        blocks.append(block)
+        cin = block.out_channels
+    return ArchSpec(tuple(blocks))
+
+
 def canonical(arch: str) -> str:
-    """The canonical spelling of an architecture string (tokens in fixed order, defaults omitted)."""
-    return format_arch(parse_arch(arch))
+    """The canonical spelling of an architecture string: tokens in fixed order, defaults omitted, a skip op that
+    changes nothing written as the default (:func:`network_spec`); two strings of one network have one spelling."""
+    return format_arch(network_spec(parse_arch(arch)))

@@ -12,20 +12,10 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from search_spaces.arch import ArchSpec, BlockSpec, parse_arch
+from search_spaces.arch import STEM_CHANNELS, ArchSpec, BlockSpec, effective_skip, parse_arch
 
-STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 LAYER_KINDS = ("stem", "layer", "head")
-
-
-def effective_skip(skip: str, cin: int, cout: int, stride: int) -> str:
-    """The skip op a layer really has: identity needs stride 1 and equal channels, pool needs equal channels."""
-    if cin != cout:
-        return "none"
-    if skip == "identity":
-        return "identity" if stride == 1 else "none"
-    return skip
 
 
 def se_channels(se_ratio: float, cin: int) -> int:

@@ -22,7 +22,8 @@ import numpy as np
 
 from mnas_common.config import to_plain
 
-from search_spaces.arch import MAX_VALUE, SKIP_OPS, ArchSpec, BlockSpec, parse_arch
+from search_spaces.arch import (MAX_VALUE, SKIP_OPS, STEM_CHANNELS, ArchSpec, BlockSpec, effective_skip, network_spec,
+                                parse_arch)
 from search_spaces.width import make_divisible
 
 DECISIONS = ("conv_op", "kernel", "se_ratio", "skip", "filters", "layers")
@@ -211,8 +212,25 @@ class SearchSpace:
 
     @property
     def size(self) -> int:
-        """Number of distinct architecture strings in the space."""
+        """Number of token sequences: every decision's choices multiplied."""
         return math.prod(self.num_choices)
+
+    @property
+    def num_networks(self) -> int:
+        """Number of distinct networks (architecture strings): fewer than :attr:`size`, because a one-layer block's
+        skip op can change nothing (:func:`~search_spaces.arch.network_spec`). Counted block by block over the
+        width entering each block."""
+        prefixes = {STEM_CHANNELS: 1}  # networks so far, by the width they end with
+        for b in self.blocks:
+            others = len(b.conv_ops) * len(b.kernels) * len(b.se_ratios)
+            after: dict[int, int] = {}
+            for cin, count in prefixes.items():
+                for cout in b.channels:
+                    skips = sum(len(b.skips) if r > 1 else
+                                len({effective_skip(skip, cin, cout, b.stride) for skip in b.skips}) for r in b.layers)
+                    after[cout] = after.get(cout, 0) + count * others * skips
+            prefixes = after
+        return sum(prefixes.values())
 
     def decision_names(self) -> list[str]:
         return [f"block{b + 1}.{d}" for b in range(self.num_blocks) for d in DECISIONS]
@@ -251,10 +269,10 @@ class SearchSpace:
                     skip=skip,
                 )
             )
-        return ArchSpec(tuple(specs))
+        return network_spec(ArchSpec(tuple(specs)))  # sequences differing only in an inert skip: one network
 
     def decode(self, tokens: Sequence[int]) -> str:
-        """Token sequence -> canonical architecture string."""
+        """Token sequence -> canonical architecture string (one per network: :func:`~search_spaces.arch.canonical`)."""
         return self.decode_spec(tokens).to_string()
 
     def encode(self, arch: str | ArchSpec) -> list[int]:
@@ -298,7 +316,8 @@ class SearchSpace:
         return True
 
     def describe(self) -> str:
-        lines = [f"{self.num_blocks} blocks, {self.num_decisions} decisions, {self.size:.3e} architectures"]
+        lines = [f"{self.num_blocks} blocks, {self.num_decisions} decisions, {self.size:.3e} token sequences, "
+                 f"{self.num_networks:.3e} distinct networks"]
         for i, b in enumerate(self.blocks, start=1):
             lines.append(
                 f"  block {i}: stride {b.stride}, ops {list(b.conv_ops)}, kernels {list(b.kernels)}, "

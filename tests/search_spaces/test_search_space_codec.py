@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 
@@ -21,6 +22,7 @@ from search_spaces import (
     resolve_arch,
 )
 from search_spaces.__main__ import load_space
+from search_spaces.space import DECISIONS
 
 MBV2 = (
     "ds_r1_k3_s1_c16-ir_r2_k3_s2_e6_c24-ir_r3_k3_s2_e6_c32-ir_r4_k3_s2_e6_c64-"
@@ -136,12 +138,27 @@ def test_tokens_round_trip_over_thousands_of_samples(space):
     tokens = space.sample_tokens(5000, seed=123)
     strings = [space.decode(t) for t in tokens]
     for t, s in zip(tokens, strings):
-        assert space.encode(s) == t
-        assert canonical(s) == s
-        assert space.encode(parse_arch(s)) == t
-    # distinct token sequences give distinct architectures (the codec is a bijection)
-    distinct = {tuple(t) for t in tokens}
-    assert len({s for s in strings}) == len(distinct)
+        assert_round_trip(space, t, s)
+        assert space.encode(parse_arch(s)) == space.encode(s)
+    # distinct token sequences give distinct architectures, but for inert skip ops (one network, one string)
+    distinct = {tuple(space.encode(s)) for s in strings}
+    assert len(set(strings)) == len(distinct) > 4900
+
+
+def assert_round_trip(space: SearchSpace, tokens: list[int], arch: str) -> None:
+    """``arch``, decoded from ``tokens``, is canonical and encodes back to them, but for a skip op that changes
+    nothing (written as identity: the network is the same)."""
+    back = space.encode(arch)
+    assert canonical(arch) == arch and space.decode(back) == arch
+    skip = DECISIONS.index("skip")
+    for b in range(space.num_blocks):
+        for d in range(6):
+            i = 6 * b + d
+            if d != skip:
+                assert back[i] == tokens[i], (b, d)
+            elif back[i] != tokens[i]:  # an inert skip: the other spelling decodes to the same network
+                assert space.blocks[b].skips[back[i]] == "identity"
+                assert space.decode([*tokens[:i], back[i], *tokens[i + 1:]]) == arch
 
 
 @settings(max_examples=300, deadline=None)
@@ -149,7 +166,7 @@ def test_tokens_round_trip_over_thousands_of_samples(space):
 def test_decode_encode_property(space, data):
     tokens = [data.draw(st.integers(0, n - 1)) for n in space.num_choices]
     arch = space.decode(tokens)
-    assert space.encode(arch) == tokens
+    assert_round_trip(space, tokens, arch)
     assert format_arch(parse_arch(arch)) == arch
 
 
@@ -192,8 +209,9 @@ def test_any_se_ratio_round_trips_exactly(ratio):
 
 def test_a_space_with_any_se_ratio_encodes_what_it_decodes():
     space = SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}], se_ratios=[0.0, 1 / 3, 1e-5, 5e-324])
+    identity = space.blocks[0].skips.index("identity")  # 32 -> 16 channels: the skip is inert, written as identity
     for se in range(4):
-        tokens = [0, 0, se, 0, 0, 0]
+        tokens = [0, 0, se, identity, 0, 0]
         assert space.encode(space.decode(tokens)) == tokens
     assert "_se0.00001" in space.decode([0, 0, 2, 0, 0, 0])
 
@@ -201,7 +219,10 @@ def test_a_space_with_any_se_ratio_encodes_what_it_decodes():
 def test_tokens_are_order_free_and_defaults_omitted():
     assert canonical("ir_c24_e6_s2_k3_r2_se0.25") == "ir_r2_k3_s2_e6_c24_se0.25"
     assert canonical("ds_r1_k3_s1_c16_se0") == "ds_r1_k3_s1_c16"
-    assert canonical("cn_k5_r1_s1_c8_poolskip") == "cn_r1_k5_s1_c8_poolskip"
+    assert format_arch(parse_arch("cn_k5_r1_s1_c8_poolskip")) == "cn_r1_k5_s1_c8_poolskip"
+    assert canonical("cn_k5_r1_s1_c8_poolskip") == "cn_r1_k5_s1_c8"  # 32 -> 8 channels: no skip op applies
+    assert canonical("cn_k5_r1_s1_c32_poolskip") == "cn_r1_k5_s1_c32_poolskip"  # 32 -> 32: the pool skip does
+    assert canonical("cn_k5_r1_s2_c32_noskip") == "cn_r1_k5_s2_c32"  # stride 2: identity is no skip either
 
 
 def test_grammar_expresses_channels_outside_the_choice_lists(space):
@@ -278,3 +299,28 @@ def test_a_misspelt_reference_name_is_named_with_the_known_ones(name):
 def test_a_string_starting_with_a_block_type_is_still_read_as_an_architecture():
     with pytest.raises(ValueError, match=r"^stage 1 \('ir_r1_k3_s1_c16'\): missing token\(s\) e$"):
         resolve_arch("ir_r1_k3_s1_c16")
+
+
+def test_one_network_has_one_string_and_the_count_of_networks_is_exact():
+    """A one-layer block whose channels change drops every skip op (and a stride-2 one turns identity into none):
+    ir_r1_..._c16 with noskip, poolskip or identity was one network under three strings, trained and timed three
+    times, counted three times in the space's size and in a run's unique architectures."""
+    from search_spaces.layers import network_layers
+
+    spellings = ["ir_r1_k5_s1_e6_c16_se0.25_noskip", "ir_r1_k5_s1_e6_c16_se0.25", "ir_r1_k5_s1_e6_c16_se0.25_poolskip"]
+    assert {canonical(a) for a in spellings} == {"ir_r1_k5_s1_e6_c16_se0.25"}
+    # every kind of block: channels kept or changed, stride 1 or 2, one layer or two; each decision has every choice
+    space = SearchSpace(blocks=[{"channels": 32, "layers": 1, "stride": 2}, {"channels": 32, "layers": 1, "stride": 1},
+                                {"channels": 16, "layers": 2, "stride": 1}], conv_ops=["ds"], kernel_sizes=[3],
+                        se_ratios=[0.0], skip_ops=["none", "identity", "pool"], filter_multipliers=[0.5, 1.0],
+                        layer_deltas=[-1, 0])
+    networks = {}
+    for tokens in itertools.product(*(range(k) for k in space.num_choices)):
+        arch = space.decode(tokens)
+        assert canonical(arch) == arch and space.decode(space.encode(arch)) == arch
+        layers = tuple(network_layers(arch, resolution=16, channels=3, num_classes=10))
+        assert networks.setdefault(arch, layers) == layers
+    assert len(set(networks.values())) == len(networks)  # distinct strings are distinct networks
+    assert space.num_networks == len(networks) < space.size == 432
+    default = SearchSpace.default()
+    assert default.num_networks == 198_579_389_183_557_632 < default.size  # about 2.8 sequences per network

@@ -6,7 +6,8 @@ non-dominated children (maximum accuracy, minimum latency) and writes:
 - ``front.csv`` / ``front.json``: the front over all given runs, with the run each child came from (label and
   directory);
 - ``children.csv``: every committed child of every run (label and directory);
-- ``runs.csv``: one row per run (children, failures, best reward, best accuracy, front size, hypervolume);
+- ``runs.csv``: one row per run (children, failures, best reward, best accuracy, front size, hypervolume and the
+  reference latency it was computed against, common to the runs of one report);
 - ``pareto.png``: accuracy vs latency, every child, each run's front and the reference architectures where the
   run measured them;
 - ``incumbent.png``: best reward so far against children evaluated, per configuration (median and quartiles over
@@ -23,6 +24,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -147,13 +149,35 @@ def _axes():
     return plt.subplots(figsize=(7, 4.5), dpi=110)
 
 
+# Characters per line of a plot's title and legend entries: a run's label (its overrides, joined by commas) has no
+# bound, and one line of it was cropped at the figure's edge. 60 title and 40 legend characters fit the 7-inch figure
+# (the legend in about half the axes).
+TITLE_WIDTH, LEGEND_WIDTH = 60, 40
+
+
+def _wrap(text: str, width: int) -> str:
+    """``text`` on lines of at most ``width`` characters, broken after a comma or a space (a label's overrides are
+    joined by commas, without spaces), within a word only where one alone is longer than a line."""
+    lines = [""]
+    for piece in re.split(r"(?<=[, ])", text):  # each piece ends with its comma or space
+        if lines[-1] and len(lines[-1]) + len(piece.rstrip()) > width:
+            lines.append("")
+        while len(piece.rstrip()) > width:  # on a line of its own (the one above was just ended)
+            lines[-1] = piece[:width]
+            lines.append("")
+            piece = piece[width:]
+        lines[-1] += piece
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def _finish(fig, ax, xlabel: str, ylabel: str, title: str):
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(_wrap(title, TITLE_WIDTH))
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[1]:
-        ax.legend(fontsize=7, loc="lower right")
+    handles, labels = ax.get_legend_handles_labels()
+    if labels:
+        ax.legend(handles, [_wrap(label, LEGEND_WIDTH) for label in labels], fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
 
@@ -192,11 +216,15 @@ def scatter_figure(points: list[dict], *, title: str = "", runs: list[dict] | No
 
 
 def incumbent_curves(runs: list[dict]) -> dict[str, list[np.ndarray]]:
-    """Best reward so far after each child (in sampling order), by group (a configuration's seeds together)."""
+    """Best reward so far after each evaluated child (in sampling order), by group (a configuration's seeds
+    together): element k is the best after k + 1 evaluations. A ``reused`` copy is left out, as from the engine's
+    ``children/evaluated``: it cost no evaluation and repeats an earlier result, so it neither advances the count
+    nor changes the best. (With reuse on, a run commits more children than it evaluates: counted per child, the
+    curve of a controller that resamples a lot looked cheaper than it was.)"""
     groups: dict[str, list[np.ndarray]] = {}
     for run in runs:
         rewards = [c["reward"] for c in sorted(run["children"], key=lambda c: (c["step"], c["idx"]))
-                   if c["reward"] is not None]
+                   if c["reward"] is not None and not c["reused"]]
         if not rewards:
             continue
         curve = np.maximum.accumulate(np.asarray(rewards, dtype=float))
@@ -205,10 +233,12 @@ def incumbent_curves(runs: list[dict]) -> dict[str, list[np.ndarray]]:
 
 
 def incumbent_figure(runs: list[dict], *, title: str = ""):
-    """Best reward so far vs children evaluated; median with a quartile band where a label has several seeds."""
+    """Best reward so far vs children evaluated (reused copies not counted); median with a quartile band where a
+    label has several seeds."""
     fig, ax = _axes()
     for label, curves in sorted(incumbent_curves(runs).items()):
-        n = min(len(c) for c in curves)  # common length: runs of one configuration share the budget
+        # the evaluations every seed reached: seeds of one budget evaluate fewer children the more they reuse
+        n = min(len(c) for c in curves)
         stack = np.stack([c[:n] for c in curves])
         x = np.arange(1, n + 1)
         median = np.median(stack, axis=0)
@@ -275,6 +305,9 @@ def export_runs(
         all_children += [{**where, **c} for c in run["children"]]
         run["points"] = [{**where, **c} for c in run["measured"]]
         all_points.extend(run["points"])
+    # The hypervolume's reference point: top-1 0 and 1.1 x the slowest child measured in *these* runs, so one run's
+    # hypervolume differs between its own report and a sweep's. Written beside every hypervolume (runs.csv,
+    # summary.md): numbers from two reports compare only where the reference is the same.
     lat_ref = max((p["latency_ms"] for p in all_points), default=1.0) * 1.1
 
     rows = []
@@ -296,6 +329,7 @@ def export_runs(
                 "min_latency_ms": min(lat, default=None),
                 "front_size": int(front_mask(acc, lat).sum()) if pts else 0,
                 "hypervolume": hypervolume(acc, lat, lat_ref) if pts else 0.0,
+                "hv_latency_ref_ms": lat_ref if all_points else None,  # no point measured: no reference
             }
         )
 
@@ -307,7 +341,9 @@ def export_runs(
     _write_csv(out / "front.csv", front_rows)
     (out / "front.json").write_text(json.dumps(front_rows, indent=2))
     _write_csv(out / "children.csv", all_children)
-    _write_csv(out / "runs.csv", rows, [*rows[0], "error"])
+    # the reference last, after error: the columns before it keep their places
+    fields = [f for f in rows[0] if f != "hv_latency_ref_ms"]
+    _write_csv(out / "runs.csv", rows, [*fields, "error", "hv_latency_ref_ms"])
 
     references = {}
     for run in runs:
@@ -355,6 +391,11 @@ def _write_summary(path: Path, rows, front_rows, references, exported, starting,
             f"{_fmt(r['best_top1'], '.4f')} | {_fmt(r['min_latency_ms'], '.2f')} | {r['front_size']} | "
             f"{_fmt(r['hypervolume'], '.3f')} |"
         )
+    ref = rows[0]["hv_latency_ref_ms"]  # one for every run of the report (the first row is a run, never a damaged one)
+    if ref is not None:
+        lines += ["", f"Hypervolume: the area each run's front dominates above top-1 0 and below latency "
+                  f"{ref:.4g} ms (1.1 x the slowest child measured in this report's runs; `hv_latency_ref_ms` "
+                  "in runs.csv). Hypervolumes from two reports compare only where this reference is the same."]
     if damaged:
         lines += ["", "## Damaged run stores (left out, not modified)", ""]
         lines += [f"- `{r['dir']}`: {r['error']}" for r in damaged]

@@ -370,3 +370,89 @@ def test_export_again_replaces_the_earlier_export(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "out" / "export").iterdir()) == listing
     assert "`export/` is an earlier report's" in (tmp_path / "out" / "summary.md").read_text()
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_the_incumbent_curve_counts_evaluated_children_as_the_engine_does(tmp_path):
+    # reused copies (reuse_evaluations, the default) cost no evaluation: they were points of the curve, so its x-axis,
+    # "children evaluated", overstated what a controller that resamples a lot had paid
+    from controllers import build as build_controller
+    from nas.engine import Search
+    from nas.pareto import find_runs, incumbent_curves, incumbent_figure, load_runs
+    from rewards import MnasNetReward
+    from search_spaces import SearchSpace
+    from tests.nas.fakes import FakeEvaluator
+
+    space = SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}], conv_ops=["ds", "mbconv3"],
+                        kernel_sizes=[3, 5], se_ratios=[0.0], skip_ops=["identity"], filter_multipliers=[1.0],
+                        layer_deltas=[0])  # 4 architectures: 12 children of a random search repeat some
+    evaluator = FakeEvaluator()
+    with RunStore(tmp_path / "run") as store:
+        Search(space=space, controller=build_controller("random", space.num_choices, seed=0),
+               reward=MnasNetReward(target_ms=5), evaluator=evaluator, store=store, budget=12, batch_size=4).run()
+    with RunStore(tmp_path / "run", readonly=True) as store:
+        kids = store.children(committed_only=True)
+        evaluated = sum(step["children/evaluated"] for step in store.steps())
+    assert len(kids) == 12 and evaluated == len(evaluator.evaluations) < 12  # some children were reused
+    runs = load_runs(find_runs([tmp_path / "run"]))[0]
+    (curve,) = incumbent_curves(runs)["search"]
+    fresh = [c.reward for c in sorted(kids, key=lambda c: (c.step, c.idx)) if not c.reused]
+    assert curve.tolist() == np.maximum.accumulate(fresh).tolist() and len(curve) == evaluated
+    assert max(curve) == max(c.reward for c in kids)  # a copy repeats an earlier result: the best is the same
+    line = incumbent_figure(runs).axes[0].lines[0]
+    assert list(line.get_xdata()) == list(range(1, int(evaluated) + 1))
+
+
+def test_runs_csv_and_summary_name_the_hypervolume_reference(tmp_path):
+    # the reference latency depends on the runs in the report: one run's hypervolume alone and in a sweep differ
+    from nas.front import hypervolume
+
+    make_run(tmp_path / "sweep" / "0", POINTS, label_overrides=["seed=0"])
+    make_run(tmp_path / "sweep" / "1", [("ds_r1_k3_s1_c8", 0.6, 10.0, "ok")], label_overrides=["seed=1"])
+    tables = {}
+    for name, path in (("alone", tmp_path / "sweep" / "0"), ("sweep", tmp_path / "sweep")):
+        assert main([str(path), "--out", str(tmp_path / name)]) == 0
+        with open(tmp_path / name / "runs.csv") as f:
+            reader = csv.DictReader(f)
+            tables[name] = list(reader)
+        assert reader.fieldnames == ["run", "dir", "children", "failed", "unique", "best_reward", "best_top1",
+                                     "min_latency_ms", "front_size", "hypervolume", "error", "hv_latency_ref_ms"]
+    alone, sweep = tables["alone"][0], tables["sweep"][0]
+    assert float(alone["hv_latency_ref_ms"]) == pytest.approx(4.0 * 1.1)  # the slowest child of this report
+    assert [float(r["hv_latency_ref_ms"]) for r in tables["sweep"]] == pytest.approx([10.0 * 1.1] * 2)
+    assert float(alone["hypervolume"]) != pytest.approx(float(sweep["hypervolume"]))
+    acc, lat = [p[1] for p in POINTS if p[2]], [p[2] for p in POINTS if p[2]]
+    for row in (alone, sweep):  # each number is reproduced from the reference written beside it
+        assert float(row["hypervolume"]) == pytest.approx(hypervolume(acc, lat, float(row["hv_latency_ref_ms"])))
+    assert "below latency 4.4 ms" in (tmp_path / "alone" / "summary.md").read_text()
+    assert "below latency 11 ms" in (tmp_path / "sweep" / "summary.md").read_text()
+
+
+LONG = "controller=lstm_ppo,reward=soft,reward.alpha=-0.07,reward.beta=-0.07,search_space=mnasnet,trainer.epochs=5"
+
+
+def test_long_run_labels_are_wrapped_inside_the_figure():
+    # a run with several overrides has a long label: on one line, title and legend were cropped at the figure's edge
+    from nas.pareto import incumbent_figure, scatter_figure
+
+    points = [{"latency_ms": 1.0, "top1": 0.5}, {"latency_ms": 2.0, "top1": 0.7}]
+    runs = [{"label": f"{LONG},seed={s}", "group": LONG, "points": points,
+             "children": [{"step": 0, "idx": i, "reward": r, "reused": False} for i, r in enumerate([0.5, 0.7])]}
+            for s in (0, 1)]
+    for fig in (scatter_figure(points, title=runs[0]["label"], runs=runs, target_ms=1.5),
+                incumbent_figure(runs, title=runs[0]["label"])):
+        ax = fig.axes[0]
+        fig.canvas.draw()
+        title, legend = ax.title.get_window_extent(), ax.get_legend().get_window_extent()
+        assert fig.bbox.x0 <= title.x0 and title.x1 <= fig.bbox.x1  # the title within the figure
+        assert ax.bbox.x0 <= legend.x0 and legend.x1 <= ax.bbox.x1  # the legend within the axes, not over the labels
+        assert ax.title.get_text().replace("\n", "") == runs[0]["label"]  # wrapped, not shortened
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab=, ", max_size=80), st.integers(1, 30))
+def test_wrap_bounds_every_line_and_only_breaks_lines(text, width):
+    from nas.pareto import _wrap
+
+    wrapped = _wrap(text, width)
+    assert all(len(line) <= width for line in wrapped.split("\n"))
+    assert wrapped.replace("\n", "").replace(" ", "") == text.replace(" ", "")  # spaces at a break may go

@@ -14,6 +14,7 @@ from ray.exceptions import ActorDiedError, ObjectLostError, OwnerDiedError, RayT
 from nas.evaluator import EvaluatorStopped
 from nas.ray_evaluator import CONVERT, TIME, TRAIN, RayEvaluator, _Job, _Pool
 from nas.record import ChildResult
+from nas.trainer import TrainerConfig
 
 ARCH = "fake-arch"
 
@@ -89,10 +90,10 @@ NO_LITERT = "ImportError: No module named 'ai_edge_litert'"
      "RuntimeError: adb: no device A"),  # the ping itself raised
 ])
 def test_actors_that_cannot_start_stop_the_search_in_one_line(fake_ray, monkeypatch, tmp_path, cls, error, what, why):
-    monkeypatch.setattr("nas.data.load_dataset",
-                        lambda _: SimpleNamespace(resolution=32, channels=1, num_classes=10, path=tmp_path))
+    monkeypatch.setattr("nas.data.load_dataset", lambda *_, **__: SimpleNamespace(
+        resolution=32, channels=1, num_classes=10, path=tmp_path, train=range(100)))
     fake_ray.broken[cls] = error
-    evaluator = RayEvaluator(trainer=None, dataset=None, deploy={}, latency={"runner": "host"})
+    evaluator = RayEvaluator(trainer=TrainerConfig(), dataset=None, deploy={}, latency={"runner": "host"})
     with pytest.raises(EvaluatorStopped) as stopped:
         evaluator.start(tmp_path)
     assert str(stopped.value) == f"the {what} actors cannot start: {why}"

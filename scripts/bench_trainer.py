@@ -8,6 +8,11 @@ Measured side by side in one run (rounds interleave the models so a busy machine
    CPU search costs).
 
     .venv/bin/python scripts/bench_trainer.py --threads 1 --rounds 3
+
+The output ends with one JSON line (``JSON_HELP``), with or without ``--json``: scripts read it, so it stays; the flag
+is accepted as the other bench scripts' is. A dataset that cannot be loaded (more ``--images-per-class`` than the
+source holds, a missing source, a cache that cannot be written) is one ``error: ...`` line and exit 2, before any
+model is timed.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ from nas.data import load_dataset  # noqa: E402
 from nas.trainer import BatchLoader, TrainerConfig, train_child  # noqa: E402
 
 PAIRS = (("mobilenet_v2", "mobilenet_v2"), ("mnasnet_b1", "mnasnet1_0"))
+JSON_HELP = ("the last line is JSON: threads, batch, resolution, rounds, steps, images_per_class, pairs [{ours, "
+             "torchvision, ours_ips, torchvision_ips, ratio}] (img/s) and children [{arch, train_child's result}]; "
+             "printed with or without --json (kept for the scripts that read it), the flag is accepted as in the "
+             "other bench scripts")
 
 
 def throughput(model: nn.Module, data, batch: int, steps: int, seed: int) -> float:
@@ -53,12 +62,14 @@ def throughput(model: nn.Module, data, batch: int, steps: int, seed: int) -> flo
     return seen / (time.perf_counter() - start)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     import torchvision
+    from omegaconf import OmegaConf
 
     from search_spaces import build_model
 
-    from mnas_common.errors import OneLineParser  # bad command lines: one error line, exit 2
+    from mnas_common.errors import OneLineParser, first_line  # bad command lines: one error line, exit 2
+    from nas.components import strip_targets
 
     ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -67,7 +78,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--resolution", type=int, default=32)
     ap.add_argument("--images-per-class", type=int, default=400)
-    args = ap.parse_args()
+    ap.add_argument("--json", action="store_true", help=JSON_HELP)
+    args = ap.parse_args(argv)
     for name in ("threads", "rounds", "steps", "batch", "resolution", "images_per_class"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -77,9 +89,19 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    # 3-channel copy so torchvision's models take the same input as ours
-    data3 = load_dataset(dict(name="fashion_mnist", source="fashion_mnist", resolution=args.resolution, channels=3,
-                              images_per_class=args.images_per_class, val_per_class=100, seed=0), progress=False)
+    root = Path(__file__).resolve().parents[1] / "configs"
+    # the config names its class (_target_, for Hydra): the fields alone make the TrainerConfig
+    quick = TrainerConfig(**strip_targets(OmegaConf.load(root / "trainer" / "quick.yaml")))
+    try:  # both datasets before any timing: a problem with either is the user's to fix, in one line
+        # 3-channel copy so torchvision's models take the same input as ours
+        data3 = load_dataset(dict(name="fashion_mnist", source="fashion_mnist", resolution=args.resolution,
+                                  channels=3, images_per_class=args.images_per_class, val_per_class=100, seed=0),
+                             progress=False)
+        # the default Fashion-MNIST proxy (28px, 1 channel) for the quick-trained children
+        data = load_dataset(OmegaConf.load(root / "dataset" / "fashion_mnist.yaml"), progress=False)
+    except (ValueError, OSError) as exc:  # DatasetUnavailable (a ValueError): too few images per class, no source
+        print(f"error: {first_line(exc)}", file=sys.stderr)
+        return 2
     models = {}
     for ours, theirs in PAIRS:
         models[f"ours:{ours}"] = build_model(ours, num_classes=10, in_channels=3, dropout=0.2)
@@ -93,7 +115,8 @@ def main() -> int:
     print(f"# training throughput, images/s (median of {args.rounds} interleaved rounds; batch {args.batch}, "
           f"{args.resolution}px, {args.threads} thread(s))")
     print(f"{'ours':<24}{'img/s':>9}  {'torchvision':<24}{'img/s':>9}  {'ratio':>6}  goal >= 0.95")
-    report = {"threads": args.threads, "batch": args.batch, "resolution": args.resolution, "pairs": []}
+    report = {"threads": args.threads, "batch": args.batch, "resolution": args.resolution, "rounds": args.rounds,
+              "steps": args.steps, "images_per_class": args.images_per_class, "pairs": []}
     ok = True
     for ours, theirs in PAIRS:
         a = statistics.median(speeds[f"ours:{ours}"])
@@ -105,11 +128,6 @@ def main() -> int:
         print(f"{ours:<24}{a:9.1f}  {theirs:<24}{b:9.1f}  {ratio:6.3f}  {'PASS' if ratio >= 0.95 else 'FAIL'}")
 
     # one proxy-trained child with the quick trainer on the default Fashion-MNIST proxy (28px, 1 channel)
-    from omegaconf import OmegaConf
-
-    root = Path(__file__).resolve().parents[1] / "configs"
-    quick = TrainerConfig(**OmegaConf.to_container(OmegaConf.load(root / "trainer" / "quick.yaml")))
-    data = load_dataset(OmegaConf.load(root / "dataset" / "fashion_mnist.yaml"), progress=False)
     print(f"\n# train_child, trainer=quick ({quick.epochs} epochs, batch {quick.batch_size}), dataset=fashion_mnist "
           f"({len(data.train)} train / {len(data.val)} val, {data.resolution}px)")
     print(f"{'arch':<14}{'status':>7}{'top1':>7}{'train s':>9}{'eval s':>8}{'img/s':>8}{'data wait':>11}")
@@ -120,7 +138,7 @@ def main() -> int:
         report["children"].append({"arch": arch, **r.to_dict()})
         print(f"{arch:<14}{r.status:>7}{(r.top1 or 0):7.3f}{r.train_seconds:9.2f}{r.eval_seconds:8.2f}"
               f"{r.images_per_second:8.0f}{r.data_wait_fraction:10.2%}  {'PASS' if r.data_wait_fraction < 0.10 else 'FAIL'} (< 10%)")
-    print(json.dumps(report))
+    print(json.dumps(report))  # with or without --json (JSON_HELP)
     return 0 if ok else 1
 
 

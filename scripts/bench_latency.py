@@ -15,13 +15,14 @@
    of the three references against a quiet measurement of each alone afterwards (ratio; goal within 5%), and the
    fronts' agreement on the measure run's own children (share of its accuracy-latency front that the front by
    predicted latency, and by the hybrid rule replayed child by child, recover). ``--cache`` must hold the host
-   table at the deploy input; it is copied, and its cached conversions and timings are dropped from the copy so every
-   search converts and times for real.
+   table at the deploy input (checked before the first search); each search gets its own copy of it, without its
+   cached conversions and timings, so every search converts and times for real.
 7. With ``--run DIR``: a finished host-latency search (``make search`` leaves ``runs/quickstart/seed0``): each
    reference's in-search latency against the median of ``--alone`` timings of it alone afterwards, each in a fresh
    cache on the run cache's drift-anchor reference (ratio; goal within 5%), and every measured child's timing spread
    (std of its timed runs over its latency; goal below 5% for every child). Use a run whose latency cache was fresh
-   (``latency.cache_path=...``): a reference answered from an older cache was not timed in the search.
+   (``latency.cache_path=...``): a reference answered from an older cache was not timed in the search. The run's
+   cache must still be there (with its drift-anchor reference where the run used one); it is never created.
 8. With ``--anchor``: the drift anchor's schemes side by side. ``--anchor-models`` random networks of the default
    space (224x224x3, 1,000 classes) are timed as a table build times its calibration and validation models (sessions
    of 8, three rounds a second apart) with no correction, with the anchor timed at each round's two ends (the
@@ -138,46 +139,54 @@ def main() -> None:
                         help="keep each section's temporary folder (conversions, caches, runs) instead of removing it")
     parser.add_argument("--json", action="store_true", help="print one JSON line of all figures at the end")
     args = parser.parse_args()
+    check_args(parser, args)
     from latency.predictor import LatencyTableMissing
 
     out: dict = {}
     try:
-        if args.retime:
-            out["retime"] = retime_validation(args)
-            return
-        if args.run:
-            out["run"] = run_figures(args)
-            return
-        if args.anchor:
-            out["anchor"] = anchor_schemes(args)
-            return
-        if args.residual:
-            out["residual"] = residual_figures(args)
-            return
-        if args.floor:
-            out["floor"] = spread_floor(args)
-            return
-        if args.figures:
-            out["validation"] = stored_figures(args)
-        if args.modes:
-            out["modes"] = mode_searches(args)
-        if args.only_modes:
-            return
-        if args.predictor or args.only_predictor:
-            out["predictor"] = predictor_figures(args)
-            if args.only_predictor:
-                return
-        bench_conversion(args)
+        run_sections(args, out)
     except LatencyTableMissing as exc:  # one line naming the build command, not a traceback
         raise SystemExit(f"error: {exc}") from None
-    finally:
-        if args.json:
-            import json
+    if args.json:  # only when the sections ran: a failure is its error line, not an empty or partial record
+        import json
 
-            print(json.dumps(out))
+        print(json.dumps(out))
 
 
-def bench_conversion(args) -> None:
+def check_args(parser, args) -> None:
+    """Bad numbers end here, in one ``error:`` line (exit 2), not in a traceback after minutes of conversions. Any
+    resolution from 1 px converts and passes the PyTorch check (mnasnet_a1 at 1, 8, 16 and 32 px: max abs error
+    under 1e-6), as the latency service accepts it."""
+    for flag in ("resolution", "repeats", "runs", "alone", "validate", "budget", "batch", "top_k"):
+        value = getattr(args, flag)
+        if value < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+
+
+def run_sections(args, out: dict) -> None:
+    """The sections the flags ask for, each adding its figures to ``out`` under its flag's name."""
+    alone = {"retime": retime_validation, "run": run_figures, "anchor": anchor_schemes, "residual": residual_figures,
+             "floor": spread_floor}  # each runs by itself, the first given
+    for flag, section in alone.items():
+        if getattr(args, flag):
+            out[flag] = section(args)
+            return
+    if args.figures:
+        out["validation"] = stored_figures(args)
+    if args.modes:
+        out["modes"] = mode_searches(args)
+    if args.only_modes:
+        return
+    if args.predictor or args.only_predictor:
+        out["predictor"] = predictor_figures(args)
+        if args.only_predictor:
+            return
+    out["conversion"] = bench_conversion(args)
+
+
+def bench_conversion(args) -> dict:
+    """Sections 1-3: conversion seconds per child, the host runner's repeat noise, decoded mnasnet_b1 against
+    torchvision's mnasnet1_0; prints them and returns the same figures (``--json``)."""
     from tqdm import tqdm
 
     from latency import build_service
@@ -211,17 +220,19 @@ def bench_conversion(args) -> None:
         print(f"{name:<14}{default_s[name]:>9.1f}{fast_s[name]:>8.1f}{default_s[name] / fast_s[name]:>7.1f}x"
               f"   {wall_s[name]:.1f}s {tag}")
     warm = CHILDREN[1:]
-    ratio = statistics.mean(default_s[n] for n in warm) / statistics.mean(fast_s[n] for n in warm)
-    print(f"warm speed-up: {ratio:.1f}x (goal >= 3x): {'PASS' if ratio >= 3 else 'FAIL'}")
+    speedup = statistics.mean(default_s[n] for n in warm) / statistics.mean(fast_s[n] for n in warm)
+    print(f"warm speed-up: {speedup:.1f}x (goal >= 3x): {'PASS' if speedup >= 3 else 'FAIL'}")
 
     # 2. repeat noise of the host runner on the converted models
     runner = HostRunner(threads=1, warmup_runs=5, num_runs=args.runs)
     paths = {n: service.measure(n, resolution=r).tflite_path for n in CHILDREN}
     print(f"\n== host repeat noise: median over {args.repeats} repeats")
+    repeat_ms, cv = {}, {}
     for name in CHILDREN:
         medians = [runner.time(paths[name])["latency_ms"] for _ in tqdm(range(args.repeats), desc=name, leave=False)]
-        cv = statistics.pstdev(medians) / statistics.mean(medians)
-        print(f"{name:<14} mean of medians {statistics.mean(medians):7.2f} ms   CV {100 * cv:5.2f}%")
+        repeat_ms[name] = statistics.mean(medians)
+        cv[name] = statistics.pstdev(medians) / repeat_ms[name]
+        print(f"{name:<14} mean of medians {repeat_ms[name]:7.2f} ms   CV {100 * cv[name]:5.2f}%")
 
     # 3. decoded mnasnet_b1 vs torchvision mnasnet1_0, converted the same way
     import torchvision
@@ -242,6 +253,10 @@ def bench_conversion(args) -> None:
           f"{statistics.median(theirs):.2f} ms: ratio {ratio:.3f} (goal within 10%): "
           f"{'PASS' if abs(ratio - 1) <= 0.10 else 'FAIL'}")
     service.close()
+    return {"resolution": r, "runs": args.runs, "repeats": args.repeats, "default_seconds": default_s,
+            "fast_seconds": fast_s, "fast_wall_seconds": wall_s, "warm_speedup": speedup,
+            "repeat_mean_ms": repeat_ms, "repeat_cv": cv, "b1_ms": statistics.median(ours),
+            "torchvision_mnasnet1_0_ms": statistics.median(theirs), "b1_torchvision_ratio": ratio}
 
 
 def predictor_figures(args) -> dict:
@@ -425,9 +440,12 @@ def _front(points: list[tuple[float, float, str]]) -> set[str]:
 
 
 def _share_anchors(source: Path, target: Path) -> int:
-    """Copy the drift-anchor references of cache ``source`` into cache ``target`` (kept where it has its own)."""
+    """Copy the drift-anchor references of cache ``source`` into cache ``target`` (kept where it has its own);
+    ``source`` must exist (opening a missing one would create it empty: no anchor, another scale)."""
     from latency.cache import LatencyCache
 
+    if not Path(source).is_file():
+        raise SystemExit(f"error: latency cache {source}: no such file (its drift-anchor reference is needed)")
     src, into = LatencyCache(source), LatencyCache(target)
     rows = src.anchors()
     for row in rows:
@@ -441,10 +459,11 @@ def mode_searches(args) -> dict:
     """Section 6: the same quickstart search in the three latency modes, then the references timed alone."""
     from hydra import compose, initialize_config_dir
 
-    from latency import build_service
     from latency.predictor import load_predictor
     from mnas_common.config import to_plain
+    from mnas_common.errors import first_line
     from mnas_common.paths import config_dir
+    from nas.evaluator import LatencyModes
     from nas.front import ParetoFront
     from nas.run import run_search
     from nas.store import RunStore
@@ -452,17 +471,37 @@ def mode_searches(args) -> dict:
 
     _table_cache(args, "--modes")
     tmp = _scratch("bench_modes_", args.keep_temp)
-    cache = _fresh_copy(args.cache, tmp)
+    modes = ("measure", "predict", "hybrid")
+    # one copy per search, each made from the table cache before any search: a shared copy let the later searches
+    # (same seed, same first batch) find the measure run's conversions and timings, inflating their speed
+    caches = {mode: _fresh_copy(args.cache, tmp / "caches" / mode) for mode in modes}
+
+    def config(mode: str):
+        overrides = ["+experiment=quickstart", f"budget={args.budget}", f"batch_size={args.batch}",
+                     f"latency.mode={mode}", f"latency.hybrid_top_k={args.top_k}",
+                     f"latency.cache_path={caches[mode]}", "logger=[]", "pareto.enabled=false",
+                     f"deploy.resolution={args.resolution}"]
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            return overrides, compose("search", overrides=overrides)
+
+    # the table the predict and hybrid searches need, loaded as they load it, before the measure search (minutes)
+    # rather than found missing after it (LatencyTableMissing: main's one line naming the build command)
+    _, cfg = config("predict")
+    latency_modes, _ = LatencyModes.split(to_plain(cfg.latency))
+    deploy = to_plain(cfg.deploy)
+    predictor = load_predictor(_service_config(to_plain(cfg.latency)), resolution=deploy["resolution"],
+                               channels=deploy["channels"], num_classes=deploy["num_classes"],
+                               cache_path=caches["measure"], space=latency_modes.table_space,
+                               table=latency_modes.table)
     results: dict = {}
     runs: dict = {}
-    for mode in ("measure", "predict", "hybrid"):
-        overrides = ["+experiment=quickstart", f"budget={args.budget}", f"batch_size={args.batch}",
-                     f"latency.mode={mode}", f"latency.hybrid_top_k={args.top_k}", f"latency.cache_path={cache}",
-                     "logger=[]", "pareto.enabled=false", f"deploy.resolution={args.resolution}"]
-        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-            cfg = compose("search", overrides=overrides)
+    for mode in modes:
+        overrides, cfg = config(mode)
         start = time.perf_counter()
-        run_search(cfg, tmp / mode, overrides=overrides)
+        try:
+            run_search(cfg, tmp / mode, overrides=overrides)
+        except ValueError as exc:  # a ConfigError (its problems joined) or a bad value: one line, not a traceback
+            raise SystemExit(f"error: --modes, the {mode} search: {first_line(exc)}") from None
         seconds = time.perf_counter() - start
         with RunStore(tmp / mode, readonly=True) as store:
             children = store.children(committed_only=True)
@@ -480,7 +519,6 @@ def mode_searches(args) -> dict:
     # fronts' agreement, on the measure run's own children (the same accuracies, three sources of latency)
     base = [c for c in runs["measure"]["children"] if c.measured and not c.reused]
     host = runs["measure"]["latency"]
-    predictor = load_predictor(host, resolution=args.resolution, cache_path=cache)
     predicted = {c.arch: predictor.predict(c.arch).latency_ms for c in base}
     truth = _front([(c.top1, c.latency_ms, c.arch) for c in base])
     by_prediction = _front([(c.top1, predicted[c.arch], c.arch) for c in base])
@@ -495,16 +533,20 @@ def mode_searches(args) -> dict:
         front.add(c.top1, lat)
         rewards.append(reward(accuracy=c.top1, latency_ms=lat))
     by_hybrid = _front(hybrid_points)
-    agreement = {"front_size": len(truth), "predict_recovered": len(truth & by_prediction) / len(truth),
-                 "hybrid_recovered": len(truth & by_hybrid) / len(truth),
+    agreement = {"front_size": len(truth),
+                 "predict_recovered": len(truth & by_prediction) / len(truth) if truth else None,
+                 "hybrid_recovered": len(truth & by_hybrid) / len(truth) if truth else None,
                  "predict_front_size": len(by_prediction), "hybrid_front_size": len(by_hybrid)}
-    print(f"front of the measure run's {len(base)} children: {len(truth)} points; recovered by predicted latency "
-          f"{100 * agreement['predict_recovered']:.0f}% ({len(by_prediction)} points), by the hybrid rule "
-          f"{100 * agreement['hybrid_recovered']:.0f}% ({len(by_hybrid)} points)")
+    if truth:
+        print(f"front of the measure run's {len(base)} children: {len(truth)} points; recovered by predicted latency "
+              f"{100 * agreement['predict_recovered']:.0f}% ({len(by_prediction)} points), by the hybrid rule "
+              f"{100 * agreement['hybrid_recovered']:.0f}% ({len(by_hybrid)} points)")
+    else:
+        print("the measure run measured no child: no front to compare")
 
     # the references: in-search (measure run) against each timed alone afterwards, in a cache of its own (so nothing
     # cached answers) on the search's scale (its drift-anchor reference; a fresh one would differ by a few percent)
-    alone = references_alone(runs["measure"]["references"], host, cache, tmp / "quiet", repeats=1,
+    alone = references_alone(runs["measure"]["references"], host, caches["measure"], tmp / "quiet", repeats=1,
                              deploy={"resolution": args.resolution})
     return {**results, "agreement": agreement, **alone, "budget": args.budget, "batch": args.batch,
             "resolution": args.resolution}
@@ -559,6 +601,8 @@ def run_figures(args) -> dict:
     if host.get("runner") != "host":
         raise SystemExit(f"error: --run {run}: its latency runner is {host.get('runner')!r}, not host")
     cache = Path((config.get("latency") or {}).get("cache_path") or default_cache_dir() / "latency.sqlite")
+    if references:  # timed alone on the run cache's drift-anchor scale: that cache must be there, never made here
+        _check_run_cache(run, cache, host)
     deploy = config.get("deploy") or {}
     measured = [c for c in children if c.measured and not c.reused and str(c.latency_source) != "predicted"
                 and c.latency_std_ms is not None]
@@ -577,6 +621,34 @@ def run_figures(args) -> dict:
         tmp = _scratch("bench_run_", args.keep_temp)
         out.update(references_alone(references, host, cache, tmp, repeats=args.alone, deploy=deploy))
     return out
+
+
+def _check_run_cache(run: Path, cache: Path, host: dict) -> None:
+    """Refuse (one line) a ``--run`` whose latency cache is missing, or holds no drift-anchor reference though the
+    run timed with an anchor: its references timed alone would be on another scale than in the search."""
+    from latency.cache import LatencyCache, LatencyCacheError
+    from latency.service import _checked_anchor
+    from mnas_common.errors import first_line
+
+    if not cache.is_file():
+        raise SystemExit(f"error: --run {run}: its latency cache {cache} does not exist (moved or removed?); the "
+                         "references are timed alone on that cache's drift-anchor scale")
+    try:
+        anchor = _checked_anchor(host.get("anchor"), "host")
+    except ValueError:
+        anchor = None
+    if anchor:
+        try:
+            stored = LatencyCache(cache)
+        except LatencyCacheError as exc:
+            raise SystemExit(f"error: --run {run}: {first_line(exc)}") from None
+        try:
+            held = stored.anchors()
+        finally:
+            stored.close()
+        if not held:
+            raise SystemExit(f"error: --run {run}: its latency cache {cache} holds no drift-anchor reference, though "
+                             f"the run timed with anchor {anchor}: not the cache the search timed in")
 
 
 def anchor_schemes(args) -> dict:

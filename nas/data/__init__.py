@@ -339,8 +339,9 @@ def _prepare_locked(cfg: DatasetConfig, out: Path, progress: bool) -> Path:
                 if isinstance(src, sources.ArraySource):  # resized in pieces: the floats of a chunk grow as res**2
                     step = max(1, RESIZE_FLOATS // (cfg.resolution * cfg.resolution * channels))
                     for at in range(0, len(part), step):
-                        x[start + at : start + at + step] = _resize_array(src.images[part[at : at + step]],
-                                                                          cfg.resolution, channels)
+                        piece = part[at : at + step]  # the chunk's last piece, or the whole chunk: not step long
+                        x[start + at : start + at + len(piece)] = _resize_array(src.images[piece], cfg.resolution,
+                                                                                channels)
                 else:
                     files = [src.files[i] for i in part]
                     decoded = pool.map(lambda f: _decode_or_error(f, cfg.resolution, channels), files)

@@ -707,3 +707,9 @@ def test_an_array_source_resized_in_pieces_equals_one_resize(tmp_path, monkeypat
     monkeypatch.setattr(data_mod, "RESIZE_FLOATS", 3 * 40 * 40 * 3)  # three images a piece
     pieces = load_dataset(cfg, cache_dir=tmp_path / "b", progress=False)
     assert np.array_equal(whole.train.x, pieces.train.x) and np.array_equal(whole.val.x, pieces.val.x)
+    # a split longer than one chunk, its pieces longer than the chunk: a piece was written into a slice `step` long
+    # (to the split's end), and every Fashion-MNIST split of more than 2,048 images failed to prepare
+    monkeypatch.setattr(data_mod, "RESIZE_FLOATS", 2**26)
+    monkeypatch.setattr(data_mod, "ARRAY_CHUNK", 7)
+    chunked = load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)
+    assert np.array_equal(whole.train.x, chunked.train.x) and np.array_equal(whole.val.x, chunked.val.x)

@@ -35,6 +35,16 @@ os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(_RAY_AUTH / "to
 _PROGRESS = re.compile(r"^[^\n]*:\s*\d+%\|")  # a progress bar's line: "prepare fashion_mnist/train:  40%|████ ..."
 
 
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as a module (the scripts are not a package), run once per call."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def message_lines(stderr: str) -> list[str]:
     """The non-blank lines of a command's stderr that are messages, not progress bars (a fresh cache prepares the
     dataset first, with a bar of its own)."""

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_controllers.py"
+from tests.conftest import load_script as load_conftest_script
+
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("bench_controllers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_conftest_script("bench_controllers")
 
 
 def test_a_seed_that_never_got_there_is_never_averaged_into_a_count():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -19,6 +18,7 @@ from mnas_common.sources import FASHION_MNIST_ROOT
 from nas.data import load_dataset
 from nas.fidelity import Job, ResultStore, StoreBusy, analyse, cost_against, fidelity_figure
 from search_spaces import resolve_arch
+from tests.conftest import load_script as load_conftest_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "bench_proxy.py"
@@ -37,10 +37,7 @@ TINY = ["--experiment", "smoke", "--archs", "3", "--references", "", "--zero-cos
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("bench_proxy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_conftest_script("bench_proxy")
 
 
 def record(job: Job, top1: float | None, wall: float = 1.0) -> dict:

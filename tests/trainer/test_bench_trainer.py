@@ -3,7 +3,6 @@ ends with one JSON line of its figures."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,6 +10,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+from tests.conftest import load_script as load_conftest_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_trainer.py"
 
@@ -39,10 +40,7 @@ def test_more_images_per_class_than_the_source_holds_is_one_line():
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("bench_trainer", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_conftest_script("bench_trainer")
 
 
 def stubbed(monkeypatch):

@@ -43,6 +43,10 @@ class Sample:
                    entropies=[float(x) for x in data["entropies"]])
 
 
+class PolicyDiverged(ValueError):
+    """The policy's logits are not finite (NaN or inf): sampling from it would draw from garbage."""
+
+
 def check_num_choices(num_choices: Sequence[int]) -> tuple[int, ...]:
     """A non-empty sequence of positive ints (one per decision); anything else is refused by name."""
     if isinstance(num_choices, (str, bytes, int)) or not hasattr(num_choices, "__iter__"):

@@ -41,7 +41,9 @@ class LSTMController(Controller):
         check_param("temperature", temperature, is_number(temperature) and temperature > 0, "a number > 0")
         check_param("tanh_constant", tanh_constant, tanh_constant is None or is_number(tanh_constant)
                     and tanh_constant > 0, "null or a number > 0")
-        check_param("lr", lr, is_number(lr) and lr > 0, "a number > 0")
+        # Adam moves a parameter by about lr per step: above 1 it leaves the init's scale at once (1e38 overflowed
+        # inside Adam's step, a RuntimeError traceback after the first batch)
+        check_param("lr", lr, is_number(lr) and 0 < lr <= 1, "a number in (0, 1]")
         check_param("entropy_weight", entropy_weight, is_number(entropy_weight) and entropy_weight >= 0,
                     "a number >= 0")
         check_param("baseline_decay", baseline_decay, is_number(baseline_decay) and 0 <= baseline_decay < 1,
@@ -58,6 +60,13 @@ class LSTMController(Controller):
             torch.manual_seed(self.seed)
             self.policy = LSTMPolicy(self.num_choices, hidden_size=int(hidden_size), temperature=float(temperature),
                                      tanh_constant=tanh_constant, init_range=float(init_range))
+        # a start the policy cannot sample from (init_range 1e38 overflows float32, temperature 1e-45 divides to
+        # inf) is a config error now, not a torch.multinomial traceback at the first sample
+        with torch.no_grad():
+            log_prob, entropy = self.policy.evaluate(torch.zeros(1, len(self.num_choices), dtype=torch.long))
+        if not bool(torch.isfinite(log_prob).all() and torch.isfinite(entropy).all()):
+            raise ValueError(f"init_range {init_range!r} and temperature {temperature!r} give the policy logits "
+                             "that are not finite (init_range is the uniform init's bound, 0.1 as in ENAS/NASNet)")
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.lr)
         self.baseline: float | None = None
         self.updates = 0

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from controllers.base import PolicyDiverged
+
 
 class LSTMPolicy(nn.Module):
     def __init__(
@@ -65,6 +67,10 @@ class LSTMPolicy(nn.Module):
             out, state = self.lstm(inp, state)
             logits = self._logits(out[:, 0] @ self.head_weight[t, :k].T + self.head_bias[t, :k])
             logp = torch.log_softmax(logits, dim=-1)
+            if not bool(torch.isfinite(logp).all()):  # torch.multinomial's own error would name no cause
+                raise PolicyDiverged(f"controller policy diverged: the logits of decision {t} are not finite "
+                                     f"(NaN or inf parameters after an update; lower controller.lr or set "
+                                     f"controller.grad_clip)")
             choice = torch.multinomial(logp.exp(), 1, generator=generator)
             tokens[:, t] = choice[:, 0]
             log_prob += logp.gather(1, choice)[:, 0]

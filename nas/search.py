@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from controllers.base import PolicyDiverged  # noqa: E402
 from mnas_common.paths import config_dir  # noqa: E402
 from nas.cli import as_interrupted, check_command_line, fail, interrupts, is_multirun  # noqa: E402
 from nas.components import ConfigError  # noqa: E402
@@ -62,7 +63,8 @@ def _app(cfg: DictConfig) -> dict:
     try:
         with interrupts():
             summary = run_search(cfg, run_dir, overrides=list(hydra_cfg.overrides.task))
-    except (ConfigError, StoreError, EvaluatorStopped, DatasetUnavailable, RewardOverflow) as exc:
+    except (ConfigError, StoreError, EvaluatorStopped, DatasetUnavailable, RewardOverflow,
+            PolicyDiverged) as exc:
         fail(str(exc))
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (interrupts()), also when Ray re-raised it as its own
         stop = as_interrupted(exc)

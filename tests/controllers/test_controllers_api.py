@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 
 import controllers
 from controllers import Sample, build, list_controllers, register_controller
-from controllers.base import Controller
+from controllers.base import Controller, PolicyDiverged
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 NAMES = ["evolution", "lstm_ppo", "lstm_reinforce", "random"]
@@ -134,7 +134,8 @@ def test_evolution_with_single_choice_decisions_never_mutates_them():
         ({"num_choices": [3, 0]}, r"num_choices\[1\] must be >= 1"),
         ({"num_choices": "abc"}, "num_choices must be a list"),
         ({"num_choices": [2.5]}, r"num_choices\[0\] must be an int"),
-        ({"num_choices": [2], "lr": -1.0, "name": "lstm_ppo"}, "lr must be a number > 0"),
+        ({"num_choices": [2], "lr": -1.0, "name": "lstm_ppo"}, r"lr must be a number in \(0, 1\]"),
+        ({"num_choices": [2], "lr": 1e38, "name": "lstm_reinforce"}, r"lr must be a number in \(0, 1\]"),
         ({"num_choices": [2], "clip_epsilon": 1.5, "name": "lstm_ppo"}, "clip_epsilon must be in"),
         ({"num_choices": [2], "epochs": 0, "name": "lstm_ppo"}, "epochs must be an int >= 1"),
         ({"num_choices": [2], "temperature": 0, "name": "lstm_reinforce"}, "temperature must be"),
@@ -155,6 +156,10 @@ def test_evolution_with_single_choice_decisions_never_mutates_them():
         # torch's generator overflowed on a seed >= 2**64 with a message naming no field
         ({"num_choices": [2], "seed": 2**64, "name": "lstm_ppo"}, r"seed must be an integer in \[0, 2\*\*64\)"),
         ({"num_choices": [2], "seed": -1, "name": "random"}, r"seed must be an integer in \[0, 2\*\*64\)"),
+        # accepted, then a torch.multinomial traceback at the first sample: float32 overflows to inf logits
+        ({"num_choices": [2, 3], "init_range": 1e38, "name": "lstm_ppo"}, "init_range 1e.38 .* not finite"),
+        ({"num_choices": [2, 3], "temperature": 1e-45, "name": "lstm_reinforce"},
+         "temperature 1e-45 give the policy logits that are not finite"),
     ],
 )
 def test_bad_configuration_is_refused_with_the_field_named(kwargs, match):
@@ -203,3 +208,12 @@ def test_any_space_samples_in_range_and_updates(num_choices, name, n, seed):
         if name.startswith("lstm"):
             assert ctl.log_prob(sample.tokens) == pytest.approx(sample.log_probs, abs=1e-4)
         ctl.update(sample.tokens, [float(sum(t)) for t in sample.tokens])
+
+
+@pytest.mark.parametrize("name", ["lstm_reinforce", "lstm_ppo"])
+def test_a_diverged_policy_is_named_not_a_multinomial_traceback(name):
+    ctl = build(name, SMALL, seed=0)
+    with torch.no_grad():
+        ctl.policy.head_bias.fill_(float("nan"))  # what an update that blew up leaves behind
+    with pytest.raises(PolicyDiverged, match="controller policy diverged: the logits of decision 0 are not finite"):
+        ctl.sample(2)

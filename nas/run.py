@@ -231,6 +231,8 @@ def _check_store(store: RunStore, cfg) -> bool:
     stored = store.get_meta("identity")
     if stored is None:
         return True
+    if not isinstance(stored, dict):  # {**stored} / stored.get below: a TypeError or AttributeError traceback
+        raise store.damaged("meta 'identity' is damaged", f"a JSON {type(stored).__name__}, not an object")
     mine = identity(cfg)
     if "evaluator" not in stored and isinstance(config := store.get_meta("config"), dict):
         stored = {**stored, "evaluator": _results_of(config)}  # a store from before the key: what it was created with

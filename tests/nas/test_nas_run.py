@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from mnas_common.paths import config_dir
@@ -59,7 +60,9 @@ def committed(run_dir: Path) -> list[tuple]:
                                       "steady_state=true", "pareto.export_top=-1", "pareto.enabled=maybe",
                                       "measure_references=mnasnet_a1",
                                       # a dry run (evaluator=synthetic) never looked at the latency config
-                                      "+latency.num_run=3", "latency.num_runs=-3"])
+                                      "+latency.num_run=3", "latency.num_runs=-3",
+                                      # float32 logits overflow: a torch.multinomial traceback at the first sample
+                                      "controller.init_range=1e38", "controller.lr=1e38"])
 def test_a_rejected_config_writes_nothing_and_the_corrected_one_runs(tmp_path, override):
     with pytest.raises(ConfigError) as info:
         search(tmp_path, override)
@@ -73,6 +76,26 @@ def test_a_reward_beyond_what_the_controller_can_take_is_one_error_line(tmp_path
     line = one_error_line(cli(tmp_path, "reward.alpha=-50", "target_ms=1e9"))
     assert re.fullmatch(r"error: reward 'soft': \(latency_ms \S+ / target_ms 1e\+09\) \*\* alpha -50 = inf, beyond "
                         r"1e\+06: .*, or alpha nearer 0", line), line
+
+
+def test_a_policy_that_diverges_mid_search_stops_it_by_name_and_keeps_what_was_committed(tmp_path, monkeypatch):
+    """An update that leaves NaN parameters: the next sample was torch.multinomial's traceback, naming no cause
+    (nas.search prints PolicyDiverged as one error line)."""
+    from controllers.base import PolicyDiverged
+    from controllers.lstm import LSTMController
+
+    step = LSTMController._step
+
+    def blow_up(self, loss):
+        norm = step(self, loss)
+        with torch.no_grad():
+            self.policy.head_bias.fill_(float("nan"))
+        return norm
+
+    monkeypatch.setattr(LSTMController, "_step", blow_up)
+    with pytest.raises(PolicyDiverged, match="controller policy diverged: the logits of decision 0 are not finite"):
+        search(tmp_path)
+    assert len(committed(tmp_path)) == 2  # the first step's children, placed before its update
 
 
 def test_a_dry_run_of_a_phone_config_checks_its_fields_but_needs_no_phone(tmp_path):
@@ -204,6 +227,17 @@ def test_a_damaged_controller_state_is_reported_before_anything_is_written(tmp_p
         search(tmp_path, "budget=8")
     with sqlite3.connect(tmp_path / "run.sqlite") as conn:
         assert conn.execute("SELECT key, value FROM meta ORDER BY key").fetchall() == meta  # budget not rewritten
+
+
+@pytest.mark.parametrize("value", ["[1]", '"x"'])
+def test_a_damaged_identity_is_one_store_error_not_a_traceback(tmp_path, value):
+    """A list was {**stored}'s TypeError, a string stored.get's AttributeError: tracebacks, exit 1."""
+    search(tmp_path, "budget=2")
+    with sqlite3.connect(tmp_path / "run.sqlite") as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'identity'", (value,))
+    with pytest.raises(StoreError, match=r"meta 'identity' is damaged \(a JSON (list|str), not an object\); it was "
+                                         "not modified"):
+        search(tmp_path, "budget=4")
 
 
 def test_an_oversized_child_is_a_failed_child_not_an_out_of_memory_kill(tmp_path):

@@ -109,9 +109,18 @@ def _devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_only_cache(args: argparse.Namespace) -> None:
+    """A command that only reads a table refuses a ``--cache`` that does not exist (a typo) rather than create an
+    empty cache there and name a build command for it. The runner's flags are checked first, as without it."""
+    _runner_fields(args)
+    if args.cache and not Path(args.cache).is_file():
+        raise ValueError(f"no latency cache at {args.cache} (--cache)")
+
+
 def _predict(args: argparse.Namespace) -> int:
     from latency.predictor import load_predictor
 
+    _read_only_cache(args)
     predictor = load_predictor({"runner": args.runner, **_runner_fields(args)}, **_input(args), space=args.space,
                                cache_path=args.cache, device=args.device, table=args.table)
     result = predictor.predict(args.arch)
@@ -188,8 +197,10 @@ def _table_export(args: argparse.Namespace) -> int:
     from latency.predictor import find_table
     from latency.table import export_table
 
+    _read_only_cache(args)
     with _service(args) as service:
-        key = find_table(service, **_input(args), device=args.device, table=args.table, space=None)["table_key"]
+        key = find_table(service, **_input(args), device=args.device, table=args.table, space=None,
+                         check_input=False)["table_key"]
         summary = export_table(service.cache, key, args.out, args.format)
     print(json.dumps(summary) if args.json else f"wrote {summary['rows']} rows of table {key} to {summary['out']}")
     return 0
@@ -263,7 +274,9 @@ def _cache_prune(args: argparse.Namespace) -> int:
         anchors = {a["arch"] for a in cache.anchors()}
         protect = {key for key, arch, *shape in cache.conversion_rows()
                    if arch in anchors and dict(zip(("resolution", "channels", "num_classes"), shape)) == ANCHOR_INPUT}
-        out = cache.trim_models(int(args.max_gb * 1e9), keep_recent_s=60 * args.keep_recent_min, protect=protect)
+        # a cap beyond any disk (1e300 GB, inf) is no cap, not int(inf)'s OverflowError
+        out = cache.trim_models(int(min(args.max_gb * 1e9, 2**62)), keep_recent_s=60 * args.keep_recent_min,
+                                protect=protect)
     finally:
         cache.close()
     if out is None:

@@ -461,8 +461,9 @@ class Predictor:
 
 
 def find_table(service, *, resolution: int, channels: int, num_classes: int, device: str | None = None,
-               table: str | None = None, space: str | None = "mnasnet") -> dict:
-    """The table for this service's device, settings and input (or the one named by key prefix ``table``).
+               table: str | None = None, space: str | None = "mnasnet", check_input: bool = True) -> dict:
+    """The table for this service's device, settings and input (or the one named by key prefix ``table``, which
+    must have been built for this input unless ``check_input`` is false: ``table export`` takes it whole).
 
     Raises :class:`LatencyTableMissing` with one line naming the build command when there is none.
     """
@@ -477,7 +478,14 @@ def find_table(service, *, resolution: int, channels: int, num_classes: int, dev
         if len(found) != 1:
             raise LatencyTableMissing(f"{'no' if not found else len(found)} latency table(s) match {table!r} in "
                                       f"{service.cache_path} (python -m latency table list)")
-        return _for_space({**found[0], "build_command": command}, space)
+        t = found[0]
+        built, asked = (t["channels"], t["resolution"], t["num_classes"]), (channels, resolution, num_classes)
+        if check_input and built != asked:  # its layers were timed at another input: every prediction would be off
+            raise LatencyTableMissing(
+                f"latency table {t['table_key'][:12]} was built for {built[0]}x{built[1]}x{built[1]}, {built[2]} "
+                f"classes, not {asked[0]}x{asked[1]}x{asked[1]}, {asked[2]} classes (--channels/--resolution/"
+                f"--classes, deploy.*); build one for this input with: {command}")
+        return _for_space({**t, "build_command": command}, space)
     try:
         identity = table_identity(service, resolution=resolution, channels=channels, num_classes=num_classes,
                                   device=device)

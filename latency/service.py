@@ -559,7 +559,7 @@ class LatencyService:
         positive_number("latency.task_timeout_s", task_timeout_s)
         cache_max_gb = positive_number("latency.cache_max_gb (GB of converted models; null: no limit)", cache_max_gb,
                                        allow_none=True)
-        self.max_model_bytes = None if cache_max_gb is None else int(cache_max_gb * 1e9)
+        self.max_model_bytes = None if cache_max_gb is None else int(min(cache_max_gb * 1e9, 2**62))  # not int(inf)
         for name, value in (("quiet", quiet), ("pin_cpu", pin_cpu), ("fast_convert", fast_convert)):
             if not isinstance(value, bool):
                 raise ValueError(f"latency.{name} must be true or false, got {value!r}")
@@ -735,7 +735,8 @@ class LatencyService:
             if damage:
                 record["repaired"] = damage
             if not record.get("transient"):  # a mismatch is a property of the architecture; a crash is not: it is
-                self.cache.put_conversion(key, record)  # not cached, and the record says so (``transient``)
+                # not cached, and the record says so (``transient``); a repair is this call's news, not stored
+                self.cache.put_conversion(key, {k: v for k, v in record.items() if k != "repaired"})
         if record.get("status") == "ok":
             self.trim_models()
         return self._conversion_record(key, record, cached=False)

@@ -91,6 +91,9 @@ def test_cache_info_and_prune_commands(cache, capsys):
     assert [p.name for p in (cache.root / "models").iterdir()] == ["c"]  # the most recently used stays
     assert main(["cache", "info", "--cache", path]) == 0
     assert "1 ok, 2 evicted by the size cap, 0 failed" in capsys.readouterr().out
+    # a cap beyond any disk is no cap: int(1e300 * 1e9) was an OverflowError traceback
+    assert main(["cache", "prune", "--cache", path, "--max-gb", "1e300", "--keep-recent-min", "0"]) == 0
+    assert "removed 0 converted models" in capsys.readouterr().out
 
 
 def test_prune_keeps_the_drift_anchors_conversion(cache, capsys):
@@ -107,6 +110,9 @@ def test_prune_keeps_the_drift_anchors_conversion(cache, capsys):
     (["cache", "prune", "--max-gb", "-1"], "--max-gb must be a number >= 0, got -1.0"),
     (["cache", "prune", "--max-gb", "1", "--keep-recent-min", "-5"], "--keep-recent-min must be a number >= 0"),
     (["cache", "info", "--cache", "MISSING"], "no latency cache at"),
+    # read-only table commands created an empty cache at a mistyped --cache and named a build command for it
+    (["predict", "mnasnet_b1", "--cache", "MISSING"], "no latency cache at"),
+    (["table", "export", "--format", "csv", "--out", "t.csv", "--cache", "MISSING"], "no latency cache at"),
 ])
 def test_cache_commands_refuse_bad_input_in_one_line(cache, tmp_path, capsys, argv, message):
     argv = [str(tmp_path / "none.sqlite") if a == "MISSING" else a for a in argv]
@@ -193,6 +199,12 @@ def test_read_only_commands_leave_a_cache_as_it_is(cache, capsys):
 def test_bad_cache_cap_is_one_clear_error(tmp_path, value):
     with pytest.raises(ValueError, match="latency.cache_max_gb"):
         build_service("host", cache_path=tmp_path / "latency.sqlite", cache_max_gb=value)
+
+
+def test_a_cache_cap_beyond_any_disk_is_no_cap(tmp_path):
+    """int(1e300 * 1e9) was an OverflowError traceback while the search checked its configuration."""
+    with build_service("host", workers=1, cache_path=tmp_path / "latency.sqlite", cache_max_gb=1e300) as service:
+        assert service.max_model_bytes == 2**62
 
 
 def test_service_evicts_real_conversions_and_converts_them_again_as_a_miss(tmp_path):

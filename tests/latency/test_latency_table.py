@@ -477,6 +477,21 @@ def test_a_space_the_table_was_not_calibrated_for_is_refused(built, micro):
         load_predictor({"runner": "host", **RUNS}, **SHAPE, cache_path=built["cache"], space="nosuch")
 
 
+def test_a_table_picked_by_key_must_be_for_the_input_asked(built, micro, tmp_path):
+    """--table / latency.table took any table: a 16 px table predicted a 224 px request (and a hybrid search mixed
+    those with real 224 px timings) without a word. Export takes the table whole, whatever the input flags."""
+    key = built["summary"]["table_key"]
+    ok = load_predictor({"runner": "host", **RUNS}, **SHAPE, cache_path=built["cache"], space=micro, table=key[:8])
+    assert ok.table_key == key
+    other = {**SHAPE, "resolution": 224, "num_classes": 1000}
+    with pytest.raises(LatencyTableMissing, match=rf"latency table {key[:12]} was built for 3x16x16, 10 classes, not "
+                                                  r"3x224x224, 1000 classes \(--channels"):
+        load_predictor({"runner": "host", **RUNS}, **other, cache_path=built["cache"], space=micro, table=key[:8])
+    out = _cli("table", "export", "--table", key[:8], "--format", "json", "--out", str(tmp_path / "t.json"),
+               "--cache", str(built["cache"]))
+    assert out.returncode == 0 and (tmp_path / "t.json").exists(), out.stderr
+
+
 def test_host_only_flags_with_the_adb_runner_are_one_line():
     out = _cli("measure", SMALL, "--runner", "adb", "--rounds", "5", "--pin-cpu")
     assert out.returncode == 2 and out.stderr == \

@@ -67,6 +67,10 @@ def test_damaged_tflite_is_rebuilt(service, damage):
     make_interpreter(path)  # loads again
     result = service.measure(SMALL, **SHAPE)
     assert result.ok, result.error
+    # the repair is news once: it was stored with the conversion and stamped on every later measurement of it
+    later = service.convert(SMALL, **SHAPE)
+    assert later["cached"] and "repaired" not in later
+    assert "conversion_repaired" not in result.extra
 
 
 def test_time_rechecks_the_file_it_is_handed(service):

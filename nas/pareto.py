@@ -131,12 +131,11 @@ def load_runs(run_dirs: Sequence[Path]) -> tuple[list[dict], list[dict], list[Pa
 
 def _measured(children: list[ChildResult]) -> list[dict]:
     """The points of the accuracy-latency plane (``ChildResult.measured``: the one definition, so a child with a
-    latency but no accuracy is never plotted), one per architecture (the first evaluation)."""
-    first: dict[str, ChildResult] = {}
-    for c in children:
-        if c.measured:
-            first.setdefault(c.arch, c)
-    return [c.to_dict() for c in first.values()]
+    latency but no accuracy is never plotted): every evaluation, as the search's own front takes them, but not a
+    reused copy (it repeats an evaluation). With ``reuse_evaluations=false`` an architecture evaluated twice is two
+    points (identical ones count once on a front); keeping only the first made the export's front and front_size
+    differ from the search's where a second evaluation differed (GPU training)."""
+    return [c.to_dict() for c in children if c.measured and not c.reused]
 
 
 def _axes():

@@ -79,6 +79,23 @@ POINTS = [
 ]
 
 
+def test_a_second_evaluation_of_an_architecture_counts_as_the_search_counts_it(tmp_path):
+    """reuse_evaluations=false evaluates an architecture again, and a GPU-trained child need not repeat its first
+    result; the export kept the first evaluation only, so its front (2 points) was not the search's (1)."""
+    run = tmp_path / "run"
+    make_run(run, [("ds_r1_k3_s1_c16", 0.70, 2.0, "ok"), ("ds_r1_k3_s1_c24", 0.80, 3.0, "ok"),
+                   ("ds_r1_k3_s1_c16", 0.85, 1.9, "ok")])
+    engine = ParetoFront()
+    for top1, lat in ((0.70, 2.0), (0.80, 3.0), (0.85, 1.9)):
+        engine.add(top1, lat)
+    assert main([str(run)]) == 0
+    front = json.loads((run / "pareto" / "front.json").read_text())
+    assert [(p["arch"], p["top1"]) for p in front] == [("ds_r1_k3_s1_c16", 0.85)]
+    with open(run / "pareto" / "runs.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert int(row["front_size"]) == len(engine.points()) == 1
+
+
 def test_export_of_one_run_writes_every_artifact(tmp_path, capsys):
     run = tmp_path / "run"
     make_run(run, POINTS, references={"mobilenet_v2": (0.82, 5.0)}, scores={0: {"synflow": 1.5}})

@@ -9,6 +9,7 @@ accurate and slower, MACs drive latency) but they are not measurements: never re
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 import zlib
@@ -19,6 +20,8 @@ from mnas_common.checks import non_negative_number, positive_int
 from nas.components import build
 from nas.evaluator import Evaluator, LatencyModes, child_seed, latency_problem
 from nas.record import ChildResult, LatencySource
+
+_now, _sleep = time.monotonic, time.sleep  # the simulated work's clock (a test's fake one in its place)
 
 
 def _unit(arch: str, salt: str) -> float:
@@ -91,7 +94,8 @@ class SyntheticEvaluator(Evaluator):
         self.latency = latency
         self.modes = LatencyModes.split(latency)[0] if latency is not None else None
         self.submitted: list[str] = []  # every evaluation ever asked for, in order (what tests count)
-        self._queue: deque[str] = deque()
+        self._queue: deque[tuple[str, float]] = deque()  # (arch, when its simulated work is done)
+        self._slots: list[float] = []  # heap: when each of the `capacity` busy slots frees
 
     def check(self) -> list[str]:
         """The latency config's fields and values, as a real evaluator checks them (a typo such as
@@ -107,16 +111,21 @@ class SyntheticEvaluator(Evaluator):
         return []
 
     def submit(self, arch: str) -> None:
+        """The child starts when one of ``capacity`` slots is free and is done ``seconds`` later: ``capacity``
+        children take ``seconds`` together, not one after another."""
         self.submitted.append(arch)
-        self._queue.append(arch)
+        now = _now()
+        start = max(now, heapq.heappop(self._slots)) if len(self._slots) >= self.capacity else now
+        heapq.heappush(self._slots, start + self.seconds)
+        self._queue.append((arch, start + self.seconds))
 
     def pending(self) -> int:
         return len(self._queue)
 
     def next_result(self) -> ChildResult:
-        arch = self._queue.popleft()
+        arch, done = self._queue.popleft()
         if self.seconds:
-            time.sleep(self.seconds)
+            _sleep(max(0.0, done - _now()))
         child = ChildResult(arch=arch, seed=child_seed(self.seed, arch))
         if _unit(arch, "failure") < self.failure_rate:
             return child.fail("train: loss is nan at epoch 1, step 3 (synthetic failure)")

@@ -45,3 +45,19 @@ def test_status_shows_at_most_capacity_in_flight():
     for i in range(8):
         evaluator.submit(f"{ARCH}{i}")
     assert evaluator.status() == "in flight 2/2 queued 6"  # was "in flight 8/2"
+
+
+@pytest.mark.parametrize("capacity, total", [(1, 0.8), (2, 0.4), (4, 0.2), (8, 0.2)])
+def test_capacity_children_take_seconds_together(monkeypatch, capacity, total):
+    """Each child slept `seconds` one after another whatever the capacity: a steady-state dry run with capacity 4
+    took 4x the wall time its config describes."""
+    import nas.synthetic as synthetic
+
+    clock = [100.0]
+    monkeypatch.setattr(synthetic, "_now", lambda: clock[0])
+    monkeypatch.setattr(synthetic, "_sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    evaluator = SyntheticEvaluator(capacity=capacity, seconds=0.2)
+    for i in range(4):
+        evaluator.submit(f"{ARCH}{i}")
+    assert [evaluator.next_result().arch for _ in range(4)] == [f"{ARCH}{i}" for i in range(4)]
+    assert clock[0] - 100.0 == pytest.approx(total)

@@ -83,6 +83,9 @@ def cluster_problem(address: str | None, timeout_s: float = CLUSTER_PROBE_S) -> 
     hint = "start it (ray start --head ...) or use evaluator.address=null to start Ray for this search"
     if not isinstance(address, str) or not address.strip():
         return f"evaluator.address must be null, auto, host:port or ray://host:port, got {address!r}"
+    if address.strip() == "local":  # Ray's own word for a new instance, which this search would then not stop
+        return ("evaluator.address=local is not one of null, auto, host:port or ray://host:port; use "
+                "evaluator.address=null to start Ray for this search (stopped with it)")
     if address.startswith("ray://"):
         target = address[len("ray://"):].rstrip("/")
         if ":" not in target.rsplit("]", 1)[-1]:  # no port (after an IPv6 literal's brackets)

@@ -282,7 +282,7 @@ def simulate_all(args, costs: list[dict], tmp: Path, out: dict) -> None:
     ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              num_cpus=os.cpu_count())
     try:
-        for n in (int(a) for a in args.actors.split(",")):
+        for n in args.actors:
             r = simulated(costs, n, args.children, args.sim_seconds, tmp)
             out[f"simulated_efficiency_{n}"] = round(r["efficiency"], 3)
             print(f"simulated {args.children} children on {n} trainer, {r['converters']} converter and "
@@ -290,6 +290,43 @@ def simulate_all(args, costs: list[dict], tmp: Path, out: dict) -> None:
                   f"ideal, efficiency {r['efficiency']:.3f}", flush=True)
     finally:
         ray.shutdown()
+
+
+def check_args(parser, args) -> None:
+    """Every count checked before anything starts (a bad one was a traceback, some after part 1's 30 minutes);
+    ``args.actors`` becomes a list of ints."""
+    import yaml
+
+    from mnas_common.paths import config_dir
+
+    population = yaml.safe_load((config_dir() / "controller" / "evolution.yaml").read_text())["population_size"]
+    if args.budget < 1:
+        parser.error(f"--budget must be >= 1, got {args.budget}")
+    if args.children <= population:
+        parser.error(f"--children must be > {population} (the simulated search runs aging evolution with a "
+                     f"population of {population}), got {args.children}")
+    if not math.isfinite(args.sim_seconds) or args.sim_seconds <= 0:
+        parser.error(f"--sim-seconds must be a number > 0, got {args.sim_seconds}")
+    parts = [a.strip() for a in args.actors.split(",")]
+    actors = [int(a) for a in parts if a.isdigit() and int(a) >= 1]
+    if len(actors) != len(parts) or len(set(actors)) != len(actors):  # 8,8 reused sim8/: the first run's figures
+        parser.error(f"--actors must be distinct ints >= 1, comma-separated (e.g. 8,32,128), got {args.actors!r}")
+    args.actors = actors
+
+
+def check_costs(path: Path) -> str | None:
+    """What is wrong with a costs file (a non-empty JSON list of {train, convert, time} seconds), or None."""
+    try:
+        costs = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"not readable JSON ({exc})"
+    if not isinstance(costs, list) or not costs:
+        return "expected a non-empty JSON list of per-child costs"
+    for i, c in enumerate(costs):
+        if not isinstance(c, dict) or not all(isinstance(c.get(k), (int, float)) and not isinstance(c.get(k), bool)
+                                              and c[k] >= 0 for k in ("train", "convert", "time")):
+            return f"entry {i} is not {{train, convert, time}} seconds >= 0: {c!r}"
+    return None
 
 
 def main() -> int:
@@ -309,6 +346,7 @@ def main() -> int:
     parser.add_argument("--keep", metavar="DIR", help="keep part 1's run directories (local/, ray/) under DIR")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    check_args(parser, args)
     if args.skip_real:
         unused = [flag for flag, given in (("--keep", args.keep), ("--override", args.override)) if given]
         if unused:
@@ -317,6 +355,9 @@ def main() -> int:
             parser.error("--skip-real needs --costs, the per-child costs a previous part 1 wrote")
         if not Path(args.costs).is_file():
             parser.error(f"--costs {args.costs}: no such file")
+        costs_problem = check_costs(Path(args.costs))
+        if costs_problem:
+            parser.error(f"--costs {args.costs}: {costs_problem}")
     reexec_in_netns()
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp_name:
@@ -324,7 +365,7 @@ def main() -> int:
         if args.skip_real:
             costs = json.loads(Path(args.costs).read_text())
         else:
-            runs = Path(args.keep) if args.keep else tmp
+            runs = Path(args.keep).expanduser().resolve() if args.keep else tmp  # the searches run from ROOT
             if args.keep and any((runs / name).exists() for name in ("local", "ray")):
                 raise SystemExit(f"error: --keep {runs} already holds a local/ or ray/ run; give an empty directory")
             local = real_run(runs, "local", args.budget, args.override)

@@ -112,6 +112,52 @@ def test_flags_that_skip_real_would_ignore_are_refused(bench, tmp_path, monkeypa
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    # each was a traceback (ConfigError, ZeroDivisionError, int()'s ValueError), some after part 1's real searches
+    (["--children", "64"], "--children must be > 64"),
+    (["--children", "0"], "--children must be > 64"),
+    (["--actors", "8,x"], "--actors must be distinct ints >= 1"),
+    (["--actors", "8,,32"], "--actors must be distinct ints >= 1"),
+    (["--actors", "0"], "--actors must be distinct ints >= 1"),
+    (["--actors", "8,8"], "--actors must be distinct ints >= 1"),  # the second reused sim8/: the first's figures
+    (["--sim-seconds", "0"], "--sim-seconds must be a number > 0"),
+    (["--budget", "0"], "--budget must be >= 1"),
+    (["--skip-real", "--costs", "EMPTY"], "expected a non-empty JSON list"),
+    (["--skip-real", "--costs", "BROKEN"], "not readable JSON"),
+    (["--skip-real", "--costs", "OBJECT"], "expected a non-empty JSON list"),
+    (["--skip-real", "--costs", "NOTIME"], "entry 0 is not {train, convert, time} seconds"),
+])
+def test_bad_counts_and_costs_are_one_line_before_anything_starts(bench, tmp_path, monkeypatch, capsys, argv,
+                                                                  message):
+    files = {"EMPTY": "[]", "BROKEN": "[{", "OBJECT": "{}", "NOTIME": '[{"train": 1, "convert": 2}]'}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(bench, "reexec_in_netns", lambda: pytest.fail("nothing may start"))
+    monkeypatch.setattr(sys, "argv", ["bench_ray.py", *[str(tmp_path / a) if a in files else a for a in argv]])
+    with pytest.raises(SystemExit) as exc:
+        bench.main()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_keep_is_resolved_where_the_command_runs(bench, tmp_path, monkeypatch):
+    """The searches run from the repository root: a relative --keep was two directories, the runs under the root
+    and the emptiness check and the store reading under the current directory."""
+    class Seen(Exception):
+        pass
+
+    def real_run(runs, *args):
+        raise Seen(runs)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "real_run", real_run)
+    monkeypatch.setattr(bench, "reexec_in_netns", lambda: None)
+    monkeypatch.setattr(sys, "argv", ["bench_ray.py", "--skip-sim", "--keep", "kept"])
+    with pytest.raises(Seen) as seen:
+        bench.main()
+    assert seen.value.args[0] == tmp_path.resolve() / "kept"
+
+
 def test_a_failed_search_names_its_last_error_line(bench, tmp_path, monkeypatch):
     import subprocess
 

@@ -31,6 +31,14 @@ def test_null_starts_ray_here_and_needs_no_cluster():
     assert cluster_problem(None) is None
 
 
+def test_local_is_refused_for_null():
+    """ray.init(address="local") starts a private instance the search neither sized, reaped nor shut down: its
+    processes outlived a kill -9 of the driver."""
+    assert cluster_problem("local") == ("evaluator.address=local is not one of null, auto, host:port or "
+                                        "ray://host:port; use evaluator.address=null to start Ray for this search "
+                                        "(stopped with it)")
+
+
 @contextmanager
 def _server(answer: bytes):
     """A server on the head's host that reads what a client sends and answers ``answer`` to every connection."""

@@ -109,19 +109,20 @@ def _devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_only_cache(args: argparse.Namespace) -> None:
-    """A command that only reads a table refuses a ``--cache`` that does not exist (a typo) rather than create an
-    empty cache there and name a build command for it. The runner's flags are checked first, as without it."""
-    _runner_fields(args)
+def _read_only_cache(args: argparse.Namespace) -> dict:
+    """The runner's fields (its flags checked first, as without this check), once a command that only reads a table
+    has refused a ``--cache`` that does not exist (a typo) rather than create an empty cache there and name a build
+    command for it."""
+    fields = _runner_fields(args)
     if args.cache and not Path(args.cache).is_file():
         raise ValueError(f"no latency cache at {args.cache} (--cache)")
+    return fields
 
 
 def _predict(args: argparse.Namespace) -> int:
     from latency.predictor import load_predictor
 
-    _read_only_cache(args)
-    predictor = load_predictor({"runner": args.runner, **_runner_fields(args)}, **_input(args), space=args.space,
+    predictor = load_predictor({"runner": args.runner, **_read_only_cache(args)}, **_input(args), space=args.space,
                                cache_path=args.cache, device=args.device, table=args.table)
     result = predictor.predict(args.arch)
     if args.json:
@@ -266,6 +267,7 @@ def _cache_prune(args: argparse.Namespace) -> int:
 
     non_negative_number("--max-gb", args.max_gb)
     non_negative_number("--keep-recent-min", args.keep_recent_min)
+    from latency.cache import cap_bytes
     from latency.service import ANCHOR_INPUT
 
     cache = _open_cache(args)
@@ -274,9 +276,7 @@ def _cache_prune(args: argparse.Namespace) -> int:
         anchors = {a["arch"] for a in cache.anchors()}
         protect = {key for key, arch, *shape in cache.conversion_rows()
                    if arch in anchors and dict(zip(("resolution", "channels", "num_classes"), shape)) == ANCHOR_INPUT}
-        # a cap beyond any disk (1e300 GB, inf) is no cap, not int(inf)'s OverflowError
-        out = cache.trim_models(int(min(args.max_gb * 1e9, 2**62)), keep_recent_s=60 * args.keep_recent_min,
-                                protect=protect)
+        out = cache.trim_models(cap_bytes(args.max_gb), keep_recent_s=60 * args.keep_recent_min, protect=protect)
     finally:
         cache.close()
     if out is None:

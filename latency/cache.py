@@ -73,6 +73,12 @@ class LatencyCacheError(RuntimeError):
     pass
 
 
+def cap_bytes(gb: float) -> int:
+    """A size cap in GB as bytes for :meth:`LatencyCache.trim_models`; a cap beyond any disk (1e300 GB) is no cap,
+    not int(inf)'s OverflowError."""
+    return int(min(gb * 1e9, 2**62))
+
+
 def cache_key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 

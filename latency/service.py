@@ -34,7 +34,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 
-from latency.cache import LatencyCache, artifact_problem, cache_key, file_digest, touch
+from latency.cache import LatencyCache, artifact_problem, cache_key, cap_bytes, file_digest, touch
 from latency.quiet import DISTURBED_RETRIES, ROUND_GAP_S, HostGate, LoadProbe, QuietWindow, pinned_to_one_core
 from latency.result import LatencyResult, transient
 from latency.runners import DeviceError, ModelRunError, make_runner, summarize_rounds
@@ -559,7 +559,7 @@ class LatencyService:
         positive_number("latency.task_timeout_s", task_timeout_s)
         cache_max_gb = positive_number("latency.cache_max_gb (GB of converted models; null: no limit)", cache_max_gb,
                                        allow_none=True)
-        self.max_model_bytes = None if cache_max_gb is None else int(min(cache_max_gb * 1e9, 2**62))  # not int(inf)
+        self.max_model_bytes = None if cache_max_gb is None else cap_bytes(cache_max_gb)
         for name, value in (("quiet", quiet), ("pin_cpu", pin_cpu), ("fast_convert", fast_convert)):
             if not isinstance(value, bool):
                 raise ValueError(f"latency.{name} must be true or false, got {value!r}")

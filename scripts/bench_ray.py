@@ -314,19 +314,20 @@ def check_args(parser, args) -> None:
     args.actors = actors
 
 
-def check_costs(path: Path) -> str | None:
-    """What is wrong with a costs file (a non-empty JSON list of {train, convert, time} seconds), or None."""
+def load_costs(path: Path) -> list[dict]:
+    """A costs file's per-child costs (a non-empty JSON list of {train, convert, time} seconds), or a one-line
+    ValueError saying what is wrong with it."""
     try:
         costs = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return f"not readable JSON ({exc})"
+        raise ValueError(f"not readable JSON ({exc})") from None
     if not isinstance(costs, list) or not costs:
-        return "expected a non-empty JSON list of per-child costs"
+        raise ValueError("expected a non-empty JSON list of per-child costs")
     for i, c in enumerate(costs):
         if not isinstance(c, dict) or not all(isinstance(c.get(k), (int, float)) and not isinstance(c.get(k), bool)
                                               and c[k] >= 0 for k in ("train", "convert", "time")):
-            return f"entry {i} is not {{train, convert, time}} seconds >= 0: {c!r}"
-    return None
+            raise ValueError(f"entry {i} is not {{train, convert, time}} seconds >= 0: {c!r}")
+    return costs
 
 
 def main() -> int:
@@ -355,15 +356,16 @@ def main() -> int:
             parser.error("--skip-real needs --costs, the per-child costs a previous part 1 wrote")
         if not Path(args.costs).is_file():
             parser.error(f"--costs {args.costs}: no such file")
-        costs_problem = check_costs(Path(args.costs))
-        if costs_problem:
-            parser.error(f"--costs {args.costs}: {costs_problem}")
+        try:
+            stored_costs = load_costs(Path(args.costs))
+        except ValueError as exc:
+            parser.error(f"--costs {args.costs}: {exc}")
     reexec_in_netns()
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp_name:
         tmp = Path(tmp_name)
         if args.skip_real:
-            costs = json.loads(Path(args.costs).read_text())
+            costs = stored_costs
         else:
             runs = Path(args.keep).expanduser().resolve() if args.keep else tmp  # the searches run from ROOT
             if args.keep and any((runs / name).exists() for name in ("local", "ray")):

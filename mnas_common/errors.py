@@ -37,3 +37,11 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {self.prog}: {message}\n")
+
+    def require_positive(self, args: argparse.Namespace, *dests: str) -> None:
+        """Each of ``args``' int options ``dests`` (argparse names: ``images_per_class``) is >= 1, or one error line
+        naming the first that is not (``--images-per-class must be >= 1, got 0``)."""
+        for dest in dests:
+            value = getattr(args, dest)
+            if value < 1:
+                self.error(f"--{dest.replace('_', '-')} must be >= 1, got {value}")

@@ -216,9 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-efficiency", action="store_true")
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
     args = parser.parse_args(argv)
-    for field in ("seeds", "budget", "batch", "threads", "repeats"):
-        if getattr(args, field) < 1:
-            parser.error(f"--{field} must be >= 1, got {getattr(args, field)}")
+    parser.require_positive(args, "seeds", "budget", "batch", "threads", "repeats")
     torch.set_num_threads(args.threads)
     num_choices = space_choices()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")

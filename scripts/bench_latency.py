@@ -157,10 +157,7 @@ def check_args(parser, args) -> None:
     """Bad numbers end here, in one ``error:`` line (exit 2), not in a traceback after minutes of conversions. Any
     resolution from 1 px converts and passes the PyTorch check (mnasnet_a1 at 1, 8, 16 and 32 px: max abs error
     under 1e-6), as the latency service accepts it."""
-    for flag in ("resolution", "repeats", "runs", "alone", "validate", "budget", "batch", "top_k"):
-        value = getattr(args, flag)
-        if value < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    parser.require_positive(args, "resolution", "repeats", "runs", "alone", "validate", "budget", "batch", "top_k")
 
 
 def run_sections(args, out: dict) -> None:

@@ -300,8 +300,7 @@ def check_args(parser, args) -> None:
     from mnas_common.paths import config_dir
 
     population = yaml.safe_load((config_dir() / "controller" / "evolution.yaml").read_text())["population_size"]
-    if args.budget < 1:
-        parser.error(f"--budget must be >= 1, got {args.budget}")
+    parser.require_positive(args, "budget")
     if args.children <= population:
         parser.error(f"--children must be > {population} (the simulated search runs aging evolution with a "
                      f"population of {population}), got {args.children}")

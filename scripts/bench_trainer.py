@@ -80,9 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images-per-class", type=int, default=400)
     ap.add_argument("--json", action="store_true", help=JSON_HELP)
     args = ap.parse_args(argv)
-    for name in ("threads", "rounds", "steps", "batch", "resolution", "images_per_class"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    ap.require_positive(args, "threads", "rounds", "steps", "batch", "resolution", "images_per_class")
     if args.images_per_class * 10 // args.batch < args.steps + 1:  # Fashion-MNIST: 10 classes; one warm-up step
         ap.error(f"--images-per-class {args.images_per_class} gives {args.images_per_class * 10 // args.batch} "
                  f"full batches of {args.batch}; --steps {args.steps} needs {args.steps + 1}")

@@ -27,7 +27,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,8 +86,13 @@ def cluster_problem(address: str | None, timeout_s: float = CLUSTER_PROBE_S) -> 
     if address.strip() == "local":  # Ray's own word for a new instance, which this search would then not stop
         return ("evaluator.address=local is not one of null, auto, host:port or ray://host:port; use "
                 "evaluator.address=null to start Ray for this search (stopped with it)")
-    if address.startswith("ray://"):
-        target = address[len("ray://"):].rstrip("/")
+    probe = address
+    if address.strip() == "auto" and "://" in os.environ.get("RAY_ADDRESS", ""):
+        probe = os.environ["RAY_ADDRESS"].strip()  # ray.init(address="auto") joins it through Ray Client
+        if not probe.startswith("ray://"):
+            return None  # another client scheme: Ray's own error, later
+    if probe.startswith("ray://"):
+        target = probe[len("ray://"):].rstrip("/")
         if ":" not in target.rsplit("]", 1)[-1]:  # no port (after an IPv6 literal's brackets)
             target = f"{target}:{RAY_CLIENT_PORT}"
     else:
@@ -174,14 +179,22 @@ class TrainerActor:
         return {"node": _node(), "pid": os.getpid()}
 
 
+def _sees(path: str) -> bool:
+    return Path(path, "meta.json").exists()
+
+
 def _open_dataset(dataset: dict):
     """The prepared dataset from the driver's cache path when this node sees it, else from the object store."""
     from nas.data import PreparedDataset, Split, open_prepared
 
     path = dataset.get("path")
-    if path and Path(path, "meta.json").exists():
+    if path and _sees(path):
         return open_prepared(path)
     import ray
+
+    if "ref" not in dataset:  # a node that joined after the search looked (nodes_without)
+        raise FileNotFoundError(f"the prepared dataset {path} is not on node {_node()}, which joined after the search "
+                                "started: use evaluator.dataset_transfer=object_store on clusters without a shared disk")
 
     arrays = ray.get(dataset["ref"][0])  # zero-copy, read-only arrays shared by the actors of this node
     meta = arrays["meta"]
@@ -189,6 +202,27 @@ def _open_dataset(dataset: dict):
                            resolution=meta["resolution"], train=Split(arrays["train_x"], arrays["train_y"]),
                            val=Split(arrays["val_x"], arrays["val_y"]), class_names=meta["class_names"],
                            mean=tuple(meta["mean"]), std=tuple(meta["std"]), path=Path(meta["path"]), info={})
+
+
+def nodes_without(path: str | Path, nodes: list[dict], timeout_s: float = 60.0) -> list[str]:
+    """The IDs of the alive ``nodes`` (``ray.nodes()`` entries) that do not see the driver's prepared dataset at
+    ``path``: one zero-CPU task pinned to each node looks. A node that does not answer in ``timeout_s`` counts as
+    not seeing it (the object store then serves it)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    look = ray.remote(num_cpus=0, max_retries=0)(_sees)
+    refs = {look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
+        str(path)): node["NodeID"] for node in nodes}
+    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+    blind = [node for ref, node in refs.items() if ref not in ready]
+    for ref in ready:
+        try:
+            if not ray.get(ref):
+                blind.append(refs[ref])
+        except ray.exceptions.RayError:  # the node went away meanwhile
+            blind.append(refs[ref])
+    return blind
 
 
 def _gate(latency: dict | None):
@@ -252,6 +286,9 @@ class DeviceActor:
     def device_id(self) -> str:
         return self.service.device_id
 
+    def where(self) -> dict:
+        return {"node": _node(), "pid": os.getpid()}
+
 
 # ---------------------------------------------------------------------------------------------------- the driver
 @dataclass
@@ -289,19 +326,28 @@ class _Pool:
     def busy(self) -> int:
         return len(self.slot) - len(self.idle) - len(self.unhealthy)
 
-    def replace(self, actor) -> None:
-        """A dead actor is replaced by a fresh one for its slot (placed by Ray wherever its resources are free)."""
+    def replace(self, actor):
+        """A dead actor is replaced by a fresh one for its slot (placed by Ray wherever its resources are free); the
+        fresh actor, not idle until it has answered (see ``RayEvaluator._replace``), or None if ``actor`` was not
+        in the pool."""
+        if actor not in self.slot:
+            return None
+        slot = self.drop(actor)
+        fresh = self.make(slot)
+        self.slot[fresh] = slot
+        return fresh
+
+    def drop(self, actor):
+        """Kill ``actor`` and take it out of the pool; its slot."""
         import ray
 
-        if actor in self.slot:
-            slot = self.slot.pop(actor)
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # already gone with its node
-                pass
-            fresh = self.make(slot)
-            self.slot[fresh] = slot
-            self.idle.append(fresh)
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # already gone with its node
+            pass
+        if actor in self.idle:
+            self.idle.remove(actor)
+        return self.slot.pop(actor, None)
 
 
 class RayEvaluator(Evaluator):
@@ -311,7 +357,8 @@ class RayEvaluator(Evaluator):
                  threads: int | None = None, address: str | None = None, trainers: dict | None = None,
                  converters: dict | None = None, devices: dict | None = None, max_attempts: int = 3,
                  max_child_memory_gb: float = 8.0, dataset_transfer: str = "path", poll_s: float = 0.5,
-                 namespace: str = "mnasnet-search", scores: Sequence[str] = (), score_batch_size: int = 64):
+                 namespace: str = "mnasnet-search", scores: Sequence[str] = (), score_batch_size: int = 64,
+                 actor_start_s: float = 600.0):
         self.trainer, self.dataset = trainer, dataset
         # latency.mode (measure | predict | hybrid) is decided here, on the driver; the rest builds the actors' services
         self.modes, self.latency = LatencyModes.split(latency)
@@ -324,6 +371,10 @@ class RayEvaluator(Evaluator):
         self.devices = {"serials": None, "num_cpus": 1}
         for section, fields, given in (("trainers", self.trainers, trainers), ("converters", self.converters, converters),
                                        ("devices", self.devices, devices)):
+            if given is not None and not isinstance(given, Mapping):  # evaluator.trainers=4: set() of an int
+                example = next(iter(fields))
+                raise ValueError(f"evaluator.{section} is a section, not a value: set its fields "
+                                 f"(evaluator.{section}.{example}=...), got {given!r}")
             known_fields(f"evaluator.{section}", given or {}, fields)  # a misspelt num_gpu was ignored in silence
             fields.update(given or {})
         positive_int("evaluator.trainers.actors", self.trainers["actors"])
@@ -340,6 +391,7 @@ class RayEvaluator(Evaluator):
             raise ValueError(f"evaluator.dataset_transfer must be path or object_store, got {dataset_transfer!r}")
         self.dataset_transfer = dataset_transfer
         self.poll_s = positive_number("evaluator.poll_s", poll_s)
+        self.actor_start_s = positive_number("evaluator.actor_start_s", actor_start_s)
         self.namespace = namespace
         # computed by the trainer actors, as the local evaluator does
         self.scores, self.score_batch_size = check_scores(scores, score_batch_size)
@@ -348,6 +400,7 @@ class RayEvaluator(Evaluator):
         self._reaper = None
         self._pools: dict[str, _Pool] = {}
         self._inflight: dict[Any, tuple[_Job, str, Any]] = {}
+        self._starting: dict[Any, tuple[_Pool, Any, float]] = {}  # a replacement's ping -> (pool, actor, deadline)
         self._jobs: dict[str, _Job] = {}
         self._done: deque[ChildResult] = deque()
         self._ship = False
@@ -391,7 +444,13 @@ class RayEvaluator(Evaluator):
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         self._ship = len(nodes) > 1
         dataset = {"path": str(data.path)}
-        if self.dataset_transfer == "object_store" or self._ship:
+        # path: put in the object store only if a node cannot see the driver's prepared cache (no shared disk, or a
+        # cluster joined through Ray Client from another machine); Ray started here is this machine's one node
+        blind = [] if self.dataset_transfer == "object_store" or self._started_ray else nodes_without(data.path, nodes)
+        if blind:
+            log.info("ray: %d of %d node(s) do not see %s: the dataset goes through the object store", len(blind),
+                     len(nodes), data.path)
+        if self.dataset_transfer == "object_store" or blind:
             import numpy as np
 
             info = {"name": data.name, "num_classes": data.num_classes, "channels": data.channels,
@@ -426,11 +485,12 @@ class RayEvaluator(Evaluator):
             self._await(CONVERT, lambda a: a.where.remote(), "converter")
         log.info("ray: %d trainer(s), %d node(s)", len(self._pools[TRAIN].actors), len(nodes))
 
-    def _await(self, kind: str, ping, what: str, timeout_s: float = 600) -> None:
+    def _await(self, kind: str, ping, what: str, timeout_s: float | None = None) -> None:
         """Wait until every actor of a pool has started; one line naming them if they cannot (an actor whose
         resources no node has free waits for ever)."""
         import ray
 
+        timeout_s = self.actor_start_s if timeout_s is None else timeout_s
         try:
             ray.get([ping(actor) for actor in self._pools[kind].actors], timeout=timeout_s)
         except ray.exceptions.GetTimeoutError:
@@ -501,6 +561,33 @@ class RayEvaluator(Evaluator):
         if short:
             raise EvaluatorStopped(f"the Ray actors need {' and '.join(short)}: lower evaluator.trainers.actors or "
                                    "their num_cpus/num_gpus, or add nodes")
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        for what, section, need in self._actor_shapes():  # enough in all, but one actor must fit on one node
+            phone = next((k for k in need if k.startswith("phone_")), None)
+            hosts = [node for node in nodes if phone is None or node.get(phone, 0) >= 1]
+            amounts = {k: v for k, v in need.items() if v and k != phone}
+            if phone and not hosts:
+                continue  # not advertised: the device pool names the phones the cluster has
+            if not any(all(node.get(k, 0) + 1e-9 >= v for k, v in amounts.items()) for node in hosts):
+                where = f"the node of phone {phone[len('phone_'):]}" if phone else "any node"
+                has = ", ".join(f"{max(node.get(k, 0) for node in hosts):g} {k}" for k in amounts)
+                raise EvaluatorStopped(
+                    f"one {what} actor needs {' and '.join(f'{v:g} {k}' for k, v in amounts.items())}, more than "
+                    f"{where} has (at most {has}): lower evaluator.{section}."
+                    f"{'/'.join(f'num_{k.lower()}s' for k in amounts)} or add a larger node")
+
+    def _actor_shapes(self) -> list[tuple[str, str, dict[str, float]]]:
+        """(what, config section, resources of one actor) for each kind of actor this search starts."""
+        t, c, d = self.trainers, self.converters, self.devices
+        shapes = [("trainer", "trainers", {"CPU": t["num_cpus"], "GPU": t["num_gpus"]})]
+        if self.latency is not None and self.modes.measures:
+            shapes.append(("converter", "converters", {"CPU": c["num_cpus"]}))
+            if self.latency.get("runner") == "adb":
+                shapes += [("device", "devices", {"CPU": d["num_cpus"], f"phone_{serial}": 1})
+                           for serial in self._timing_serials(self._advertised_phones())]
+            else:
+                shapes.append(("device", "devices", {"CPU": d["num_cpus"]}))
+        return shapes
 
     def _device_pool(self, latency: dict) -> _Pool:
         import ray
@@ -536,6 +623,7 @@ class RayEvaluator(Evaluator):
                     pass
         self._pools.clear()
         self._inflight.clear()
+        self._starting.clear()
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
             self._started_ray = False
@@ -580,14 +668,18 @@ class RayEvaluator(Evaluator):
             if not self._jobs:
                 raise RuntimeError("next_result() with nothing submitted")
             self._dispatch()
-            if not self._inflight:
+            if not self._inflight and not self._starting:
                 raise EvaluatorStopped("no actor can take the remaining children (all devices unhealthy?)")
-            refs = list(self._inflight)
+            refs = [*self._inflight, *self._starting]
             ready, _ = ray.wait(refs, num_returns=1, timeout=self.poll_s)
             if ready and len(refs) > 1:  # everything else that is done by now, in one call
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             for ref in ready:
-                self._complete(ref)
+                if ref in self._starting:
+                    self._started(ref)
+                else:
+                    self._complete(ref)
+            self._overdue()
         self._dispatch()  # actors freed by these results start their next stage before the driver commits the step
         return self._done.popleft()
 
@@ -644,7 +736,7 @@ class RayEvaluator(Evaluator):
                 if current:
                     pool.queue.appendleft(job)  # its timing moves to a healthy phone
                 return
-            pool.replace(actor)
+            self._replace(pool, actor)
             if not current:
                 return
             job.attempts[stage] += 1
@@ -687,6 +779,44 @@ class RayEvaluator(Evaluator):
             job.timed = True
         if job.trained and job.timed:
             self._finish(job.child, job)
+
+    def _replace(self, pool: _Pool, actor) -> None:
+        """Replace a dead actor; the fresh one takes work once it has answered a ping. Until then it may wait for
+        resources no node has free (the node that had them died): :meth:`_overdue` gives up on it in time."""
+        fresh = pool.replace(actor)
+        if fresh is not None:
+            self._starting[fresh.where.remote()] = (pool, fresh, time.monotonic() + self.actor_start_s)
+
+    def _started(self, ref) -> None:
+        import ray
+
+        pool, actor, _ = self._starting.pop(ref)
+        try:
+            ray.get(ref, timeout=0)
+        except ray.exceptions.RayError as exc:  # died in its constructor, or with its node
+            self._lose(pool, actor, f"its replacement could not start: {_why(exc)}")
+        else:
+            pool.idle.append(actor)
+
+    def _overdue(self) -> None:
+        now = time.monotonic()
+        for ref, (pool, actor, deadline) in list(self._starting.items()):
+            if now > deadline:
+                del self._starting[ref]
+                self._lose(pool, actor, f"its replacement was not placed within {self.actor_start_s:g} s (no node "
+                                        "has its resources free: see ray status)")
+
+    def _lose(self, pool: _Pool, actor, reason: str) -> None:
+        """Give up a replacement actor (its slot with it); the search goes on with the others, or stops in one line
+        when none of its kind is left (resumable like any interrupted run)."""
+        slot = pool.drop(actor)
+        left = len(pool.actors) - len(pool.unhealthy)
+        what = {TRAIN: "trainer", CONVERT: "converter", TIME: "device"}[pool.kind] + (f" for phone {slot}" if slot
+                                                                                     else "")
+        log.warning("a %s actor died and %s; %d left", what, reason, left)
+        if left == 0:
+            raise EvaluatorStopped(f"no {pool.kind} actor left: a {what} actor died and {reason}; run the same "
+                                   "command to resume once the cluster has room")
 
     def _phone_gone(self, actor, pool: _Pool, reason: str) -> bool:
         """A dead device actor whose phone the cluster no longer advertises (its node went away) is not replaced (the

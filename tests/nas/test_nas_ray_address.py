@@ -104,6 +104,21 @@ def test_a_ray_client_address_without_a_port_gets_the_client_port(monkeypatch):
     assert seen == [("head", RAY_CLIENT_PORT), ("::1", RAY_CLIENT_PORT)]
 
 
+def test_auto_with_a_ray_client_address_in_the_environment_probes_that_address(monkeypatch):
+    """ray.init(address="auto") joins RAY_ADDRESS=ray://... through Ray Client; the check parsed ray://head:10001 as
+    a head's host:port and refused a cluster Ray would have joined."""
+    seen = []
+
+    def connect(target, timeout):
+        seen.append(target)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head")
+    assert cluster_problem("auto").startswith("evaluator.address=auto: no Ray cluster answers at head:10001 (")
+    assert seen == [("head", RAY_CLIENT_PORT)]
+
+
 def test_auto_names_the_stale_address_it_resolved_to(monkeypatch):
     target = f"{_head_host()}:{_closed_port()}"
     monkeypatch.setenv("RAY_ADDRESS", target)  # as the last ray start's file would name it

@@ -5,6 +5,7 @@ same architecture."""
 
 from __future__ import annotations
 
+from collections import deque
 from types import SimpleNamespace
 
 import pytest
@@ -60,7 +61,9 @@ def fake_ray(monkeypatch):
     monkeypatch.setattr(ray, "kill", lambda actor, no_restart=True: fake.killed.append(actor))
     monkeypatch.setattr(ray, "cluster_resources", lambda: dict(fake.resources))
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
-    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "NodeID": "n", "Resources": dict(fake.resources)}])
+    monkeypatch.setattr(ray, "put", lambda value: ("put", value))
+    monkeypatch.setattr("nas.ray_evaluator.nodes_without", lambda path, nodes: [])  # a node that sees the path
     return fake
 
 
@@ -118,6 +121,12 @@ def _run(evaluator, job: _Job, stage: str, actor, value):
     evaluator._complete(ref)
 
 
+def _replacements_answer(evaluator) -> None:
+    """Every replacement actor answers its ping (it was placed and started)."""
+    for ref in list(evaluator._starting):
+        evaluator._started(ref)
+
+
 def test_a_dead_phone_actor_is_replaced_for_its_phone_and_a_phone_gone_with_its_node_is_dropped(fake_ray):
     evaluator = _phone_evaluator(fake_ray)
     pool = evaluator._pools[TIME]
@@ -127,6 +136,8 @@ def test_a_dead_phone_actor_is_replaced_for_its_phone_and_a_phone_gone_with_its_
     _run(evaluator, job, TIME, first["A"], ActorDiedError())  # the actor died, phone A is still on the cluster
     fresh = [a for a in pool.actors if a not in first.values()]
     assert [_serial(a) for a in fresh] == ["A"] and fresh[0].opts["resources"] == {"phone_A": 1}
+    assert fresh[0] not in pool.idle  # it takes work once it has answered
+    _replacements_answer(evaluator)
     assert fake_ray.killed == [first["A"]] and sorted(map(_serial, pool.actors)) == ["A", "B"]
     assert list(pool.queue) == [job] and job.attempts[TIME] == 1
     pool.queue.clear()
@@ -150,7 +161,9 @@ def test_a_lost_result_is_one_more_attempt_of_its_child(fake_ray, error):
     for attempt in range(1, evaluator.max_attempts + 1):
         actor = pool.actors[0]
         _run(evaluator, job, TRAIN, actor, lost(error))
-        assert actor in fake_ray.killed and actor not in pool.actors and len(pool.idle) == 1  # replaced
+        assert actor in fake_ray.killed and actor not in pool.actors and not pool.idle  # replaced, not yet started
+        _replacements_answer(evaluator)
+        assert len(pool.idle) == 1 and not evaluator._starting
         assert job.attempts[TRAIN] == attempt and list(pool.queue) == ([job] if attempt < 3 else [])
         pool.queue.clear()
     assert list(evaluator._done) == [job.child]
@@ -209,6 +222,7 @@ def test_a_stage_that_raises_or_gives_up_is_the_clusters_failure_and_hybrid_keep
         for answer in answers:
             _run(evaluator, job, stage, evaluator._pools[stage].actors[0], answer)
             evaluator._pools[stage].queue.clear()
+            _replacements_answer(evaluator)
         child = evaluator._done.popleft()
         assert child.ok and child.latency_ms == 12.0 and str(child.latency_source) == "predicted", stage
         assert child.extra["latency_measurement_failed"].startswith(f"{stage}: "), stage
@@ -242,3 +256,101 @@ def test_the_phones_a_search_times_on_count_in_the_cpus_it_needs(fake_ray):
     chosen = RayEvaluator(trainer=None, dataset=None, deploy={}, latency={"runner": "adb"},
                           devices={"serials": ["A"]})
     chosen._check_resources()  # one phone chosen: 4 CPUs are enough
+
+
+def _trainers(fake_ray, actors: int, **kwargs) -> RayEvaluator:
+    evaluator = RayEvaluator(trainer=None, dataset=None, deploy={}, latency=None, **kwargs)
+    evaluator._pools[TRAIN] = _Pool(TRAIN, lambda: Actor(fake_ray, "TrainerActor", (), {}), actors)
+    return evaluator
+
+
+def test_a_replacement_that_cannot_be_placed_is_given_up_and_with_none_left_the_search_stops(fake_ray):
+    """A dead actor's replacement that no node could place (the node with the GPUs died, the cluster sized exactly)
+    was made idle at once: every child sent to it waited for ever, and so did the search."""
+    evaluator = _trainers(fake_ray, 2, actor_start_s=1e-9)
+    pool = evaluator._pools[TRAIN]
+    job = evaluator._jobs[ARCH] = _Job(ChildResult(arch=ARCH, seed=0))
+    dead, other = pool.actors
+    _run(evaluator, job, TRAIN, dead, ActorDiedError())
+    assert list(pool.queue) == [job] and len(evaluator._starting) == 1 and pool.idle == deque([other])
+    evaluator._overdue()  # no answer within actor_start_s: given up, its slot with it; the other actor goes on
+    assert pool.actors == [other] and not evaluator._starting and len(fake_ray.killed) == 2
+    pool.queue.clear()
+    _run(evaluator, job, TRAIN, other, ActorDiedError())
+    with pytest.raises(EvaluatorStopped) as stopped:
+        evaluator._overdue()
+    assert str(stopped.value).startswith("no train actor left: a trainer actor died and its replacement was not "
+                                         "placed within 1e-09 s (no node has its resources free: see ray status); "
+                                         "run the same command to resume")
+
+
+def test_a_replacement_that_dies_starting_is_given_up(fake_ray):
+    evaluator = _trainers(fake_ray, 2)
+    pool = evaluator._pools[TRAIN]
+    job = evaluator._jobs[ARCH] = _Job(ChildResult(arch=ARCH, seed=0))
+    dead = pool.actors[0]
+    fake_ray.broken["TrainerActor"] = died_in_constructor()  # from now on, as a node without the converter
+    _run(evaluator, job, TRAIN, dead, ActorDiedError())
+    _replacements_answer(evaluator)
+    assert len(pool.actors) == 1 and list(pool.queue) == [job]
+
+
+def test_each_kind_of_actor_must_fit_on_one_node(fake_ray, monkeypatch):
+    """The cluster's totals were checked, never one node: a trainer asking for more CPUs than any node has passed
+    the check and waited ten minutes before its error."""
+    nodes = [{"Alive": True, "NodeID": "a", "Resources": {"CPU": 4.0}},
+             {"Alive": True, "NodeID": "b", "Resources": {"CPU": 3.0, "GPU": 1.0, "phone_A": 1.0}},
+             {"Alive": False, "NodeID": "c", "Resources": {"CPU": 64.0}}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    fake_ray.resources = {"CPU": 7.0, "GPU": 1.0, "phone_A": 1.0}
+    with pytest.raises(EvaluatorStopped) as stopped:
+        RayEvaluator(trainer=None, dataset=None, deploy={}, latency=None,
+                     trainers={"actors": 1, "num_cpus": 5})._check_resources()
+    assert str(stopped.value) == ("one trainer actor needs 5 CPU, more than any node has (at most 4 CPU): lower "
+                                  "evaluator.trainers.num_cpus or add a larger node")
+    with pytest.raises(EvaluatorStopped, match=r"^one trainer actor needs 4 CPU and 1 GPU.* \(at most 4 CPU, 1 GPU\)"):
+        RayEvaluator(trainer=None, dataset=None, deploy={}, latency=None,  # the GPU node has 3 CPUs
+                     trainers={"actors": 1, "num_cpus": 4, "num_gpus": 1})._check_resources()
+    with pytest.raises(EvaluatorStopped, match=r"^one device actor needs 4 CPU, more than the node of phone A has "
+                                               r"\(at most 3 CPU\): lower evaluator.devices.num_cpus"):
+        RayEvaluator(trainer=None, dataset=None, deploy={}, latency={"runner": "adb"}, trainers={"actors": 1},
+                     devices={"num_cpus": 4})._check_resources()
+    RayEvaluator(trainer=None, dataset=None, deploy={}, latency=None,
+                 trainers={"actors": 1, "num_cpus": 3, "num_gpus": 1})._check_resources()  # fits on node b
+
+
+@pytest.mark.parametrize("blind, put", [([], False), (["b"], True)])
+def test_dataset_transfer_path_puts_the_dataset_only_for_a_node_that_does_not_see_it(fake_ray, monkeypatch, tmp_path,
+                                                                                   blind, put):
+    """dataset_transfer=path put the arrays in the object store whenever the cluster had two nodes (a shared disk
+    or not), and a single-node cluster joined with ray:// from another machine got no object (KeyError: 'ref')."""
+    class Split(SimpleNamespace):
+        def __len__(self):
+            return 100
+
+    split = Split(x=[], y=[])
+    monkeypatch.setattr("nas.data.load_dataset", lambda *_, **__: SimpleNamespace(
+        name="d", num_classes=10, channels=1, resolution=8, class_names=[], mean=[0], std=[1], path=tmp_path,
+        train=split, val=split))
+    monkeypatch.setattr("nas.ray_evaluator.nodes_without", lambda path, nodes: blind)
+    evaluator = RayEvaluator(trainer=TrainerConfig(), dataset=None, deploy={}, latency=None)
+    evaluator.start(tmp_path)
+    dataset = evaluator._pools[TRAIN].actors[0].args[1]
+    assert dataset["path"] == str(tmp_path) and ("ref" in dataset) == put
+
+
+def test_a_node_that_sees_no_dataset_and_got_no_object_says_so(tmp_path, monkeypatch):
+    from nas.ray_evaluator import _open_dataset
+
+    monkeypatch.setattr("nas.ray_evaluator._node", lambda: "node-7")
+    with pytest.raises(FileNotFoundError, match=r"^the prepared dataset .* is not on node node-7, which joined after "
+                                                r"the search started: use evaluator.dataset_transfer=object_store"):
+        _open_dataset({"path": str(tmp_path / "elsewhere")})
+
+
+@pytest.mark.parametrize("section", ["trainers", "converters", "devices"])
+def test_a_section_given_a_value_is_one_line_naming_it(section):
+    with pytest.raises(ValueError) as refused:
+        RayEvaluator(trainer=None, dataset=None, deploy={}, latency=None, **{section: 4})
+    assert str(refused.value).startswith(f"evaluator.{section} is a section, not a value: set its fields "
+                                         f"(evaluator.{section}.")

@@ -240,6 +240,50 @@ def test_actors_that_cannot_start_stop_the_search_in_one_line(ray_cluster):
     assert str(stopped.value) == "the converter actors cannot start: ImportError: No module named 'ai_edge_litert'"
 
 
+def test_the_nodes_that_do_not_see_the_dataset_are_found_on_each_node(ray_cluster, tmp_path):
+    """dataset_transfer=path puts the dataset in the object store only for nodes that do not see the driver's path."""
+    import ray
+
+    from nas.ray_evaluator import nodes_without
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    (tmp_path / "meta.json").write_text("{}")
+    assert len(nodes) == 2 and nodes_without(tmp_path, nodes) == []
+    assert sorted(nodes_without(tmp_path / "elsewhere", nodes)) == sorted(n["NodeID"] for n in nodes)
+
+
+def test_a_replacement_no_node_can_place_stops_the_search_instead_of_hanging(ray_cluster):
+    """A dead trainer's replacement that no node can place (here: it asks for a resource nobody has, as when the
+    only GPU node died) was handed children that waited for ever."""
+    import ray
+
+    from nas.ray_evaluator import TRAIN, RayEvaluator, _Job, _Pool
+    from nas.record import ChildResult
+
+    class Trainer:
+        def where(self):
+            return {}
+
+        def train(self, *args):
+            return {}
+
+    evaluator = RayEvaluator(trainer=None, dataset=None, deploy={}, latency=None, actor_start_s=3)
+    pool = evaluator._pools[TRAIN] = _Pool(TRAIN, ray.remote(num_cpus=0, max_restarts=0)(Trainer).remote, 1)
+    try:
+        evaluator._await(TRAIN, lambda a: a.where.remote(), "trainer", timeout_s=120)
+        pool.make = lambda _: ray.remote(num_cpus=0, resources={"nowhere": 1}, max_restarts=0)(Trainer).remote()
+        ray.kill(pool.actors[0], no_restart=True)
+        job = evaluator._jobs["arch"] = _Job(ChildResult(arch="arch", seed=0))
+        pool.queue.append(job)
+        started = time.monotonic()
+        with pytest.raises(EvaluatorStopped, match="^no train actor left: a trainer actor died and its replacement "
+                                                   "was not placed within 3 s"):
+            evaluator.next_result()
+        assert time.monotonic() - started < 60
+    finally:
+        evaluator.close()
+
+
 def _descendants(pid: int) -> set[int]:
     from nas.ray_reaper import descendants
 

@@ -35,7 +35,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from latency.cache import LatencyCache, artifact_problem, cache_key, cap_bytes, file_digest, touch
-from latency.quiet import DISTURBED_RETRIES, ROUND_GAP_S, HostGate, LoadProbe, QuietWindow, pinned_to_one_core
+from latency.quiet import (DISTURBED_RETRIES, PROBE_MIN_S, ROUND_GAP_S, HostGate, LoadProbe, QuietWindow,
+                           pinned_to_one_core)
 from latency.result import LatencyResult, transient
 from latency.runners import DeviceError, ModelRunError, make_runner, summarize_rounds
 from mnas_common.checks import positive_int, positive_number
@@ -450,10 +451,17 @@ def _agreeing_group(runner, interpreters: dict, anchor_interpreter, group: list,
     return (*best, pair[1])
 
 
-def _anchor_ms(runner, interpreter, *, warmup: int) -> float:
+def _anchor_ms(runner, interpreter, *, warmup: int, at_least_s: float = 0.0) -> float:
+    """The anchor's median over ANCHOR_RUNS runs; with ``at_least_s``, over as many more as that takes. A reference
+    round is timed for at least PROBE_MIN_S: ten runs of a 7 ms anchor (80 ms) were too short for the load probe to
+    tell, so a reference taken under load set the scale of the whole cache."""
     import numpy as np
 
-    return float(np.median(runner.run(interpreter, ANCHOR_RUNS, warmup)))
+    samples, started = [], time.monotonic()
+    while not samples or time.monotonic() - started < at_least_s:
+        samples += list(runner.run(interpreter, ANCHOR_RUNS, warmup))
+        warmup = 0
+    return float(np.median(samples))
 
 
 def _anchor_ref_task(path: str, lock_path: str, pin_cpu: bool, rounds: int) -> dict:
@@ -469,7 +477,7 @@ def _anchor_ref_task(path: str, lock_path: str, pin_cpu: bool, rounds: int) -> d
         if attempt:
             time.sleep(ROUND_GAP_S)
         with timing_window(lock_path, pin_cpu), LoadProbe() as probe:
-            value = _anchor_ms(runner, interpreter, warmup=runner.round_warmup(attempt == 0))
+            value = _anchor_ms(runner, interpreter, warmup=runner.round_warmup(attempt == 0), at_least_s=PROBE_MIN_S)
         attempt += 1
         if probe.disturbed:
             disturbed += 1

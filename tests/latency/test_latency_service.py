@@ -286,6 +286,41 @@ def test_drift_anchor_scales_every_round_and_its_reference_is_fixed_once(latency
         assert plain.measure(OTHER, resolution=32, num_classes=10).cached is False  # never answered by the anchored
 
 
+def test_each_round_fixing_the_anchor_reference_is_long_enough_for_the_load_probe(tmp_path, monkeypatch):
+    """Ten runs of a 7 ms anchor took 80 ms, under the load probe's PROBE_MIN_S: only the first round (with its
+    warm-up) was ever checked for disturbance, so a reference taken under load set the scale of the whole cache."""
+    import time as time_module
+
+    import latency.service as service_module
+    from latency.quiet import PROBE_MIN_S, LoadProbe, NullGate
+
+    class Runner:  # a 5 ms anchor
+        def prepare(self, path):
+            return path
+
+        def round_warmup(self, first):
+            return 1 if first else 0
+
+        def run(self, interpreter, runs, warmup):
+            time_module.sleep(0.005 * (runs + warmup))
+            return [5.0] * runs
+
+    windows = []
+
+    class Probe(LoadProbe):
+        def __exit__(self, *exc):
+            super().__exit__(*exc)
+            windows.append(self.seconds)
+
+    monkeypatch.setattr(service_module, "LoadProbe", Probe)
+    monkeypatch.setattr(service_module, "ROUND_GAP_S", 0.0)
+    monkeypatch.setitem(service_module._WORKER, "runner", Runner())
+    monkeypatch.setitem(service_module._WORKER, "gate", NullGate())
+    fixed = service_module._anchor_ref_task("anchor.tflite", str(tmp_path / "lock"), False, 3)
+    assert fixed["ref_ms"] == 5.0 and len(windows) == 3 + fixed["disturbed_rounds"]
+    assert min(windows) >= PROBE_MIN_S
+
+
 def test_bad_anchor_is_one_clear_error():
     with pytest.raises(ValueError, match="latency.anchor: .*not_an_arch") as info:
         build_service("host", anchor="not_an_arch")

@@ -140,18 +140,38 @@ def _worker_tmp(work_dir: str | Path, pid: int) -> Path:
     return Path(work_dir) / f"tmp-{pid}"
 
 
+KEEP_WORKER_LOGS = 10  # the stderr logs of this many ended workers are kept (TensorFlow's C++ output), newest first
+
+
+def _ended(pid: str) -> bool:
+    """Whether the process ``pid`` (a file name's number) is gone; False for a name that is not a number."""
+    try:
+        os.kill(int(pid), 0)
+    except ValueError:
+        return False
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def _remove_ended_worker_tmp(work_dir: Path) -> None:
     """Remove the temp directories of workers whose process is gone: a pool's workers once it is stopped, and those
-    that died with their search (``kill -9``) when the next pool starts."""
+    that died with their search (``kill -9``) when the next pool starts; and the logs of ended workers but the
+    KEEP_WORKER_LOGS newest (one per worker process piled up in the cache, thousands over a phone farm's year)."""
     for path in work_dir.glob("tmp-*"):
-        try:
-            os.kill(int(path.name[4:]), 0)
-        except ValueError:
-            continue
-        except ProcessLookupError:
+        if _ended(path.name[len("tmp-"):]):
             shutil.rmtree(path, ignore_errors=True)
-        except PermissionError:  # alive, another user's
+    logs = []
+    for path in work_dir.glob("worker-*.log"):
+        try:
+            if _ended(path.stem[len("worker-"):]):
+                logs.append((path.stat().st_mtime, path))
+        except OSError:  # removed meanwhile by another service on this cache
             continue
+    for _, path in sorted(logs, reverse=True)[KEEP_WORKER_LOGS:]:
+        path.unlink(missing_ok=True)
 
 
 def _worker_init(work_dir: str, runner_config: dict, parent: int, gate) -> None:
@@ -780,13 +800,17 @@ class LatencyService:
         """
         return self.time_many([conversion])[0]
 
-    def time_many(self, conversions: list[dict], *, batch: int = 8) -> list[LatencyResult]:
+    def time_many(self, conversions: list[dict], *, batch: int = 8, _again: bool = False) -> list[LatencyResult]:
         """Time several conversion records, ``batch`` models per timing session: on the host each round times every
         model of the batch in one quiet window, so a batch costs one wait for the search's work per round instead of
-        one per model, and each model's rounds are spread over the whole batch. Same order as ``conversions``."""
+        one per model, and each model's rounds are spread over the whole batch. Same order as ``conversions``.
+
+        A model whose files went while it waited to be timed (another process sharing the cache trimmed it to its
+        size cap) is converted and timed once more; that is never the architecture's failure."""
         positive_int("batch", batch)
         results: list[LatencyResult | None] = [None] * len(conversions)
         pending = []  # (index, conversion, measurement key, base, fields, device)
+        vanished = []  # indices whose model files went while they waited
         for i, conversion in enumerate(conversions):
             answer = self._before_timing(conversion)
             if isinstance(answer, LatencyResult):
@@ -802,7 +826,17 @@ class LatencyService:
             except Exception as exc:  # a broken pool: every model of the batch is a failed result
                 timings = [{"status": "failed", "error": first_line(exc, with_type=True, limit=300)}] * len(chunk)
             for (i, conversion, key, base, fields, device), timing in zip(chunk, timings):
+                if timing.get("status") != "ok" and not Path(conversion["tflite_path"]).is_file():
+                    if not _again:
+                        vanished.append(i)
+                        continue
+                    timing = {"status": "failed", "error": f"{timing.get('error')} (its files were removed while it "
+                                                           "waited: the latency cache's size cap)"}
                 results[i] = self._after_timing(conversion, key, base, fields, device, dict(timing))
+        if vanished:
+            for i, result in zip(vanished, self.time_many([conversions[i] for i in vanished], batch=batch,
+                                                          _again=True)):
+                results[i] = result
         return results
 
     def _before_timing(self, conversion: dict):
@@ -863,6 +897,11 @@ class LatencyService:
             return LatencyResult(arch=arch, status="failed", error=str(exc), resolution=resolution,
                                  channels=channels, num_classes=num_classes, runner=self.runner_config["runner"],
                                  extra=transient())
+        conversion_key = self._conversion_key(arch, resolution, channels, num_classes)
+        cached = self.cache.get_measurement(cache_key(conversion=conversion_key, device=self.device_id,
+                                                      settings=self.measurement_settings))
+        if cached is not None:  # timed before: its model (maybe trimmed away since) need not be converted again
+            return LatencyResult.from_dict({**cached, "cached": True})
         return self.time(self.convert(arch, resolution=resolution, channels=channels, num_classes=num_classes))
 
     def submit(self, arch: str, *, resolution: int = 224, channels: int = 3, num_classes: int = 1000) -> Future:

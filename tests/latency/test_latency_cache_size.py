@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
@@ -223,6 +224,43 @@ def test_service_evicts_real_conversions_and_converts_them_again_as_a_miss(tmp_p
         # the same network converted again: the same ONNX (onnx2tf's .tflite is not byte for byte the same each time)
         assert again["artifacts"]["onnx_path"] == first["artifacts"]["onnx_path"]
         assert service.convert(SMALL, **SHAPE)["cached"]
+
+
+def test_measuring_an_evicted_model_with_a_cached_timing_converts_nothing(tmp_path, monkeypatch):
+    """measure() converted first and looked for the timing after: a model trimmed away was converted again (up to
+    30 s) only for its cached timing to answer."""
+    import latency.service as service_module
+
+    with build_service("host", threads=1, warmup_runs=1, num_runs=3, workers=1, cache_path=tmp_path / "latency.sqlite",
+                       cache_max_gb=1e-9) as service:
+        timed = service.measure(SMALL, **SHAPE)
+        assert timed.ok and service.trim_models(keep_recent_s=0)["removed"] == 1
+        monkeypatch.setattr(service_module, "_convert_task", None)  # a conversion now would fail: it must not happen
+        again = service.measure(SMALL, **SHAPE)
+    assert again.ok and again.cached and again.latency_ms == timed.latency_ms
+
+
+def test_a_model_trimmed_away_while_it_waited_to_be_timed_is_converted_and_timed_again(tmp_path, monkeypatch):
+    """Another process sharing the cache could trim a model between its conversion and its timing: the timing then
+    failed as the model's own failure (not transient), and the architecture was recorded as failed for good."""
+    import shutil
+
+    import latency.service as service_module
+
+    with build_service("host", threads=1, warmup_runs=1, num_runs=3, workers=1,
+                       cache_path=tmp_path / "latency.sqlite") as service:
+        conversion = service.convert(SMALL, **SHAPE)
+        run_in_worker, trimmed = service._run_in_worker, []
+
+        def trim_first(fn, *args):
+            if fn is service_module._time_models_task and not trimmed:
+                trimmed.append(args[0])
+                shutil.rmtree(Path(args[0][0]).parent)  # as the other process's trim would
+            return run_in_worker(fn, *args)
+
+        monkeypatch.setattr(service, "_run_in_worker", trim_first)
+        result = service.time(conversion)
+    assert trimmed and result.ok and not result.cached, result.error
 
 
 def test_a_cache_that_cannot_be_trimmed_does_not_fail_the_conversion(tmp_path, monkeypatch, caplog):

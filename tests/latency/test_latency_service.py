@@ -321,6 +321,22 @@ def test_each_round_fixing_the_anchor_reference_is_long_enough_for_the_load_prob
     assert min(windows) >= PROBE_MIN_S
 
 
+def test_the_logs_of_ended_workers_are_kept_for_the_newest_few(tmp_path):
+    """Each conversion worker writes its stderr to work/worker-<pid>.log; none was ever removed."""
+    from latency.service import KEEP_WORKER_LOGS, _remove_ended_worker_tmp
+
+    gone = [f"worker-{99_999_990 + i}.log" for i in range(KEEP_WORKER_LOGS + 5)]  # beyond any pid_max: ended
+    for age, name in enumerate(gone):
+        path = tmp_path / name
+        path.write_text("TensorFlow said things")
+        os.utime(path, (1_000_000 - age, 1_000_000 - age))  # the first is the newest
+    (tmp_path / f"worker-{os.getpid()}.log").write_text("alive")
+    (tmp_path / "worker-notes.log").write_text("not a worker's")
+    _remove_ended_worker_tmp(tmp_path)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([*gone[:KEEP_WORKER_LOGS], f"worker-{os.getpid()}.log", "worker-notes.log"])
+
+
 def test_bad_anchor_is_one_clear_error():
     with pytest.raises(ValueError, match="latency.anchor: .*not_an_arch") as info:
         build_service("host", anchor="not_an_arch")

@@ -25,7 +25,9 @@ The contract (what is persisted when, who may write, what a reader may assume):
   damaged store is reported in one line and never modified.
 
 The columns of ``children`` come from :class:`nas.record.ChildResult`; a store written by an older version gets the
-missing columns when it is opened for writing (schema migration in place, nothing rewritten).
+missing columns when it is opened for writing (schema migration in place, nothing rewritten). The migration is
+committed at the search's first write, after every check above: a store refused before it is written (another
+search, a smaller budget, damage) keeps its old schema, see :meth:`RunStore._migrate`.
 """
 
 from __future__ import annotations
@@ -188,6 +190,7 @@ class RunStore:
             self.path = self.path / STORE_NAME
         self.readonly = readonly
         self._lock: _WriterLock | None = None
+        self._settled = True  # False: an existing store's migration and WAL switch wait for its first write
         self._copy: tempfile.TemporaryDirectory | None = None
         if readonly and not self.path.exists():
             raise StoreError(f"no run store at {self.path}")
@@ -233,8 +236,9 @@ class RunStore:
                              f"{SCHEMA_VERSION}; it was not modified")
         if self.readonly:
             return
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self._migrate(tables, version)
+        if not existing:  # an existing store's switch waits for its first write, with its migration (see _migrate)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+        self._migrate(tables, version, existing=existing)
 
     def _private_copy(self, why: sqlite3.OperationalError) -> Path:
         """The store and its ``-wal`` copied to a private temporary directory that :meth:`close` removes; the path
@@ -265,8 +269,17 @@ class RunStore:
                              "directory with room for it, or read it as the owner of the run directory; "
                              "it was not modified") from None
 
-    def _migrate(self, tables: set[str], version: int | None) -> None:
-        """Create a new store, or bring an older one to this schema: add what is missing, rewrite nothing."""
+    def _migrate(self, tables: set[str], version: int | None, *, existing: bool) -> None:
+        """Create a new store, or bring an older one to this schema: add what is missing, rewrite nothing.
+
+        A new store is created and committed at once (an empty file would be refused as not a run store next time).
+        An existing one has only been opened so far: the search checks it after this (``nas.run``: the same search,
+        a budget no smaller than it holds, the state it resumes from) and a refused store must be the store it was.
+        So its migration is a transaction left open (SQLite's DDL is transactional; this connection reads the new
+        columns meanwhile), committed by the first write (:meth:`_write`, just before its own transaction: a write
+        that fails then, a full disk, leaves a migrated store, not a connection whose schema went back under it) and
+        rolled back when the store is closed unwritten; ``kill -9`` before that leaves the old store, which the next
+        search migrates again. Its switch to WAL waits for that write too."""
         statements: list[tuple[str, Sequence]] = []
         if "children" in tables:
             have = {r[1] for r in self.conn.execute("PRAGMA table_info(children)")}
@@ -279,13 +292,23 @@ class RunStore:
         if version != SCHEMA_VERSION:
             statements.append(("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                                (json.dumps(SCHEMA_VERSION),)))
-        self._write(statements)
+        if not existing:
+            self._write(statements)
+            return
+        self._settled = False
+        self.conn.execute("PRAGMA synchronous=FULL")  # for its commit: it cannot change inside the transaction
+        self.conn.execute("BEGIN IMMEDIATE")
+        cookie = self.conn.execute("PRAGMA schema_version").fetchone()[0]  # SQLite's: any DDL changes it
+        for sql, args in statements:
+            self.conn.execute(sql, args)
+        if version == SCHEMA_VERSION and self.conn.execute("PRAGMA schema_version").fetchone()[0] == cookie:
+            self.conn.execute("ROLLBACK")  # nothing was missing: no write waits
 
     # ------------------------------------------------------------------ housekeeping
     def _close_connection(self) -> None:
         conn = getattr(self, "conn", None)
         if conn is not None:
-            conn.close()
+            conn.close()  # rolls back a migration no write followed (see _migrate): the store stays as it was
             self.conn = None
 
     def close(self) -> None:
@@ -309,6 +332,11 @@ class RunStore:
         if self.readonly:
             raise StoreError(f"run store {self.path} is open read-only")
         try:
+            if not self._settled:  # an existing store's first write: its migration first (see _migrate)
+                if self.conn.in_transaction:
+                    self.conn.execute("COMMIT")
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self._settled = True
             self.conn.execute(f"PRAGMA synchronous={'FULL' if sync else 'NORMAL'}")
             self.conn.execute("BEGIN IMMEDIATE")
             for sql, args in statements:

@@ -241,13 +241,16 @@ CREATE TABLE references_ (name TEXT PRIMARY KEY, arch TEXT NOT NULL, result TEXT
 """
 
 
-def test_schema_2_stores_are_read_as_they_are_and_migrated_in_place(tmp_path):
-    # a store exactly as schema 2 wrote it: tokens and log_prob only in their columns, no state hash
+def schema_2_store(run_dir, journal_mode: str = "wal") -> None:
+    """A store exactly as schema 2 wrote it (in WAL mode, as every version did): tokens and log_prob only in their
+    columns, no state hash, no triggers."""
     import io
 
     buf = io.BytesIO()
     torch.save({"w": torch.ones(2)}, buf)
-    with sqlite3.connect(tmp_path / "run.sqlite") as conn:
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    try:
+        conn.execute(f"PRAGMA journal_mode={journal_mode}")
         conn.executescript(SCHEMA_2)
         conn.execute("INSERT INTO meta VALUES ('schema_version', '2')")
         result = {"arch": "a", "status": "ok", "top1": 0.5, "latency_ms": 3.0, "seed": 7, "train": {"x": 1}}
@@ -255,6 +258,23 @@ def test_schema_2_stores_are_read_as_they_are_and_migrated_in_place(tmp_path):
                      "result, committed_step, created_at) VALUES (0, 0, '[1, 2]', 'a', 'ok', 0.5, 3.0, 0.4, -1.5, 7, ?, "
                      "0, 0)", (json.dumps(result),))
         conn.execute("INSERT INTO steps VALUES (0, '{}', ?, 0)", (buf.getvalue(),))
+        conn.commit()
+    finally:
+        conn.close()  # the last connection: the WAL is checkpointed into the file, which is the whole store
+
+
+def store_as_it_is(run_dir) -> tuple[bytes, list[str]]:
+    """The store's file, byte for byte, and everything in it (schema, rows)."""
+    data = (run_dir / "run.sqlite").read_bytes()
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    try:
+        return data, list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def test_schema_2_stores_are_read_as_they_are_and_migrated_in_place(tmp_path):
+    schema_2_store(tmp_path)
     with RunStore(tmp_path, readonly=True) as store:  # readable as it is
         (old,) = store.children(committed_only=True)
         assert (old.tokens, old.log_prob, old.reward, old.seed, old.train) == ([1, 2], -1.5, 0.4, 7, {"x": 1})
@@ -266,6 +286,41 @@ def test_schema_2_stores_are_read_as_they_are_and_migrated_in_place(tmp_path):
         assert store.pending_children(1)[0].latency_source is LatencySource.PREDICTED
         with pytest.raises(sqlite3.IntegrityError):  # the old committed row is protected now too
             store.conn.execute("UPDATE children SET reward = 0 WHERE step = 0")
+
+
+@pytest.mark.parametrize("journal_mode", ["wal", "delete"])
+def test_an_old_store_opened_for_writing_is_migrated_by_its_first_write_only(tmp_path, journal_mode):
+    """The migration was committed on every writable open, before the search's checks: a schema-2 store the search
+    then refused (another search, a budget below what it holds, damage) had been migrated, though the refusal said it
+    was not modified. Closed unwritten, or killed by kill -9 before its first write, the store is the one it was."""
+    schema_2_store(tmp_path, journal_mode)
+    before = store_as_it_is(tmp_path)
+    with RunStore(tmp_path) as store:  # read as the search reads it before it writes: migrated
+        assert store.get_meta("schema_version") == SCHEMA_VERSION
+        (old,) = store.children(committed_only=True)
+        assert old.tokens == [1, 2] and old.latency_source is None
+        assert torch.equal(store.controller_state(0)["w"], torch.ones(2))
+    assert store_as_it_is(tmp_path) == before
+    code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); from nas.store import RunStore; "
+            f"s = RunStore({str(tmp_path)!r}); s.children(); print('ready', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert store_as_it_is(tmp_path) == before
+    with RunStore(tmp_path) as store:
+        store.set_meta("x", 1)  # the first write commits the migration
+    with sqlite3.connect(tmp_path / "run.sqlite") as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+        have = {r[1] for r in conn.execute("PRAGMA table_info(children)")}
+        assert {"latency_source", "latency_predicted_ms"} <= have
+        assert "state_sha256" in {r[1] for r in conn.execute("PRAGMA table_info(steps)")}
+        assert conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger'").fetchone()[0] == 4
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with RunStore(tmp_path) as store:  # a store this version wrote: nothing to migrate, no write waits
+        assert not store.conn.in_transaction
 
 
 def test_lock_file_names_the_holder(tmp_path):

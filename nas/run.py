@@ -34,15 +34,21 @@ from nas.store import RunStore, StoreError
 
 # Config sections that define a run's results: resuming with different values would mix two searches in one store.
 # (Where children run, what is logged and the budget do not change the results of the children already stored.)
+# threads: torch's thread count rounds float reductions differently (the controller's update, training in the search's
+# process), which is why nas.fidelity keys an evaluation by it too.
 IDENTITY_KEYS = ("search_space", "controller", "reward", "trainer", "dataset", "deploy", "seed", "batch_size",
-                 "steady_state", "latency", "evaluator")
+                 "steady_state", "threads", "latency", "evaluator", "evaluator_settings")
 # The latency settings that decide a child's latency (device and protocol, how the search uses it, which conversions
 # fail); not where the cache lives, how many workers convert, timeouts or retries.
 LATENCY_IDENTITY = ("runner", "threads", "warmup_runs", "num_runs", "rounds", "anchor", "quiet", "pin_cpu", "cpu_mask",
                     "use_xnnpack", "fixed_performance", "tolerance_abs", "tolerance_rel", "mode", "hybrid_top_k",
                     "table_space", "table")
+# The evaluator settings that decide which children fail and what is stored with them (the memory limit, the
+# training-free scores, the synthetic evaluator's failures), named alike for evaluator=local and ray so that a run may
+# move between them; not how many actors, CPUs or slots, where the cluster is or how often it is polled.
+EVALUATOR_IDENTITY = ("max_child_memory_gb", "scores", "score_batch_size", "failure_rate")
 # Written by later versions than some stores: a store without them is compared on the others (steady_state: False)
-LATER_KEYS = {"steady_state": False, "latency": None, "evaluator": None}
+LATER_KEYS = {"steady_state": False, "threads": None, "latency": None, "evaluator": None, "evaluator_settings": None}
 DEPLOY_KEYS = ("resolution", "channels", "num_classes")
 
 log = logging.getLogger(__name__)
@@ -195,12 +201,22 @@ def environment() -> dict:
 
 
 def identity(cfg) -> dict:
-    out = {k: strip_targets(cfg.get(k)) for k in IDENTITY_KEYS if k not in ("latency", "evaluator")}
+    out = {k: strip_targets(cfg.get(k)) for k in IDENTITY_KEYS
+           if k not in ("latency", "evaluator", "evaluator_settings")}
     latency = to_plain(cfg.get("latency")) or {}
     out["latency"] = ({k: latency.get(k) for k in LATENCY_IDENTITY if k in latency}
                       if cfg.get("measure_latency") is True else None)
     out["evaluator"] = _results_of(cfg)
+    evaluator = to_plain(cfg.get("evaluator")) or {}
+    out["evaluator_settings"] = {k: evaluator[k] for k in EVALUATOR_IDENTITY if k in evaluator}
     return out
+
+
+def _fields(group: str, was: Any, now: Any, key: str) -> str:
+    """The fields of a section of the identity (``key``) that differ, by name: ``latency.num_runs, latency.threads``."""
+    if not isinstance(was, dict) or not isinstance(now, dict):
+        return key
+    return ", ".join(f"{group}.{k}" for k in sorted({*was, *now}) if was.get(k) != now.get(k)) or key
 
 
 def _results_of(cfg) -> str:
@@ -243,9 +259,13 @@ def _check_store(store: RunStore, cfg) -> bool:
         changed.append("steady_state")
     if "latency" in changed:  # name the settings
         was, now = stored["latency"], mine["latency"]
-        changed[changed.index("latency")] = "measure_latency" if was is None or now is None else ", ".join(
-            f"latency.{k}" for k in sorted({*was, *now}) if was.get(k) != now.get(k))
+        changed[changed.index("latency")] = ("measure_latency" if was is None or now is None
+                                             else _fields("latency", was, now, "latency"))
+    if "evaluator_settings" in changed:  # another kind of children (below) has other settings: that one is named
+        changed[changed.index("evaluator_settings")] = _fields("evaluator", stored["evaluator_settings"],
+                                                               mine["evaluator_settings"], "evaluator_settings")
     if "evaluator" in changed:
+        changed = [k for k in changed if not k.startswith("evaluator.")]
         changed[changed.index("evaluator")] = f"evaluator ({stored['evaluator']} children, now {mine['evaluator']})"
     if changed:
         raise StoreError(f"run store {store.path} was created by a different search ({', '.join(changed)} changed); "

@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from mnas_common.paths import config_dir
 from nas.components import ConfigError
 from nas.run import run_search
-from nas.store import RunStore, StoreError
+from nas.store import SCHEMA_VERSION, RunStore, StoreError
 from tests.conftest import ROOT, message_lines
 
 FAST = ["+experiment=smoke", "evaluator=synthetic", "logger=[events]", "pareto.enabled=false"]
@@ -177,13 +177,69 @@ def test_synthetic_children_never_join_a_trained_run(tmp_path):
     assert identity(config())["evaluator"] == "synthetic"
 
 
+def test_resuming_with_evaluator_settings_or_threads_that_change_the_results_is_refused(tmp_path, one_thread):
+    """Which children fail (the synthetic failure_rate, the memory limit), what is stored with them (scores) and how
+    floats round (torch threads: nas.fidelity keys an evaluation by them) were not part of the run's identity: a
+    resume with other values mixed two searches in one store. How many run at once is not."""
+    search(tmp_path, "budget=2")
+    before = committed(tmp_path)
+    for overrides, named in ((["evaluator.failure_rate=0.5"], "evaluator.failure_rate"), (["threads=2"], "threads")):
+        with pytest.raises(StoreError, match=rf"different search \({named} changed\)"):
+            search(tmp_path, "budget=4", *overrides)
+        assert committed(tmp_path) == before
+    assert search(tmp_path, "budget=4", "evaluator.capacity=2", "evaluator.seconds=0.001")["children"] == 4
+    from nas.run import identity
+
+    with RunStore(tmp_path) as store:  # as a trained run (evaluator=local) would have stored it
+        store.set_metas({"identity": identity(config("budget=2", "evaluator=local"))})
+    before = committed(tmp_path)
+    with pytest.raises(StoreError, match=r"different search \(evaluator.max_child_memory_gb, evaluator.scores "
+                                         r"changed\)"):
+        search(tmp_path, "budget=6", "evaluator=local", "evaluator.max_child_memory_gb=4", "evaluator.scores=[synflow]")
+    assert committed(tmp_path) == before
+
+
 def test_a_store_from_before_latency_was_part_of_the_identity_resumes(tmp_path):
     search(tmp_path, "budget=2")
     with RunStore(tmp_path) as store:
         old = {k: v for k, v in store.get_meta("identity").items()
-               if k not in ("latency", "steady_state", "evaluator")}
+               if k not in ("latency", "steady_state", "evaluator", "threads", "evaluator_settings")}
         store.set_metas({"identity": old})
-    assert search(tmp_path, "budget=4", "latency.num_runs=20")["children"] == 4
+    assert search(tmp_path, "budget=4", "latency.num_runs=20", "evaluator.failure_rate=0.25")["children"] == 4
+
+
+def as_schema_2(run_dir: Path) -> None:
+    """The run's store as schema 2 left it: no latency_source columns, no state hash, no triggers."""
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    try:
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+            conn.execute(f"DROP TRIGGER {name}")
+        for column in ("latency_source", "latency_predicted_ms", "latency_prediction_error"):
+            conn.execute(f"ALTER TABLE children DROP COLUMN {column}")
+        conn.execute("ALTER TABLE steps DROP COLUMN state_sha256")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        conn.commit()
+    finally:
+        conn.close()  # the last connection: the WAL is checkpointed into the file, which is the whole store
+
+
+def test_an_old_store_a_search_refuses_is_not_migrated(tmp_path):
+    """The store was migrated when it was opened, before the search checked it: an older store refused for another
+    seed or a smaller budget had the new schema by then, though the refusal said it was not modified."""
+    search(tmp_path, "budget=2")
+    as_schema_2(tmp_path)
+    before = (tmp_path / "run.sqlite").read_bytes()
+    for overrides, message in ((["budget=4", "seed=1"], r"different search \(seed changed\)"),
+                               (["budget=1"], "budget=1 is below the 2 children")):
+        with pytest.raises(StoreError, match=message):
+            search(tmp_path, *overrides)
+        assert (tmp_path / "run.sqlite").read_bytes() == before
+    assert search(tmp_path, "budget=4")["children"] == 4  # resumed: migrated
+    with sqlite3.connect(tmp_path / "run.sqlite") as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+        assert "latency_source" in {r[1] for r in conn.execute("PRAGMA table_info(children)")}
+        assert conn.execute("SELECT COUNT(*) FROM steps WHERE state_sha256 IS NULL").fetchone()[0] == 1  # the old one
+    assert len(committed(tmp_path)) == 4
 
 
 def test_a_failed_pareto_export_does_not_fail_a_finished_search(tmp_path, caplog):

@@ -31,9 +31,14 @@ def check_accuracy(accuracy: Any) -> float:
     return value
 
 
+def cost_factor(cost: float, target: float, alpha: float, beta: float) -> float:
+    """(cost / target) ** w with w = alpha if cost <= target else beta: the one copy of the paper's formula."""
+    return (cost / target) ** (alpha if cost <= target else beta)
+
+
 def pareto_reward(accuracy: float, cost: float, target: float, alpha: float, beta: float) -> float:
     """ACC * (cost / target) ** w with w = alpha if cost <= target else beta (no validation: the fast path)."""
-    return accuracy * (cost / target) ** (alpha if cost <= target else beta)
+    return accuracy * cost_factor(cost, target, alpha, beta)
 
 
 MAX_FACTOR = 1e6  # (COST/T)^w beyond this: the cost alone decides every reward, and the controllers' float32
@@ -106,7 +111,7 @@ class _ParetoReward(AccuracyReward):
             raise ValueError(f"{self.cost_field} must be > 0, got {cost!r}")
         w = self.alpha if cost <= self._target else self.beta
         try:
-            factor = (cost / self._target) ** w
+            factor = cost_factor(cost, self._target, self.alpha, self.beta)
         except OverflowError:
             factor = math.inf
         if not factor <= MAX_FACTOR:

@@ -385,6 +385,10 @@ class RayEvaluator(Evaluator):
         _resource("evaluator.converters.num_cpus", self.converters["num_cpus"])
         _resource("evaluator.devices.num_cpus", self.devices["num_cpus"], zero=True)
         self.devices["serials"] = _serials(self.devices["serials"])
+        if self.devices["serials"] and self.latency is not None and self.latency.get("runner", "host") != "adb":
+            raise ValueError(f"evaluator.devices.serials names phones, but latency.runner is "
+                             f"{self.latency.get('runner', 'host')}: use latency=adb to time on them, or "
+                             "evaluator.devices.serials=null")
         self.max_attempts = positive_int("evaluator.max_attempts", max_attempts)
         self.max_child_memory_gb = positive_number("evaluator.max_child_memory_gb", max_child_memory_gb)
         if dataset_transfer not in ("path", "object_store"):

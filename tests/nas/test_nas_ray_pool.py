@@ -354,3 +354,10 @@ def test_a_section_given_a_value_is_one_line_naming_it(section):
         RayEvaluator(trainer=None, dataset=None, deploy={}, latency=None, **{section: 4})
     assert str(refused.value).startswith(f"evaluator.{section} is a section, not a value: set its fields "
                                          f"(evaluator.{section}.")
+
+
+def test_phones_named_for_the_host_runner_are_refused():
+    """devices.serials was ignored in silence with the host runner: the user believed the search timed on phones."""
+    with pytest.raises(ValueError, match=r"^evaluator.devices.serials names phones, but latency.runner is host"):
+        RayEvaluator(trainer=None, dataset=None, deploy={}, latency={"runner": "host"}, devices={"serials": ["A"]})
+    RayEvaluator(trainer=None, dataset=None, deploy={}, latency=None, devices={"serials": ["A"]})  # nothing timed

@@ -35,7 +35,9 @@ def _runner_fields(args: argparse.Namespace) -> dict:
     # typed flags only (None when not given): $ANDROID_SERIAL and $TFLITE_BENCHMARK_MODEL set for the phone do not
     # make a host measurement an error, but --cpu-mask f0 or --serial S on the host were dropped without a word
     adb_only = [flag for flag, given in (("--serial", args.serial is not None), ("--binary", args.binary is not None),
-                                         ("--cpu-mask", args.cpu_mask is not None), ("--no-xnnpack", args.no_xnnpack))
+                                         ("--cpu-mask", args.cpu_mask is not None), ("--no-xnnpack", args.no_xnnpack),
+                                         ("--fixed-performance", args.fixed_performance),
+                                         ("--cooldown", args.cooldown is not None))
                 if given]
     if args.runner == "host":
         fields.update(rounds=3 if args.rounds is None else args.rounds, pin_cpu=args.pin_cpu, quiet=not args.no_quiet)
@@ -47,7 +49,9 @@ def _runner_fields(args: argparse.Namespace) -> dict:
     else:
         serial = os.environ.get("ANDROID_SERIAL") if args.serial is None else args.serial
         binary = os.environ.get("TFLITE_BENCHMARK_MODEL") if args.binary is None else args.binary
-        fields.update(serial=serial, benchmark_binary=binary, cpu_mask=args.cpu_mask, use_xnnpack=not args.no_xnnpack)
+        fields.update(serial=serial, benchmark_binary=binary, cpu_mask=args.cpu_mask, use_xnnpack=not args.no_xnnpack,
+                      fixed_performance=args.fixed_performance,
+                      cooldown_s=0.0 if args.cooldown is None else args.cooldown)
     return fields
 
 
@@ -305,6 +309,9 @@ def _parsers() -> argparse.ArgumentParser:
     runner.add_argument("--no-quiet", action="store_true",
                         help="host: time without the quiet gate (as latency.quiet=false)")
     runner.add_argument("--no-xnnpack", action="store_true", help="adb: benchmark_model without XNNPACK")
+    runner.add_argument("--fixed-performance", action="store_true",
+                        help="adb: time in the phone's fixed performance mode (Android 11+; off again at the end)")
+    runner.add_argument("--cooldown", type=float, default=None, help="adb: seconds to pause before each model (0)")
     runner.add_argument("--anchor", default=None,
                         help="host: the drift anchor timed in every round (default mnasnet_b1, as configs/latency/"
                              "host.yaml; 'none' for no drift correction)")

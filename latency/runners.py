@@ -2,7 +2,8 @@
 
 A runner is plain configuration (picklable), built inside the latency worker process that uses it. ``time(path)``
 returns the timing fields of a :class:`~latency.result.LatencyResult`; ``device_id`` names the device in cache keys
-and lock files; ``settings`` are the measurement settings that belong in the cache key.
+and lock files; ``settings`` are the measurement settings that belong in the cache key; ``close()`` undoes what the
+runner changed on its device.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
+from multiprocessing.util import Finalize
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from mnas_common.checks import did_you_mean, non_negative_int, non_negative_numb
 
 REMOTE_DIR = "/data/local/tmp"
 WAIT_FOR_DEVICE_S = 30.0  # how long one retry waits for a dropped phone to come back (adb wait-for-device)
+QUICK_ADB_S = 60.0  # adb devices, fixed performance off: commands that answer at once unless adb or the phone hangs
 
 
 class DeviceError(RuntimeError):
@@ -103,6 +106,9 @@ class HostRunner:
 
     def healthy(self) -> None:
         """The host is always there (the interface of :meth:`AdbRunner.healthy`)."""
+
+    def close(self) -> None:
+        """Nothing to undo on the host (the interface of :meth:`AdbRunner.close`)."""
 
     @property
     def settings(self) -> dict:
@@ -234,7 +240,8 @@ class AdbRunner:
     The binary (``benchmark_binary``, a local path) is pushed once per device to /data/local/tmp; every model is
     pushed there too and run as ``taskset <cpu_mask> benchmark_model --graph=... --num_threads=...``. Commands are
     argument lists locally and shell-quoted remotely (no injection through paths). A device that drops is retried
-    with back-off.
+    with back-off; an adb command that hangs past ``timeout_s`` is a :class:`DeviceError` naming it. ``close()``
+    switches fixed performance mode back off if this runner switched it on.
     """
 
     serial: str | None = None
@@ -252,6 +259,7 @@ class AdbRunner:
     name: str = "adb"
     _model: str | None = field(default=None, repr=False)
     _binary_pushed: bool = field(default=False, repr=False)
+    _performance_off: Finalize | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for key in ("threads", "num_runs"):
@@ -275,7 +283,14 @@ class AdbRunner:
     def _run(self, args: list[str], *, serial: bool = True, check: bool = True,
              timeout_s: float | None = None) -> subprocess.CompletedProcess:
         cmd = [self._adb_path(), *(["-s", self.resolve_serial()] if serial else []), *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s or self.timeout_s)
+        timeout_s = timeout_s or self.timeout_s
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:  # a traceback before; the phone's failure, which the retries handle
+            where = f" on {self.serial}" if serial else ""
+            setting = " (latency.timeout_s)" if timeout_s == self.timeout_s else ""
+            raise DeviceError(f"adb {' '.join(args[:2])}{where} gave no answer within {timeout_s:g} s"
+                              f"{setting}") from None
         if check and proc.returncode != 0:
             message = (proc.stderr or proc.stdout).strip().splitlines()
             raise DeviceError(f"adb {' '.join(args[:2])} failed: {message[-1] if message else f'exit {proc.returncode}'}")
@@ -286,18 +301,24 @@ class AdbRunner:
         for attempt in range(self.retries + 1):
             try:
                 return fn()
-            except (DeviceError, subprocess.TimeoutExpired) as exc:
+            except DeviceError as exc:
                 if attempt == self.retries:
                     raise DeviceError(f"{what} failed after {self.retries + 1} attempts: {exc}") from None
                 time.sleep(delay)
                 delay *= 2
                 try:  # adb blocks here until the phone is back: a phone gone for good costs this much per attempt
                     self._run(["wait-for-device"], check=False, timeout_s=min(self.timeout_s, WAIT_FOR_DEVICE_S))
-                except subprocess.TimeoutExpired:
+                except DeviceError:
                     pass  # still gone: the next attempt fails and says so
 
     def devices(self) -> list[dict]:
-        proc = subprocess.run([self._adb_path(), "devices", "-l"], capture_output=True, text=True, timeout=60)
+        timeout_s = min(self.timeout_s, QUICK_ADB_S)
+        try:
+            proc = subprocess.run([self._adb_path(), "devices", "-l"], capture_output=True, text=True,
+                                  timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise DeviceError(f"adb devices gave no answer within {timeout_s:g} s: the adb server may be hung; "
+                              "adb kill-server restarts it") from None
         if proc.returncode != 0:
             raise DeviceError(f"adb devices failed: {proc.stderr.strip() or proc.returncode}")
         return parse_adb_devices(proc.stdout)
@@ -343,10 +364,19 @@ class AdbRunner:
 
     @property
     def settings(self) -> dict:
+        """Fixed performance mode and the cooldown change the phone's clocks and temperature, so its timings: they
+        are part of the key, but only when set, so that timings and tables taken with the defaults keep the key they
+        were cached under (before, a timing with either set answered a request without, and the other way round)."""
         binary = Path(self.benchmark_binary).name if self.benchmark_binary else None
-        return {"runner": "adb", "threads": self.threads, "warmup_runs": self.warmup_runs, "num_runs": self.num_runs,
-                "cpu_mask": self.cpu_mask, "use_xnnpack": self.use_xnnpack, "binary": binary,
-                "binary_size": Path(self.benchmark_binary).stat().st_size if self.benchmark_binary and Path(self.benchmark_binary).exists() else None}
+        settings = {"runner": "adb", "threads": self.threads, "warmup_runs": self.warmup_runs,
+                    "num_runs": self.num_runs, "cpu_mask": self.cpu_mask, "use_xnnpack": self.use_xnnpack,
+                    "binary": binary, "binary_size": Path(self.benchmark_binary).stat().st_size
+                    if self.benchmark_binary and Path(self.benchmark_binary).exists() else None}
+        if self.fixed_performance:
+            settings["fixed_performance"] = True
+        if self.cooldown_s:
+            settings["cooldown_s"] = float(self.cooldown_s)  # 1 and 1.0 are one setting
+        return settings
 
     def _ensure_binary(self) -> str:
         remote = f"{REMOTE_DIR}/benchmark_model"
@@ -358,9 +388,22 @@ class AdbRunner:
         self._retrying(lambda: self._run(["push", str(self.benchmark_binary), remote]), "pushing benchmark_model")
         self._run(["shell", "chmod", "755", shlex.quote(remote)])
         if self.fixed_performance:
-            self._run(["shell", "cmd", "power", "set-fixed-performance-mode-enabled", "true"], check=False)
+            proc = self._run(["shell", "cmd", "power", "set-fixed-performance-mode-enabled", "true"], check=False)
+            if proc.returncode == 0:  # left on before: the phone kept its fixed clocks after the search
+                # switched off by close(), else when the runner is collected or its process ends (a latency worker
+                # ends through multiprocessing, which runs these finalizers, not atexit); not after a kill -9
+                self._performance_off = Finalize(self, _fixed_performance_off, exitpriority=0,
+                                                 args=(self._adb_path(), self.resolve_serial(),
+                                                       min(self.timeout_s, QUICK_ADB_S)))
         self._binary_pushed = True
         return remote
+
+    def close(self) -> None:
+        """Switch fixed performance mode back off if this runner switched it on; a later ``time()`` sets up again."""
+        if self._performance_off is not None:
+            self._performance_off()  # runs once, and no more at exit
+            self._performance_off = None
+        self._binary_pushed = False
 
     def time(self, tflite_path: str | Path) -> dict:
         binary = self._ensure_binary()
@@ -389,6 +432,15 @@ class AdbRunner:
         return result
 
 
+def _fixed_performance_off(adb: str, serial: str, timeout_s: float) -> None:
+    """A module function, not a method: the finalizer must not keep the runner alive."""
+    try:
+        subprocess.run([adb, "-s", serial, "shell", "cmd", "power", "set-fixed-performance-mode-enabled", "false"],
+                       capture_output=True, timeout=timeout_s)
+    except (OSError, subprocess.SubprocessError):
+        pass  # the phone is gone or hangs: nothing more to do from here
+
+
 def parse_adb_devices(text: str) -> list[dict]:
     """``adb devices -l`` -> [{serial, state, model}] (skips the header and daemon messages)."""
     out = []
@@ -413,7 +465,7 @@ def make_runner(config: dict):
     if name not in RUNNERS:
         raise ValueError(f"latency.runner must be one of {', '.join(RUNNERS)}, got {name!r}")
     cls = RUNNERS[name]
-    known = set(cls.__dataclass_fields__) - {"name", "_model", "_binary_pushed"}
+    known = {f for f in cls.__dataclass_fields__ if not f.startswith("_")} - {"name"}
     unknown = sorted(set(config) - known)
     if unknown:
         raise ValueError(f"unknown latency field(s) for runner {name!r}: {', '.join(unknown)}"

@@ -122,7 +122,8 @@ MS_FIELDS = ("latency_ms", "mean_ms", "std_ms", "min_ms", "p95_ms")
 RUNNER_FLAGS = (("serial", "--serial", None), ("benchmark_binary", "--binary", None), ("cpu_mask", "--cpu-mask", None),
                 ("threads", "--threads", 1), ("warmup_runs", "--warmup", 10), ("num_runs", "--runs", 50),
                 ("rounds", "--rounds", 3), ("anchor", "--anchor", DEFAULT_ANCHOR), ("pin_cpu", "--pin-cpu", False),
-                ("quiet", "--no-quiet", True), ("use_xnnpack", "--no-xnnpack", True))
+                ("quiet", "--no-quiet", True), ("use_xnnpack", "--no-xnnpack", True),
+                ("fixed_performance", "--fixed-performance", False), ("cooldown_s", "--cooldown", 0.0))
 
 
 def build_command(service, *, space: str, resolution: int, channels: int, num_classes: int) -> str:

@@ -42,7 +42,9 @@ IDENTITY_KEYS = ("search_space", "controller", "reward", "trainer", "dataset", "
 # fail); not where the cache lives, how many workers convert, timeouts or retries.
 LATENCY_IDENTITY = ("runner", "threads", "warmup_runs", "num_runs", "rounds", "anchor", "quiet", "pin_cpu", "cpu_mask",
                     "use_xnnpack", "fixed_performance", "tolerance_abs", "tolerance_rel", "mode", "hybrid_top_k",
-                    "table_space", "table")
+                    "table_space", "table", "cooldown_s")
+# Added to LATENCY_IDENTITY later: a store whose latency identity lacks one is compared on the others
+LATER_LATENCY_KEYS = ("cooldown_s",)
 # The evaluator settings that decide which children fail and what is stored with them (the memory limit, the
 # training-free scores, the synthetic evaluator's failures), named alike for evaluator=local and ray so that a run may
 # move between them; not how many actors, CPUs or slots, where the cluster is or how often it is polled.
@@ -250,6 +252,9 @@ def _check_store(store: RunStore, cfg) -> bool:
     if not isinstance(stored, dict):  # {**stored} / stored.get below: a TypeError or AttributeError traceback
         raise store.damaged("meta 'identity' is damaged", f"a JSON {type(stored).__name__}, not an object")
     mine = identity(cfg)
+    if isinstance(stored.get("latency"), dict) and isinstance(mine["latency"], dict):
+        mine["latency"] = {k: v for k, v in mine["latency"].items()
+                           if k in stored["latency"] or k not in LATER_LATENCY_KEYS}
     if "evaluator" not in stored and isinstance(config := store.get_meta("config"), dict):
         stored = {**stored, "evaluator": _results_of(config)}  # a store from before the key: what it was created with
     changed = [k for k in IDENTITY_KEYS if (k in stored or k not in LATER_KEYS)

@@ -13,6 +13,8 @@ timing the pushed model with LiteRT on the host, printing benchmark_model's own 
   FAKE_ADB_TIMES    file that receives one JSON line per benchmark_model run: serial, graph, start and end times
   FAKE_ADB_DELAY_S  seconds each benchmark_model run takes at least (a slow phone)
   FAKE_ADB_WAIT_BLOCKS  set: ``wait-for-device`` blocks until the serial is attached, as adb does (else it returns)
+  FAKE_ADB_HANG     text: a call whose arguments (after ``-s SERIAL``) contain it never answers, as a hung adb
+                    server or phone (``devices``, ``getprop``, ``push``)
 """
 
 from __future__ import annotations
@@ -177,6 +179,8 @@ def main(args: list[str]) -> int:
     serial = None
     if args[:1] == ["-s"]:
         serial, args = args[1], args[2:]
+    if (hang := os.environ.get("FAKE_ADB_HANG")) and hang in " ".join(args):
+        time.sleep(3600)  # until the caller's timeout kills it
     if args[:1] == ["devices"]:
         print("List of devices attached")
         for s in SERIALS:

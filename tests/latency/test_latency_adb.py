@@ -201,3 +201,97 @@ def test_negative_retries_or_timeout_are_refused_in_one_line(field, value, says)
     assert str(err.value) == says
     with pytest.raises(ValueError, match=f"unknown latency field.s. for runner 'host': {field}"):
         build_service("host", check_only=True, **{field: 1})
+
+
+def _fixed_performance_calls(phone, since: int = 0) -> list[str]:
+    return [" ".join(c[-2:]) for c in _log(phone)[since:] if "set-fixed-performance-mode-enabled" in c]
+
+
+def test_fixed_performance_and_cooldown_are_in_the_key_only_when_set(phone):
+    """A timing taken without fixed performance mode (or without the cooldown) answered a request with it: neither
+    was part of the settings. Set, each is; with the defaults the settings (so every cache key) are as before."""
+    default = AdbRunner(benchmark_binary=str(phone["binary"])).settings
+    assert sorted(default) == ["binary", "binary_size", "cpu_mask", "num_runs", "runner", "threads", "use_xnnpack",
+                               "warmup_runs"]
+    fixed = AdbRunner(benchmark_binary=str(phone["binary"]), fixed_performance=True).settings
+    cool = AdbRunner(benchmark_binary=str(phone["binary"]), cooldown_s=1).settings
+    assert fixed == {**default, "fixed_performance": True} and cool == {**default, "cooldown_s": 1.0}
+    assert AdbRunner(benchmark_binary=str(phone["binary"]), cooldown_s=1.0).settings == cool
+
+
+def test_fixed_performance_is_switched_off_when_the_service_closes(phone, adb_service):
+    """Switched on before the first timing and never off: the phone kept its fixed clocks after the search. The
+    timing runs in the service's worker, which switches it off as it ends (the service's close)."""
+    assert adb_service.measure(SMALL, resolution=32, num_classes=10).status == "ok"  # without fixed performance
+    started = len(_log(phone))
+    with build_service("adb", benchmark_binary=str(phone["binary"]), cpu_mask="f0", warmup_runs=2, num_runs=7,
+                       workers=1, retries=2, fixed_performance=True, cache_path=adb_service.cache_path) as service:
+        result = service.measure(SMALL, resolution=32, num_classes=10)
+        assert result.status == "ok", result.error
+        assert not result.cached  # timed again: the cached timing was taken without it
+        assert _fixed_performance_calls(phone, started) == ["set-fixed-performance-mode-enabled true"]
+    assert _fixed_performance_calls(phone, started) == ["set-fixed-performance-mode-enabled true",
+                                                        "set-fixed-performance-mode-enabled false"]
+
+
+@pytest.mark.parametrize("fixed_performance", [True, False])
+def test_runner_close_switches_fixed_performance_off_only_if_it_switched_it_on(phone, adb_service, tmp_path,
+                                                                               fixed_performance):
+    tflite = adb_service.export(SMALL, tmp_path / "x", resolution=32, num_classes=10)["tflite"]
+    started = len(_log(phone))
+    runner = AdbRunner(benchmark_binary=str(phone["binary"]), warmup_runs=1, num_runs=2, retries=0,
+                       fixed_performance=fixed_performance)
+    assert runner.time(tflite)["runs"] == 2
+    runner.close()
+    runner.close()  # once is enough
+    on, off = "set-fixed-performance-mode-enabled true", "set-fixed-performance-mode-enabled false"
+    assert _fixed_performance_calls(phone, started) == ([on, off] if fixed_performance else [])
+    assert runner.time(tflite)["runs"] == 2  # a closed runner sets up again
+    runner.close()
+    assert _fixed_performance_calls(phone, started) == ([on, off] * 2 if fixed_performance else [])
+
+
+def test_an_adb_command_that_hangs_is_one_line_naming_it(phone, adb_service, tmp_path, monkeypatch):
+    """A hung adb server or phone: subprocess's TimeoutExpired escaped devices() and every adb call outside the
+    retries (the phone's model name, chmod, ...) as a traceback."""
+    runner = AdbRunner(serial="FAKE0001", benchmark_binary=str(phone["binary"]), retries=0, timeout_s=1)
+    monkeypatch.setenv("FAKE_ADB_HANG", "getprop")
+    with pytest.raises(DeviceError) as err:
+        runner.device_id
+    assert str(err.value) == "adb shell getprop on FAKE0001 gave no answer within 1 s (latency.timeout_s)"
+    tflite = adb_service.export(SMALL, tmp_path / "x", resolution=32, num_classes=10)["tflite"]
+    monkeypatch.setenv("FAKE_ADB_HANG", "chmod")
+    with pytest.raises(DeviceError, match=r"^adb shell chmod on FAKE0001 gave no answer within 1 s"):
+        runner.time(tflite)
+    monkeypatch.setenv("FAKE_ADB_HANG", "devices")
+    with pytest.raises(DeviceError, match=r"^adb devices gave no answer within 1 s: the adb server may be hung; adb kill-server"):
+        runner.devices()
+
+
+def test_cli_devices_with_a_hung_adb_says_so_in_one_line(phone, monkeypatch, capsys):
+    from latency import runners
+    from latency.__main__ import main
+
+    monkeypatch.setattr(runners, "QUICK_ADB_S", 1.0)
+    monkeypatch.setenv("FAKE_ADB_HANG", "devices")
+    assert main(["devices"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.splitlines()[1:] == [
+        "no Android device attached (adb devices gave no answer within 1 s: the adb server may be hung; adb "
+        "kill-server restarts it)"]
+    assert main(["devices", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["adb"].startswith("adb devices gave no answer within 1 s")
+
+
+def test_cli_fixed_performance_and_cooldown_flags_are_the_phones(capsys):
+    """Both are part of a table's identity now: the CLI builds and reads the table a search with them uses."""
+    from latency.__main__ import _parsers, _runner_fields, main
+
+    args = _parsers().parse_args(["measure", SMALL, "--runner", "adb", "--fixed-performance", "--cooldown", "0.5"])
+    fields = _runner_fields(args)
+    assert fields["fixed_performance"] is True and fields["cooldown_s"] == 0.5
+    fields = _runner_fields(_parsers().parse_args(["measure", SMALL, "--runner", "adb"]))
+    assert fields["fixed_performance"] is False and fields["cooldown_s"] == 0.0
+    assert main(["measure", SMALL, "--fixed-performance", "--cooldown", "1"]) == 2
+    assert capsys.readouterr().err == ("error: --fixed-performance, --cooldown: settings of the adb runner, not of "
+                                       "--runner host\n")

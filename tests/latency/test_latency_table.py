@@ -585,3 +585,16 @@ def test_a_malformed_space_file_is_one_line(tmp_path, text, says):
     with pytest.raises(ValueError) as err:
         load_space(str(path))
     assert says in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_missing_phone_tables_build_command_keeps_fixed_performance_and_cooldown(phone, micro, tmp_path):
+    """Both are part of a phone table's identity: the command a 'table missing' error named dropped them, and
+    following it built a table under another key."""
+    cache = tmp_path / "latency.sqlite"
+    config = {"runner": "adb", "benchmark_binary": phone["binary"], **RUNS, "anchor": None,
+              "fixed_performance": True, "cooldown_s": 0.5}
+    with pytest.raises(LatencyTableMissing) as err:
+        load_predictor(config, **SHAPE, cache_path=cache, space=micro)
+    command = str(err.value).split("build it with: ", 1)[1]
+    assert "--fixed-performance" in command and "--cooldown 0.5" in command
+    assert _identity_of(command) == _looked_up(config, cache)

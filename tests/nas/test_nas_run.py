@@ -527,3 +527,30 @@ def test_a_quoted_run_dir_under_home_is_a_run_in_the_home_directory(tmp_path):
     result = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not (work / "~").exists() and len(committed(home / "runs" / "x")) == 2
+
+
+class _Stored:
+    """The meta a store holds, for the identity check alone."""
+
+    def __init__(self, identity: dict):
+        self.meta, self.path = {"identity": identity}, Path("run.sqlite")
+
+    def get_meta(self, key, default=None):
+        return self.meta.get(key, default)
+
+    def num_committed_children(self) -> int:
+        return 0
+
+
+def test_the_phones_cooldown_is_part_of_the_identity_and_older_stores_without_it_resume():
+    """latency.cooldown_s changes a phone's temperature and so its timings, but was not compared: a resume with
+    another cooldown mixed two protocols in one run."""
+    from nas.run import _check_store, identity
+
+    cfg = config("latency=adb", "latency.cooldown_s=1.0", "measure_latency=true")
+    mine = identity(cfg)
+    assert mine["latency"]["cooldown_s"] == 1.0
+    with pytest.raises(StoreError, match=r"different search \(latency.cooldown_s changed\)"):
+        _check_store(_Stored({**mine, "latency": {**mine["latency"], "cooldown_s": 0.0}}), cfg)
+    older = {k: v for k, v in mine["latency"].items() if k != "cooldown_s"}  # written before it was compared
+    assert _check_store(_Stored({**mine, "latency": older}), cfg) is False

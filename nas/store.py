@@ -420,6 +420,9 @@ class RunStore:
         statements = [self._insert_child(c) for c in children]
         statements += [("UPDATE children SET reward = ?, committed_step = ? WHERE step = ? AND idx = ? "
                         "AND committed_step IS NULL", (r, step, step, i)) for i, r in sorted(rewards.items())]
+        # what is still pending of the step now is no child of it: an interrupted step resumed at a smaller size (a
+        # smaller budget) left its higher indices behind
+        statements.append(("DELETE FROM children WHERE step = ? AND committed_step IS NULL", (step,)))
         statements.append(("INSERT INTO steps (step, stats, controller_state, state_sha256, created_at) "
                            "VALUES (?, ?, ?, ?, ?)",
                            (step, json.dumps(stats), blob, hashlib.sha256(blob).hexdigest(), time.time())))

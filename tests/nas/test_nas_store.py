@@ -407,3 +407,14 @@ def test_a_reader_of_a_run_directory_it_cannot_write_reads_a_private_copy(tmp_pa
     with pytest.raises(StoreError, match="copying it to a temporary directory .* failed too .No space left"):
         RunStore(killed, readonly=True)
     assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_committing_a_step_drops_its_pending_children_beyond_the_size_it_committed(tmp_path):
+    """A step interrupted with three children evaluated and resumed with a budget that leaves it two kept the third
+    as a pending row for ever."""
+    with RunStore(tmp_path) as store:
+        for idx in range(3):
+            store.add_child(child(f"a{idx}", 0.5, 10.0, idx=idx))
+        store.commit_step(0, {0: 0.1, 1: 0.2}, {}, {})
+        assert [(c.idx, c.committed_step) for c in store.children()] == [(0, 0), (1, 0)]
+        assert store.pending_children(0) == {}

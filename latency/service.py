@@ -62,7 +62,7 @@ def anchor_key(device: str, settings: dict) -> str:
     return cache_key(anchor=settings["anchor"], input=ANCHOR_INPUT, device=device, settings=settings)
 
 
-def _checked_anchor(anchor, runner: str) -> str | None:
+def checked_anchor(anchor, runner: str) -> str | None:
     """``latency.anchor``: None, or a reference name / architecture string (host runner only)."""
     if anchor is None or anchor is False or (isinstance(anchor, str) and anchor.lower() in ("", "none", "null")):
         return None
@@ -597,7 +597,7 @@ class LatencyService:
         runner_fields = paths
         self.runner_config = {"runner": runner, **runner_fields}
         self.runner = make_runner(self.runner_config)  # validates the fields now, in one line
-        self.anchor = _checked_anchor(anchor, runner)
+        self.anchor = checked_anchor(anchor, runner)
         if check_only:
             return
         self.workers = workers

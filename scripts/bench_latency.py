@@ -624,14 +624,14 @@ def _check_run_cache(run: Path, cache: Path, host: dict) -> None:
     """Refuse (one line) a ``--run`` whose latency cache is missing, or holds no drift-anchor reference though the
     run timed with an anchor: its references timed alone would be on another scale than in the search."""
     from latency.cache import LatencyCache, LatencyCacheError
-    from latency.service import _checked_anchor
+    from latency.service import checked_anchor
     from mnas_common.errors import first_line
 
     if not cache.is_file():
         raise SystemExit(f"error: --run {run}: its latency cache {cache} does not exist (moved or removed?); the "
                          "references are timed alone on that cache's drift-anchor scale")
     try:
-        anchor = _checked_anchor(host.get("anchor"), "host")
+        anchor = checked_anchor(host.get("anchor"), "host")
     except ValueError:
         anchor = None
     if anchor:

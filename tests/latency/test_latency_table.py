@@ -172,7 +172,7 @@ def test_validate_export_import_round_trip(built, micro, tmp_path):
 
     for fmt in ("csv", "json"):
         exported = tmp_path / f"table.{fmt}"
-        out = _cli("table", "export", "--format", fmt, "--out", str(exported), *common)
+        out = _cli("table", "export", "--format", fmt, "--out", str(exported), *common[2:])  # whole: no --space
         assert out.returncode == 0, out.stderr
         fresh = tmp_path / f"fresh-{fmt}" / "latency.sqlite"
         out = _cli("table", "import", str(exported), "--cache", str(fresh), "--json")
@@ -288,8 +288,8 @@ def test_cli_paths_and_an_unusable_validation_are_one_line(built, micro, tmp_pat
     listed = _cli("table", "list", "--cache", str(cache.parent), "--json")  # the cache's directory names its file
     assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 1, listed.stderr
     new = tmp_path / "new-cache"  # a directory to be: it was created as a SQLite file of that name
-    exported = _cli("table", "export", "--format", "json", "--out", str(tmp_path / "t.json"), "--space", micro,
-                    *common, "--cache", str(cache))
+    exported = _cli("table", "export", "--format", "json", "--out", str(tmp_path / "t.json"), *common,
+                    "--cache", str(cache))
     assert exported.returncode == 0, exported.stderr
     (tmp_path / "bad.json").write_text('{"format": "something else"}')
     refused = _cli("table", "import", str(tmp_path / "bad.json"), "--cache", str(new))  # it created the cache first
@@ -299,8 +299,7 @@ def test_cli_paths_and_an_unusable_validation_are_one_line(built, micro, tmp_pat
     missing = tmp_path / "typo" / "cache.sqlite"  # listing created an empty cache (and its folders) where none was
     listed = _cli("table", "list", "--cache", str(missing), "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout) == [] and not missing.parent.exists(), listed.stderr
-    out = _cli("table", "export", "--format", "json", "--out", str(tmp_path), "--space", micro, *common,
-               "--cache", str(cache))
+    out = _cli("table", "export", "--format", "json", "--out", str(tmp_path), *common, "--cache", str(cache))
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "is a directory" in out.stderr, out.stderr
     assert not list(tmp_path.parent.glob(".*.tmp"))
     out = _cli("measure", SMALL, *common, "--cache", "/proc/no-such-dir/latency.sqlite")
@@ -598,3 +597,9 @@ def test_a_missing_phone_tables_build_command_keeps_fixed_performance_and_cooldo
     command = str(err.value).split("build it with: ", 1)[1]
     assert "--fixed-performance" in command and "--cooldown 0.5" in command
     assert _identity_of(command) == _looked_up(config, cache)
+
+
+def test_export_takes_no_space(tmp_path):
+    """A table is exported whole (every space's calibration): --space was accepted and ignored."""
+    out = _cli("table", "export", "--format", "csv", "--out", str(tmp_path / "t.csv"), "--space", "mnasnet")
+    assert out.returncode == 2 and "unrecognized arguments: --space mnasnet" in out.stderr, out.stderr

@@ -437,6 +437,16 @@ class LatencyCache:
         row = self._read("SELECT ref_ms, result FROM anchors WHERE key = ?", (key,))
         return None if row is None else {**json.loads(row[1]), "ref_ms": row[0]}
 
+    def rekey_anchor(self, old: str, new: str) -> dict | None:
+        """Move the anchor reference stored under ``old`` to ``new`` (kept where ``new`` has one already): an older
+        key scheme's row is taken over once, by one key, never by every later one. Returns the reference at ``new``."""
+        def move(conn) -> None:
+            conn.execute("UPDATE OR IGNORE anchors SET key = ? WHERE key = ?", (new, old))
+            conn.execute("DELETE FROM anchors WHERE key = ?", (old,))
+
+        self._transaction(move)
+        return self.anchor(new)
+
     def anchors(self) -> list[dict]:
         """Every drift-anchor reference of this cache: ``{key, arch, device, settings, result}``."""
         rows = self._read_all("SELECT key, arch, device, settings, result FROM anchors")

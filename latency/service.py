@@ -57,9 +57,25 @@ ANCHOR_INPUT = {"resolution": 224, "channels": 3, "num_classes": 1000}  # the dr
 ANCHOR_SCHEME = "around-groups-agree"  # how the anchor is timed (``_time_round``): part of the cache key
 
 
-def anchor_key(device: str, settings: dict) -> str:
-    """Where a cache keeps the drift anchor's reference for a device and measurement settings (which name it)."""
-    return cache_key(anchor=settings["anchor"], input=ANCHOR_INPUT, device=device, settings=settings)
+def anchor_key(device: str, settings: dict, versions: dict) -> str:
+    """Where a cache keeps the drift anchor's reference for a device, measurement settings (which name it) and
+    converter versions (``LatencyService.model_versions``: another onnx2tf or TensorFlow converts the anchor into
+    another model, whose time is another scale)."""
+    return cache_key(anchor=settings["anchor"], input=ANCHOR_INPUT, device=device, settings=settings, versions=versions)
+
+
+def stored_anchor(cache, device: str, settings: dict, versions: dict, *, adopt: bool = True) -> dict | None:
+    """The drift anchor's reference ``cache`` holds for a device, settings and converter versions, or None.
+
+    A reference stored before the versions were part of its key (one per device and settings) is taken as these
+    versions' reference, since the cache's earlier timings are on its scale; ``adopt``: it moves to the new key, so
+    that a later converter finds none and fixes its own."""
+    key = anchor_key(device, settings, versions)
+    found = cache.anchor(key)
+    if found is None:
+        legacy = cache_key(anchor=settings["anchor"], input=ANCHOR_INPUT, device=device, settings=settings)
+        found = cache.rekey_anchor(legacy, key) if adopt else cache.anchor(legacy)
+    return found
 
 
 def checked_anchor(anchor, runner: str) -> str | None:
@@ -645,6 +661,11 @@ class LatencyService:
             self._versions = converter_versions()
         return self._versions
 
+    def model_versions(self) -> dict:
+        """What the converted models depend on besides the architecture and input: the converter versions and
+        whether the fast path converted them (part of a table's identity and of the drift anchor's key)."""
+        return {**self.versions(), "fast_convert": self.fast_convert}
+
     @property
     def measurement_settings(self) -> dict:
         """The runner's settings plus, on the host, how timings are taken: part of every measurement's cache key,
@@ -671,12 +692,13 @@ class LatencyService:
         conversion = self.convert(self.anchor, **ANCHOR_INPUT)
         if conversion.get("status") != "ok":
             raise RuntimeError(f"the drift anchor {self.anchor} (latency.anchor) did not convert: {conversion.get('error')}")
-        key = anchor_key(self.device_id, self.measurement_settings)
-        stored = self.cache.anchor(key)
+        versions = self.model_versions()
+        stored = stored_anchor(self.cache, self.device_id, self.measurement_settings, versions)
         if stored is None:
             fixed = self._run_in_worker(_anchor_ref_task, conversion["tflite_path"], self._device_lock_path,
                                         self.pin_cpu, ANCHOR_REF_ROUNDS)
-            stored = self.cache.put_anchor(key, conversion["arch"], self.device_id, self.measurement_settings, fixed)
+            stored = self.cache.put_anchor(anchor_key(self.device_id, self.measurement_settings, versions),
+                                           conversion["arch"], self.device_id, self.measurement_settings, fixed)
         self._anchor_info = {"arch": self.anchor, "path": conversion["tflite_path"], "ref_ms": stored["ref_ms"]}
         return self._anchor_info
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from latency.cache import cache_key
 from latency.result import LatencyResult
-from latency.service import DEFAULT_ANCHOR, anchor_key, exclusive_lock
+from latency.service import DEFAULT_ANCHOR, anchor_key, exclusive_lock, stored_anchor
 from mnas_common.checks import positive_int, positive_number
 from mnas_common.errors import first_line
 from mnas_common.paths import config_dir
@@ -104,7 +104,7 @@ def table_identity(service, *, resolution: int, channels: int, num_classes: int,
     return {
         "device": device or service.runner.device_model,
         "settings": service.measurement_settings,
-        "versions": {**service.versions(), "fast_convert": service.fast_convert},
+        "versions": service.model_versions(),
         "resolution": resolution,
         "channels": channels,
         "num_classes": num_classes,
@@ -376,7 +376,7 @@ def export_table(cache, table_key: str, out: str | Path, fmt: str) -> dict:
               **{k: info[k] for k in ("device", "settings", "versions", "resolution", "channels", "num_classes")},
               "meta": info["meta"]}
     if info["settings"].get("anchor"):  # host timings are on the scale of this cache's drift anchor: it travels along
-        header["anchor"] = cache.anchor(anchor_key(info["device"], info["settings"]))
+        header["anchor"] = stored_anchor(cache, info["device"], info["settings"], info["versions"], adopt=False)
     rows = [{"record": "layer", "key": layer, "latency_ms": r["latency_ms"], "status": r["status"], "space": "",
              "spec": r["spec"], "result": r["result"]} for layer, r in sorted(cache.layers(table_key).items())]
     for purpose in ("calibration", "validation"):
@@ -465,7 +465,9 @@ def import_table(cache, export: str | Path | dict) -> dict:
             if anchor:
                 # This cache's own reference is kept where it has one (its measurements are on that scale); the
                 # table's timings move to it: ref_here / ref_table, the anchor's own latency ratio between the two.
-                kept = cache.put_anchor(anchor_key(identity["device"], identity["settings"]),
+                # (a reference this cache keeps under the key of before the versions counted is that reference)
+                stored_anchor(cache, identity["device"], identity["settings"], identity["versions"])
+                kept = cache.put_anchor(anchor_key(identity["device"], identity["settings"], identity["versions"]),
                                         identity["settings"]["anchor"], identity["device"], identity["settings"], anchor)
                 scale = float(kept["ref_ms"]) / float(anchor["ref_ms"])
             for kind, row_key, space, spec, latency_ms, result in export["rows"]:

@@ -275,7 +275,8 @@ def test_drift_anchor_scales_every_round_and_its_reference_is_fixed_once(latency
         used = [result.extra["round_medians_ms"][i] for i in result.extra["rounds_used"]]
         # round_medians_ms are stored rounded to 1e-5 ms: a 0.04 ms model's median can differ by more than rel 1e-4
         assert result.latency_ms == pytest.approx(float(np.median(used)), rel=1e-4, abs=1e-5)
-        stored = service.cache.anchor(anchor_key(service.device_id, service.measurement_settings))
+        stored = service.cache.anchor(anchor_key(service.device_id, service.measurement_settings,
+                                                 service.model_versions()))
         assert stored["ref_ms"] == anchor["ref_ms"] and len(stored["round_medians_ms"]) == 3
     monkeypatch.setattr(service_module, "_anchor_ref_task", None)  # a second fix would fail: it must not happen
     with build_service("host", anchor=SMALL, **fields) as again:
@@ -335,6 +336,27 @@ def test_the_logs_of_ended_workers_are_kept_for_the_newest_few(tmp_path):
     _remove_ended_worker_tmp(tmp_path)
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted([*gone[:KEEP_WORKER_LOGS], f"worker-{os.getpid()}.log", "worker-notes.log"])
+
+
+def test_the_anchor_reference_is_keyed_by_the_converter_versions_and_an_older_key_is_taken_over_once(tmp_path):
+    """Another onnx2tf or TensorFlow converts the anchor into another model: its reference was still the one fixed
+    with the old converter. A cache's reference stored under the key of before (no versions) is its timings' scale:
+    the current versions take it over, a later version fixes its own."""
+    from latency.cache import LatencyCache, cache_key
+    from latency.service import ANCHOR_INPUT, anchor_key, stored_anchor
+
+    cache = LatencyCache(tmp_path / "latency.sqlite")
+    settings = {"anchor": "mnasnet_b1", "runner": "host"}
+    older = cache_key(anchor="mnasnet_b1", input=ANCHOR_INPUT, device="host:x", settings=settings)
+    cache.put_anchor(older, "mnasnet_b1", "host:x", settings, {"ref_ms": 7.0})
+    now, later = {"onnx2tf": "1.28.0"}, {"onnx2tf": "1.29.0"}
+    assert anchor_key("host:x", settings, now) != anchor_key("host:x", settings, later)
+    assert stored_anchor(cache, "host:x", settings, now, adopt=False)["ref_ms"] == 7.0  # read: nothing moves
+    assert cache.anchor(older) is not None
+    assert stored_anchor(cache, "host:x", settings, now)["ref_ms"] == 7.0
+    assert cache.anchor(older) is None and cache.anchor(anchor_key("host:x", settings, now))["ref_ms"] == 7.0
+    assert stored_anchor(cache, "host:x", settings, later) is None  # a later converter fixes its own
+    cache.close()
 
 
 def test_bad_anchor_is_one_clear_error():

@@ -503,15 +503,23 @@ class RayEvaluator(Evaluator):
         except ray.exceptions.RayError as exc:  # one died in its constructor, or with its node
             raise EvaluatorStopped(f"the {what} actors cannot start: {_why(exc)}") from None
 
-    def _demand(self, phones: list[str]) -> dict[str, float]:
-        """Logical resources the actors ask for (phones aside), with ``phones`` (the advertised phones, of which
-        :meth:`_timing_serials` picks those timed on: one device actor each; host timing has one)."""
+    def _actor_shapes(self, phones: list[str]) -> list[tuple[str, str, int, dict[str, float]]]:
+        """(what, config section, how many, resources of one) for each kind of actor this search starts, with
+        ``phones`` (the advertised phones, of which :meth:`_timing_serials` picks those timed on: one device actor
+        each, owning its phone; host timing, or no phone yet, has one)."""
         t, c, d = self.trainers, self.converters, self.devices
-        cpus = t["actors"] * t["num_cpus"]
+        shapes = [("trainer", "trainers", t["actors"], {"CPU": t["num_cpus"], "GPU": t["num_gpus"]})]
         if self.latency is not None and self.modes.measures:
-            devices = len(self._timing_serials(phones)) if self.latency.get("runner") == "adb" else 1
-            cpus += c["actors"] * c["num_cpus"] + d["num_cpus"] * max(1, devices)
-        return {"CPU": cpus, "GPU": t["actors"] * t["num_gpus"]}
+            shapes.append(("converter", "converters", c["actors"], {"CPU": c["num_cpus"]}))
+            serials = self._timing_serials(phones) if self.latency.get("runner") == "adb" else []
+            shapes += [("device", "devices", 1, {"CPU": d["num_cpus"], f"phone_{serial}": 1}) for serial in serials
+                       ] or [("device", "devices", 1, {"CPU": d["num_cpus"]})]
+        return shapes
+
+    def _demand(self, phones: list[str]) -> dict[str, float]:
+        """Logical CPUs and GPUs the actors ask for in all (see :meth:`_actor_shapes`)."""
+        shapes = self._actor_shapes(phones)
+        return {kind: sum(count * need.get(kind, 0) for _, _, count, need in shapes) for kind in ("CPU", "GPU")}
 
     def _timing_serials(self, advertised: list[str]) -> list[str]:
         """The phones to time on: ``devices.serials``, else the latency config's serial, else every advertised one."""
@@ -559,14 +567,14 @@ class RayEvaluator(Evaluator):
         """Refuse, in one line, actors the cluster cannot place (they would wait for ever)."""
         import ray
 
-        have = ray.cluster_resources()
+        have, phones = ray.cluster_resources(), self._advertised_phones()
         short = [f"{need:g} {kind} (the cluster has {have.get(kind, 0):g})"
-                 for kind, need in self._demand(self._advertised_phones()).items() if need > have.get(kind, 0) + 1e-9]
+                 for kind, need in self._demand(phones).items() if need > have.get(kind, 0) + 1e-9]
         if short:
             raise EvaluatorStopped(f"the Ray actors need {' and '.join(short)}: lower evaluator.trainers.actors or "
                                    "their num_cpus/num_gpus, or add nodes")
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-        for what, section, need in self._actor_shapes():  # enough in all, but one actor must fit on one node
+        for what, section, _, need in self._actor_shapes(phones):  # enough in all, but each actor on one node
             phone = next((k for k in need if k.startswith("phone_")), None)
             hosts = [node for node in nodes if phone is None or node.get(phone, 0) >= 1]
             amounts = {k: v for k, v in need.items() if v and k != phone}
@@ -579,19 +587,6 @@ class RayEvaluator(Evaluator):
                     f"one {what} actor needs {' and '.join(f'{v:g} {k}' for k, v in amounts.items())}, more than "
                     f"{where} has (at most {has}): lower evaluator.{section}."
                     f"{'/'.join(f'num_{k.lower()}s' for k in amounts)} or add a larger node")
-
-    def _actor_shapes(self) -> list[tuple[str, str, dict[str, float]]]:
-        """(what, config section, resources of one actor) for each kind of actor this search starts."""
-        t, c, d = self.trainers, self.converters, self.devices
-        shapes = [("trainer", "trainers", {"CPU": t["num_cpus"], "GPU": t["num_gpus"]})]
-        if self.latency is not None and self.modes.measures:
-            shapes.append(("converter", "converters", {"CPU": c["num_cpus"]}))
-            if self.latency.get("runner") == "adb":
-                shapes += [("device", "devices", {"CPU": d["num_cpus"], f"phone_{serial}": 1})
-                           for serial in self._timing_serials(self._advertised_phones())]
-            else:
-                shapes.append(("device", "devices", {"CPU": d["num_cpus"]}))
-        return shapes
 
     def _device_pool(self, latency: dict) -> _Pool:
         import ray

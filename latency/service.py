@@ -707,6 +707,10 @@ class LatencyService:
                          versions=self.versions(), fast=self.fast_convert, atol=self.tolerance_abs,
                          rtol=self.tolerance_rel)
 
+    def _measurement_key(self, conversion_key: str) -> str:
+        """Where a timing of the conversion ``conversion_key`` on this device with these settings is cached."""
+        return cache_key(conversion=conversion_key, device=self.device_id, settings=self.measurement_settings)
+
     @property
     def _device_lock_path(self) -> str:
         return str(self.device_locks_dir / f"{self.runner.lock_name}.lock")
@@ -873,7 +877,7 @@ class LatencyService:
             return LatencyResult(status="failed", error=str(exc), extra=transient(), **fields, **base)
         if conversion.get("status") != "ok":
             return _failed_conversion(conversion, device, fields, base)
-        key = cache_key(conversion=conversion["key"], device=device, settings=self.measurement_settings)
+        key = self._measurement_key(conversion["key"])
         cached = self.cache.get_measurement(key)
         if cached is not None:
             return LatencyResult.from_dict({**cached, "cached": True})
@@ -919,9 +923,8 @@ class LatencyService:
             return LatencyResult(arch=arch, status="failed", error=str(exc), resolution=resolution,
                                  channels=channels, num_classes=num_classes, runner=self.runner_config["runner"],
                                  extra=transient())
-        conversion_key = self._conversion_key(arch, resolution, channels, num_classes)
-        cached = self.cache.get_measurement(cache_key(conversion=conversion_key, device=self.device_id,
-                                                      settings=self.measurement_settings))
+        cached = self.cache.get_measurement(self._measurement_key(self._conversion_key(arch, resolution, channels,
+                                                                                        num_classes)))
         if cached is not None:  # timed before: its model (maybe trimmed away since) need not be converted again
             return LatencyResult.from_dict({**cached, "cached": True})
         return self.time(self.convert(arch, resolution=resolution, channels=channels, num_classes=num_classes))

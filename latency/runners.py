@@ -2,8 +2,8 @@
 
 A runner is plain configuration (picklable), built inside the latency worker process that uses it. ``time(path)``
 returns the timing fields of a :class:`~latency.result.LatencyResult`; ``device_id`` names the device in cache keys
-and lock files; ``settings`` are the measurement settings that belong in the cache key; ``close()`` undoes what the
-runner changed on its device.
+and lock files; ``settings`` are the measurement settings that belong in the cache key; ``AdbRunner.close()`` undoes
+what the runner changed on its phone.
 """
 
 from __future__ import annotations
@@ -106,9 +106,6 @@ class HostRunner:
 
     def healthy(self) -> None:
         """The host is always there (the interface of :meth:`AdbRunner.healthy`)."""
-
-    def close(self) -> None:
-        """Nothing to undo on the host (the interface of :meth:`AdbRunner.close`)."""
 
     @property
     def settings(self) -> dict:

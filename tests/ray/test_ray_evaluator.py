@@ -272,7 +272,17 @@ def test_a_replacement_no_node_can_place_stops_the_search_instead_of_hanging(ray
     try:
         evaluator._await(TRAIN, lambda a: a.where.remote(), "trainer", timeout_s=120)
         pool.make = lambda _: ray.remote(num_cpus=0, resources={"nowhere": 1}, max_restarts=0)(Trainer).remote()
-        ray.kill(pool.actors[0], no_restart=True)
+        dead = pool.actors[0]
+        ray.kill(dead, no_restart=True)
+        deadline = time.monotonic() + 120  # ray.kill is asynchronous: a call sent before the actor is gone may
+        while time.monotonic() < deadline:  # still be answered (CI saw the killed actor train the child)
+            try:
+                ray.get(dead.where.remote(), timeout=120)
+            except ray.exceptions.RayActorError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the killed actor still answers")
         job = evaluator._jobs["arch"] = _Job(ChildResult(arch="arch", seed=0))
         pool.queue.append(job)
         started = time.monotonic()

@@ -388,7 +388,8 @@ class AdbRunner:
             proc = self._run(["shell", "cmd", "power", "set-fixed-performance-mode-enabled", "true"], check=False)
             if proc.returncode == 0:  # left on before: the phone kept its fixed clocks after the search
                 # switched off by close(), else when the runner is collected or its process ends (a latency worker
-                # ends through multiprocessing, which runs these finalizers, not atexit); not after a kill -9
+                # ends through multiprocessing, which runs these finalizers, not atexit, or closes its runner as it
+                # follows its dead parent); a worker killed outright cannot: the service calls switch_performance_off
                 self._performance_off = Finalize(self, _fixed_performance_off, exitpriority=0,
                                                  args=(self._adb_path(), self.resolve_serial(),
                                                        min(self.timeout_s, QUICK_ADB_S)))
@@ -401,6 +402,17 @@ class AdbRunner:
             self._performance_off()  # runs once, and no more at exit
             self._performance_off = None
         self._binary_pushed = False
+
+    def switch_performance_off(self) -> None:
+        """Switch fixed performance mode off when this runner's settings ask for it, whichever process switched it
+        on: the service's runner does it for a worker it killed (a killed process runs no finalizer)."""
+        if not self.fixed_performance:
+            return
+        try:
+            adb, serial = self._adb_path(), self.resolve_serial()
+        except DeviceError:
+            return  # no adb or no phone: nothing to switch off
+        _fixed_performance_off(adb, serial, min(self.timeout_s, QUICK_ADB_S))
 
     def time(self, tflite_path: str | Path) -> dict:
         binary = self._ensure_binary()

@@ -146,6 +146,12 @@ def _exit_with_parent(parent: int, poll_s: float = 0.5) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(poll_s)
+        close = getattr(_WORKER.get("runner"), "close", None)
+        if close is not None:  # os._exit runs no finalizer: a phone would keep its fixed performance mode
+            try:
+                close()
+            except Exception:
+                pass
         os._exit(0)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
@@ -559,11 +565,12 @@ def _time_layers_task(items: list[dict], lock_path: str, pin_cpu: bool, cache_pa
             for item, t in zip(items, timings)]
 
 
-def _stop_pool(pool: ProcessPoolExecutor, grace_s: float, work_dir: Path) -> None:
+def _stop_pool(pool: ProcessPoolExecutor, grace_s: float, work_dir: Path) -> int:
     """Shut a worker pool down without ever waiting forever: workers still alive after ``grace_s`` are killed; then
-    the temp directories of the workers that have ended are removed."""
-    stop_pool(pool, grace_s)
+    the temp directories of the workers that have ended are removed. How many were killed."""
+    killed = stop_pool(pool, grace_s)
     _remove_ended_worker_tmp(work_dir)
+    return killed
 
 
 # ---------------------------------------------------------------------------------------------------- service
@@ -750,7 +757,15 @@ class LatencyService:
         with self._lock:
             if self._pool is pool:
                 self._pool = None
-        _stop_pool(pool, grace_s=0.0, work_dir=self.work_dir)
+        self._stop_workers(pool, grace_s=0.0)
+
+    def _stop_workers(self, pool: ProcessPoolExecutor, grace_s: float) -> None:
+        """Stop ``pool``'s workers. A worker that is killed runs no finalizer: what its runner set on the device
+        (a phone's fixed performance mode) is undone from here."""
+        if _stop_pool(pool, grace_s=grace_s, work_dir=self.work_dir):
+            switch_off = getattr(self.runner, "switch_performance_off", None)
+            if switch_off is not None:
+                switch_off()
 
     # -- the two halves of a measurement
     def _checked_input(self, arch: str, resolution: int, channels: int, num_classes: int) -> str:
@@ -998,7 +1013,7 @@ class LatencyService:
             self._closed = True
             pool, self._pool = self._pool, None
         if pool is not None:
-            _stop_pool(pool, grace_s=5.0, work_dir=self.work_dir)
+            self._stop_workers(pool, grace_s=5.0)
         self._threads.shutdown(wait=True, cancel_futures=True)
         self.cache.close()
 

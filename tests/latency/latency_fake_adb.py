@@ -14,7 +14,7 @@ timing the pushed model with LiteRT on the host, printing benchmark_model's own 
   FAKE_ADB_DELAY_S  seconds each benchmark_model run takes at least (a slow phone)
   FAKE_ADB_WAIT_BLOCKS  set: ``wait-for-device`` blocks until the serial is attached, as adb does (else it returns)
   FAKE_ADB_HANG     text: a call whose arguments (after ``-s SERIAL``) contain it never answers, as a hung adb
-                    server or phone (``devices``, ``getprop``, ``push``)
+                    server or phone (``devices``, ``getprop``, ``push``), until the file FAKE_ADB_UNHANG exists
 """
 
 from __future__ import annotations
@@ -180,7 +180,11 @@ def main(args: list[str]) -> int:
     if args[:1] == ["-s"]:
         serial, args = args[1], args[2:]
     if (hang := os.environ.get("FAKE_ADB_HANG")) and hang in " ".join(args):
-        time.sleep(3600)  # until the caller's timeout kills it
+        unhang = Path(os.environ.get("FAKE_ADB_UNHANG") or os.devnull + ".never")
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline and not unhang.exists():  # until the caller's timeout kills it (or a test
+            time.sleep(0.1)                                             # whose caller was killed ends it)
+        return 1
     if args[:1] == ["devices"]:
         print("List of devices attached")
         for s in SERIALS:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,8 @@ def adb_service(phone):
 
 
 def _log(phone) -> list[list[str]]:
+    if not phone["log"].exists():  # no adb call yet
+        return []
     return [json.loads(line) for line in phone["log"].read_text().splitlines()]
 
 
@@ -138,7 +141,7 @@ def test_cli_measure_json_and_bad_arch(phone, tmp_path):
     assert result["max_abs_err"] < 1e-3 and Path(result["tflite_path"]).is_file()
 
     bad = subprocess.run([sys.executable, "-m", "latency", "measure", "ir_r1_k4_s1_e6_c16", "--json"],
-                         capture_output=True, text=True, timeout=120, env=env, cwd=Path(__file__).parents[2])
+                         capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[2])
     assert bad.returncode == 2 and bad.stdout == ""
     assert len(bad.stderr.strip().splitlines()) == 1 and "k4" in bad.stderr
 
@@ -230,8 +233,11 @@ def test_fixed_performance_is_switched_off_when_the_service_closes(phone, adb_se
         assert result.status == "ok", result.error
         assert not result.cached  # timed again: the cached timing was taken without it
         assert _fixed_performance_calls(phone, started) == ["set-fixed-performance-mode-enabled true"]
-    assert _fixed_performance_calls(phone, started) == ["set-fixed-performance-mode-enabled true",
-                                                        "set-fixed-performance-mode-enabled false"]
+    on, *off = _fixed_performance_calls(phone, started)
+    # the worker switches it off as it ends; one still alive after the close's grace is killed, and the service
+    # switches it off again for it (a loaded machine)
+    assert on == "set-fixed-performance-mode-enabled true" and off and set(off) == {
+        "set-fixed-performance-mode-enabled false"}
 
 
 @pytest.mark.parametrize("fixed_performance", [True, False])
@@ -249,6 +255,52 @@ def test_runner_close_switches_fixed_performance_off_only_if_it_switched_it_on(p
     assert runner.time(tflite)["runs"] == 2  # a closed runner sets up again
     runner.close()
     assert _fixed_performance_calls(phone, started) == ([on, off] * 2 if fixed_performance else [])
+
+
+ON, OFF = "set-fixed-performance-mode-enabled true", "set-fixed-performance-mode-enabled false"
+
+
+def test_a_worker_killed_for_a_hung_timing_leaves_fixed_performance_off(phone, adb_service, monkeypatch, tmp_path):
+    """The service kills a worker whose timing hangs (latency.task_timeout_s); a killed process runs no finalizer,
+    so the phone kept its fixed clocks. The service switches the mode off itself."""
+    monkeypatch.setenv("FAKE_ADB_HANG", "--graph")  # benchmark_model never answers (the worker inherits it)
+    monkeypatch.setenv("FAKE_ADB_UNHANG", str(tmp_path / "unhang"))
+    try:
+        with build_service("adb", benchmark_binary=str(phone["binary"]), warmup_runs=1, num_runs=2, workers=1,
+                           retries=0, fixed_performance=True, cache_path=adb_service.cache_path) as service:
+            conversion = service.convert(SMALL, resolution=32, num_classes=10)
+            service._run_in_worker(os.getpid)  # the worker has started (a cached conversion needs none)
+            started = len(_log(phone))
+            service.task_timeout_s = 3.0
+            result = service.time(conversion)
+            assert result.status == "failed" and "task_timeout_s" in result.error
+            assert _fixed_performance_calls(phone, started) == [ON, OFF]  # now, not only once the service closes
+    finally:
+        (tmp_path / "unhang").touch()  # the hung fake adb of the killed worker ends too
+
+
+def test_a_worker_whose_search_was_killed_switches_fixed_performance_off(phone, adb_service, tmp_path):
+    """kill -9 of the search: its latency worker ends with it (it watches its parent) by os._exit, which runs no
+    finalizer; it switches the phone's fixed performance mode off before it goes."""
+    script = tmp_path / "search.py"
+    script.write_text(f"""
+import os, signal
+from latency import build_service
+if __name__ == "__main__":  # the workers are spawned: they import this file
+    service = build_service("adb", benchmark_binary={str(phone["binary"])!r}, warmup_runs=1, num_runs=2, workers=1,
+                            retries=0, fixed_performance=True, cache_path={str(adb_service.cache_path)!r})
+    assert service.measure({SMALL!r}, resolution=36, num_classes=10).status == "ok"
+    print("timed", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+    started = len(_log(phone))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == -9 and proc.stdout.strip() == "timed", proc.stderr[-2000:]
+    deadline = time.monotonic() + 30  # the worker notices within its poll (0.5 s)
+    while time.monotonic() < deadline and _fixed_performance_calls(phone, started) != [ON, OFF]:
+        time.sleep(0.2)
+    assert _fixed_performance_calls(phone, started) == [ON, OFF]
 
 
 def test_an_adb_command_that_hangs_is_one_line_naming_it(phone, adb_service, tmp_path, monkeypatch):

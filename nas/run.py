@@ -214,6 +214,28 @@ def identity(cfg) -> dict:
     return out
 
 
+def _completed(stored: dict, config: Any) -> tuple[dict, set[str]]:
+    """A store's identity with the keys added since it was written (``LATER_KEYS``, ``LATER_LATENCY_KEYS``) taken
+    from the config it was created with (its meta ``config``, written once, at creation) where that config held
+    them; the keys so taken. What its config did not hold stays unknown: the store is compared on the rest."""
+    if not isinstance(config, dict):
+        return stored, set()
+    later: dict = {}
+    if "evaluator" not in stored:
+        later["evaluator"] = _results_of(config)
+    if "threads" not in stored and "threads" in config:
+        later["threads"] = config["threads"]
+    evaluator = config.get("evaluator") if isinstance(config.get("evaluator"), dict) else {}
+    if "evaluator_settings" not in stored and (held := {k: evaluator[k] for k in EVALUATOR_IDENTITY
+                                                        if k in evaluator}):
+        later["evaluator_settings"] = held
+    latency = config.get("latency") if isinstance(config.get("latency"), dict) else {}
+    if isinstance(stored.get("latency"), dict) and (held := {k: latency[k] for k in LATER_LATENCY_KEYS
+                                                             if k in latency and k not in stored["latency"]}):
+        later["latency"] = {**stored["latency"], **held}
+    return {**stored, **later}, set(later)
+
+
 def _fields(group: str, was: Any, now: Any, key: str) -> str:
     """The fields of a section of the identity (``key``) that differ, by name: ``latency.num_runs, latency.threads``."""
     if not isinstance(was, dict) or not isinstance(now, dict):
@@ -252,11 +274,13 @@ def _check_store(store: RunStore, cfg) -> bool:
     if not isinstance(stored, dict):  # {**stored} / stored.get below: a TypeError or AttributeError traceback
         raise store.damaged("meta 'identity' is damaged", f"a JSON {type(stored).__name__}, not an object")
     mine = identity(cfg)
+    stored, derived = _completed(stored, store.get_meta("config"))
     if isinstance(stored.get("latency"), dict) and isinstance(mine["latency"], dict):
         mine["latency"] = {k: v for k, v in mine["latency"].items()
                            if k in stored["latency"] or k not in LATER_LATENCY_KEYS}
-    if "evaluator" not in stored and isinstance(config := store.get_meta("config"), dict):
-        stored = {**stored, "evaluator": _results_of(config)}  # a store from before the key: what it was created with
+    if "evaluator_settings" in derived:  # compared on the settings its config held
+        mine["evaluator_settings"] = {k: v for k, v in mine["evaluator_settings"].items()
+                                      if k in stored["evaluator_settings"]}
     changed = [k for k in IDENTITY_KEYS if (k in stored or k not in LATER_KEYS)
                and strip_targets(stored.get(k)) != mine[k]]
     # stores written before the evaluator group existed had no steady_state: it was always off

@@ -205,7 +205,9 @@ def test_a_store_from_before_latency_was_part_of_the_identity_resumes(tmp_path):
         old = {k: v for k, v in store.get_meta("identity").items()
                if k not in ("latency", "steady_state", "evaluator", "threads", "evaluator_settings")}
         store.set_metas({"identity": old})
-    assert search(tmp_path, "budget=4", "latency.num_runs=20", "evaluator.failure_rate=0.25")["children"] == 4
+    # latency was not compared then (its config's latency is not taken over: measure_latency decided whether it
+    # counted); the evaluator's failure_rate its config held is (see the test below)
+    assert search(tmp_path, "budget=4", "latency.num_runs=20")["children"] == 4
 
 
 def as_schema_2(run_dir: Path) -> None:
@@ -554,3 +556,32 @@ def test_the_phones_cooldown_is_part_of_the_identity_and_older_stores_without_it
         _check_store(_Stored({**mine, "latency": {**mine["latency"], "cooldown_s": 0.0}}), cfg)
     older = {k: v for k, v in mine["latency"].items() if k != "cooldown_s"}  # written before it was compared
     assert _check_store(_Stored({**mine, "latency": older}), cfg) is False
+
+
+def test_a_store_written_before_the_later_identity_keys_is_compared_on_the_config_it_was_created_with():
+    """threads, the evaluator's settings and the phone's cooldown joined the identity later: a store written before
+    was never compared on them, though the config it was created with (its meta, written once) holds them."""
+    from mnas_common.config import to_plain
+    from nas.run import _check_store, identity
+
+    settings = ["latency=adb", "measure_latency=true"]
+    created = config(*settings, "latency.cooldown_s=1.0", "threads=2", "evaluator.failure_rate=0.1")
+    mine = identity(created)
+    older = {k: v for k, v in mine.items() if k not in ("threads", "evaluator_settings")}
+    older["latency"] = {k: v for k, v in mine["latency"].items() if k != "cooldown_s"}
+    store = _Stored(older)
+    store.meta["config"] = to_plain(created)
+    assert _check_store(store, created) is False
+    for change, named in (("threads=1", "threads"), ("latency.cooldown_s=0", "latency.cooldown_s"),
+                          ("evaluator.failure_rate=0.2", "evaluator.failure_rate")):
+        cfg = config(*settings, "latency.cooldown_s=1.0", "threads=2", "evaluator.failure_rate=0.1", change)
+        with pytest.raises(StoreError, match=rf"different search \({named} changed\)"):
+            _check_store(store, cfg)
+    # what its config did not hold (written by a version without the setting) stays unknown: compared on the rest
+    store.meta["config"] = {k: v for k, v in to_plain(created).items() if k != "threads"}
+    store.meta["config"]["evaluator"] = {k: v for k, v in store.meta["config"]["evaluator"].items()
+                                         if k != "failure_rate"}
+    assert _check_store(store, config(*settings, "latency.cooldown_s=1.0", "threads=1",
+                                      "evaluator.failure_rate=0.2")) is False
+    with pytest.raises(StoreError, match=r"different search \(latency.cooldown_s changed\)"):
+        _check_store(store, config(*settings, "latency.cooldown_s=2.0"))

@@ -13,6 +13,7 @@ timing the pushed model with LiteRT on the host, printing benchmark_model's own 
   FAKE_ADB_TIMES    file that receives one JSON line per benchmark_model run: serial, graph, start and end times
   FAKE_ADB_DELAY_S  seconds each benchmark_model run takes at least (a slow phone)
   FAKE_ADB_WAIT_BLOCKS  set: ``wait-for-device`` blocks until the serial is attached, as adb does (else it returns)
+  FAKE_ADB_SDK      the phone's Android API level (default 30); below 30 it has no fixed performance mode
   FAKE_ADB_HANG     text: a call whose arguments (after ``-s SERIAL``) contain it never answers, as a hung adb
                     server or phone (``devices``, ``getprop``, ``push``), until the file FAKE_ADB_UNHANG exists
 """
@@ -159,6 +160,9 @@ def shell(command: str, serial: str | None = None) -> int:
             local(p).unlink(missing_ok=True)
         return 0
     if argv[0] == "cmd":
+        if argv[1:3] == ["power", "set-fixed-performance-mode-enabled"] and int(os.environ.get("FAKE_ADB_SDK", 30)) < 30:
+            print("Unknown command: set-fixed-performance-mode-enabled")  # Android 10 and older (as its shell says)
+            return 255
         return 0
     if argv[0] == "taskset":
         if not all(c in "0123456789abcdefABCDEF" for c in argv[1]):

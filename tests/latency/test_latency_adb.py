@@ -257,6 +257,22 @@ def test_runner_close_switches_fixed_performance_off_only_if_it_switched_it_on(p
     assert _fixed_performance_calls(phone, started) == ([on, off] * 2 if fixed_performance else [])
 
 
+def test_a_phone_without_fixed_performance_mode_is_one_line_not_timings_under_its_key(phone, adb_service, tmp_path,
+                                                                                    monkeypatch):
+    """Android 10 and older have no fixed performance mode: the refused command was ignored, and the timings were
+    stored under the fixed_performance key though taken without it."""
+    tflite = adb_service.export(SMALL, tmp_path / "x", resolution=32, num_classes=10)["tflite"]
+    monkeypatch.setenv("FAKE_ADB_SDK", "29")
+    runner = AdbRunner(benchmark_binary=str(phone["binary"]), warmup_runs=1, num_runs=2, retries=0,
+                       fixed_performance=True)
+    with pytest.raises(DeviceError) as err:
+        runner.time(tflite)
+    assert str(err.value) == ("phone FAKE0001 refused fixed performance mode (cmd power set-fixed-performance-mode-"
+                              "enabled true: Unknown command: set-fixed-performance-mode-enabled); it needs Android "
+                              "11 or later: set latency.fixed_performance=false")
+    assert AdbRunner(benchmark_binary=str(phone["binary"]), warmup_runs=1, num_runs=2).time(tflite)["runs"] == 2
+
+
 ON, OFF = "set-fixed-performance-mode-enabled true", "set-fixed-performance-mode-enabled false"
 
 

@@ -377,18 +377,27 @@ class AdbRunner:
 
     def _ensure_binary(self) -> str:
         remote = f"{REMOTE_DIR}/benchmark_model"
-        if self._binary_pushed:
-            return remote
-        if not self.benchmark_binary or not Path(self.benchmark_binary).is_file():
+        if not self._binary_pushed and (not self.benchmark_binary or not Path(self.benchmark_binary).is_file()):
             raise DeviceError(f"benchmark_model binary not found at {self.benchmark_binary!r}; download TFLite's "
                               "android_aarch64 benchmark_model and set latency.benchmark_binary")
-        if self.fixed_performance:
-            proc = self._run(["shell", "cmd", "power", "set-fixed-performance-mode-enabled", "true"], check=False)
-            if proc.returncode != 0:  # timings under the fixed_performance key taken without it: refused instead
-                said = (proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}").splitlines()[0]
-                raise DeviceError(f"phone {self.resolve_serial()} refused fixed performance mode (cmd power "
-                                  f"set-fixed-performance-mode-enabled true: {said[:200]}); it needs Android 11 or "
-                                  "later: set latency.fixed_performance=false")
+        if self.fixed_performance:  # before every timing: another search sharing the phone switches it off as it ends
+            self._fixed_clocks()
+        if not self._binary_pushed:
+            self._retrying(lambda: self._run(["push", str(self.benchmark_binary), remote]), "pushing benchmark_model")
+            self._run(["shell", "chmod", "755", shlex.quote(remote)])
+            self._binary_pushed = True
+        return remote
+
+    def _fixed_clocks(self) -> None:
+        """Switch fixed performance mode on; a phone that refuses it is a :class:`DeviceError` (timings stored under
+        the fixed_performance key must have been taken with it)."""
+        proc = self._run(["shell", "cmd", "power", "set-fixed-performance-mode-enabled", "true"], check=False)
+        if proc.returncode != 0:
+            said = (proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}").splitlines()[0]
+            raise DeviceError(f"phone {self.resolve_serial()} refused fixed performance mode (cmd power "
+                              f"set-fixed-performance-mode-enabled true: {said[:200]}); it needs Android 11 or "
+                              "later: set latency.fixed_performance=false")
+        if self._performance_off is None:
             # left on before: the phone kept its fixed clocks after the search. Switched off by close(), else when
             # the runner is collected or its process ends (a latency worker ends through multiprocessing, which runs
             # these finalizers, not atexit, or closes its runner as it follows its dead parent); a worker killed
@@ -396,10 +405,6 @@ class AdbRunner:
             self._performance_off = Finalize(self, _fixed_performance_off, exitpriority=0,
                                              args=(self._adb_path(), self.resolve_serial(),
                                                    min(self.timeout_s, QUICK_ADB_S)))
-        self._retrying(lambda: self._run(["push", str(self.benchmark_binary), remote]), "pushing benchmark_model")
-        self._run(["shell", "chmod", "755", shlex.quote(remote)])
-        self._binary_pushed = True
-        return remote
 
     def close(self) -> None:
         """Switch fixed performance mode back off if this runner switched it on; a later ``time()`` sets up again."""

@@ -273,6 +273,23 @@ def test_a_phone_without_fixed_performance_mode_is_one_line_not_timings_under_it
     assert AdbRunner(benchmark_binary=str(phone["binary"]), warmup_runs=1, num_runs=2).time(tflite)["runs"] == 2
 
 
+def test_fixed_performance_is_set_again_for_each_timing_when_another_search_on_the_phone_ended(phone, adb_service,
+                                                                                             tmp_path):
+    """Two searches share a phone (its lock orders their timings): the first to end switched fixed performance
+    mode off, and the other timed the rest of its children without it, under the fixed_performance key."""
+    tflite = adb_service.export(SMALL, tmp_path / "x", resolution=32, num_classes=10)["tflite"]
+    first, second = (AdbRunner(benchmark_binary=str(phone["binary"]), warmup_runs=1, num_runs=2, retries=0,
+                               fixed_performance=True) for _ in range(2))
+    assert first.time(tflite)["runs"] == 2 and second.time(tflite)["runs"] == 2
+    second.close()  # the other search ends: the mode is off
+    started = len(_log(phone))
+    assert first.time(tflite)["runs"] == 2
+    calls = [" ".join(c[-2:]) if "set-fixed-performance-mode-enabled" in c else "benchmark"
+             for c in _log(phone)[started:] if "set-fixed-performance-mode-enabled" in c or "--graph" in c[-1]]
+    assert calls == ["set-fixed-performance-mode-enabled true", "benchmark"]
+    first.close()
+
+
 ON, OFF = "set-fixed-performance-mode-enabled true", "set-fixed-performance-mode-enabled false"
 
 

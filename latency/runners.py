@@ -402,9 +402,7 @@ class AdbRunner:
             # the runner is collected or its process ends (a latency worker ends through multiprocessing, which runs
             # these finalizers, not atexit, or closes its runner as it follows its dead parent); a worker killed
             # outright cannot: the service calls switch_performance_off
-            self._performance_off = Finalize(self, _fixed_performance_off, exitpriority=0,
-                                             args=(self._adb_path(), self.resolve_serial(),
-                                                   min(self.timeout_s, QUICK_ADB_S)))
+            self._performance_off = Finalize(self, _fixed_performance_off, exitpriority=0, args=self._off_args())
 
     def close(self) -> None:
         """Switch fixed performance mode back off if this runner switched it on; a later ``time()`` sets up again."""
@@ -419,10 +417,14 @@ class AdbRunner:
         if not self.fixed_performance:
             return
         try:
-            adb, serial = self._adb_path(), self.resolve_serial()
+            args = self._off_args()
         except DeviceError:
             return  # no adb or no phone: nothing to switch off
-        _fixed_performance_off(adb, serial, min(self.timeout_s, QUICK_ADB_S))
+        _fixed_performance_off(*args)
+
+    def _off_args(self) -> tuple[str, str, float]:
+        """What :func:`_fixed_performance_off` is called with: adb, the phone's serial and a short timeout."""
+        return self._adb_path(), self.resolve_serial(), min(self.timeout_s, QUICK_ADB_S)
 
     def time(self, tflite_path: str | Path) -> dict:
         binary = self._ensure_binary()

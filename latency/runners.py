@@ -8,6 +8,7 @@ what the runner changed on its phone.
 
 from __future__ import annotations
 
+import fcntl
 import platform
 import re
 import shlex
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mnas_common.checks import did_you_mean, non_negative_int, non_negative_number, positive_int, positive_number
+from mnas_common.paths import device_locks_dir
 
 REMOTE_DIR = "/data/local/tmp"
 WAIT_FOR_DEVICE_S = 30.0  # how long one retry waits for a dropped phone to come back (adb wait-for-device)
@@ -237,8 +239,13 @@ class AdbRunner:
     The binary (``benchmark_binary``, a local path) is pushed once per device to /data/local/tmp; every model is
     pushed there too and run as ``taskset <cpu_mask> benchmark_model --graph=... --num_threads=...``. Commands are
     argument lists locally and shell-quoted remotely (no injection through paths). A device that drops is retried
-    with back-off; an adb command that hangs past ``timeout_s`` is a :class:`DeviceError` naming it. ``close()``
-    switches fixed performance mode back off if this runner switched it on.
+    with back-off; an adb command that hangs past ``timeout_s`` is a :class:`DeviceError` naming it.
+
+    Fixed performance mode is the phone's, not a runner's: every runner that wants it (any process of this machine,
+    any search) holds a shared ``flock`` on the phone's ``<lock_name>.fixed-performance`` file in the machine's device
+    locks directory while it does; ``close()`` lets go of it and switches the mode off only when no other runner
+    holds it (the last one out), under that file's exclusive lock, so one search ending no longer switches the mode
+    off under another that is still timing with it.
     """
 
     serial: str | None = None
@@ -390,19 +397,36 @@ class AdbRunner:
 
     def _fixed_clocks(self) -> None:
         """Switch fixed performance mode on; a phone that refuses it is a :class:`DeviceError` (timings stored under
-        the fixed_performance key must have been taken with it)."""
-        proc = self._run(["shell", "cmd", "power", "set-fixed-performance-mode-enabled", "true"], check=False)
+        the fixed_performance key must have been taken with it). The first time, this runner joins the mode's users
+        (a shared lock, waited for while the last user of an earlier search switches it off)."""
+        users = None
+        if self._performance_off is None:
+            users = self._users_file()
+            fcntl.flock(users, fcntl.LOCK_SH)
+        try:
+            proc = self._run(["shell", "cmd", "power", "set-fixed-performance-mode-enabled", "true"], check=False)
+        except BaseException:
+            if users is not None:
+                users.close()
+            raise
         if proc.returncode != 0:
+            if users is not None:
+                users.close()
             said = (proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}").splitlines()[0]
             raise DeviceError(f"phone {self.resolve_serial()} refused fixed performance mode (cmd power "
                               f"set-fixed-performance-mode-enabled true: {said[:200]}); it needs Android 11 or "
                               "later: set latency.fixed_performance=false")
-        if self._performance_off is None:
+        if users is not None:
             # left on before: the phone kept its fixed clocks after the search. Switched off by close(), else when
             # the runner is collected or its process ends (a latency worker ends through multiprocessing, which runs
             # these finalizers, not atexit, or closes its runner as it follows its dead parent); a worker killed
-            # outright cannot: the service calls switch_performance_off
-            self._performance_off = Finalize(self, _fixed_performance_off, exitpriority=0, args=self._off_args())
+            # outright cannot: the service calls switch_performance_off. Each time only if no other runner uses it
+            self._performance_off = Finalize(self, _fixed_performance_off, exitpriority=0,
+                                             args=(*self._off_args(), users))
+
+    def _users_file(self):
+        """The open file of the phone's fixed performance mode users (see the class docstring)."""
+        return open(device_locks_dir() / f"{self.lock_name}.fixed-performance", "a")
 
     def close(self) -> None:
         """Switch fixed performance mode back off if this runner switched it on; a later ``time()`` sets up again."""
@@ -412,15 +436,16 @@ class AdbRunner:
         self._binary_pushed = False
 
     def switch_performance_off(self) -> None:
-        """Switch fixed performance mode off when this runner's settings ask for it, whichever process switched it
-        on: the service's runner does it for a worker it killed (a killed process runs no finalizer)."""
+        """Switch fixed performance mode off when this runner's settings ask for it and no runner uses it any more,
+        whichever process switched it on: the service's runner does it for a worker it killed (a killed process runs
+        no finalizer; the kernel has let go of its lock)."""
         if not self.fixed_performance:
             return
         try:
             args = self._off_args()
         except DeviceError:
             return  # no adb or no phone: nothing to switch off
-        _fixed_performance_off(*args)
+        _fixed_performance_off(*args, self._users_file())
 
     def _off_args(self) -> tuple[str, str, float]:
         """What :func:`_fixed_performance_off` is called with: adb, the phone's serial and a short timeout."""
@@ -453,13 +478,21 @@ class AdbRunner:
         return result
 
 
-def _fixed_performance_off(adb: str, serial: str, timeout_s: float) -> None:
-    """A module function, not a method: the finalizer must not keep the runner alive."""
-    try:
-        subprocess.run([adb, "-s", serial, "shell", "cmd", "power", "set-fixed-performance-mode-enabled", "false"],
-                       capture_output=True, timeout=timeout_s)
-    except (OSError, subprocess.SubprocessError):
-        pass  # the phone is gone or hangs: nothing more to do from here
+def _fixed_performance_off(adb: str, serial: str, timeout_s: float, users) -> None:
+    """Let go of ``users`` (the open file of the phone's fixed performance mode users) and switch the mode off if
+    no other runner holds it, under its exclusive lock: a runner starting meanwhile waits, then switches it on again.
+    A module function, not a method: the finalizer must not keep the runner alive."""
+    with users:
+        fcntl.flock(users, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # another search still times with it: the last one out switches it off
+        try:
+            subprocess.run([adb, "-s", serial, "shell", "cmd", "power", "set-fixed-performance-mode-enabled",
+                            "false"], capture_output=True, timeout=timeout_s)
+        except (OSError, subprocess.SubprocessError):
+            pass  # the phone is gone or hangs: nothing more to do from here
 
 
 def parse_adb_devices(text: str) -> list[dict]:

@@ -41,7 +41,7 @@ from latency.result import LatencyResult, transient
 from latency.runners import DeviceError, ModelRunError, make_runner, summarize_rounds
 from mnas_common.checks import positive_int, positive_number
 from mnas_common.errors import first_line
-from mnas_common.paths import cache_dir
+from mnas_common.paths import cache_dir, device_locks_dir
 from mnas_common.pools import stop_pool
 
 log = logging.getLogger("latency.service")
@@ -98,20 +98,6 @@ def checked_anchor(anchor, runner: str) -> str | None:
 
 def default_cache_dir() -> Path:
     return cache_dir("latency")
-
-
-def device_locks_dir() -> Path:
-    """Where the locks of this machine's devices live (one timing per phone or host CPU at a time; the host gate):
-    ``$MNAS_CACHE_DIR/locks`` or ``~/.cache/mnasnet-search/locks``, the same for every search and latency cache of
-    this user, so that searches with caches of their own still take turns on the device they share. A temporary
-    directory of the user where that cannot be created."""
-    path = cache_dir("locks")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        path = Path(tempfile.gettempdir()) / f"mnasnet-search-locks-{os.getuid()}"
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
 
 
 PATH_FIELDS = ("cache_path", "work_dir", "benchmark_binary")  # latency config fields that name files on this machine

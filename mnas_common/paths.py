@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -10,6 +11,20 @@ def cache_dir(*parts: str) -> Path:
     """``$MNAS_CACHE_DIR/<parts>`` or ``~/.cache/mnasnet-search/<parts>``, absolute (nothing is created here)."""
     base = os.environ.get("MNAS_CACHE_DIR")
     return (Path(base).expanduser().absolute() if base else Path.home() / ".cache" / "mnasnet-search").joinpath(*parts)
+
+
+def device_locks_dir() -> Path:
+    """Where the locks of this machine's devices live (one timing per phone or host CPU at a time; the host gate):
+    ``$MNAS_CACHE_DIR/locks`` or ``~/.cache/mnasnet-search/locks``, the same for every search and latency cache of
+    this user, so that searches with caches of their own still take turns on the device they share. A temporary
+    directory of the user where that cannot be created."""
+    path = cache_dir("locks")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        path = Path(tempfile.gettempdir()) / f"mnasnet-search-locks-{os.getuid()}"
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
 
 
 def config_dir() -> Path:

@@ -206,6 +206,9 @@ def test_negative_retries_or_timeout_are_refused_in_one_line(field, value, says)
         build_service("host", check_only=True, **{field: 1})
 
 
+ON, OFF = "set-fixed-performance-mode-enabled true", "set-fixed-performance-mode-enabled false"
+
+
 def _fixed_performance_calls(phone, since: int = 0) -> list[str]:
     return [" ".join(c[-2:]) for c in _log(phone)[since:] if "set-fixed-performance-mode-enabled" in c]
 
@@ -273,29 +276,51 @@ def test_a_phone_without_fixed_performance_mode_is_one_line_not_timings_under_it
     assert AdbRunner(benchmark_binary=str(phone["binary"]), warmup_runs=1, num_runs=2).time(tflite)["runs"] == 2
 
 
-def test_fixed_performance_is_set_again_for_each_timing_when_another_search_on_the_phone_ended(phone, adb_service,
-                                                                                             tmp_path):
+def test_a_search_ending_leaves_fixed_performance_on_for_another_still_timing_with_it(phone, adb_service, tmp_path):
     """Two searches share a phone (its lock orders their timings): the first to end switched fixed performance
-    mode off, and the other timed the rest of its children without it, under the fixed_performance key."""
+    mode off, even in the middle of the other's timing. The last runner using the mode switches it off."""
     tflite = adb_service.export(SMALL, tmp_path / "x", resolution=32, num_classes=10)["tflite"]
     first, second = (AdbRunner(benchmark_binary=str(phone["binary"]), warmup_runs=1, num_runs=2, retries=0,
                                fixed_performance=True) for _ in range(2))
     assert first.time(tflite)["runs"] == 2 and second.time(tflite)["runs"] == 2
-    second.close()  # the other search ends: the mode is off
     started = len(_log(phone))
+    second.close()  # the other search ends: this one still times with the mode
+    assert _fixed_performance_calls(phone, started) == []
     assert first.time(tflite)["runs"] == 2
-    calls = [" ".join(c[-2:]) if "set-fixed-performance-mode-enabled" in c else "benchmark"
-             for c in _log(phone)[started:] if "set-fixed-performance-mode-enabled" in c or "--graph" in c[-1]]
-    assert calls == ["set-fixed-performance-mode-enabled true", "benchmark"]
     first.close()
+    assert _fixed_performance_calls(phone, started) == [ON, OFF]
+    assert second.time(tflite)["runs"] == 2  # a closed runner joins again; now the only user
+    second.close()
+    assert _fixed_performance_calls(phone, started) == [ON, OFF, ON, OFF]
 
 
-ON, OFF = "set-fixed-performance-mode-enabled true", "set-fixed-performance-mode-enabled false"
+def test_a_service_ending_leaves_fixed_performance_on_for_another_runner_using_it(phone, adb_service, tmp_path):
+    """The same across processes: the service's worker (another process) lets go of the mode as it ends, and
+    leaves it on while a runner of this process still uses it."""
+    tflite = adb_service.export(SMALL, tmp_path / "x", resolution=32, num_classes=10)["tflite"]
+    other = AdbRunner(benchmark_binary=str(phone["binary"]), warmup_runs=1, num_runs=2, retries=0,
+                      fixed_performance=True)
+    assert other.time(tflite)["runs"] == 2
+    started = len(_log(phone))
+    with build_service("adb", benchmark_binary=str(phone["binary"]), warmup_runs=1, num_runs=2, workers=1,
+                       retries=0, fixed_performance=True, cache_path=adb_service.cache_path) as service:
+        assert service.measure(SMALL, resolution=44, num_classes=10).status == "ok"
+    assert _fixed_performance_calls(phone, started) == [ON]
+    other.close()
+    assert _fixed_performance_calls(phone, started) == [ON, OFF]
 
 
-def test_a_worker_killed_for_a_hung_timing_leaves_fixed_performance_off(phone, adb_service, monkeypatch, tmp_path):
+@pytest.mark.parametrize("another_user", [False, True])
+def test_a_worker_killed_for_a_hung_timing_leaves_fixed_performance_off(phone, adb_service, monkeypatch, tmp_path,
+                                                                        another_user):
     """The service kills a worker whose timing hangs (latency.task_timeout_s); a killed process runs no finalizer,
-    so the phone kept its fixed clocks. The service switches the mode off itself."""
+    so the phone kept its fixed clocks. The service switches the mode off itself, unless another runner (another
+    search on the phone) still uses it."""
+    other = AdbRunner(benchmark_binary=str(phone["binary"]), warmup_runs=1, num_runs=2, retries=0,
+                      fixed_performance=True)
+    if another_user:
+        tflite = adb_service.export(SMALL, tmp_path / "x", resolution=32, num_classes=10)["tflite"]
+        assert other.time(tflite)["runs"] == 2
     monkeypatch.setenv("FAKE_ADB_HANG", "--graph")  # benchmark_model never answers (the worker inherits it)
     monkeypatch.setenv("FAKE_ADB_UNHANG", str(tmp_path / "unhang"))
     try:
@@ -307,9 +332,12 @@ def test_a_worker_killed_for_a_hung_timing_leaves_fixed_performance_off(phone, a
             service.task_timeout_s = 3.0
             result = service.time(conversion)
             assert result.status == "failed" and "task_timeout_s" in result.error
-            assert _fixed_performance_calls(phone, started) == [ON, OFF]  # now, not only once the service closes
+            # now, not only once the service closes
+            assert _fixed_performance_calls(phone, started) == ([ON] if another_user else [ON, OFF])
     finally:
         (tmp_path / "unhang").touch()  # the hung fake adb of the killed worker ends too
+    other.close()
+    assert _fixed_performance_calls(phone, started) == [ON, OFF]
 
 
 def test_a_worker_whose_search_was_killed_switches_fixed_performance_off(phone, adb_service, tmp_path):

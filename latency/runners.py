@@ -232,6 +232,9 @@ def parse_benchmark_output(text: str) -> dict:
     return out
 
 
+FIXED_PERFORMANCE_ON = ("cmd", "power", "set-fixed-performance-mode-enabled", "true")  # Android 11+, no root
+
+
 @dataclass
 class AdbRunner:
     """An Android phone over adb, timed by the official TFLite ``benchmark_model`` binary.
@@ -387,7 +390,7 @@ class AdbRunner:
         if not self._binary_pushed and (not self.benchmark_binary or not Path(self.benchmark_binary).is_file()):
             raise DeviceError(f"benchmark_model binary not found at {self.benchmark_binary!r}; download TFLite's "
                               "android_aarch64 benchmark_model and set latency.benchmark_binary")
-        if self.fixed_performance:  # before every timing: another search sharing the phone switches it off as it ends
+        if self.fixed_performance and self._performance_off is None:  # then again in each benchmark's shell call
             self._fixed_clocks()
         if not self._binary_pushed:
             self._retrying(lambda: self._run(["push", str(self.benchmark_binary), remote]), "pushing benchmark_model")
@@ -404,7 +407,7 @@ class AdbRunner:
             users = self._users_file()
             fcntl.flock(users, fcntl.LOCK_SH)
         try:
-            proc = self._run(["shell", "cmd", "power", "set-fixed-performance-mode-enabled", "true"], check=False)
+            proc = self._run(["shell", *FIXED_PERFORMANCE_ON], check=False)
         except BaseException:
             if users is not None:
                 users.close()
@@ -463,6 +466,10 @@ class AdbRunner:
         if self.cpu_mask:
             command = ["taskset", str(self.cpu_mask), *command]
         remote = " ".join(shlex.quote(part) for part in command)
+        if self.fixed_performance:
+            # set again right before each run, in the same shell call (no adb round trip more): a phone that rebooted
+            # since the last timing, or dropped and came back between the retries below, has lost the mode
+            remote = f"{' '.join(FIXED_PERFORMANCE_ON)} && {remote}"
         try:
             try:
                 proc = self._retrying(lambda: self._run(["shell", remote]), "benchmark_model")

@@ -6,14 +6,19 @@ timing the pushed model with LiteRT on the host, printing benchmark_model's own 
 ``INFO: `` prefix and ``p5= median= p95=``). Environment:
   FAKE_ADB_ROOT     directory standing in for the phone's storage (required)
   FAKE_ADB_SERIALS  comma-separated attached serials ("" = no devices); default "FAKE0001"
-  FAKE_ADB_DROPS    how many benchmark_model runs fail first with "device offline" (a dropping device)
+  FAKE_ADB_DROPS    how many benchmark_model runs fail first with "device offline" (a dropping device, which comes
+                    back rebooted: without fixed performance mode)
   FAKE_ADB_LOG      file that receives one line per adb invocation (argv as JSON)
   FAKE_ADB_SERIALS_FILE  file with the attached serials, comma-separated, read at every call (overrides
                     FAKE_ADB_SERIALS): a test unplugs a phone mid-search by rewriting it
-  FAKE_ADB_TIMES    file that receives one JSON line per benchmark_model run: serial, graph, start and end times
+  FAKE_ADB_TIMES    file that receives one JSON line per benchmark_model run: serial, graph, start and end times,
+                    status, and whether the phone was in fixed performance mode (``fixed_performance``)
   FAKE_ADB_DELAY_S  seconds each benchmark_model run takes at least (a slow phone)
   FAKE_ADB_WAIT_BLOCKS  set: ``wait-for-device`` blocks until the serial is attached, as adb does (else it returns)
   FAKE_ADB_SDK      the phone's Android API level (default 30); below 30 it has no fixed performance mode
+  The phone's fixed performance mode is the file ``fixed-performance-<serial>`` under FAKE_ADB_ROOT (``cmd power
+  set-fixed-performance-mode-enabled true|false`` writes it); a test reboots the phone by removing it. ``shell``
+  runs ``A && B`` as a shell does.
   FAKE_ADB_HANG     text: a call whose arguments (after ``-s SERIAL``) contain it never answers, as a hung adb
                     server or phone (``devices``, ``getprop``, ``push``), until the file FAKE_ADB_UNHANG exists
 """
@@ -77,14 +82,19 @@ def fail(message: str, code: int = 1) -> int:
 
 def benchmark(args: list[str], serial: str | None = None) -> int:
     started = time.time()
-    code = _benchmark(args)
+    code = _benchmark(args, serial)
     time.sleep(max(0.0, float(os.environ.get("FAKE_ADB_DELAY_S", "0")) - (time.time() - started)))
     if times := os.environ.get("FAKE_ADB_TIMES"):
         graph = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a).get("graph")
         with open(times, "a") as f:
             f.write(json.dumps({"serial": serial, "graph": graph, "start": started, "end": time.time(),
-                                "status": code}) + "\n")
+                                "status": code, "fixed_performance": _fixed_performance(serial).exists()}) + "\n")
     return code
+
+
+def _fixed_performance(serial: str | None) -> Path:
+    """The file whose presence is the phone's fixed performance mode."""
+    return ROOT / f"fixed-performance-{serial or SERIALS[0]}"
 
 
 def _dropped() -> bool:
@@ -101,12 +111,13 @@ def _dropped() -> bool:
         return remaining > 0
 
 
-def _benchmark(args: list[str]) -> int:
+def _benchmark(args: list[str], serial: str | None) -> int:
     flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
     graph = local(flags["graph"])
     if not graph.is_file():
         return fail(f"ERROR: Could not open '{flags['graph']}'.")
     if _dropped():
+        _fixed_performance(serial).unlink(missing_ok=True)  # it comes back rebooted
         return fail("error: device offline")
     from ai_edge_litert.interpreter import Interpreter
     import numpy as np
@@ -149,6 +160,10 @@ def _benchmark(args: list[str]) -> int:
 
 def shell(command: str, serial: str | None = None) -> int:
     argv = shlex.split(command)
+    if "&&" in argv:  # A && B: B runs when A succeeded
+        cut = argv.index("&&")
+        first = shell(shlex.join(argv[:cut]), serial)
+        return first if first else shell(shlex.join(argv[cut + 1:]), serial)
     if argv[:2] == ["getprop", "ro.product.model"]:
         print("Pixel 2")
         return 0
@@ -163,6 +178,11 @@ def shell(command: str, serial: str | None = None) -> int:
         if argv[1:3] == ["power", "set-fixed-performance-mode-enabled"] and int(os.environ.get("FAKE_ADB_SDK", 30)) < 30:
             print("Unknown command: set-fixed-performance-mode-enabled")  # Android 10 and older (as its shell says)
             return 255
+        if argv[1:3] == ["power", "set-fixed-performance-mode-enabled"]:
+            if argv[3] == "true":
+                _fixed_performance(serial).touch()
+            else:
+                _fixed_performance(serial).unlink(missing_ok=True)
         return 0
     if argv[0] == "taskset":
         if not all(c in "0123456789abcdefABCDEF" for c in argv[1]):

@@ -288,10 +288,32 @@ def test_a_search_ending_leaves_fixed_performance_on_for_another_still_timing_wi
     assert _fixed_performance_calls(phone, started) == []
     assert first.time(tflite)["runs"] == 2
     first.close()
-    assert _fixed_performance_calls(phone, started) == [ON, OFF]
+    assert _fixed_performance_calls(phone, started) == [OFF]
     assert second.time(tflite)["runs"] == 2  # a closed runner joins again; now the only user
     second.close()
-    assert _fixed_performance_calls(phone, started) == [ON, OFF, ON, OFF]
+    assert _fixed_performance_calls(phone, started) == [OFF, ON, OFF]
+
+
+def test_every_timing_runs_in_fixed_performance_mode_also_after_the_phone_rebooted(phone, adb_service, tmp_path,
+                                                                                  monkeypatch):
+    """The mode is set again in each benchmark's own shell call: a phone that rebooted between two timings, or
+    dropped and came back rebooted between a timing's retries, has lost it. Before, it was set in an adb call of its
+    own before each timing (one round trip more per model), and not again between the retries."""
+    tflite = adb_service.export(SMALL, tmp_path / "x", resolution=32, num_classes=10)["tflite"]
+    monkeypatch.setenv("FAKE_ADB_TIMES", str(tmp_path / "times.jsonl"))
+    runner = AdbRunner(benchmark_binary=str(phone["binary"]), warmup_runs=1, num_runs=2, retries=1,
+                       fixed_performance=True)
+    assert runner.time(tflite)["runs"] == 2
+    started = len(_log(phone))
+    (phone["device"] / "fixed-performance-FAKE0001").unlink()  # the phone rebooted between two timings
+    assert runner.time(tflite)["runs"] == 2
+    (phone["device"] / "drops").write_text("1")  # the next run drops the phone, which comes back rebooted
+    assert runner.time(tflite)["runs"] == 2
+    runs = [json.loads(line) for line in (tmp_path / "times.jsonl").read_text().splitlines()]
+    assert [(r["status"], r["fixed_performance"]) for r in runs] == [(0, True), (0, True), (1, False), (0, True)]
+    assert _fixed_performance_calls(phone, started) == []  # no adb call of its own after the first
+    runner.close()
+    assert not (phone["device"] / "fixed-performance-FAKE0001").exists()
 
 
 def test_a_service_ending_leaves_fixed_performance_on_for_another_runner_using_it(phone, adb_service, tmp_path):

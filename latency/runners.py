@@ -233,6 +233,8 @@ def parse_benchmark_output(text: str) -> dict:
 
 
 FIXED_PERFORMANCE_ON = ("cmd", "power", "set-fixed-performance-mode-enabled", "true")  # Android 11+, no root
+FIXED_PERFORMANCE_OFF = (*FIXED_PERFORMANCE_ON[:-1], "false")
+USERS_CHECK_S = 0.5  # how long the last user of fixed performance mode tries for the users file's exclusive lock
 
 
 @dataclass
@@ -390,7 +392,7 @@ class AdbRunner:
         if not self._binary_pushed and (not self.benchmark_binary or not Path(self.benchmark_binary).is_file()):
             raise DeviceError(f"benchmark_model binary not found at {self.benchmark_binary!r}; download TFLite's "
                               "android_aarch64 benchmark_model and set latency.benchmark_binary")
-        if self.fixed_performance and self._performance_off is None:  # then again in each benchmark's shell call
+        if self.fixed_performance and self._performance_off is None:  # again in each run's own shell call
             self._fixed_clocks()
         if not self._binary_pushed:
             self._retrying(lambda: self._run(["push", str(self.benchmark_binary), remote]), "pushing benchmark_model")
@@ -399,33 +401,26 @@ class AdbRunner:
         return remote
 
     def _fixed_clocks(self) -> None:
-        """Switch fixed performance mode on; a phone that refuses it is a :class:`DeviceError` (timings stored under
-        the fixed_performance key must have been taken with it). The first time, this runner joins the mode's users
-        (a shared lock, waited for while the last user of an earlier search switches it off)."""
-        users = None
-        if self._performance_off is None:
-            users = self._users_file()
-            fcntl.flock(users, fcntl.LOCK_SH)
+        """Join the phone's fixed performance mode users (a shared lock, waited for while the last user of an earlier
+        search switches the mode off) and switch it on; a phone that refuses it is a :class:`DeviceError` (timings
+        stored under the fixed_performance key must have been taken with it)."""
+        users = self._users_file()
         try:
+            fcntl.flock(users, fcntl.LOCK_SH)
             proc = self._run(["shell", *FIXED_PERFORMANCE_ON], check=False)
+            if proc.returncode != 0:
+                said = (proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}").splitlines()[0]
+                raise DeviceError(f"phone {self.resolve_serial()} refused fixed performance mode (cmd power "
+                                  f"set-fixed-performance-mode-enabled true: {said[:200]}); it needs Android 11 or "
+                                  "later: set latency.fixed_performance=false")
         except BaseException:
-            if users is not None:
-                users.close()
+            users.close()
             raise
-        if proc.returncode != 0:
-            if users is not None:
-                users.close()
-            said = (proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}").splitlines()[0]
-            raise DeviceError(f"phone {self.resolve_serial()} refused fixed performance mode (cmd power "
-                              f"set-fixed-performance-mode-enabled true: {said[:200]}); it needs Android 11 or "
-                              "later: set latency.fixed_performance=false")
-        if users is not None:
-            # left on before: the phone kept its fixed clocks after the search. Switched off by close(), else when
-            # the runner is collected or its process ends (a latency worker ends through multiprocessing, which runs
-            # these finalizers, not atexit, or closes its runner as it follows its dead parent); a worker killed
-            # outright cannot: the service calls switch_performance_off. Each time only if no other runner uses it
-            self._performance_off = Finalize(self, _fixed_performance_off, exitpriority=0,
-                                             args=(*self._off_args(), users))
+        # left on before: the phone kept its fixed clocks after the search. Switched off by close(), else when the
+        # runner is collected or its process ends (a latency worker ends through multiprocessing, which runs these
+        # finalizers, not atexit, or closes its runner as it follows its dead parent); a worker killed outright
+        # cannot: the service calls switch_performance_off. Each time only if no other runner uses it
+        self._performance_off = Finalize(self, _fixed_performance_off, exitpriority=0, args=(*self._off_args(), users))
 
     def _users_file(self):
         """The open file of the phone's fixed performance mode users (see the class docstring)."""
@@ -450,6 +445,16 @@ class AdbRunner:
             return  # no adb or no phone: nothing to switch off
         _fixed_performance_off(*args, self._users_file())
 
+    def _others_use_fixed_performance(self) -> bool:
+        """Whether a runner of this machine holds the phone's fixed performance mode now (the users file is locked;
+        held for a moment only, so that the last user's switch-off, which tries for USERS_CHECK_S, is not put off)."""
+        with self._users_file() as users:
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+        return False
+
     def _off_args(self) -> tuple[str, str, float]:
         """What :func:`_fixed_performance_off` is called with: adb, the phone's serial and a short timeout."""
         return self._adb_path(), self.resolve_serial(), min(self.timeout_s, QUICK_ADB_S)
@@ -470,6 +475,10 @@ class AdbRunner:
             # set again right before each run, in the same shell call (no adb round trip more): a phone that rebooted
             # since the last timing, or dropped and came back between the retries below, has lost the mode
             remote = f"{' '.join(FIXED_PERFORMANCE_ON)} && {remote}"
+        elif self._others_use_fixed_performance():
+            # another search on this phone times with the mode: off for this run (that search sets it again in each
+            # of its own), so that a timing stored without the fixed_performance key was taken without it
+            remote = f"{' '.join(FIXED_PERFORMANCE_OFF)} && {remote}"
         try:
             try:
                 proc = self._retrying(lambda: self._run(["shell", remote]), "benchmark_model")
@@ -491,13 +500,18 @@ def _fixed_performance_off(adb: str, serial: str, timeout_s: float, users) -> No
     A module function, not a method: the finalizer must not keep the runner alive."""
     with users:
         fcntl.flock(users, fcntl.LOCK_UN)
+        deadline = time.monotonic() + USERS_CHECK_S
+        while True:  # a runner without the mode checks for its users by taking the lock for a moment: try again
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return  # another search still times with it: the last one out switches it off
+                time.sleep(0.02)
         try:
-            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return  # another search still times with it: the last one out switches it off
-        try:
-            subprocess.run([adb, "-s", serial, "shell", "cmd", "power", "set-fixed-performance-mode-enabled",
-                            "false"], capture_output=True, timeout=timeout_s)
+            subprocess.run([adb, "-s", serial, "shell", *FIXED_PERFORMANCE_OFF], capture_output=True,
+                           timeout=timeout_s)
         except (OSError, subprocess.SubprocessError):
             pass  # the phone is gone or hangs: nothing more to do from here
 

@@ -316,6 +316,29 @@ def test_every_timing_runs_in_fixed_performance_mode_also_after_the_phone_reboot
     assert not (phone["device"] / "fixed-performance-FAKE0001").exists()
 
 
+def test_a_search_without_fixed_performance_times_without_it_while_another_search_uses_it(phone, adb_service,
+                                                                                          tmp_path, monkeypatch):
+    """A search without the mode shared the phone with one that had switched it on: its timings, stored without
+    the fixed_performance key, were taken in fixed performance mode. Its runs switch the mode off for themselves
+    while another runner uses it (the other search's runs set it again); with no user, it is not touched."""
+    tflite = adb_service.export(SMALL, tmp_path / "x", resolution=32, num_classes=10)["tflite"]
+    monkeypatch.setenv("FAKE_ADB_TIMES", str(tmp_path / "times.jsonl"))
+    fixed, plain = (AdbRunner(benchmark_binary=str(phone["binary"]), warmup_runs=1, num_runs=2, retries=0,
+                              fixed_performance=on) for on in (True, False))
+    started = len(_log(phone))
+    for runner in (plain, fixed, plain, fixed):
+        assert runner.time(tflite)["runs"] == 2
+    fixed.close()
+    assert plain.time(tflite)["runs"] == 2
+    runs = [json.loads(line)["fixed_performance"] for line in (tmp_path / "times.jsonl").read_text().splitlines()]
+    assert runs == [False, True, False, True, False]
+    bench = [c[-1].partition("/data/local/tmp/benchmark_model")[0].strip() for c in _log(phone)[started:]
+             if "--graph" in c[-1]]
+    on, off = f"cmd power {ON} &&", f"cmd power {OFF} &&"
+    assert bench == ["", on, off, on, ""]  # plain, fixed, plain, fixed, plain alone
+    assert _fixed_performance_calls(phone, started) == [ON, OFF]  # fixed's first setting and its close
+
+
 def test_a_service_ending_leaves_fixed_performance_on_for_another_runner_using_it(phone, adb_service, tmp_path):
     """The same across processes: the service's worker (another process) lets go of the mode as it ends, and
     leaves it on while a runner of this process still uses it."""

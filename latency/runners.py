@@ -249,8 +249,9 @@ class AdbRunner:
     Fixed performance mode is the phone's, not a runner's: every runner that wants it (any process of this machine,
     any search) holds a shared ``flock`` on the phone's ``<lock_name>.fixed-performance`` file in the machine's device
     locks directory while it does; ``close()`` lets go of it and switches the mode off only when no other runner
-    holds it (the last one out), under that file's exclusive lock, so one search ending no longer switches the mode
-    off under another that is still timing with it.
+    holds it (the last one out), under that file's exclusive lock, so one search ending never switches the mode off
+    under another that is still timing with it. A runner without the mode switches it off for each of its own runs
+    while another holds it (``time()``).
     """
 
     serial: str | None = None
@@ -410,9 +411,9 @@ class AdbRunner:
             proc = self._run(["shell", *FIXED_PERFORMANCE_ON], check=False)
             if proc.returncode != 0:
                 said = (proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}").splitlines()[0]
-                raise DeviceError(f"phone {self.resolve_serial()} refused fixed performance mode (cmd power "
-                                  f"set-fixed-performance-mode-enabled true: {said[:200]}); it needs Android 11 or "
-                                  "later: set latency.fixed_performance=false")
+                raise DeviceError(f"phone {self.resolve_serial()} refused fixed performance mode "
+                                  f"({' '.join(FIXED_PERFORMANCE_ON)}: {said[:200]}); it needs Android 11 or later: "
+                                  "set latency.fixed_performance=false")
         except BaseException:
             users.close()
             raise

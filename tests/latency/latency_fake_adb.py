@@ -175,10 +175,10 @@ def shell(command: str, serial: str | None = None) -> int:
             local(p).unlink(missing_ok=True)
         return 0
     if argv[0] == "cmd":
-        if argv[1:3] == ["power", "set-fixed-performance-mode-enabled"] and int(os.environ.get("FAKE_ADB_SDK", 30)) < 30:
-            print("Unknown command: set-fixed-performance-mode-enabled")  # Android 10 and older (as its shell says)
-            return 255
         if argv[1:3] == ["power", "set-fixed-performance-mode-enabled"]:
+            if int(os.environ.get("FAKE_ADB_SDK", 30)) < 30:
+                print("Unknown command: set-fixed-performance-mode-enabled")  # Android 10 and older (its shell says)
+                return 255
             if argv[3] == "true":
                 _fixed_performance(serial).touch()
             else:

@@ -450,11 +450,7 @@ class AdbRunner:
         """Whether a runner of this machine holds the phone's fixed performance mode now (the users file is locked;
         held for a moment only, so that the last user's switch-off, which tries for USERS_CHECK_S, is not put off)."""
         with self._users_file() as users:
-            try:
-                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-        return False
+            return not _lock_alone(users, wait_s=0.0)
 
     def _off_args(self) -> tuple[str, str, float]:
         """What :func:`_fixed_performance_off` is called with: adb, the phone's serial and a short timeout."""
@@ -495,21 +491,29 @@ class AdbRunner:
         return result
 
 
+def _lock_alone(users, wait_s: float) -> bool:
+    """Take the exclusive lock of ``users`` (the open file of the phone's fixed performance mode users), trying for
+    ``wait_s`` seconds; whether it was taken (no other runner holds the file)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+
 def _fixed_performance_off(adb: str, serial: str, timeout_s: float, users) -> None:
     """Let go of ``users`` (the open file of the phone's fixed performance mode users) and switch the mode off if
     no other runner holds it, under its exclusive lock: a runner starting meanwhile waits, then switches it on again.
     A module function, not a method: the finalizer must not keep the runner alive."""
     with users:
         fcntl.flock(users, fcntl.LOCK_UN)
-        deadline = time.monotonic() + USERS_CHECK_S
-        while True:  # a runner without the mode checks for its users by taking the lock for a moment: try again
-            try:
-                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    return  # another search still times with it: the last one out switches it off
-                time.sleep(0.02)
+        # a runner without the mode checks for its users by taking the lock for a moment: tried for USERS_CHECK_S
+        if not _lock_alone(users, wait_s=USERS_CHECK_S):
+            return  # another search still times with it: the last one out switches it off
         try:
             subprocess.run([adb, "-s", serial, "shell", *FIXED_PERFORMANCE_OFF], capture_output=True,
                            timeout=timeout_s)

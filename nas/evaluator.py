@@ -52,6 +52,13 @@ class Evaluator(ABC):
     #: closed-form children, not trained ones: part of a run's identity, never mixed with trained children
     synthetic: bool = False
 
+    @classmethod
+    def training_threads(cls, settings: dict, threads: int | None) -> int | None:
+        """The torch threads the children train with, from the evaluator's config ``settings`` and the search's
+        ``threads``: part of a run's identity (they decide how a child's floats round), named alike for every
+        evaluator so that a run may move between them where they train alike. Here: the search's own threads."""
+        return threads
+
     def check(self) -> list[str]:
         """Problems that would make every child fail (a missing dataset, device or GPU), found without side effects."""
         return []

@@ -353,6 +353,13 @@ class _Pool:
 class RayEvaluator(Evaluator):
     """See the module docstring. Built from ``configs/evaluator/ray.yaml``."""
 
+    @classmethod
+    def training_threads(cls, settings: dict, threads: int | None) -> int | None:
+        """The trainer actors' ``trainers.threads`` (as ``__init__`` resolves it), not the driver's ``threads``."""
+        trainers = settings.get("trainers")
+        given = trainers.get("threads") if isinstance(trainers, Mapping) else None
+        return given or threads or 1
+
     def __init__(self, *, trainer, dataset, latency: dict | None, deploy: dict, seed: int = 0,
                  threads: int | None = None, address: str | None = None, trainers: dict | None = None,
                  converters: dict | None = None, devices: dict | None = None, max_attempts: int = 3,

@@ -36,8 +36,10 @@ from nas.store import RunStore, StoreError
 # (Where children run, what is logged and the budget do not change the results of the children already stored.)
 # threads: torch's thread count rounds float reductions differently (the controller's update, training in the search's
 # process), which is why nas.fidelity keys an evaluation by it too.
+# training_threads: the threads children train with (``Evaluator.training_threads``): the search's threads for
+# evaluator=local, the trainer actors' trainers.threads for evaluator=ray.
 IDENTITY_KEYS = ("search_space", "controller", "reward", "trainer", "dataset", "deploy", "seed", "batch_size",
-                 "steady_state", "threads", "latency", "evaluator", "evaluator_settings")
+                 "steady_state", "threads", "training_threads", "latency", "evaluator", "evaluator_settings")
 # The latency settings that decide a child's latency (device and protocol, how the search uses it, which conversions
 # fail); not where the cache lives, how many workers convert, timeouts or retries.
 LATENCY_IDENTITY = ("runner", "threads", "warmup_runs", "num_runs", "rounds", "anchor", "quiet", "pin_cpu", "cpu_mask",
@@ -50,7 +52,8 @@ LATER_LATENCY_KEYS = ("cooldown_s",)
 # move between them; not how many actors, CPUs or slots, where the cluster is or how often it is polled.
 EVALUATOR_IDENTITY = ("max_child_memory_gb", "scores", "score_batch_size", "failure_rate")
 # Written by later versions than some stores: a store without them is compared on the others (steady_state: False)
-LATER_KEYS = {"steady_state": False, "threads": None, "latency": None, "evaluator": None, "evaluator_settings": None}
+LATER_KEYS = {"steady_state": False, "threads": None, "training_threads": None, "latency": None, "evaluator": None,
+              "evaluator_settings": None}
 DEPLOY_KEYS = ("resolution", "channels", "num_classes")
 
 log = logging.getLogger(__name__)
@@ -204,11 +207,12 @@ def environment() -> dict:
 
 def identity(cfg) -> dict:
     out = {k: strip_targets(cfg.get(k)) for k in IDENTITY_KEYS
-           if k not in ("latency", "evaluator", "evaluator_settings")}
+           if k not in ("training_threads", "latency", "evaluator", "evaluator_settings")}
     latency = to_plain(cfg.get("latency")) or {}
     out["latency"] = ({k: latency.get(k) for k in LATENCY_IDENTITY if k in latency}
                       if cfg.get("measure_latency") is True else None)
     out["evaluator"] = _results_of(cfg)
+    out["training_threads"] = _training_threads(cfg)
     evaluator = to_plain(cfg.get("evaluator")) or {}
     out["evaluator_settings"] = {k: evaluator[k] for k in EVALUATOR_IDENTITY if k in evaluator}
     return out
@@ -226,6 +230,9 @@ def _completed(stored: dict, config: Any) -> tuple[dict, set[str]]:
     if "threads" not in stored and "threads" in config:
         later["threads"] = config["threads"]
     evaluator = config.get("evaluator") if isinstance(config.get("evaluator"), dict) else {}
+    trainers = evaluator.get("trainers") if isinstance(evaluator.get("trainers"), dict) else {}
+    if "training_threads" not in stored and ("threads" in config or "threads" in trainers):
+        later["training_threads"] = _training_threads(config)
     if "evaluator_settings" not in stored and (held := {k: evaluator[k] for k in EVALUATOR_IDENTITY
                                                         if k in evaluator}):
         later["evaluator_settings"] = held
@@ -243,16 +250,32 @@ def _fields(group: str, was: Any, now: Any, key: str) -> str:
     return ", ".join(f"{group}.{k}" for k in sorted({*was, *now}) if was.get(k) != now.get(k)) or key
 
 
-def _results_of(cfg) -> str:
-    """What the evaluator's children are: ``trained`` (local and Ray give the same results, so a run may move between
-    them) or ``synthetic`` (closed-form; mixed into a trained run's store they would pass for real children)."""
+def _evaluator_class(cfg):
+    """The evaluator class ``cfg`` builds, or None where it cannot be imported (refused when the parts are built)."""
     from hydra.utils import get_class
 
     target = (to_plain(cfg.get("evaluator")) or {}).get("_target_")
     try:
-        return "synthetic" if target and getattr(get_class(target), "synthetic", False) else "trained"
-    except Exception:  # an evaluator that cannot be imported is refused when the parts are built, not here
-        return "trained"
+        return get_class(target) if target else None
+    except Exception:
+        return None
+
+
+def _training_threads(cfg) -> int | None:
+    """The threads ``cfg``'s children train with (``Evaluator.training_threads``)."""
+    from nas.evaluator import Evaluator
+
+    cls = _evaluator_class(cfg)
+    threads = cfg.get("threads")
+    settings = to_plain(cfg.get("evaluator")) or {}
+    return (cls if isinstance(cls, type) and issubclass(cls, Evaluator) else Evaluator).training_threads(settings,
+                                                                                                        threads)
+
+
+def _results_of(cfg) -> str:
+    """What the evaluator's children are: ``trained`` (local and Ray give the same results, so a run may move between
+    them) or ``synthetic`` (closed-form; mixed into a trained run's store they would pass for real children)."""
+    return "synthetic" if getattr(_evaluator_class(cfg), "synthetic", False) else "trained"
 
 
 def hparams(cfg) -> dict:
@@ -293,6 +316,14 @@ def _check_store(store: RunStore, cfg) -> bool:
     if "evaluator_settings" in changed:  # another kind of children (below) has other settings: that one is named
         changed[changed.index("evaluator_settings")] = _fields("evaluator", stored["evaluator_settings"],
                                                                mine["evaluator_settings"], "evaluator_settings")
+    if "training_threads" in changed:  # named with its values: threads (local) or evaluator.trainers.threads (ray)
+        was, now = stored.get("training_threads"), mine["training_threads"]
+        same_setting = "threads" in changed and was == stored.get("threads") and now == mine["threads"]
+        at = changed.index("training_threads")
+        if same_setting or "evaluator" in changed:  # the threads or the kind of children named already
+            del changed[at]
+        else:
+            changed[at] = f"training threads ({was}, now {now})"
     if "evaluator" in changed:
         changed = [k for k in changed if not k.startswith("evaluator.")]
         changed[changed.index("evaluator")] = f"evaluator ({stored['evaluator']} children, now {mine['evaluator']})"

@@ -78,6 +78,10 @@ class SyntheticEvaluator(Evaluator):
 
     synthetic = True
 
+    @classmethod
+    def training_threads(cls, settings: dict, threads: int | None) -> int | None:
+        return None  # nothing is trained
+
     def __init__(self, *, failure_rate: float = 0.0, seconds: float = 0.0, capacity: int = 1, deploy: dict | None = None,
                  seed: int = 0, trainer=None, dataset=None, latency=None, threads=None):
         """``trainer``, ``dataset``, ``latency`` and ``threads`` are what the search passes every evaluator; a

@@ -544,6 +544,43 @@ class _Stored:
         return 0
 
 
+def test_the_threads_children_train_with_are_compared_on_resume_whichever_evaluator_trains_them():
+    """evaluator=ray trains children with its actors' trainers.threads, not the search's threads: a resume with other
+    trainers.threads mixed two roundings in one store unnoticed. Local and Ray may still be swapped where the children
+    train with the same threads (threads for local, trainers.threads for ray)."""
+    from mnas_common.config import to_plain
+    from nas.run import _check_store, identity
+
+    def ray(trainer_threads: int, *more: str):
+        return config("evaluator=ray", "threads=2", f"evaluator.trainers.threads={trainer_threads}", *more)
+
+    created = ray(2)
+    assert identity(created)["training_threads"] == 2
+    assert identity(config("evaluator=local", "threads=3"))["training_threads"] == 3
+    assert identity(config())["training_threads"] is None  # synthetic: nothing is trained
+    store = _Stored(identity(created))
+    assert _check_store(store, ray(2, "evaluator.trainers.actors=4")) is False  # resumes
+    assert _check_store(store, config("evaluator=local", "threads=2")) is False  # the same threads: may move
+    with pytest.raises(StoreError, match=r"different search \(training threads \(2, now 1\) changed\)"):
+        _check_store(store, ray(1))
+    local = _Stored(identity(config("evaluator=local", "threads=2")))
+    with pytest.raises(StoreError, match=r"different search \(training threads \(2, now 1\) changed\)"):
+        _check_store(local, ray(1))
+    # local on both sides: the search's threads are the training threads, named once
+    with pytest.raises(StoreError, match=r"different search \(threads changed\)"):
+        _check_store(local, config("evaluator=local", "threads=1"))
+    # a store from before the key: compared on what its config held (trainers.threads), else on the rest
+    older = _Stored({k: v for k, v in identity(created).items() if k != "training_threads"})
+    older.meta["config"] = to_plain(created)
+    assert _check_store(older, ray(2)) is False
+    with pytest.raises(StoreError, match=r"different search \(training threads \(2, now 1\) changed\)"):
+        _check_store(older, ray(1))
+    held = {k: v for k, v in to_plain(created).items() if k != "threads"}
+    held["evaluator"] = {k: v for k, v in held["evaluator"].items() if k != "trainers"}
+    older.meta["config"] = held
+    assert _check_store(older, ray(1)) is False
+
+
 def test_the_phones_cooldown_is_part_of_the_identity_and_older_stores_without_it_resume():
     """latency.cooldown_s changes a phone's temperature and so its timings, but was not compared: a resume with
     another cooldown mixed two protocols in one run."""

@@ -19,11 +19,24 @@ import time
 from pathlib import Path
 
 
-def start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (field 22 of /proc/PID/stat), or None when it is gone."""
+def _process(pid: int):
+    """``psutil.Process(pid)`` (psutil, not Linux's /proc: a search on a macOS laptop is reaped too), or None."""
+    import psutil
+
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+        return psutil.Process(pid)
+    except (psutil.Error, ValueError):
+        return None
+
+
+def start_time(pid: int) -> str | None:
+    """The start time of ``pid`` as the kernel keeps it (a string, compared exactly), or None when it is gone."""
+    import psutil
+
+    proc = _process(pid)
+    try:
+        return repr(proc.create_time()) if proc else None
+    except psutil.Error:
         return None
 
 
@@ -31,35 +44,35 @@ def alive(pid: int, start: str | None) -> bool:
     """Whether the process ``pid`` that started at ``start`` still runs: not gone, not another process that reuses its
     pid, and not a zombie (dead, waiting for its parent to collect its exit status: a killed search whose parent does
     not wait for it at once)."""
+    import psutil
+
+    proc = _process(pid)
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+        return (proc is not None and repr(proc.create_time()) == start
+                and proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD))
+    except psutil.Error:  # gone meanwhile, or a zombie where the platform refuses to tell its start time
         return False
-    return len(fields) > 19 and fields[19] == start and fields[0] not in ("Z", "X")
 
 
 def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
+    """Every process below ``pid``."""
+    import psutil
+
+    proc = _process(pid)
+    try:
+        return [child.pid for child in proc.children(recursive=True)] if proc else []
+    except psutil.Error:
+        return []
 
 
 def is_ray(pid: int) -> bool:
     """A process of Ray's own (GCS server, raylet, agents, workers): not a latency worker or an adb server."""
+    import psutil
+
+    proc = _process(pid)
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
+        cmdline = " ".join(proc.cmdline()) if proc else ""
+    except psutil.Error:
         return False
     return cmdline.startswith("ray::") or "/ray/" in cmdline
 

@@ -398,7 +398,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name, None):
             setattr(args, name, str(Path(getattr(args, name)).expanduser()))
     try:
-        for name in ("n", "workers", "batch"):
+        for name in ("n", "workers", "batch", "resolution", "channels", "classes"):
+            # the input too: table build --channels 0 built a whole table of 0-channel layers, --resolution 0 failed
+            # every layer one by one, predict and validate named a build command for a 0x0 input
             if getattr(args, name, None) is not None:
                 positive_int(f"--{name}", getattr(args, name))
         if getattr(args, "calibration", None) is not None:

@@ -156,6 +156,12 @@ def table_layers(space: SearchSpace, *, resolution: int, channels: int, num_clas
 
 
 # ------------------------------------------------------------------------------------------------ build
+def checked_input(resolution: int, channels: int, num_classes: int) -> None:
+    """A ``ValueError`` naming the first of a table's input sizes that is not a positive integer."""
+    for name, value in (("resolution", resolution), ("channels", channels), ("num_classes", num_classes)):
+        positive_int(name, value)
+
+
 def build_table(service, *, space_name: str = "mnasnet", resolution: int = 224, channels: int = 3,
                 num_classes: int = 1000, archs: tuple[str, ...] | None = None, calibration: int = CALIBRATION_DEFAULT,
                 batch: int = 24, progress: bool = True) -> dict:
@@ -165,6 +171,7 @@ def build_table(service, *, space_name: str = "mnasnet", resolution: int = 224, 
     ``archs`` (default: the registered reference architectures) adds the layers of those networks too.
     Returns a summary: table key, layers total/timed now/failed, calibration models, seconds.
     """
+    checked_input(resolution, channels, num_classes)
     space = load_space(space_name)
     space_name = space_label(space_name)
     archs = tuple(list_references()) if archs is None else tuple(archs)

@@ -497,6 +497,30 @@ def test_host_only_flags_with_the_adb_runner_are_one_line():
         "error: --rounds, --pin-cpu: settings of the host runner, not of --runner adb\n", out.stderr
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["table", "build", "--channels", "0"], "--channels must be a positive integer, got 0"),
+    (["table", "build", "--resolution", "0"], "--resolution must be a positive integer, got 0"),
+    (["table", "validate", "--n", "2", "--classes", "0"], "--classes must be a positive integer, got 0"),
+    (["predict", SMALL, "--resolution", "-3"], "--resolution must be a positive integer, got -3"),
+    (["measure", SMALL, "--resolution", "0"], "--resolution must be a positive integer, got 0"),
+])
+def test_an_input_size_that_is_not_positive_is_one_line_before_any_cache_is_touched(tmp_path, capsys, argv, says):
+    """table build --channels 0 built and stored a whole table of 0-channel layers, --resolution 0 failed its 1,514
+    layers one by one, predict and validate named a build command for a 0x0 input."""
+    from latency.__main__ import main
+
+    cache = tmp_path / "latency.sqlite"
+    assert main([*argv, "--cache", str(cache)]) == 2
+    assert capsys.readouterr().err == f"error: {says}\n"
+    assert not cache.exists()
+    # the library refuses them too, before a service opens (creates) its cache
+    with pytest.raises(ValueError, match="^channels must be a positive integer, got 0$"):
+        load_predictor(channels=0, cache_path=cache)
+    with pytest.raises(ValueError, match="^resolution must be a positive integer, got 0$"):
+        build_table(None, resolution=0)  # refused before the service is asked anything
+    assert not cache.exists()
+
+
 def test_a_cache_under_the_home_directory_is_one_cache_to_every_command(tmp_path):
     """``--cache='~/x'`` (quoted, or ``--cache=~/x``: the shell expands neither) was expanded by measure and predict
     but not by table list/import or cache info/prune: import made a folder named ~ in the working directory, list

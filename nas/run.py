@@ -266,10 +266,9 @@ def _training_threads(cfg) -> int | None:
     from nas.evaluator import Evaluator
 
     cls = _evaluator_class(cfg)
-    threads = cfg.get("threads")
-    settings = to_plain(cfg.get("evaluator")) or {}
-    return (cls if isinstance(cls, type) and issubclass(cls, Evaluator) else Evaluator).training_threads(settings,
-                                                                                                        threads)
+    if not (isinstance(cls, type) and issubclass(cls, Evaluator)):  # refused when the parts are built
+        cls = Evaluator
+    return cls.training_threads(to_plain(cfg.get("evaluator")) or {}, cfg.get("threads"))
 
 
 def _results_of(cfg) -> str:

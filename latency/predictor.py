@@ -468,7 +468,8 @@ def find_table(service, *, resolution: int, channels: int, num_classes: int, dev
     Raises :class:`LatencyTableMissing` with one line naming the build command when there is none.
     """
     from latency.runners import DeviceError
-    from latency.table import build_command, checked_input, identity_key, table_identity
+    from latency.service import checked_input
+    from latency.table import build_command, identity_key, table_identity
 
     checked_input(resolution, channels, num_classes)
     command = build_command(service, space=space or "mnasnet", resolution=resolution, channels=channels,
@@ -525,8 +526,7 @@ def load_predictor(runner_config: dict | None = None, *, resolution: int = 224, 
 
     Raises :class:`LatencyTableMissing` (a ``ValueError``) naming the build command when no table exists.
     """
-    from latency.service import DEFAULT_ANCHOR, LatencyService
-    from latency.table import checked_input
+    from latency.service import DEFAULT_ANCHOR, LatencyService, checked_input
 
     checked_input(resolution, channels, num_classes)  # before the service opens (creates) its cache
     config = dict(runner_config or {"runner": "host"})

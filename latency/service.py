@@ -78,6 +78,13 @@ def stored_anchor(cache, device: str, settings: dict, versions: dict, *, adopt: 
     return found
 
 
+def checked_input(resolution: int, channels: int, num_classes: int) -> None:
+    """A ``ValueError`` naming the first input size (of a model, or of a table's layers) that is not a positive
+    integer."""
+    for name, value in (("resolution", resolution), ("channels", channels), ("num_classes", num_classes)):
+        positive_int(name, value)
+
+
 def checked_anchor(anchor, runner: str) -> str | None:
     """``latency.anchor``: None, or a reference name / architecture string (host runner only)."""
     if anchor is None or anchor is False or (isinstance(anchor, str) and anchor.lower() in ("", "none", "null")):
@@ -758,8 +765,7 @@ class LatencyService:
         from search_spaces import resolve_arch
 
         arch = resolve_arch(arch)  # ValueError for bad input, before anything runs
-        for name, value in (("resolution", resolution), ("channels", channels), ("num_classes", num_classes)):
-            positive_int(name, value)
+        checked_input(resolution, channels, num_classes)
         return arch
 
     def convert(self, arch: str, *, resolution: int = 224, channels: int = 3, num_classes: int = 1000) -> dict:

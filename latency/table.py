@@ -27,7 +27,7 @@ from pathlib import Path
 
 from latency.cache import cache_key
 from latency.result import LatencyResult
-from latency.service import DEFAULT_ANCHOR, anchor_key, exclusive_lock, stored_anchor
+from latency.service import DEFAULT_ANCHOR, anchor_key, checked_input, exclusive_lock, stored_anchor
 from mnas_common.checks import positive_int, positive_number
 from mnas_common.errors import first_line
 from mnas_common.paths import config_dir
@@ -156,12 +156,6 @@ def table_layers(space: SearchSpace, *, resolution: int, channels: int, num_clas
 
 
 # ------------------------------------------------------------------------------------------------ build
-def checked_input(resolution: int, channels: int, num_classes: int) -> None:
-    """A ``ValueError`` naming the first of a table's input sizes that is not a positive integer."""
-    for name, value in (("resolution", resolution), ("channels", channels), ("num_classes", num_classes)):
-        positive_int(name, value)
-
-
 def build_table(service, *, space_name: str = "mnasnet", resolution: int = 224, channels: int = 3,
                 num_classes: int = 1000, archs: tuple[str, ...] | None = None, calibration: int = CALIBRATION_DEFAULT,
                 batch: int = 24, progress: bool = True) -> dict:

@@ -25,6 +25,7 @@ from typing import Any
 
 from nas.front import ParetoFront, RunningStats
 from nas.record import ChildResult
+from search_spaces.arch import canonical
 
 log = logging.getLogger("nas.engine")
 
@@ -62,6 +63,16 @@ class SearchView:
 
     def rank(self, reward: float) -> int:
         return self._search.stats.rank(reward)
+
+
+def _network(arch: str) -> str:
+    """What reuse looks an evaluation up by: the network's one spelling. The space decodes to it, but a store written
+    before an inert skip was spelt as the default holds other spellings of the same networks (evaluated again once
+    per resume otherwise); a string that does not parse is its own key."""
+    try:
+        return canonical(arch)
+    except ValueError:
+        return arch
 
 
 class Search:
@@ -213,8 +224,10 @@ class Search:
         for j, idx in enumerate(idxs):
             child = result
             if evaluation:
-                child = dataclasses.replace(result.evaluation(), step=batch.step, idx=idx, tokens=batch.tokens[idx],
-                                            log_prob=batch.log_probs[idx], reused=reused or j > 0)
+                # arch: the sample's spelling, where the result reused is a store's older one of the same network
+                child = dataclasses.replace(result.evaluation(), arch=batch.archs[idx], step=batch.step, idx=idx,
+                                            tokens=batch.tokens[idx], log_prob=batch.log_probs[idx],
+                                            reused=reused or j > 0)
             batch.evaluated += not child.reused  # a stored child counts as it did when evaluated before a resume
             child.reward = self._reward(child)
             if store:
@@ -251,7 +264,7 @@ class Search:
     def _account(self, child: ChildResult) -> None:
         self.stats.add(child)
         if not child.reused and not child.transient:  # a transient failure is evaluated again when resampled
-            self.evaluated.setdefault(child.arch, child)
+            self.evaluated.setdefault(_network(child.arch), child)
         if child.measured:
             self.front.add(child.top1, child.latency_ms, child)
 

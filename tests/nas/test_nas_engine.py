@@ -199,6 +199,40 @@ def test_identical_architectures_are_evaluated_once_and_reused(tmp_path):
     assert len({(r[3], r[4]) for r in rows}) == 1
 
 
+def test_a_store_spelling_a_network_the_old_way_is_reused_on_resume_not_evaluated_again(tmp_path):
+    """A store written before an inert skip was spelt as the default holds ``..._noskip`` where the space now decodes
+    the same network without it: reuse looked evaluations up by the string, so each such network was evaluated once
+    more after a resume."""
+    import sqlite3
+
+    space = SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}], conv_ops=["ds"], kernel_sizes=[3],
+                        se_ratios=[0.0], skip_ops=["none"], filter_multipliers=[1.0], layer_deltas=[0])
+    arch = space.decode([0] * len(space.num_choices))
+    old = arch + "_noskip"  # 32 -> 16 channels: no skip can apply, the one network spelt as it used to be
+
+    def go(evaluator, budget):
+        with RunStore(tmp_path) as store:
+            Search(space=space, controller=build_controller("random", space.num_choices), reward=MnasNetReward(),
+                   evaluator=evaluator, store=store, budget=budget, batch_size=2).run()
+
+    first = FakeEvaluator()
+    go(first, 2)
+    assert first.evaluations == [arch]
+    conn = sqlite3.connect(tmp_path / "run.sqlite")
+    with conn:  # as the older version stored it
+        conn.execute("DROP TRIGGER children_committed_are_final")
+        for step, idx, result in conn.execute("SELECT step, idx, result FROM children").fetchall():
+            conn.execute("UPDATE children SET arch = ?, result = ? WHERE step = ? AND idx = ?",
+                         (old, json.dumps({**json.loads(result), "arch": old}), step, idx))
+    conn.close()
+    again = FakeEvaluator()
+    go(again, 6)
+    assert again.evaluations == []  # every new child reuses the stored evaluation
+    rows = committed(tmp_path)
+    assert [r[2] for r in rows] == [old] * 2 + [arch] * 4 and all(r[5] for r in rows[2:])
+    assert len({(r[3], r[4]) for r in rows}) == 1
+
+
 def test_a_transient_failure_is_evaluated_again_when_resampled_and_a_real_one_is_reused(tmp_path):
     space = SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}], conv_ops=["ds"], kernel_sizes=[3],
                         se_ratios=[0.0], skip_ops=["identity"], filter_multipliers=[1.0], layer_deltas=[0])

@@ -18,62 +18,39 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 
-def _process(pid: int):
-    """``psutil.Process(pid)`` (psutil, not Linux's /proc: a search on a macOS laptop is reaped too), or None."""
-    import psutil
 
+def _ask(pid: int, question, gone):
+    """``question(psutil.Process(pid))`` (psutil, not Linux's /proc: a search on a macOS laptop is reaped too), or
+    ``gone`` where the process is gone, goes meanwhile, or is a zombie the platform will not describe."""
     try:
-        return psutil.Process(pid)
+        return question(psutil.Process(pid))
     except (psutil.Error, ValueError):
-        return None
+        return gone
 
 
 def start_time(pid: int) -> str | None:
     """The start time of ``pid`` as the kernel keeps it (a string, compared exactly), or None when it is gone."""
-    import psutil
-
-    proc = _process(pid)
-    try:
-        return repr(proc.create_time()) if proc else None
-    except psutil.Error:
-        return None
+    return _ask(pid, lambda proc: repr(proc.create_time()), None)
 
 
 def alive(pid: int, start: str | None) -> bool:
     """Whether the process ``pid`` that started at ``start`` still runs: not gone, not another process that reuses its
     pid, and not a zombie (dead, waiting for its parent to collect its exit status: a killed search whose parent does
     not wait for it at once)."""
-    import psutil
-
-    proc = _process(pid)
-    try:
-        return (proc is not None and repr(proc.create_time()) == start
-                and proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD))
-    except psutil.Error:  # gone meanwhile, or a zombie where the platform refuses to tell its start time
-        return False
+    return _ask(pid, lambda proc: repr(proc.create_time()) == start
+                and proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD), False)
 
 
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid``."""
-    import psutil
-
-    proc = _process(pid)
-    try:
-        return [child.pid for child in proc.children(recursive=True)] if proc else []
-    except psutil.Error:
-        return []
+    return _ask(pid, lambda proc: [child.pid for child in proc.children(recursive=True)], [])
 
 
 def is_ray(pid: int) -> bool:
     """A process of Ray's own (GCS server, raylet, agents, workers): not a latency worker or an adb server."""
-    import psutil
-
-    proc = _process(pid)
-    try:
-        cmdline = " ".join(proc.cmdline()) if proc else ""
-    except psutil.Error:
-        return False
+    cmdline = _ask(pid, lambda proc: " ".join(proc.cmdline()), "")
     return cmdline.startswith("ray::") or "/ray/" in cmdline
 
 

@@ -52,6 +52,20 @@ def _resume_hint(hydra_cfg) -> str:
     return f"run the same command with hydra.sweep.dir={hydra_cfg.sweep.dir} to resume"
 
 
+# The directories that a single run's run_dir makes new, outermost first: Hydra creates them before the app runs, and
+# a refused command removes them again while they are empty (search.log is opened at its first record).
+_made_dirs: list[Path] = []
+
+
+def _refuse(message: str) -> None:
+    for made in reversed(_made_dirs):
+        try:
+            made.rmdir()  # only while empty: whatever was written there stays
+        except OSError:
+            break
+    fail(message)
+
+
 @hydra.main(version_base=None, config_path=str(config_dir()), config_name="search")
 def _app(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
@@ -65,7 +79,7 @@ def _app(cfg: DictConfig) -> dict:
             summary = run_search(cfg, run_dir, overrides=list(hydra_cfg.overrides.task))
     except (ConfigError, StoreError, EvaluatorStopped, DatasetUnavailable, RewardOverflow,
             PolicyDiverged) as exc:
-        fail(str(exc))
+        _refuse(str(exc))
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (interrupts()), also when Ray re-raised it as its own
         stop = as_interrupted(exc)
         print(f"interrupted ({stop}): {_committed(run_dir)} in {run_dir}; {_resume_hint(hydra_cfg)}",
@@ -87,7 +101,9 @@ def main() -> None:
             sweep = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.sweep.dir=")]
             problems = check_run_dir(Path(sweep[-1] if sweep else "multirun"), "hydra.sweep.dir")
         elif cfg is not None:
-            problems = check_run_dir(Path(cfg.run_dir).expanduser())
+            run_dir = Path(cfg.run_dir).expanduser()
+            problems = check_run_dir(run_dir)
+            _made_dirs[:] = [d for d in reversed([run_dir.resolve(), *run_dir.resolve().parents]) if not d.exists()]
         if problems:
             raise ConfigError(problems)
     except ConfigError as exc:

@@ -210,18 +210,29 @@ def test_a_missing_table_is_one_problem_naming_the_build_command(tmp_path):
                                     f"--cache {tmp_path / 'latency.sqlite'}")
 
 
-def test_a_search_in_predict_mode_without_a_table_exits_2_and_writes_nothing(tmp_path):
+def refused_predict_search(tmp_path, run_dir):
     env = {**os.environ, "MNAS_CACHE_DIR": str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "-m", "nas.search", "+experiment=smoke", f"run_dir={tmp_path / 'r'}",
-                             "latency.mode=predict", "logger=[events]"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300, env=env)
+    return subprocess.run([sys.executable, "-m", "nas.search", "+experiment=smoke", f"run_dir={run_dir}",
+                           "latency.mode=predict", "logger=[events]"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_a_search_in_predict_mode_without_a_table_exits_2_and_writes_nothing(tmp_path):
+    result = refused_predict_search(tmp_path, tmp_path / "runs" / "a" / "r")
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: latency.mode=predict: no latency table for host:")
     assert lines[0].endswith("build it with: python -m latency table build --runner host --warmup 2 --runs 5 "
                              "--anchor none --space mnasnet --resolution 32 --channels 1 --classes 10")
-    written = {p.name for p in (tmp_path / "r").iterdir()} if (tmp_path / "r").exists() else set()
-    assert written <= {".hydra", "search.log"}  # Hydra's own record of the command; no store, no events, no models
+    # not even the directories Hydra made for the run (nor an empty search.log in them)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_refused_search_keeps_the_directory_that_was_there(tmp_path):
+    (tmp_path / "r").mkdir()
+    result = refused_predict_search(tmp_path, tmp_path / "r")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert (tmp_path / "r").is_dir() and not any((tmp_path / "r").iterdir())
 
 
 @needs_fmnist

@@ -59,8 +59,19 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     return list(once.values())
 
 
+# Overrides that say where a run's files live, what it logs and how its work is spread, not what it searched: left
+# out of its label (a lone run's plot was titled "...,latency.cache_path=/tmp/x/latency.sqlite,logger=[]").
+UNLABELLED = ("run_dir", "hydra", "logger", "pareto", "latency.cache_path", "latency.cache_max_gb", "latency.workers",
+              "latency.task_timeout_s", "dataset.root", "evaluator.address", "evaluator.poll_s",
+              "evaluator.actor_start_s")
+
+
 def _label_overrides(overrides: list[str] | None) -> list[str]:
-    return [o for o in overrides or [] if not o.startswith(("run_dir", "hydra."))]
+    def key(override: str) -> str:
+        return override.split("=", 1)[0].lstrip("+~")
+
+    return [o for o in overrides or []
+            if not any(key(o) == k or key(o).startswith((k + ".", k + "/")) for k in UNLABELLED)]
 
 
 def _below(dirs: list[Path]) -> list[str]:

@@ -175,6 +175,18 @@ def test_a_damaged_store_in_a_sweep_does_not_stop_the_report(tmp_path, capsys):
     assert (damaged / "run.sqlite").read_bytes() == b"garbage" * 500
 
 
+def test_a_label_leaves_out_where_files_live_and_what_is_logged(tmp_path):
+    from nas.pareto import find_runs, load_runs
+
+    make_run(tmp_path / "run", POINTS[:2], label_overrides=[
+        "+experiment=quickstart", "budget=16", f"run_dir={tmp_path / 'run'}", f"latency.cache_path={tmp_path}/l.sqlite",
+        "logger=[]", "+logger=[csv]", "latency.workers=1", "hydra/launcher=basic", "pareto.export_top=3",
+        f"dataset.root={tmp_path}", "evaluator=ray", "evaluator.address=auto", "latency.threads=2"])
+    runs = load_runs(find_runs([tmp_path / "run"]))[0]
+    # what decides the children stays (evaluator=ray: the Ray evaluator, not where its cluster is)
+    assert runs[0]["label"] == "budget=16,evaluator=ray,latency.threads=2"
+
+
 def test_runs_of_different_experiments_or_sweeps_are_told_apart(tmp_path):
     from nas.pareto import find_runs, incumbent_curves, load_runs
 

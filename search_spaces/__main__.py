@@ -7,6 +7,7 @@ import json
 import sys
 
 from search_spaces.arch import parse_arch
+from mnas_common.checks import positive_int
 from mnas_common.errors import first_line
 from mnas_common.paths import config_dir
 
@@ -107,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "info":
-            if args.resolution < 1 or args.classes < 1 or args.channels < 1:
-                raise ValueError("--resolution, --classes and --channels must be positive")
+            for name in ("resolution", "classes", "channels"):
+                positive_int(f"--{name}", getattr(args, name))
             if not 0 < args.width <= 16:
                 raise ValueError(f"--width must be a multiplier > 0 and <= 16, got {args.width}")
             result = _info(args)

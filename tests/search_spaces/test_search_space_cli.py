@@ -65,6 +65,12 @@ def test_an_infinite_width_and_a_negative_seed_are_one_line_naming_the_flag(caps
     assert err[0].startswith("error: --width must be") and err[1] == "error: --seed must be >= 0, got -1"
 
 
+@pytest.mark.parametrize("flag, value", [("--resolution", "0"), ("--classes", "-1"), ("--channels", "0")])
+def test_an_input_size_that_is_not_positive_is_one_line_naming_the_flag_and_value(capsys, flag, value):
+    assert main(["info", "mnasnet_a1", flag, value]) == 2  # was one message naming all three flags
+    assert capsys.readouterr().err == f"error: {flag} must be a positive integer, got {value}\n"
+
+
 def test_a_misspelt_reference_is_one_line_listing_the_known_ones(capsys):
     assert main(["info", "mnasnet_a2"]) == 2  # was "stage 1 ('mnasnet_a2'): unknown block type 'mnasnet'"
     err = capsys.readouterr().err

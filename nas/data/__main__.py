@@ -26,6 +26,9 @@ def _compose(overrides: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     from nas.cli import hydra_message, tilde_hint
     from nas.data import DamagedDataset, DatasetConfig, DatasetUnavailable, cache_root, check_dataset, load_dataset, \
         open_prepared, prepare
@@ -61,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - start
     except Exception as exc:  # bad overrides, missing folders, unknown classes: one readable line
         message = hydra_message(exc)  # Hydra's messages span lines: keep the error to one line
-        print(f"error: {exc.__class__.__name__}: {message}{tilde_hint(message, overrides)}", file=sys.stderr)
+        # named by its message alone, as nas.search and nas.train name theirs; the class only where it tells what
+        # happened (PermissionError, ...) and not what kind of input was bad
+        if not isinstance(exc, (ValueError, FileNotFoundError, HydraException, OmegaConfBaseException)):
+            message = f"{exc.__class__.__name__}: {message}"
+        print(f"error: {message}{tilde_hint(message, overrides)}", file=sys.stderr)
         return 2
     info = data.describe()
     size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())

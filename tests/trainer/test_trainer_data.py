@@ -626,7 +626,7 @@ def test_nas_data_info_names_a_damaged_cache_and_changes_nothing(tmp_path, capsy
     assert main(["info", *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
-    assert err.startswith(f"error: DamagedDataset: prepared dataset {path} is damaged (ValueError: ") and err.endswith(
+    assert err.startswith(f"error: prepared dataset {path} is damaged (ValueError: ") and err.endswith(
         "); run python -m nas.data prepare with the same arguments to rebuild it\n"), err
     assert _files(path) == before
     with pytest.warns(UserWarning, match="rebuilding it"):
@@ -653,8 +653,19 @@ def test_nas_data_prepare_with_an_empty_cache_dir_is_one_error_line(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     assert main(["prepare", "dataset=imagenet_subset", f"dataset.root={tmp_path}", "cache_dir="]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ValueError: cache_dir is empty"), err
+    assert err.count("\n") == 1 and err.startswith("error: cache_dir is empty"), err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_nas_data_names_an_error_by_its_message_and_a_system_error_by_its_class_too(tmp_path, capsys):
+    from nas.data.__main__ import main
+
+    assert main(["prepare", "dataset=tiny_fashion_mnist", "dataset.images_per_class=0"]) == 2
+    # was "error: ValueError: dataset.images_per_class ...", where nas.search and nas.train say "error: dataset..."
+    assert capsys.readouterr().err == "error: dataset.images_per_class must be a positive integer or null, got 0\n"
+    (tmp_path / "file").touch()
+    assert main(["prepare", "dataset=tiny_fashion_mnist", f"cache_dir={tmp_path / 'file'}"]) == 2
+    assert capsys.readouterr().err.startswith("error: NotADirectoryError: [Errno 20] Not a directory: ")
 
 
 def test_a_class_too_small_is_named_by_its_name_not_its_position(tmp_path):

@@ -72,7 +72,7 @@ def _measure(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict()))
         return 0 if result.ok else 1
     print(f"arch:        {result.arch}")
-    print(f"device:      {result.device} ({result.runner})")
+    print(f"device:      {result.device or 'none'} ({result.runner})")
     print(f"input:       {args.channels}x{args.resolution}x{args.resolution}, {args.classes} classes")
     if result.ok:
         print(f"latency:     {result.latency_ms:.3f} ms median, {result.mean_ms:.3f} mean, {result.std_ms:.3f} std, "
@@ -85,8 +85,10 @@ def _measure(args: argparse.Namespace) -> int:
             if anchor := timing.get("anchor"):
                 print(f"drift:       anchor {anchor['arch']} (reference {anchor['ref_ms']:.3f} ms), round factors "
                       + ", ".join(f"{f:.3f}" for f in anchor["factors"]))
-    print(f"conversion:  max abs error {result.max_abs_err}, max rel error {result.max_rel_err}")
-    print(f"tflite:      {result.tflite_path}" + ("  (cached)" if result.cached else ""))
+    if result.max_abs_err is not None:  # a child that failed before its conversion was checked has none
+        print(f"conversion:  max abs error {result.max_abs_err}, max rel error {result.max_rel_err}")
+    if result.tflite_path:
+        print(f"tflite:      {result.tflite_path}" + ("  (cached)" if result.cached else ""))
     if not result.ok:
         print(f"status:      failed: {result.error}")
     return 0 if result.ok else 1

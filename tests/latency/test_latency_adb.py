@@ -146,6 +146,18 @@ def test_cli_measure_json_and_bad_arch(phone, tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1 and "k4" in bad.stderr
 
 
+def test_cli_measure_with_no_phone_prints_what_it_knows_not_none(phone, tmp_path):
+    env = dict(os.environ, MNAS_CACHE_DIR=str(tmp_path / "cache"), TFLITE_BENCHMARK_MODEL=str(phone["binary"]),
+               FAKE_ADB_SERIALS="")
+    out = subprocess.run([sys.executable, "-m", "latency", "measure", SMALL, "--runner", "adb", "--resolution", "32",
+                          "--classes", "10"], capture_output=True, text=True, timeout=240, env=env,
+                         cwd=Path(__file__).parents[2])
+    assert out.returncode == 1, out.stderr
+    # was "device: None (adb)", "conversion: max abs error None, ..." and "tflite: None"
+    assert "None" not in out.stdout and "device:      none (adb)" in out.stdout, out.stdout
+    assert out.stdout.splitlines()[-1].startswith("status:      failed: no Android device attached")
+
+
 def test_a_phone_gone_for_good_fails_the_session_at_once_naming_it(phone, tmp_path, monkeypatch):
     """adb wait-for-device blocks until the phone is back: it used to run with the whole timeout_s and let its
     TimeoutExpired escape the retries, and every other model of the session then waited out retries of its own."""

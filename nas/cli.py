@@ -144,6 +144,19 @@ def hydra_message(exc: BaseException) -> str:
     return " ".join(str(exc).split()).split(" Config search path:", 1)[0]
 
 
+def error_message(exc: BaseException) -> str:
+    """A command's one error line for ``exc`` (without ``error: ``): bad input (a ``ValueError``, a missing file,
+    Hydra's and OmegaConf's config errors) by its message alone, as nas.search and nas.train name theirs; anything
+    else with its class too, where the class tells what happened (``NotADirectoryError: ...``)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    message = hydra_message(exc)
+    if isinstance(exc, (ValueError, FileNotFoundError, HydraException, OmegaConfBaseException)) and message:
+        return message
+    return f"{exc.__class__.__name__}: {message}" if message else exc.__class__.__name__
+
+
 def tilde_hint(message: str, argv: list[str]) -> str:
     """Hydra's grammar has no ``~`` in an unquoted value and the shell does not expand ``key=~/x`` (not a variable
     assignment): the lexer's message names neither, so say what to write instead. ``$HOME`` is expanded by the

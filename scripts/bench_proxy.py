@@ -41,6 +41,7 @@ from mnas_common import paths  # noqa: E402
 from mnas_common.checks import is_seed, positive_int  # noqa: E402
 from mnas_common.config import to_plain  # noqa: E402
 from mnas_common.errors import OneLineParser, first_line  # noqa: E402
+from nas.cli import error_message  # noqa: E402
 
 REFERENCES = "mobilenet_v2,mnasnet_a1,mnasnet_b1"
 # fields that define which images are held out: the reference must share them with the proxy
@@ -436,11 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         s = settings(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {first_line(exc)}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # Hydra: a missing experiment or config group option, a bad override
-        print(f"error: {' '.join(first_line(exc, with_type=True).split())}", file=sys.stderr)
+    except Exception as exc:  # bad flags; Hydra: a missing experiment or config group option, a bad override
+        print(f"error: {error_message(exc)}", file=sys.stderr)
         return 2
 
     from nas.data import load_dataset

@@ -26,10 +26,7 @@ def _compose(overrides: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from nas.cli import hydra_message, tilde_hint
+    from nas.cli import error_message, tilde_hint
     from nas.data import DamagedDataset, DatasetConfig, DatasetUnavailable, cache_root, check_dataset, load_dataset, \
         open_prepared, prepare
 
@@ -63,11 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             data = load_dataset(dataset, cfg.cache_dir, progress=False, source_checked=True)  # prepare() checked it
         seconds = time.perf_counter() - start
     except Exception as exc:  # bad overrides, missing folders, unknown classes: one readable line
-        message = hydra_message(exc)  # Hydra's messages span lines: keep the error to one line
-        # named by its message alone, as nas.search and nas.train name theirs; the class only where it tells what
-        # happened (PermissionError, ...) and not what kind of input was bad
-        if not isinstance(exc, (ValueError, FileNotFoundError, HydraException, OmegaConfBaseException)):
-            message = f"{exc.__class__.__name__}: {message}"
+        message = error_message(exc)  # Hydra's messages span lines: keep the error to one line
         print(f"error: {message}{tilde_hint(message, overrides)}", file=sys.stderr)
         return 2
     info = data.describe()

@@ -251,6 +251,7 @@ def test_bad_input_is_one_error_line_and_exit_2(argv, culprit, capsys, tmp_path)
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and culprit in lines[0], err
+    assert "Exception: " not in lines[0]  # Hydra's errors by their message, as nas.search names them
     assert out == "" and not (tmp_path / "r").exists()
 
 

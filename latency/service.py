@@ -204,7 +204,9 @@ def _worker_init(work_dir: str, runner_config: dict, parent: int, gate) -> None:
     Path(tempfile.tempdir).mkdir(exist_ok=True)
     log_fd = os.open(Path(work_dir) / f"worker-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log_fd, 2)
-    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    # Conversion and host timing use no GPU; TensorFlow would take a visible GPU's whole memory from the training
+    # (a user's CUDA_VISIBLE_DEVICES=0, or a Ray actor given no GPU: Ray 2.60 no longer hides the node's GPUs from it)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import torch
 
     torch.set_num_threads(1)

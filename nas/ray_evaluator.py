@@ -160,10 +160,14 @@ class TrainerActor:
     """Proxy-trains children on its node; the prepared dataset is opened once, in the constructor."""
 
     def __init__(self, trainer, dataset: dict, threads: int, latency: dict | None):
+        import ray
         import torch
 
         torch.set_num_threads(threads)
         self.trainer = trainer
+        # Ray (2.60) no longer hides a node's GPUs from an actor given none (RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO): with
+        # trainer.device null, torch would pick a GPU that Ray did not give this actor. It trains on the CPU then.
+        self.device = None if trainer.device or ray.get_gpu_ids() else "cpu"
         self.data = _open_dataset(dataset)
         self.gate = _gate(latency)
 
@@ -172,7 +176,8 @@ class TrainerActor:
         from nas.trainer import train_child
 
         scored = score_child(arch, self.data, scores, seed=seed, batch_size=score_batch_size) if scores else None
-        result = train_child(arch, self.data, self.trainer, seed=seed, step_guard=self.gate.busy).to_dict()
+        result = train_child(arch, self.data, self.trainer, seed=seed, device=self.device,
+                             step_guard=self.gate.busy).to_dict()
         return {**result, "scored": scored, "node": _node(), "pid": os.getpid()}
 
     def where(self) -> dict:
@@ -427,7 +432,12 @@ class RayEvaluator(Evaluator):
         self._source_checked = dataset_problem is None  # start() need not fingerprint the source again
         problems = [p for p in (dataset_problem, cluster_problem(self.address)) if p]
         if self.trainers["num_gpus"] == 0:  # with GPUs the trainer actors find them on their nodes
-            problems += [p for p in (check_device(self.trainer.device),) if p]
+            problem = check_device(self.trainer.device)
+            if problem is None and self.trainer.device and self.trainer.device.startswith("cuda"):
+                problem = (f"trainer.device={self.trainer.device} but evaluator.trainers.num_gpus=0: a trainer actor "
+                           "trains on a GPU only when Ray gives it one (evaluator.trainers.num_gpus=1, or 0.5 to "
+                           "share one GPU between two actors)")
+            problems += [problem] if problem else []
         if self.latency is not None:  # the fields now; the devices on their nodes once the cluster is up
             try:
                 service = build("latency", {**self.latency, "workers": 1})

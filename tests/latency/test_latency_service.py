@@ -381,3 +381,13 @@ def test_searches_with_caches_of_their_own_take_turns_on_the_device_they_share(t
     finally:
         one.close()
         two.close()
+
+
+def test_the_workers_see_no_gpu_even_where_the_search_was_given_one(tmp_path, monkeypatch):
+    """TensorFlow in a worker takes a visible GPU's whole memory from the training: the workers hid GPUs only where
+    CUDA_VISIBLE_DEVICES was unset, not under a user's CUDA_VISIBLE_DEVICES=0 (nor where Ray 2.60 leaves a node's GPUs
+    visible to an actor given none)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with build_service("host", workers=1, cache_path=tmp_path / "latency.sqlite") as service:
+        assert service._run_in_worker(os.getenv, "CUDA_VISIBLE_DEVICES") == ""
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"  # the search's own process keeps its GPU

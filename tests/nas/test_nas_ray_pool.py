@@ -6,6 +6,7 @@ same architecture."""
 from __future__ import annotations
 
 from collections import deque
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -361,3 +362,42 @@ def test_phones_named_for_the_host_runner_are_refused():
     with pytest.raises(ValueError, match=r"^evaluator.devices.serials names phones, but latency.runner is host"):
         RayEvaluator(trainer=None, dataset=None, deploy={}, latency={"runner": "host"}, devices={"serials": ["A"]})
     RayEvaluator(trainer=None, dataset=None, deploy={}, latency=None, devices={"serials": ["A"]})  # nothing timed
+
+
+# ------------------------------------------------------------------ GPUs Ray did not give
+# Ray 2.60 no longer hides a node's GPUs from an actor given none (RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO now defaults to
+# off): torch in such an actor sees them, as it does here once torch.cuda.is_available says True.
+@pytest.fixture
+def visible_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+def test_trainer_device_cuda_without_trainer_gpus_is_refused(visible_gpu, tmp_path):
+    from nas.data import DatasetConfig
+
+    dataset = DatasetConfig(name="inet", source="imagefolder", root=str(tmp_path))
+    problems = RayEvaluator(trainer=TrainerConfig(device="cuda"), dataset=dataset, deploy={}, latency=None).check()
+    assert problems == ["trainer.device=cuda but evaluator.trainers.num_gpus=0: a trainer actor trains on a GPU only "
+                        "when Ray gives it one (evaluator.trainers.num_gpus=1, or 0.5 to share one GPU between two "
+                        "actors)"]
+    assert RayEvaluator(trainer=TrainerConfig(device="cuda"), dataset=dataset, deploy={}, latency=None,
+                        trainers={"num_gpus": 1}).check() == []  # the actors' nodes have the GPUs
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").exists(), reason="dataset-fashion-mnist missing")
+def test_a_trainer_actor_given_no_gpu_trains_on_the_cpu(visible_gpu, monkeypatch, tmp_path, one_thread):
+    from nas.data import DatasetConfig, prepare
+    from nas.ray_evaluator import TrainerActor
+
+    dataset = DatasetConfig(name="tiny", source="fashion_mnist", root="/usr/share/datasets/fashion-mnist",
+                            resolution=16, classes=2, images_per_class=8, val_per_class=4)
+    path = prepare(dataset, tmp_path)
+    trainer = TrainerConfig(epochs=1, batch_size=8, warmup_steps=0, augment=False)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])  # as Ray answers in an actor with num_gpus=0
+    result = TrainerActor(trainer, {"path": str(path)}, 1, None).train("ds_r1_k3_s1_c8", seed=0)
+    assert result["status"] == "ok" and result["device"] == "cpu", result.get("error")  # was cuda: no such GPU here
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])  # one Ray gave it: torch's default, the visible GPU
+    assert TrainerActor(trainer, {"path": str(path)}, 1, None).device is None

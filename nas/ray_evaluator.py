@@ -432,11 +432,10 @@ class RayEvaluator(Evaluator):
         self._source_checked = dataset_problem is None  # start() need not fingerprint the source again
         problems = [p for p in (dataset_problem, cluster_problem(self.address)) if p]
         if self.trainers["num_gpus"] == 0:  # with GPUs the trainer actors find them on their nodes
-            problem = check_device(self.trainer.device)
-            if problem is None and self.trainer.device and self.trainer.device.startswith("cuda"):
-                problem = (f"trainer.device={self.trainer.device} but evaluator.trainers.num_gpus=0: a trainer actor "
-                           "trains on a GPU only when Ray gives it one (evaluator.trainers.num_gpus=1, or 0.5 to "
-                           "share one GPU between two actors)")
+            device = self.trainer.device
+            problem = (f"trainer.device={device} but evaluator.trainers.num_gpus=0: a trainer actor trains on a GPU "
+                       "only when Ray gives it one (evaluator.trainers.num_gpus=1, or 0.5 to share one GPU between two "
+                       "actors)") if device and device.startswith("cuda") else check_device(device)
             problems += [problem] if problem else []
         if self.latency is not None:  # the fields now; the devices on their nodes once the cluster is up
             try:

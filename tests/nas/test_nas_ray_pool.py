@@ -402,6 +402,7 @@ def test_a_trainer_actor_given_no_gpu_trains_on_the_cpu(visible_gpu, monkeypatch
     path = prepare(dataset, tmp_path)
     trainer = TrainerConfig(epochs=1, batch_size=8, warmup_steps=0, augment=False)
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])  # as Ray answers in an actor with num_gpus=0
+    monkeypatch.setattr("nas.ray_evaluator._node", lambda: "n")  # Ray's runtime context would start Ray in pytest
     result = TrainerActor(trainer, {"path": str(path)}, 1, None).train("ds_r1_k3_s1_c8", seed=0)
     assert result["status"] == "ok" and result["device"] == "cpu", result.get("error")  # was cuda: no such GPU here
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])  # one Ray gave it: torch's default, the visible GPU

@@ -13,6 +13,7 @@ import pytest
 import ray
 from ray.exceptions import ActorDiedError, ObjectLostError, OwnerDiedError, RayTaskError
 
+from mnas_common.sources import FASHION_MNIST_ROOT
 from nas.evaluator import EvaluatorStopped
 from nas.ray_evaluator import CONVERT, TIME, TRAIN, RayEvaluator, _Job, _Pool
 from nas.record import ChildResult
@@ -392,12 +393,12 @@ def test_trainer_device_cuda_without_trainer_gpus_is_refused(driver, request, tm
                             trainers={"num_gpus": 1}).check() == []  # the actors' nodes have the GPUs
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").exists(), reason="dataset-fashion-mnist missing")
+@pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).exists(), reason="dataset-fashion-mnist not installed")
 def test_a_trainer_actor_given_no_gpu_trains_on_the_cpu(visible_gpu, monkeypatch, tmp_path, one_thread):
     from nas.data import DatasetConfig, prepare
     from nas.ray_evaluator import TrainerActor
 
-    dataset = DatasetConfig(name="tiny", source="fashion_mnist", root="/usr/share/datasets/fashion-mnist",
+    dataset = DatasetConfig(name="tiny", source="fashion_mnist", root=FASHION_MNIST_ROOT,
                             resolution=16, classes=2, images_per_class=8, val_per_class=4)
     path = prepare(dataset, tmp_path)
     trainer = TrainerConfig(epochs=1, batch_size=8, warmup_steps=0, augment=False)

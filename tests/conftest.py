@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from mnas_common.sources import FASHION_MNIST_ROOT  # noqa: E402  (needs ROOT on sys.path)
+
 # Keep caches of converted models / prepared datasets out of the user's home during tests.
 os.environ.setdefault("MNAS_CACHE_DIR", str(ROOT / ".pytest_cache" / "mnas-cache"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -31,6 +33,12 @@ atexit.register(shutil.rmtree, _RAY_AUTH, ignore_errors=True)
 (_RAY_AUTH / "token").write_text(secrets.token_hex(32))
 os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(_RAY_AUTH / "token"))
 
+
+# The tests that read real Fashion-MNIST (Debian's dataset-fashion-mnist, which `make setup` installs where it can).
+needs_fmnist = pytest.mark.skipif(
+    not any(Path(FASHION_MNIST_ROOT, f"train-labels-idx1-ubyte{suffix}").exists() for suffix in ("", ".gz")),
+    reason="Debian package dataset-fashion-mnist not installed",
+)
 
 _PROGRESS = re.compile(r"^[^\n]*:\s*\d+%\|")  # a progress bar's line: "prepare fashion_mnist/train:  40%|████ ..."
 
@@ -60,3 +68,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _ray_left_as_found(request):
+    """A test outside tests/ray that leaves Ray initialised in the test process is an error named at that test: the
+    Ray tests' session cluster could not join later ("ray.init twice"), twelve errors far from the cause. Anything
+    that asks Ray's runtime context starts a local instance, so tests fake it (``nas.ray_evaluator._node``). The
+    instance is shut down here, so the tests after it run as they would have."""
+    if request.node.path.parent == ROOT / "tests" / "ray" or _ray_initialised():
+        yield
+        return
+    yield
+    if _ray_initialised():
+        import ray
+
+        ray.shutdown()
+        pytest.fail(f"{request.node.nodeid} left Ray initialised in the test process (fake it, or ray.shutdown())",
+                    pytrace=False)
+
+
+def _ray_initialised() -> bool:
+    ray = sys.modules.get("ray")  # never imported here: most tests do not need Ray, and importing it takes seconds
+    return ray is not None and getattr(ray, "is_initialized", lambda: False)()

@@ -9,11 +9,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from mnas_common.sources import FASHION_MNIST_ROOT
 from nas.engine import Search
 from nas.evaluator import LatencyModes, LocalEvaluator
 from nas.front import ParetoFront
@@ -22,12 +20,11 @@ from nas.pareto import export_runs
 from nas.record import ChildResult, LatencySource, Status
 from nas.store import RunStore
 from rewards import MnasNetReward
-from tests.conftest import ROOT
+from tests.conftest import ROOT, needs_fmnist
 from tests.nas.fakes import FakeLatencyEvaluator, FakePredictor
 from tests.nas.test_nas_engine import SPACE, run, states
 from tests.nas.test_nas_local_evaluator import DATASET, DEPLOY, SMALL, TRAINER
 
-needs_fmnist = pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).exists(), reason="dataset-fashion-mnist not installed")
 REWARD = MnasNetReward(target_ms=5.0)
 OTHER = "ds_r1_k3_s1_c8-ir_r1_k5_s2_e3_c16"
 

@@ -3,8 +3,6 @@ guard, the preflight checks and the release of its workers."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from mnas_common.sources import FASHION_MNIST_ROOT
@@ -12,8 +10,8 @@ from nas.data import DatasetConfig
 from nas.evaluator import LocalEvaluator, child_seed
 from nas.record import LatencySource, Status
 from nas.trainer import TrainerConfig
+from tests.conftest import needs_fmnist
 
-needs_fmnist = pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).exists(), reason="dataset-fashion-mnist not installed")
 
 SMALL = "ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c16"
 DEPLOY = {"resolution": 32, "channels": 1, "num_classes": 10}

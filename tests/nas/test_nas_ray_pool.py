@@ -6,7 +6,6 @@ same architecture."""
 from __future__ import annotations
 
 from collections import deque
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -18,6 +17,7 @@ from nas.evaluator import EvaluatorStopped
 from nas.ray_evaluator import CONVERT, TIME, TRAIN, RayEvaluator, _Job, _Pool
 from nas.record import ChildResult
 from nas.trainer import TrainerConfig
+from tests.conftest import needs_fmnist
 
 ARCH = "fake-arch"
 
@@ -393,7 +393,7 @@ def test_trainer_device_cuda_without_trainer_gpus_is_refused(driver, request, tm
                             trainers={"num_gpus": 1}).check() == []  # the actors' nodes have the GPUs
 
 
-@pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).exists(), reason="dataset-fashion-mnist not installed")
+@needs_fmnist
 def test_a_trainer_actor_given_no_gpu_trains_on_the_cpu(visible_gpu, monkeypatch, tmp_path, one_thread):
     from nas.data import DatasetConfig, prepare
     from nas.ray_evaluator import TrainerActor

@@ -19,11 +19,9 @@ from hydra import compose, initialize_config_dir
 from nas.components import ConfigError
 from nas.run import run_search
 from nas.store import RunStore
-from tests.conftest import ROOT
+from tests.conftest import ROOT, needs_fmnist
 
 CONFIGS = ROOT / "configs"
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="Debian package dataset-fashion-mnist not installed")
 
 # The cheapest real search: no latency conversion (the MACs reward), a few hundred images, tiny space.
 FAST = ["+experiment=smoke", "reward=macs", "measure_latency=false", "logger=[events]"]

@@ -18,11 +18,10 @@ from mnas_common.sources import FASHION_MNIST_ROOT
 from nas.data import load_dataset
 from nas.fidelity import Job, ResultStore, StoreBusy, analyse, cost_against, fidelity_figure
 from search_spaces import resolve_arch
-from tests.conftest import load_script as load_conftest_script
+from tests.conftest import load_script as load_conftest_script, needs_fmnist
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "bench_proxy.py"
-needs_fmnist = pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).exists(), reason="dataset-fashion-mnist not installed")
 DATA = dict(name="fm", source="fashion_mnist", root=FASHION_MNIST_ROOT, resolution=16, classes=None,
             images_per_class=30, val_per_class=20, seed=0)
 TRAINER = dict(epochs=1, batch_size=32, lr=0.05, max_steps=4, augment=False, device="cpu")

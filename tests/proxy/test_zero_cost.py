@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,11 +11,11 @@ from torch import nn
 from mnas_common.sources import FASHION_MNIST_ROOT
 from nas.data import load_dataset
 from nas.zero_cost import compute_scores, naswot, synflow
+from tests.conftest import needs_fmnist
 
 SMALL = "ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c16"
 OTHER = "cn_r2_k5_s1_c24_se0.25-ir_r2_k3_s2_e6_c32"
 pytestmark = pytest.mark.usefixtures("one_thread")
-needs_fmnist = pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).exists(), reason="dataset-fashion-mnist not installed")
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,9 @@ import nas.data as data_mod
 from nas.data import DatasetConfig, cache_root, load_dataset, prepare
 from mnas_common import sources
 from mnas_common.sources import FASHION_MNIST_ROOT, read_idx
+from tests.conftest import needs_fmnist
 
 _real_decode = data_mod._decode_file
-
-HAS_FMNIST = Path(FASHION_MNIST_ROOT, "train-labels-idx1-ubyte.gz").exists() or Path(
-    FASHION_MNIST_ROOT, "train-labels-idx1-ubyte").exists()
-needs_fmnist = pytest.mark.skipif(not HAS_FMNIST, reason="Debian dataset-fashion-mnist not installed")
 
 
 def fmnist(**kw) -> dict:

@@ -18,11 +18,11 @@ from nas.components import build
 from nas.data import DatasetConfig, load_dataset
 from mnas_common.sources import FASHION_MNIST_ROOT
 from nas.trainer import TrainerConfig, TrainResult, train_child
+from tests.conftest import needs_fmnist
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = "ds_r1_k3_s1_c8-ir_r1_k3_s2_e3_c16"
-pytestmark = [pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).exists(), reason="dataset-fashion-mnist not installed"),
-              pytest.mark.usefixtures("one_thread")]
+pytestmark = [needs_fmnist, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

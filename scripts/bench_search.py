@@ -107,8 +107,7 @@ def main() -> int:
         drive(args.drive, args.budget)
         return 0
     if args.budget < 1000:
-        print("error: --budget must be at least 1000", file=sys.stderr)
-        return 2
+        parser.error(f"--budget must be at least 1000, got {args.budget}")
     budgets = sorted({1000, min(4000, args.budget), args.budget})
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench_search_") as tmp:

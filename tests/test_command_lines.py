@@ -39,3 +39,15 @@ def test_nas_data_help_is_the_usage_on_stdout():
     result = subprocess.run([sys.executable, "-m", "nas.data", "--help"], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and result.stdout.startswith("usage: python -m nas.data {prepare,info}")
+
+
+@pytest.mark.parametrize("script", ["bench_search", "bench_ray", "bench_latency", "bench_controllers"])
+def test_a_bad_budget_is_one_error_line_naming_the_script(script):
+    """bench_search printed ``error: --budget must be at least 1000``, without the script's name the other
+    benchmarks put first, nor the value it was given."""
+    result = subprocess.run([sys.executable, f"scripts/{script}.py", "--budget", "0"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {script}.py: --budget must be "), \
+        result.stderr
+    assert result.stderr.rstrip().endswith("got 0"), result.stderr

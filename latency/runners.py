@@ -27,6 +27,7 @@ from mnas_common.paths import device_locks_dir
 REMOTE_DIR = "/data/local/tmp"
 WAIT_FOR_DEVICE_S = 30.0  # how long one retry waits for a dropped phone to come back (adb wait-for-device)
 QUICK_ADB_S = 60.0  # adb devices, fixed performance off: commands that answer at once unless adb or the phone hangs
+_CLI = "python -m latency"  # device errors name the search's option and this command line's flag
 
 
 class DeviceError(RuntimeError):
@@ -346,10 +347,10 @@ class AdbRunner:
         ready = [d for d in self.devices() if d["state"] == "device"]
         if not ready:
             raise DeviceError("no Android device attached (adb devices lists none ready); connect a phone with USB "
-                              "debugging enabled, or use latency=host")
+                              f"debugging enabled, or time on the host: latency=host ({_CLI} --runner host)")
         if len(ready) > 1:
             raise DeviceError(f"{len(ready)} devices attached ({', '.join(d['serial'] for d in ready)}); "
-                              "choose one with latency.serial")
+                              f"choose one with latency.serial ({_CLI} --serial)")
         self.serial = ready[0]["serial"]
         return self.serial
 

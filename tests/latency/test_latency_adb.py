@@ -116,7 +116,8 @@ def test_cli_devices_lists_fake_phone(phone):
 
 def test_two_phones_need_a_serial_and_each_is_its_own_device(phone, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_ADB_SERIALS", "PHONE_A,PHONE_B")
-    with pytest.raises(DeviceError, match="2 devices attached .*latency.serial"):
+    # the search's option and the latency command line's flag (was: latency.serial alone, in both)
+    with pytest.raises(DeviceError, match=r"2 devices attached .*latency\.serial \(python -m latency --serial\)"):
         AdbRunner(benchmark_binary=str(phone["binary"])).resolve_serial()
     a = AdbRunner(benchmark_binary=str(phone["binary"]), serial="PHONE_B")
     assert a.device_id == "adb:Pixel 2:PHONE_B" and a.lock_name == "adb-PHONE_B"  # one lock (one queue) per phone
@@ -156,6 +157,7 @@ def test_cli_measure_with_no_phone_prints_what_it_knows_not_none(phone, tmp_path
     # was "device: None (adb)", "conversion: max abs error None, ..." and "tflite: None"
     assert "None" not in out.stdout and "device:      none (adb)" in out.stdout, out.stdout
     assert out.stdout.splitlines()[-1].startswith("status:      failed: no Android device attached")
+    assert out.stdout.splitlines()[-1].endswith("latency=host (python -m latency --runner host)")  # was: latency=host
 
 
 def test_a_phone_gone_for_good_fails_the_session_at_once_naming_it(phone, tmp_path, monkeypatch):

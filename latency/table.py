@@ -439,7 +439,9 @@ def read_export(path: str | Path) -> dict:
                 raise ValueError("the file has a drift anchor but its settings name none")
         checked = [_checked_row(row) for row in rows]
         key = identity_key(identity)
-    except (KeyError, TypeError, AttributeError, json.JSONDecodeError, csv.Error) as exc:
+    except KeyError as exc:  # a field the format has
+        raise ValueError(f"{path} is not a latency table export (it has no {exc.args[0]!r})") from None
+    except (TypeError, AttributeError, json.JSONDecodeError, csv.Error) as exc:
         raise ValueError(f"{path} is not a latency table export ({first_line(exc, with_type=True)})") from None
     except ValueError as exc:
         raise ValueError(f"{path}: {first_line(exc)}") from None
@@ -486,7 +488,7 @@ def _parsed_export(text: str) -> tuple[dict, list[dict]]:
     """(header, rows) of an export's text, CSV or JSON."""
     if text.lstrip().startswith("{"):
         data = json.loads(text)
-        header, rows = {k: v for k, v in data.items() if k != "rows"}, data["rows"]
+        header, rows = {k: v for k, v in data.items() if k != "rows"}, data.get("rows")
     else:
         records = list(csv.DictReader(text.splitlines()))
         if not records or records[0].get("record") != "table":
@@ -494,12 +496,12 @@ def _parsed_export(text: str) -> tuple[dict, list[dict]]:
         header = json.loads(records[0]["result"])
         rows = [{**r, "spec": json.loads(r["spec"] or "{}"), "result": json.loads(r["result"] or "{}"),
                  "latency_ms": float(r["latency_ms"]) if r["latency_ms"] else None} for r in records[1:]]
-    if not isinstance(header, dict) or not isinstance(rows, list):
-        raise ValueError("the file's header must be an object and its rows a list")
-    if header.get("format") != FORMAT:
+    if not isinstance(header, dict) or header.get("format") != FORMAT:  # what the file is, before what it holds
         raise ValueError(f"not a {FORMAT} file")
     if header.get("version") != FORMAT_VERSION:
         raise ValueError(f"format version {header.get('version')!r}, this version reads {FORMAT_VERSION}")
+    if not isinstance(rows, list):
+        raise ValueError("its rows must be a list")
     return header, rows
 
 

@@ -627,3 +627,20 @@ def test_export_takes_no_space(tmp_path):
     """A table is exported whole (every space's calibration): --space was accepted and ignored."""
     out = _cli("table", "export", "--format", "csv", "--out", str(tmp_path / "t.csv"), "--space", "mnasnet")
     assert out.returncode == 2 and "unrecognized arguments: --space mnasnet" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("content, said", [
+    ('{"x": 1}', "not a mnasnet-search latency table file"),  # was "(KeyError: 'rows')": what the file is comes first
+    ('{"format": "mnasnet-search latency table", "version": 1, "rows": 3}', "its rows must be a list"),
+    ('{"format": "mnasnet-search latency table", "version": 1, "rows": []}', "it has no 'device'"),  # was KeyError
+    ('{"format": "mnasnet-search latency table", "version": 2, "rows": []}', "format version 2"),
+])
+def test_a_file_that_is_not_a_table_export_is_named_for_what_it_lacks(tmp_path, content, said):
+    from latency.table import read_export
+
+    path = tmp_path / "shared.json"
+    path.write_text(content)
+    with pytest.raises(ValueError) as err:
+        read_export(path)
+    assert str(path) in str(err.value) and said in str(err.value) and "\n" not in str(err.value), err.value
+    assert "KeyError" not in str(err.value)

@@ -101,6 +101,9 @@ def check_values(cfg) -> list[str]:
         positive_int("threads", cfg.get("threads"), allow_none=True)
     except ValueError as exc:
         problems.append(str(exc))
+    name = cfg.get("name")  # the default run directory (runs/<name>/seed<seed>) and a sweep's (multirun/<name>/...)
+    if not isinstance(name, (str, int)) or isinstance(name, bool) or not str(name).strip():
+        problems.append(f"name must be a non-empty name for the run's directory, got {name!r}")
     run_dir = cfg.get("run_dir")
     if not isinstance(run_dir, str) or not run_dir.strip():
         problems.append(f"run_dir must be a directory path, got {run_dir!r}")

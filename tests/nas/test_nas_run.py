@@ -412,6 +412,10 @@ def test_unusable_run_dir_and_logger_paths_are_one_error_line(tmp_path):
         assert f"run_dir must be a directory path, got {value or repr('')}".replace("null", "None") \
             in one_error_line(cli(tmp_path / "run", f"run_dir={value}"))
     assert not list(ROOT.glob("run.sqlite"))
+    for value in ("", "null", "true"):  # '' ran in runs/seed0 (runs/${name}/seed0), null in runs/None/seed0
+        assert f"name must be a non-empty name for the run's directory, got {value!r}".replace(
+            "'null'", "None").replace("'true'", "True") in one_error_line(cli(tmp_path / "run", f"name={value}"))
+    assert not (tmp_path / "run").exists()
     (tmp_path / "file").write_text("x")
     assert "is not a directory" in one_error_line(cli(tmp_path / "file" / "run"))
     line = one_error_line(cli(tmp_path / "run", f"logger.events.path={tmp_path / 'file' / 'events.jsonl'}"))

@@ -5,9 +5,12 @@ six decisions, in this order: conv op, kernel size, SE ratio, skip op, filter si
 
 Filter sizes are ``make_divisible(multiplier * base_channels, channel_divisor)`` and layer counts are
 ``max(min_layers, base_layers + delta)``. Choices that round or clip to the same value are merged (keeping the
-first), so every token sequence decodes to a different architecture string and ``encode(decode(t)) == t``.
-That is why a block's filter/layer decisions may have fewer options than the configured lists
-(for example 0.75 x 16 and 1.0 x 16 channels both round to 16).
+first), which is why a block's filter/layer decisions may have fewer options than the configured lists (for
+example 0.75 x 16 and 1.0 x 16 channels both round to 16). A one-layer block's skip op that changes nothing (where the
+channels change, or ``noskip`` at stride 2, which is what identity becomes there) decodes as identity, the canonical
+spelling (:func:`~search_spaces.arch.network_spec`): sequences that differ only there are one network, so
+:attr:`SearchSpace.num_networks` can be smaller than :attr:`SearchSpace.size`. ``decode(encode(a))`` is
+``canonical(a)`` for every architecture ``a`` of the space.
 """
 
 from __future__ import annotations
@@ -281,6 +284,7 @@ class SearchSpace:
         if len(spec.blocks) != self.num_blocks:
             raise ValueError(f"architecture has {len(spec.blocks)} stages, this space has {self.num_blocks} blocks")
         tokens: list[int] = []
+        cin = STEM_CHANNELS
         for i, (block, choices) in enumerate(zip(spec.blocks, self.blocks), start=1):
             if block.stride != choices.stride:
                 raise ValueError(f"stage {i}: stride {block.stride} differs from the space's stride {choices.stride}")
@@ -293,9 +297,15 @@ class SearchSpace:
                 block.repeats,
             )
             for name, value, options in zip(DECISIONS, values, choices.options()):
+                if name == "skip" and value not in options and block.repeats == 1:
+                    # a skip that changes nothing is written as identity (network_spec), in a space without it too
+                    effect = effective_skip(value, cin, block.out_channels, block.stride)
+                    value = next((o for o in options
+                                  if effective_skip(o, cin, block.out_channels, block.stride) == effect), value)
                 if value not in options:
                     raise ValueError(f"stage {i}: {name} {value!r} is not among this space's choices {list(options)}")
                 tokens.append(options.index(value))
+            cin = block.out_channels
         return tokens
 
     def sample_tokens(self, n: int, seed: int | None = None) -> list[list[int]]:

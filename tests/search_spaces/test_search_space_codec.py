@@ -216,6 +216,22 @@ def test_a_space_with_any_se_ratio_encodes_what_it_decodes():
     assert "_se0.00001" in space.decode([0, 0, 2, 0, 0, 0])
 
 
+def test_a_space_without_identity_encodes_every_network_it_decodes():
+    """An inert skip decodes as identity (the canonical spelling), which encode then refused in a space whose skip
+    ops leave identity out: every one of this space's 4,096 sequences failed, and contains() said no to them."""
+    space = SearchSpace(blocks=[{"channels": 16, "layers": 1, "stride": 1}, {"channels": 24, "layers": 1, "stride": 2}],
+                        skip_ops=["none", "pool"], layer_deltas=[0])
+    networks = set()
+    for tokens in itertools.product(*(range(n) for n in space.num_choices)):
+        arch = space.decode(tokens)
+        assert space.contains(arch) and space.decode(space.encode(arch)) == arch
+        networks.add(arch)
+    assert len(networks) == space.num_networks < space.size
+    with pytest.raises(ValueError, match=r"stage 1: skip 'identity' is not among"):  # where a skip does apply
+        SearchSpace(blocks=[{"channels": 32, "layers": 2, "stride": 1}], skip_ops=["none", "pool"]).encode(
+            "ds_r2_k3_s1_c32")
+
+
 def test_tokens_are_order_free_and_defaults_omitted():
     assert canonical("ir_c24_e6_s2_k3_r2_se0.25") == "ir_r2_k3_s2_e6_c24_se0.25"
     assert canonical("ds_r1_k3_s1_c16_se0") == "ds_r1_k3_s1_c16"

@@ -10,7 +10,8 @@ Tokens: ``r<repeats>`` ``k<kernel>`` ``s<stride>`` ``e<expansion>`` (``ir`` only
 ``se<ratio>`` (optional, default 0) and the skip op: absent = identity residual, ``noskip``, ``poolskip``.
 
 This module is pure Python (no torch) so controllers, caches and CSVs can handle architectures as strings.
-``format_arch(parse_arch(s))`` is ``s`` with its tokens in order; ``parse_arch(format_arch(a)) == a`` always;
+``format_arch(parse_arch(s))`` is ``s`` with its tokens in order and its numbers in their shortest form (``r02`` is
+written ``r2``, ``se0.250`` ``se0.25``); ``parse_arch(format_arch(a)) == a`` always;
 :func:`canonical` also writes a skip op that changes nothing as the default, so one network has one string.
 """
 
@@ -28,8 +29,9 @@ STAGE_SEP = "-"
 TOKEN_SEP = "_"
 
 _SKIP_TOKENS = {"noskip": "none", "poolskip": "pool"}
-_INT_TOKEN = re.compile(r"^(r|k|s|e|c)(\d+)$")
-_SE_TOKEN = re.compile(r"^se(\d+(?:\.\d+)?(?:e-?\d+)?)$")
+# ASCII digits only (``\d`` took r٢ for 2, as int() and float() read any script's digits)
+_INT_TOKEN = re.compile(r"^(r|k|s|e|c)([0-9]+)$")
+_SE_TOKEN = re.compile(r"^se([0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?)$")
 
 
 def _format_ratio(ratio: float) -> str:

@@ -267,6 +267,9 @@ def test_grammar_expresses_channels_outside_the_choice_lists(space):
         ("ds_r2000000_k3_s1_c16", r"repeats must be at most 1,048,576"),
         ("ds_r1_k3_s1_c16_se1.5", r"se ratio must be in \[0, 1\)"),
         ("", r"non-empty"),
+        # any script's digits were read as numbers: r\u0662 as r2 (int() and float() take them)
+        ("ir_r\u0662_k3_s1_e6_c16", r"unknown token 'r\u0662' at token 2"),
+        ("ir_r1_k3_s1_e6_c16_se\u0660.25", r"unknown token 'se\u0660.25' at token 7"),
     ],
 )
 def test_malformed_strings_name_the_offending_part(arch, message):

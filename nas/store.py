@@ -236,9 +236,11 @@ class RunStore:
                              f"{SCHEMA_VERSION}; it was not modified")
         if self.readonly:
             return
-        if not existing:  # an existing store's switch waits for its first write, with its migration (see _migrate)
-            self.conn.execute("PRAGMA journal_mode=WAL")
         self._migrate(tables, version, existing=existing)
+        if not existing:  # an existing store's switch waits for its first write, with its migration (see _migrate)
+            # after the schema's commit: the switch writes the file's header, and a kill -9 or a full disk between
+            # the two left a file with no tables, refused as "not a run store" by every later search
+            self.conn.execute("PRAGMA journal_mode=WAL")
 
     def _private_copy(self, why: sqlite3.OperationalError) -> Path:
         """The store and its ``-wal`` copied to a private temporary directory that :meth:`close` removes; the path

@@ -108,6 +108,19 @@ def test_a_writer_killed_by_kill_9_does_not_block_the_next_one(tmp_path):
         assert store.last_step() == -1
 
 
+def test_a_search_killed_while_it_creates_its_store_leaves_one_the_next_creates(tmp_path):
+    """The new store switched to WAL (writing the file's header) before its schema's transaction: a kill -9 or a
+    full disk between the two left a 4,096-byte file without tables, which every later search refused as not a run
+    store until it was deleted by hand."""
+    code = (f"import os, sys; sys.path.insert(0, {str(ROOT)!r}); from nas.store import RunStore; "
+            f"RunStore._write = lambda self, *args, **kwargs: os._exit(9); RunStore({str(tmp_path)!r})")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 9
+    with RunStore(tmp_path) as store:
+        assert store.last_step() == -1 and store.get_meta("schema_version") == SCHEMA_VERSION
+    with sqlite3.connect(tmp_path / "run.sqlite") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
 def test_corrupted_store_is_reported_and_left_alone(tmp_path):
     path = tmp_path / "run.sqlite"
     path.write_bytes(b"this is not a database" * 100)

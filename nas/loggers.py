@@ -18,6 +18,8 @@ import sys
 import threading
 import time
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mnas_common.checks import is_number, positive_int
@@ -25,6 +27,24 @@ from mnas_common.paths import nearest_existing
 
 from nas.record import ChildResult, export_fields
 from nas.store import LOCK_NAME, STORE_NAME
+
+
+@contextmanager
+def _naming(file) -> Iterator[None]:
+    """A write to a logger's file whose OSError (a full disk) names the file: a file object's own errors do not, and
+    nas.search reports them in one line."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), file.name) from None
+
+
+def _close(file) -> None:
+    """Close a logger's file; the data it still buffers is flushed, and a failure names the file."""
+    with _naming(file):
+        file.close()
 
 
 def _writable(path: Path) -> str | None:
@@ -219,8 +239,9 @@ class EventLog(Logger):
         return [own] if own else [p for p in [_writable(Path(run_dir) / self.path)] if p]
 
     def _write(self, event: str, **fields) -> None:
-        self.file.write(json.dumps({"event": event, "time": time.time(), **fields}) + "\n")
-        self.file.flush()
+        with _naming(self.file):
+            self.file.write(json.dumps({"event": event, "time": time.time(), **fields}) + "\n")
+            self.file.flush()
 
     def on_start(self, search) -> None:
         path = Path(search.run_dir) / self.path
@@ -253,14 +274,16 @@ class EventLog(Logger):
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
-            self.file = None
+            file, self.file = self.file, None
+            _close(file)
 
 
 def _logged_steps(path: Path) -> set[int]:
-    """The steps an event log has a ``step`` line for (a line cut short by a kill is skipped)."""
+    """The steps an event log has a ``step`` line for (a line cut short by a kill is skipped). Only a regular file is
+    read: an event log sent to a device (``/dev/stdout`` to follow it, ``/dev/null``) has no earlier lines, and
+    reading one blocked on the terminal, or never ended (``/dev/zero``: the search grew until the OOM killer)."""
     steps = set()
-    if path.exists():
+    if path.is_file():
         with open(path) as f:
             for line in f:
                 if '"event": "step"' in line:
@@ -294,8 +317,9 @@ class CsvLog(Logger):
         self._rows(search.history)
 
     def _rows(self, children) -> None:
-        self.writer.writerows({**c.to_dict(), "scores": json.dumps(c.scores)} for c in children)
-        self.file.flush()
+        with _naming(self.file):
+            self.writer.writerows({**c.to_dict(), "scores": json.dumps(c.scores)} for c in children)
+            self.file.flush()
 
     def on_child(self, child: ChildResult, origin: str) -> None:
         self.step_children.append(child)
@@ -306,5 +330,5 @@ class CsvLog(Logger):
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
-            self.file = None
+            file, self.file = self.file, None
+            _close(file)

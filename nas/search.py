@@ -13,6 +13,7 @@ last stdout line of a finished run is its summary as JSON.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -26,7 +27,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from controllers.base import PolicyDiverged  # noqa: E402
 from mnas_common.paths import config_dir  # noqa: E402
-from nas.cli import as_interrupted, check_command_line, fail, interrupts, is_multirun  # noqa: E402
+from nas.cli import as_interrupted, check_command_line, error_message, fail, interrupts, is_multirun  # noqa: E402
 from nas.components import ConfigError  # noqa: E402
 from nas.data import DatasetUnavailable  # noqa: E402
 from nas.evaluator import EvaluatorStopped  # noqa: E402
@@ -80,6 +81,11 @@ def _app(cfg: DictConfig) -> dict:
     except (ConfigError, StoreError, EvaluatorStopped, DatasetUnavailable, RewardOverflow,
             PolicyDiverged) as exc:
         _refuse(str(exc))
+    except OSError as exc:  # a full disk outside the run store (a logger's file): the store keeps what it committed
+        where = f"{exc.filename}: " if exc.filename else ""
+        free = "free space and " if exc.errno == errno.ENOSPC else ""
+        _refuse(f"{where}{exc.strerror or error_message(exc)}; {_committed(run_dir)} in {run_dir}; "
+                f"{free}{_resume_hint(hydra_cfg)}")
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (interrupts()), also when Ray re-raised it as its own
         stop = as_interrupted(exc)
         print(f"interrupted ({stop}): {_committed(run_dir)} in {run_dir}; {_resume_hint(hydra_cfg)}",

@@ -6,6 +6,7 @@ Most searches here use ``evaluator=synthetic`` (no training, no conversion): the
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -423,6 +424,19 @@ def test_unusable_run_dir_and_logger_paths_are_one_error_line(tmp_path):
     (tmp_path / "adir").mkdir()
     assert "is a directory" in one_error_line(cli(tmp_path / "run", f"logger.events.path={tmp_path / 'adir'}"))
     assert not (tmp_path / "run" / "run.sqlite").exists()
+
+
+def test_an_event_log_on_a_device_and_a_full_disk(tmp_path):
+    """The event log read its file whole at the start, for the steps it had logged: /dev/stdout (to follow the
+    events) blocked on the terminal, or on the pipe here, and /dev/full never ended (the search grew to 24 GB until
+    the OOM killer took it). A write that fails (a full disk) was a Hydra traceback; it is one line naming the file."""
+    followed = cli(tmp_path / "out", "logger.events.path=/dev/stdout", timeout=120)
+    assert followed.returncode == 0, followed.stderr[-2000:]
+    events = [json.loads(line) for line in followed.stdout.splitlines()[:-1]]
+    assert events[0]["event"] == "start" and events[-1]["event"] == "end"
+    line = one_error_line(cli(tmp_path / "full", "logger.events.path=/dev/full", timeout=120))
+    assert line == (f"error: /dev/full: No space left on device; 0 children committed (0 steps) in {tmp_path / 'full'}; "
+                    "free space and run the same command to resume")
 
 
 @pytest.mark.parametrize("override, message", [

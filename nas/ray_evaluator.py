@@ -24,6 +24,7 @@ left the search stops with one clear error and resumes later like any interrupte
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import deque
@@ -36,6 +37,7 @@ from mnas_common.checks import known_fields, non_negative_number, positive_int, 
 from mnas_common.errors import first_line
 
 from latency.result import transient
+from latency.runners import DeviceError
 from latency.service import absolute_paths
 from nas.components import build
 from nas.evaluator import (Evaluator, EvaluatorStopped, LatencyModes, apply_scores, apply_training, check_scores,
@@ -437,6 +439,13 @@ class RayEvaluator(Evaluator):
                        "only when Ray gives it one (evaluator.trainers.num_gpus=1, or 0.5 to share one GPU between two "
                        "actors)") if device and device.startswith("cuda") else check_device(device)
             problems += [problem] if problem else []
+        else:  # Ray gives an actor its GPUs as cuda:0, cuda:1, ... (CUDA_VISIBLE_DEVICES): a higher index fails each child
+            device, visible = self.trainer.device, max(1, math.ceil(self.trainers["num_gpus"]))
+            index = device.split(":", 1)[1] if device and device.startswith("cuda:") else None
+            if index is not None and (not index.isdigit() or int(index) >= visible):
+                problems.append(f"trainer.device={device} but a trainer actor sees the {visible} GPU(s) Ray gives it "
+                                f"as cuda:0{f'..cuda:{visible - 1}' if visible > 1 else ''} "
+                                "(evaluator.trainers.num_gpus); use trainer.device=cuda")
         if self.latency is not None:  # the fields now; the devices on their nodes once the cluster is up
             try:
                 service = build("latency", {**self.latency, "workers": 1})
@@ -889,9 +898,12 @@ def _why(exc: BaseException, limit: int = 300) -> str:
 
 
 def _local_phones(latency: dict) -> list[str]:
-    """Serials of the phones ``adb devices`` lists ready on this machine."""
+    """Serials of the phones ``adb devices`` lists ready on this machine; an adb that is missing or does not answer
+    stops the search in one line (it was a traceback from the evaluator's start)."""
     service = build("latency", latency)
     try:
         return [d["serial"] for d in service.runner.devices() if d["state"] == "device"]
+    except DeviceError as exc:
+        raise EvaluatorStopped(f"evaluator=ray: cannot list this machine's phones: {first_line(exc)}") from None
     finally:
         service.close()

@@ -393,6 +393,35 @@ def test_trainer_device_cuda_without_trainer_gpus_is_refused(driver, request, tm
                             trainers={"num_gpus": 1}).check() == []  # the actors' nodes have the GPUs
 
 
+@pytest.mark.parametrize("device, num_gpus, refused", [
+    ("cuda:1", 1, True), ("cuda:1", 0.5, True), ("cuda:x", 1, True), ("cuda:1", 2, False), ("cuda:0", 0.5, False),
+    ("cuda", 1, False)])
+def test_a_trainer_device_index_beyond_the_gpus_ray_gives_an_actor_is_refused(tmp_path, device, num_gpus, refused):
+    """Ray numbers an actor's GPUs from cuda:0 (CUDA_VISIBLE_DEVICES): trainer.device=cuda:1 on one GPU per actor was
+    accepted, and then every child failed as if by its own fault (invalid device ordinal), each reused when sampled
+    again."""
+    from nas.data import DatasetConfig
+
+    dataset = DatasetConfig(name="inet", source="imagefolder", root=str(tmp_path))
+    problems = RayEvaluator(trainer=TrainerConfig(device=device), dataset=dataset, deploy={}, latency=None,
+                            trainers={"num_gpus": num_gpus}).check()
+    expected = [f"trainer.device={device} but a trainer actor sees the {max(1, -(-num_gpus // 1)):g} GPU(s) Ray gives "
+                "it as cuda:0 (evaluator.trainers.num_gpus); use trainer.device=cuda"]
+    assert problems == (expected if refused else [])
+
+
+def test_an_adb_that_is_missing_stops_a_ray_search_in_one_line(tmp_path, monkeypatch):
+    """Phones are listed with adb before Ray starts (address null): a missing or hung adb was a traceback from the
+    evaluator's start."""
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    latency = {"_target_": "latency.build_service", "runner": "adb", "adb": str(tmp_path / "adb")}
+    evaluator = RayEvaluator(trainer=None, dataset=None, deploy={}, latency=latency)
+    with pytest.raises(EvaluatorStopped, match=r"^evaluator=ray: cannot list this machine's phones: adb not found"):
+        evaluator._init_ray()
+
+
 @needs_fmnist
 def test_a_trainer_actor_given_no_gpu_trains_on_the_cpu(visible_gpu, monkeypatch, tmp_path, one_thread):
     from nas.data import DatasetConfig, prepare

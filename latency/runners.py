@@ -355,8 +355,16 @@ class AdbRunner:
         return self.serial
 
     def _model_name(self) -> str:
+        """The phone's model, asked once. A phone that does not answer (offline, unauthorized) is a DeviceError, not
+        the model "unknown": that was kept for the service's life, and timings and tables were stored under it, one
+        table for every phone whose name could not be read."""
         if self._model is None:
-            proc = self._run(["shell", "getprop", "ro.product.model"], check=False)
+            proc = self._run(["shell", "getprop", "ro.product.model"], check=False,
+                             timeout_s=min(self.timeout_s, QUICK_ADB_S))
+            if proc.returncode != 0:
+                message = (proc.stderr or proc.stdout).strip().splitlines()
+                raise DeviceError(f"phone {self.serial} did not say its model (adb shell getprop ro.product.model: "
+                                  f"{message[-1] if message else f'exit {proc.returncode}'})")
             self._model = proc.stdout.strip() or "unknown"
         return self._model
 

@@ -467,3 +467,18 @@ def test_cli_fixed_performance_and_cooldown_flags_are_the_phones(capsys):
     assert main(["measure", SMALL, "--fixed-performance", "--cooldown", "1"]) == 2
     assert capsys.readouterr().err == ("error: --fixed-performance, --cooldown: settings of the adb runner, not of "
                                        "--runner host\n")
+
+
+def test_a_phone_that_does_not_say_its_model_is_a_device_error_not_an_unknown_phone(tmp_path):
+    """getprop's failure (offline, unauthorized) was read as the model "unknown", kept for the service's life:
+    timings were cached as adb:unknown:SERIAL and tables built as adb:unknown, one table for every such phone."""
+    adb = tmp_path / "adb"
+    adb.write_text("#!/bin/sh\necho 'error: device unauthorized.' >&2\nexit 1\n")
+    adb.chmod(0o755)
+    runner = AdbRunner(serial="ABC", adb=str(adb))
+    for identity in ("device_id", "device_model"):
+        with pytest.raises(DeviceError, match=r"^phone ABC did not say its model \(adb shell getprop "
+                                              r"ro.product.model: error: device unauthorized.\)$"):
+            getattr(runner, identity)
+    adb.write_text("#!/bin/sh\necho 'Pixel 2'\n")  # authorized now: asked again, not kept as unknown
+    assert runner.device_id == "adb:Pixel 2:ABC" and runner.device_model == "adb:Pixel 2"

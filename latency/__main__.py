@@ -412,7 +412,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "cache":
             return CACHE_COMMANDS[args.cache_command](args)
         return {"measure": _measure, "predict": _predict, "devices": _devices}[args.command](args)
-    except (ValueError, DeviceError, LatencyCacheError, LockBusy, OSError) as exc:  # OSError: an unwritable path
+    # OSError: an unwritable path; RuntimeError: the service's own failures (a latency worker that died twice or gave
+    # no answer, a drift anchor that did not convert; DeviceError is one), reached by table build and validate too
+    except (ValueError, RuntimeError, LatencyCacheError, LockBusy, OSError) as exc:
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -644,3 +644,16 @@ def test_a_file_that_is_not_a_table_export_is_named_for_what_it_lacks(tmp_path, 
         read_export(path)
     assert str(path) in str(err.value) and said in str(err.value) and "\n" not in str(err.value), err.value
     assert "KeyError" not in str(err.value)
+
+
+def test_a_service_failure_in_a_table_command_is_one_error_line(monkeypatch, capsys):
+    """A latency worker that died twice (or gave no answer) while table build or validate timed its models raised
+    the service's RuntimeError past the command's handler: a traceback."""
+    import latency.__main__ as cli
+
+    def died(args):
+        raise RuntimeError("latency worker process died twice (out of memory?)")
+
+    monkeypatch.setitem(cli.TABLE_COMMANDS, "build", died)
+    assert cli.main(["table", "build"]) == 2
+    assert capsys.readouterr().err == "error: latency worker process died twice (out of memory?)\n"

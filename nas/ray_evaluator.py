@@ -419,6 +419,7 @@ class RayEvaluator(Evaluator):
         self._pools: dict[str, _Pool] = {}
         self._inflight: dict[Any, tuple[_Job, str, Any]] = {}
         self._starting: dict[Any, tuple[_Pool, Any, float]] = {}  # a replacement's ping -> (pool, actor, deadline)
+        self._probing: dict[Any, tuple[_Pool, Any]] = {}  # an idle actor's ping after another died -> (pool, actor)
         self._jobs: dict[str, _Job] = {}
         self._done: deque[ChildResult] = deque()
         self._ship = False
@@ -648,6 +649,7 @@ class RayEvaluator(Evaluator):
         self._pools.clear()
         self._inflight.clear()
         self._starting.clear()
+        self._probing.clear()
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
             self._started_ray = False
@@ -692,15 +694,17 @@ class RayEvaluator(Evaluator):
             if not self._jobs:
                 raise RuntimeError("next_result() with nothing submitted")
             self._dispatch()
-            if not self._inflight and not self._starting:
+            if not self._inflight and not self._starting and not self._probing:
                 raise EvaluatorStopped("no actor can take the remaining children (all devices unhealthy?)")
-            refs = [*self._inflight, *self._starting]
+            refs = [*self._inflight, *self._starting, *self._probing]
             ready, _ = ray.wait(refs, num_returns=1, timeout=self.poll_s)
             if ready and len(refs) > 1:  # everything else that is done by now, in one call
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             for ref in ready:
                 if ref in self._starting:
                     self._started(ref)
+                elif ref in self._probing:
+                    self._probed(ref)
                 else:
                     self._complete(ref)
             self._overdue()
@@ -761,6 +765,7 @@ class RayEvaluator(Evaluator):
                     pool.queue.appendleft(job)  # its timing moves to a healthy phone
                 return
             self._replace(pool, actor)
+            self._probe_idle()
             if not current:
                 return
             job.attempts[stage] += 1
@@ -810,6 +815,31 @@ class RayEvaluator(Evaluator):
         fresh = pool.replace(actor)
         if fresh is not None:
             self._starting[fresh.where.remote()] = (pool, fresh, time.monotonic() + self.actor_start_s)
+
+    def _probe_idle(self) -> None:
+        """An actor died: the idle actors of its node died with it, unnoticed until work reached them, and each
+        would have cost a child an attempt it never ran (three dead idle actors failed a child while a live one
+        waited). Every idle actor takes work again once it has answered a ping; a dead one is replaced."""
+        for pool in self._pools.values():
+            while pool.idle:
+                actor = pool.idle.popleft()
+                self._probing[actor.where.remote()] = (pool, actor)
+
+    def _probed(self, ref) -> None:
+        import ray
+
+        pool, actor = self._probing.pop(ref)
+        if actor not in pool.slot or actor in pool.unhealthy:  # dropped, or its phone marked, meanwhile
+            return
+        try:
+            ray.get(ref, timeout=0)
+        except ray.exceptions.RayError as exc:
+            reason = f"{pool.kind} actor died while idle ({_why(exc, limit=200)})"
+            log.warning("%s", reason)
+            if not (pool.kind == TIME and self._phone_gone(actor, pool, reason)):
+                self._replace(pool, actor)
+        else:
+            pool.idle.append(actor)
 
     def _started(self, ref) -> None:
         import ray

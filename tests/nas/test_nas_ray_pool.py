@@ -32,10 +32,10 @@ class Ref:
 class Actor:
     def __init__(self, fake, cls, args, opts):
         self.fake, self.cls, self.args, self.opts = fake, cls, args, opts
+        self.broken = fake.broken.get(cls)  # its constructor failed: actors started before are not touched
 
     def __getattr__(self, method):  # actor.where.remote() and the like
-        broken = self.fake.broken.get(self.cls)
-        return SimpleNamespace(remote=lambda *args: Ref(broken or {"node": "n", "method": method}))
+        return SimpleNamespace(remote=lambda *args: Ref(self.broken or {"node": "n", "method": method}))
 
 
 class FakeRay:
@@ -124,9 +124,48 @@ def _run(evaluator, job: _Job, stage: str, actor, value):
 
 
 def _replacements_answer(evaluator) -> None:
-    """Every replacement actor answers its ping (it was placed and started)."""
+    """Every replacement actor answers its ping (it was placed and started), and so does every idle actor pinged
+    after another died."""
+    for ref in list(evaluator._probing):
+        evaluator._probed(ref)
     for ref in list(evaluator._starting):
         evaluator._started(ref)
+
+
+class Mortal(Actor):
+    """An actor that may have died (with its node) while it sat idle: every call then fails at once."""
+
+    dead = False
+
+    def __getattr__(self, method):
+        if self.dead:
+            return SimpleNamespace(remote=lambda *args: Ref(ActorDiedError()))
+        return super().__getattr__(method)
+
+
+def test_idle_actors_that_died_with_a_node_cost_a_child_no_attempts(fake_ray):
+    """Nothing noticed idle actors that had died: each got the next attempt of a child and failed at once, so three
+    dead ones failed a child ("gave up after 3 attempts") that never ran, while a live actor waited."""
+    evaluator = RayEvaluator(trainer=None, dataset=None, deploy={}, latency=None)
+    pool = evaluator._pools[TRAIN] = _Pool(TRAIN, lambda: Mortal(fake_ray, "TrainerActor", (), {}), 4)
+    *dead, live = pool.idle
+    for actor in dead:
+        actor.dead = True
+    job = _Job(ChildResult(arch=ARCH, seed=0))
+    evaluator._jobs[ARCH] = job
+    pool.queue.append(job)
+    evaluator._dispatch()  # the first attempt reaches a dead actor: that one is charged
+    ref, = evaluator._inflight
+    evaluator._complete(ref)
+    assert job.attempts[TRAIN] == 1 and list(pool.queue) == [job]
+    evaluator._dispatch()
+    assert not evaluator._inflight and not pool.idle  # the others answer a ping first
+    for ref in list(evaluator._probing):
+        evaluator._probed(ref)
+    assert list(pool.idle) == [live] and set(fake_ray.killed) == set(dead)  # the dead ones are replaced
+    evaluator._dispatch()
+    (_, (running, stage, actor)), = evaluator._inflight.items()
+    assert running is job and actor is live and job.attempts[TRAIN] == 1
 
 
 def test_a_dead_phone_actor_is_replaced_for_its_phone_and_a_phone_gone_with_its_node_is_dropped(fake_ray):
@@ -274,6 +313,8 @@ def test_a_replacement_that_cannot_be_placed_is_given_up_and_with_none_left_the_
     job = evaluator._jobs[ARCH] = _Job(ChildResult(arch=ARCH, seed=0))
     dead, other = pool.actors
     _run(evaluator, job, TRAIN, dead, ActorDiedError())
+    for ref in list(evaluator._probing):  # the other answers its ping: it did not die with the first
+        evaluator._probed(ref)
     assert list(pool.queue) == [job] and len(evaluator._starting) == 1 and pool.idle == deque([other])
     evaluator._overdue()  # no answer within actor_start_s: given up, its slot with it; the other actor goes on
     assert pool.actors == [other] and not evaluator._starting and len(fake_ray.killed) == 2

@@ -489,6 +489,10 @@ class AdbRunner:
             try:
                 proc = self._retrying(lambda: self._run(["shell", remote]), "benchmark_model")
             except DeviceError as exc:
+                try:  # the model's failure only where the phone still answers; a phone that dropped is the moment's
+                    self.healthy()
+                except DeviceError:
+                    raise exc from None
                 raise ModelRunError(str(exc)) from None
             try:
                 result = parse_benchmark_output(proc.stdout + "\n" + proc.stderr)
@@ -496,7 +500,11 @@ class AdbRunner:
                 tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
                 raise ModelRunError(f"{exc}; benchmark_model printed: {' | '.join(tail)}") from None
         finally:
-            self._run(["shell", "rm", "-f", shlex.quote(remote_model)], check=False)
+            try:  # best effort: a phone gone meanwhile neither replaces the run's own error nor discards its timing
+                self._run(["shell", "rm", "-f", shlex.quote(remote_model)], check=False,
+                          timeout_s=min(self.timeout_s, QUICK_ADB_S))
+            except DeviceError:
+                pass  # the file is small, and the next push of the same model replaces it
         return result
 
 

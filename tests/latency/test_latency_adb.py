@@ -200,6 +200,16 @@ def test_a_model_the_phone_cannot_run_is_the_models_failure_not_the_moments(phon
     assert result.status == "failed" and not result.extra.get("transient"), (result.error, result.extra)
 
 
+def test_a_cleanup_on_the_phone_that_fails_does_not_discard_the_timing(phone, tmp_path, monkeypatch):
+    """The model's removal after a timing ran with the whole timeout_s and raised: a phone that hung there lost a
+    timing that had succeeded (and replaced a failed run's own error, which the retries' check now decides)."""
+    monkeypatch.setenv("FAKE_ADB_HANG", "rm -f")  # until the runner's timeout gives up on it
+    with build_service("adb", serial="FAKE0001", benchmark_binary=str(phone["binary"]), warmup_runs=1, num_runs=3,
+                       workers=1, retries=0, timeout_s=10, cache_path=tmp_path / "latency.sqlite") as service:
+        result = service.measure(SMALL, resolution=24, num_classes=10)
+    assert result.status == "ok" and result.runs == 3, result.error
+
+
 @pytest.mark.parametrize("field, value, says", [
     ("retries", -1, "latency.retries must be a non-negative integer, got -1"),
     ("retries", True, "latency.retries must be a non-negative integer, got True"),

@@ -733,15 +733,18 @@ class LatencyService:
                 )
             return self._pool
 
-    def _run_in_worker(self, fn, *args):
-        """Run ``fn`` in a worker; a crashed pool is replaced once and the call retried; a hung one is killed."""
+    def _run_in_worker(self, fn, *args, timings: int = 0):
+        """Run ``fn`` in a worker; a crashed pool is replaced once and the call retried; a hung one is killed.
+        ``timings``: how many models or layers the call times, each after the runner's ``cooldown_s`` pause, which
+        the timeout adds (a phone's batch with a long cooldown was killed every time: 24 layers x 40 s > 900 s)."""
+        timeout_s = self.task_timeout_s + timings * getattr(self.runner, "cooldown_s", 0.0)
         for attempt in range(2):
             pool = self._workers()
             try:
-                return pool.submit(fn, *args).result(timeout=self.task_timeout_s)
+                return pool.submit(fn, *args).result(timeout=timeout_s)
             except FutureTimeout:
                 self._drop_pool(pool)
-                raise RuntimeError(f"latency worker gave no answer within {self.task_timeout_s:.0f} s "
+                raise RuntimeError(f"latency worker gave no answer within {timeout_s:.0f} s "
                                    "(latency.task_timeout_s); it was killed and will be restarted") from None
             except BrokenProcessPool:
                 self._drop_pool(pool)
@@ -857,7 +860,7 @@ class LatencyService:
             paths = [c[1]["tflite_path"] for c in chunk]
             try:
                 timings = self._run_in_worker(_time_models_task, paths, self._device_lock_path, self.pin_cpu,
-                                              self.anchor_info())
+                                              self.anchor_info(), timings=len(paths))
             except Exception as exc:  # a broken pool: every model of the batch is a failed result
                 timings = [{"status": "failed", "error": first_line(exc, with_type=True, limit=300)}] * len(chunk)
             for (i, conversion, key, base, fields, device), timing in zip(chunk, timings):
@@ -922,7 +925,7 @@ class LatencyService:
     def time_layers(self, items: list[dict], table_key: str) -> list[dict]:
         """Time converted layers in one quiet window; each row is committed to the table as it is timed."""
         return self._run_in_worker(_time_layers_task, items, self._device_lock_path, self.pin_cpu,
-                                   str(self.cache_path), table_key, self.anchor_info())
+                                   str(self.cache_path), table_key, self.anchor_info(), timings=len(items))
 
     # -- measure = convert + time
     def _measure_uncached(self, arch: str, resolution: int, channels: int, num_classes: int) -> LatencyResult:

@@ -391,3 +391,21 @@ def test_the_workers_see_no_gpu_even_where_the_search_was_given_one(tmp_path, mo
     with build_service("host", workers=1, cache_path=tmp_path / "latency.sqlite") as service:
         assert service._run_in_worker(os.getenv, "CUDA_VISIBLE_DEVICES") == ""
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"  # the search's own process keeps its GPU
+
+
+def test_a_timing_call_is_given_the_cooldowns_it_pauses_for(tmp_path, monkeypatch):
+    """task_timeout_s covered a whole batch, cooldown_s pauses included: a phone table built with a 40 s cooldown
+    (24 layers a batch: 960 s > 900 s) had every batch killed, its timings lost."""
+    from types import SimpleNamespace
+
+    service = build_service("adb", serial="X", cooldown_s=40, task_timeout_s=900, workers=1,
+                            cache_path=tmp_path / "latency.sqlite")
+    waited = []
+    pool = SimpleNamespace(submit=lambda fn, *args: SimpleNamespace(result=lambda timeout: waited.append(timeout)))
+    monkeypatch.setattr(service, "_workers", lambda: pool)
+    try:
+        service._run_in_worker(len, [], timings=24)
+        service._run_in_worker(len, [])  # a conversion: no cooldown
+    finally:
+        service.close()
+    assert waited == [900 + 24 * 40, 900]

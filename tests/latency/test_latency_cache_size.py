@@ -252,11 +252,11 @@ def test_a_model_trimmed_away_while_it_waited_to_be_timed_is_converted_and_timed
         conversion = service.convert(SMALL, **SHAPE)
         run_in_worker, trimmed = service._run_in_worker, []
 
-        def trim_first(fn, *args):
+        def trim_first(fn, *args, **kwargs):
             if fn is service_module._time_models_task and not trimmed:
                 trimmed.append(args[0])
                 shutil.rmtree(Path(args[0][0]).parent)  # as the other process's trim would
-            return run_in_worker(fn, *args)
+            return run_in_worker(fn, *args, **kwargs)
 
         monkeypatch.setattr(service, "_run_in_worker", trim_first)
         result = service.time(conversion)

@@ -70,7 +70,7 @@ def test_failures_of_the_moment_are_marked_transient(host_service, monkeypatch):
     assert conversion["status"] == "ok" and "transient" not in conversion
     monkeypatch.setattr(host_service.cache, "get_measurement", lambda key: None)
 
-    def broken(fn, *args):
+    def broken(fn, *args, **kwargs):
         raise RuntimeError("a process in the process pool was terminated abruptly")
 
     monkeypatch.setattr(host_service, "_run_in_worker", broken)

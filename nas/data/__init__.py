@@ -476,9 +476,12 @@ def _source_changed(cfg: DatasetConfig, out: Path) -> str | None:
         current = _source_fingerprint(cfg)
     except (OSError, ValueError):  # a class folder gone, a file vanished between listing and stat
         current = "unlistable"
-    if isinstance(current, dict) and isinstance(recorded, dict) and current["dir"] != recorded.get("dir"):
+    if (cfg.source == "fashion_mnist" and isinstance(current, dict) and isinstance(recorded, dict)
+            and current["dir"] != recorded.get("dir")):
         # read from another folder now, as Fashion-MNIST is once its Debian package is installed after a download
-        # (same images, other files): the folder it was prepared from is not the one listed, as if it were gone
+        # (same images, other files): the folder it was prepared from is not the one listed, as if it were gone.
+        # Only Fashion-MNIST: an image folder's dir is its first drawn class, which class folders added or removed
+        # change (classes: N draws others), and that change went unnoticed, its old classes' cache reused
         return None
     if isinstance(current, dict) and not isinstance(recorded, dict):
         current = current["files"]  # recorded before the folder was: its files only

@@ -721,3 +721,24 @@ def test_an_array_source_resized_in_pieces_equals_one_resize(tmp_path, monkeypat
     monkeypatch.setattr(data_mod, "ARRAY_CHUNK", 7)
     chunked = load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)
     assert np.array_equal(whole.train.x, chunked.train.x) and np.array_equal(whole.val.x, chunked.val.x)
+
+
+def test_class_folders_added_to_an_image_folder_are_a_changed_source(tmp_path):
+    """A prepared image folder whose class draw changed (folders added: classes=3 draws others) was reused with its
+    old classes whenever the first drawn class changed: that was read as the source being read from another folder,
+    as Fashion-MNIST is after its Debian package is installed."""
+    from mnas_common.sources import image_folder
+    from nas.data import check_dataset
+
+    root = write_folder(tmp_path / "inet", {f"n{i:02d}": 3 for i in range(6, 12)})
+    cfg = DatasetConfig(name="inet", source="imagefolder", root=str(root), resolution=16, classes=3,
+                        images_per_class=2, val_per_class=1)
+    load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)
+    before = image_folder(root, 3, 0).files[0].parent.name
+    write_folder(tmp_path / "more", {f"n{i:02d}": 3 for i in range(6)})
+    for folder in (tmp_path / "more" / "train").iterdir():
+        folder.rename(root / "train" / folder.name)
+    assert image_folder(root, 3, 0).files[0].parent.name != before  # the case that went unnoticed
+    assert "changed" in (check_dataset(cfg, tmp_path / "c") or "")
+    with pytest.raises(data_mod.DatasetUnavailable, match="changed"):
+        load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)

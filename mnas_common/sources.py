@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import pickle
 import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +53,11 @@ def _open_maybe_gz(path: Path):
 
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzipped or not."""
-    with _open_maybe_gz(path) as f:
-        data = f.read()
+    try:
+        with _open_maybe_gz(path) as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # a cut-off or damaged download: a traceback before
+        raise ValueError(f"{path}: damaged ({type(exc).__name__}: {exc})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path}: not an IDX file")
     dtype_code, ndim = data[2], data[3]
@@ -134,9 +138,12 @@ def cifar10(root: str | Path) -> ArraySource:
         if not path.exists():
             raise FileNotFoundError(f"CIFAR-10 batch missing: {path}")
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            try:  # a cut-off file, or another dataset's (CIFAR-100 has fine_labels): a traceback before
+                batch = pickle.load(f, encoding="bytes")
+                xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+                ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{path}: not a CIFAR-10 batch ({type(exc).__name__}: {exc})") from None
     return ArraySource(np.concatenate(xs), np.concatenate(ys), list(CIFAR10_CLASSES))
 
 

@@ -742,3 +742,33 @@ def test_class_folders_added_to_an_image_folder_are_a_changed_source(tmp_path):
     assert "changed" in (check_dataset(cfg, tmp_path / "c") or "")
     with pytest.raises(data_mod.DatasetUnavailable, match="changed"):
         load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)
+
+
+@pytest.mark.parametrize("damage", ["cut off", "cifar-100", "fashion-mnist gz cut off"])
+def test_a_damaged_source_file_is_one_line_naming_it(tmp_path, damage):
+    """A cut-off CIFAR batch (UnpicklingError), another dataset's batch (KeyError: b'labels') or a cut-off
+    Fashion-MNIST .gz (EOFError) escaped preparation as tracebacks (python -m nas.train printed Hydra's)."""
+    import gzip
+    import pickle
+
+    if damage == "fashion-mnist gz cut off":
+        root = tmp_path / "fm"
+        root.mkdir()
+        for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+            whole = gzip.compress(b"\0\0\x08\x01" + b"\0" * 4000)
+            (root / f"{stem}.gz").write_bytes(whole[: len(whole) // 2])
+        cfg = DatasetConfig(name="fm", source="fashion_mnist", root=str(root), resolution=16, images_per_class=2,
+                            val_per_class=1)
+        damaged = root / "train-images-idx3-ubyte.gz"
+    else:
+        root = write_cifar10(tmp_path / "c10", per_class=3)
+        damaged = root / "cifar-10-batches-py" / "data_batch_2"
+        if damage == "cut off":
+            damaged.write_bytes(damaged.read_bytes()[:100])
+        else:
+            damaged.write_bytes(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"fine_labels": [0]}))
+        cfg = DatasetConfig(name="c10", source="cifar10", root=str(root), resolution=32, images_per_class=2,
+                            val_per_class=1)
+    with pytest.raises(data_mod.DatasetUnavailable) as err:
+        load_dataset(cfg, cache_dir=tmp_path / "c", progress=False)
+    assert str(damaged) in str(err.value) and "\n" not in str(err.value), err.value

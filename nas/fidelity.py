@@ -478,7 +478,10 @@ def analyse(records: dict[str, dict], archs: Sequence[str], *, proxy: Sequence[J
             zero_cost: Sequence[Job] = (), top_k: int = 5, n_boot: int = 2000, boot_seed: int = 0) -> dict:
     """Rank statistics of the proxy (and each training-free score) against the reference's mean over its seeds.
 
-    Only architectures whose every proxy and reference job succeeded count. Reported per proxy seed then averaged
+    Only architectures whose every proxy and reference job succeeded count (``archs``), except in the seed-to-seed
+    figures: ``noise_spearman`` is over every architecture whose proxy jobs all succeeded, ``reference_noise_spearman``
+    over every one whose reference jobs did (the same set once every job succeeded; a run still waiting for its
+    references already has its proxy's noise). Reported per proxy seed then averaged
     (a search trains each child once, so one seed is what it sees); ``spearman_seed_mean`` is the proxy averaged
     over its seeds. Confidence intervals: percentile bootstrap over architectures.
     """

@@ -195,6 +195,9 @@ def _table_list(args: argparse.Namespace) -> int:
         models = ", ".join(f"{k} {v}" for k, v in sorted(t["models"].items()))
         print(f"{t['table_key']}  {t['device']}  {t['channels']}x{t['resolution']}x{t['resolution']} "
               f"{t['num_classes']} classes  {t['layers']} layers  {models or 'no models'}  {spaces}")
+        for name, v in sorted(t["meta"].get("validation", {}).items()):  # the error every prediction states
+            print(f"  {name}: held-out error over {v.get('n')} models: {v.get('within_5', 0):.1%} within +-5%, "
+                  f"{v.get('within_10', 0):.1%} within +-10%, Kendall tau {v.get('kendall_tau', 0):.3f}")
     if not tables:
         print("no latency tables (python -m latency table build)")
     return 0

@@ -520,9 +520,13 @@ def _for_space(info: dict, space: str | None) -> dict:
 
 
 def load_predictor(runner_config: dict | None = None, *, resolution: int = 224, channels: int = 3,
-                   num_classes: int = 1000, cache_path=None, space: str = "mnasnet", device: str | None = None,
+                   num_classes: int = 1000, cache_path=None, space: str | None = None, device: str | None = None,
                    table: str | None = None, residual: bool = True) -> Predictor:
     """The predictor for a latency config (``configs/latency/*.yaml`` fields or ``{"runner": "host", ...}``).
+
+    A search's config (``cfg.latency``) also holds its mode keys: its ``table_space`` and ``table`` are the defaults
+    of ``space`` (else ``mnasnet``) and ``table``; ``mode`` and ``hybrid_top_k`` are the search's alone (they were
+    passed on to the runner, which refused them).
 
     Raises :class:`LatencyTableMissing` (a ``ValueError``) naming the build command when no table exists.
     """
@@ -530,8 +534,12 @@ def load_predictor(runner_config: dict | None = None, *, resolution: int = 224, 
 
     checked_input(resolution, channels, num_classes)  # before the service opens (creates) its cache
     config = dict(runner_config or {"runner": "host"})
-    for key in ("_target_", "name"):
+    for key in ("_target_", "name", "mode", "hybrid_top_k"):
         config.pop(key, None)
+    space = space or config.pop("table_space", None) or "mnasnet"
+    table = table or config.pop("table", None)
+    config.pop("table_space", None)
+    config.pop("table", None)
     runner = config.pop("runner", "host")
     if runner == "host":  # as configs/latency/host.yaml and the CLI: host tables are built with the drift anchor
         config.setdefault("anchor", DEFAULT_ANCHOR)

@@ -657,3 +657,32 @@ def test_a_service_failure_in_a_table_command_is_one_error_line(monkeypatch, cap
     monkeypatch.setitem(cli.TABLE_COMMANDS, "build", died)
     assert cli.main(["table", "build"]) == 2
     assert capsys.readouterr().err == "error: latency worker process died twice (out of memory?)\n"
+
+
+def test_a_searchs_latency_config_loads_its_predictor(tmp_path):
+    """README's load_predictor(dict(cfg.latency), ...) passed the search's mode keys (mode, hybrid_top_k, table_space,
+    table) on to the runner, which refused them: 'unknown latency field(s) for runner 'host''."""
+    from hydra import compose, initialize_config_dir
+
+    from mnas_common.paths import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        cfg = compose("search", overrides=["latency.mode=hybrid"])
+    with pytest.raises(LatencyTableMissing, match="^no latency table for host:"):
+        load_predictor(dict(cfg.latency), resolution=224, channels=3, num_classes=1000,
+                       cache_path=tmp_path / "latency.sqlite")
+
+
+def test_table_list_shows_each_spaces_stated_error(tmp_path):
+    """The README sends users to table list for a table's stated error, which only its --json held."""
+    cache = LatencyCache(tmp_path / "latency.sqlite")
+    identity = {"device": "adb:Pixel 2", "settings": {}, "versions": {}, "resolution": 224, "channels": 3,
+                "num_classes": 1000}
+    cache.put_table("k" * 64, identity, {"spaces": {"mnasnet": {"build_seconds": 900}}})
+    cache.set_table_meta("k" * 64, ("validation", "mnasnet"),
+                         {"n": 200, "within_5": 0.9, "within_10": 0.995, "kendall_tau": 0.9551})
+    cache.close()
+    listed = _cli("table", "list", "--cache", str(tmp_path / "latency.sqlite"))
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[1] == ("  mnasnet: held-out error over 200 models: 90.0% within +-5%, 99.5% "
+                                             "within +-10%, Kendall tau 0.955")

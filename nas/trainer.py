@@ -94,8 +94,10 @@ class TrainerConfig:
         """Why the schedule does not do what the settings say on ``num_train`` images (a warning), or None."""
         total = self.total_steps(num_train)
         if self.warmup_steps and self.warmup_steps >= total:
+            # equal: the peak at the last step alone (warm-up step i runs at (i + 1) / warmup_steps of lr)
             return (f"trainer.warmup_steps {self.warmup_steps} >= the {total} steps a child trains on {num_train} "
-                    f"images: the learning rate never reaches trainer.lr {self.lr:g}; lower warmup_steps")
+                    f"images: the whole training is warm-up (the learning rate reaches trainer.lr {self.lr:g} at the "
+                    "last step at best, and the cosine decay never starts); lower warmup_steps")
         return None
 
 

@@ -536,10 +536,8 @@ def load_predictor(runner_config: dict | None = None, *, resolution: int = 224, 
     config = dict(runner_config or {"runner": "host"})
     for key in ("_target_", "name", "mode", "hybrid_top_k"):
         config.pop(key, None)
-    space = space or config.pop("table_space", None) or "mnasnet"
-    table = table or config.pop("table", None)
-    config.pop("table_space", None)
-    config.pop("table", None)
+    given_space, given_table = config.pop("table_space", None), config.pop("table", None)
+    space, table = space or given_space or "mnasnet", table or given_table
     runner = config.pop("runner", "host")
     if runner == "host":  # as configs/latency/host.yaml and the CLI: host tables are built with the drift anchor
         config.setdefault("anchor", DEFAULT_ANCHOR)

@@ -303,8 +303,7 @@ class AdbRunner:
             raise DeviceError(f"adb {' '.join(args[:2])}{where} gave no answer within {timeout_s:g} s"
                               f"{setting}") from None
         if check and proc.returncode != 0:
-            message = (proc.stderr or proc.stdout).strip().splitlines()
-            raise DeviceError(f"adb {' '.join(args[:2])} failed: {message[-1] if message else f'exit {proc.returncode}'}")
+            raise DeviceError(f"adb {' '.join(args[:2])} failed: {_said(proc)}")
         return proc
 
     def _retrying(self, fn, what: str):
@@ -362,9 +361,8 @@ class AdbRunner:
             proc = self._run(["shell", "getprop", "ro.product.model"], check=False,
                              timeout_s=min(self.timeout_s, QUICK_ADB_S))
             if proc.returncode != 0:
-                message = (proc.stderr or proc.stdout).strip().splitlines()
                 raise DeviceError(f"phone {self.serial} did not say its model (adb shell getprop ro.product.model: "
-                                  f"{message[-1] if message else f'exit {proc.returncode}'})")
+                                  f"{_said(proc)})")
             self._model = proc.stdout.strip() or "unknown"
         return self._model
 
@@ -506,6 +504,12 @@ class AdbRunner:
             except DeviceError:
                 pass  # the file is small, and the next push of the same model replaces it
         return result
+
+
+def _said(proc: subprocess.CompletedProcess) -> str:
+    """What a failed adb command said: its last line (stderr, else stdout), else its exit status."""
+    message = (proc.stderr or proc.stdout).strip().splitlines()
+    return message[-1] if message else f"exit {proc.returncode}"
 
 
 def _lock_alone(users, wait_s: float) -> bool:

@@ -76,11 +76,9 @@ def _ray_left_as_found(request):
     Ray tests' session cluster could not join later ("ray.init twice"), twelve errors far from the cause. Anything
     that asks Ray's runtime context starts a local instance, so tests fake it (``nas.ray_evaluator._node``). The
     instance is shut down here, so the tests after it run as they would have."""
-    if request.node.path.parent == ROOT / "tests" / "ray" or _ray_initialised():
-        yield
-        return
+    watched = request.node.path.parent != ROOT / "tests" / "ray" and not _ray_initialised()
     yield
-    if _ray_initialised():
+    if watched and _ray_initialised():
         import ray
 
         ray.shutdown()
